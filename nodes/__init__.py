@@ -1,0 +1,35 @@
+"""Thin ComfyUI nodes over ``optimizer`` and ``reward_loaders``."""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+from ..reward_loaders import FOLDER_NAME, set_search_path_provider
+from .reward_nodes import ReNORewardLoader
+from .sampler_node import ReNOSampler
+
+
+def _register_model_folder() -> None:
+    """models/reno_rewards/, also reachable through extra_model_paths.yaml (``reno_rewards:``)."""
+    default = os.path.join(folder_paths.models_dir, FOLDER_NAME)
+    if default not in folder_paths.folder_names_and_paths.get(FOLDER_NAME, ([], None))[0]:
+        try:
+            folder_paths.add_model_folder_path(FOLDER_NAME, default, is_default=True)
+        except TypeError:  # the 2024 signature has no is_default
+            folder_paths.add_model_folder_path(FOLDER_NAME, default)
+    set_search_path_provider(lambda: folder_paths.get_folder_paths(FOLDER_NAME))
+
+
+_register_model_folder()
+
+NODE_CLASS_MAPPINGS = {
+    "ReNORewardLoader": ReNORewardLoader,
+    "ReNOSampler": ReNOSampler,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "ReNORewardLoader": "ReNO Load Reward",
+    "ReNOSampler": "ReNO Sampler",
+}

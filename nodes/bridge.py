@@ -1,0 +1,152 @@
+"""The bridge from a ComfyUI MODEL + VAE + conditioning to ReNO's ``generate(noise) -> image``.
+
+``ReNOComfySampler`` is a ``comfy.samplers.Sampler``: run by ``comfy.sample.sample_custom`` (or by
+``SamplerCustomAdvanced`` with any guider), ComfyUI loads the model, encodes the conditioning and
+applies CFG and the latent format; inside ``sample`` the one-step denoise ``model_wrap(x, sigma)``
+returns x0 with gradients, which is decoded by the VAE on the device and scored by the rewards.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import comfy.model_management
+import comfy.samplers
+
+from ..optimizer import IterationRecord, ReNOConfig, ReNOResult, optimize_noise
+from ..reward_loaders import RewardEnsemble
+from .autograd import as_normal, normal_tensors, normalize_nested
+
+log = logging.getLogger(__name__)
+
+
+def decode_with_grad(vae, latent: torch.Tensor) -> torch.Tensor:
+    """VAE decode that keeps gradients: (B, C, h, w) latent -> (B, 3, H, W) image in [0, 1].
+
+    ``VAE.decode`` copies to the CPU every call and may fall back to a tiled decode that runs under
+    ``inference_mode`` (silently dropping gradients); this calls the decoder on its device.
+    """
+    model = vae.first_stage_model
+    device = getattr(vae, "device", None) or next(model.parameters()).device
+    dtype = getattr(vae, "vae_dtype", None) or next(model.parameters()).dtype
+    out = model.decode(latent.to(device=device, dtype=dtype)).float()
+    if out.dim() != 4:
+        raise ValueError(
+            f"ReNO works on images; this VAE decodes to a tensor of shape {tuple(out.shape)} (video or audio VAE?)"
+        )
+    process = getattr(vae, "process_output", None)
+    return process(out) if process is not None else torch.clamp((out + 1.0) / 2.0, 0.0, 1.0)
+
+
+def preview_image(images: torch.Tensor, max_side: int) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, h, w, 3) uint8 on the CPU, longest side at most ``max_side``."""
+    h, w = images.shape[-2:]
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        images = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).movedim(1, -1).cpu()
+
+
+@dataclass
+class RunOutput:
+    """What a ReNO run leaves for the node besides the latent ComfyUI returns."""
+
+    result: ReNOResult
+    sigma: float
+    previews: list[torch.Tensor] = field(default_factory=list)  # per iteration: (B, h, w, 3) uint8
+
+
+class ReNOComfySampler(comfy.samplers.Sampler):
+    """One-step sampling whose initial noise is optimized by ReNO before the result is returned."""
+
+    def __init__(
+        self,
+        ensemble: RewardEnsemble,
+        config: ReNOConfig,
+        vae,
+        on_iteration: Callable[[IterationRecord, torch.Tensor, torch.Tensor], None] | None = None,
+        preview_size: int = 256,
+        model_patcher=None,
+    ):
+        self.ensemble = ensemble
+        self.config = config
+        self.vae = vae
+        self.on_iteration = on_iteration
+        self.preview_size = preview_size
+        self.model_patcher = model_patcher
+        self.output: RunOutput | None = None
+
+    def _reward_patchers(self):
+        from .reward_nodes import reward_patcher
+
+        return [reward_patcher(r.model) for r in self.ensemble.rewards]
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        inner = model_wrap.inner_model
+        model_sampling = inner.model_sampling
+        patcher = self.model_patcher or getattr(model_wrap, "model_patcher", None)
+        rewards = self._reward_patchers()
+        comfy.model_management.load_models_gpu(([patcher] if patcher is not None else []) + [self.vae.patcher] + rewards)
+        max_denoise = self.max_denoise(model_wrap, sigmas)
+        if len(sigmas) > 2:
+            log.warning("ReNO: %d sigmas given; ReNO denoises in one step from the first (%.4f)",
+                        len(sigmas), float(sigmas[0]))
+
+        modules = [inner, self.vae.first_stage_model] + [r.model for r in self.ensemble.rewards]
+        with torch.inference_mode(False), torch.enable_grad(), normal_tensors(modules):
+            sigma = as_normal(sigmas[0]).clone()
+            sigma_last = as_normal(sigmas[-1]).clone()
+            latent = as_normal(latent_image).clone() if latent_image is not None else torch.zeros_like(noise)
+            mask = as_normal(denoise_mask).clone() if denoise_mask is not None else None
+            start = as_normal(noise).clone()
+            s_in = sigma.new_ones((start.shape[0],))
+            args = _with_normal_conds(extra_args)
+            self.ensemble.prepare()
+            previews: list[torch.Tensor] = []
+
+            def generate(z):
+                x = model_sampling.noise_scaling(sigma, z.to(latent.dtype), latent, max_denoise)
+                x0 = model_wrap(x, sigma * s_in, **args)
+                if mask is not None:  # as KSamplerX0Inpaint: keep the unmasked part of the latent
+                    x0 = x0 * mask + latent * (1.0 - mask)
+                return decode_with_grad(self.vae, inner.process_latent_out(x0)), x0
+
+            def on_iteration(record: IterationRecord, image: torch.Tensor):
+                preview = preview_image(image, self.preview_size)
+                previews.append(preview)
+                if self.on_iteration is not None:
+                    self.on_iteration(record, image, preview)
+
+            result = optimize_noise(generate, self.ensemble, start, self.config, on_iteration)
+            self.output = RunOutput(result=result, sigma=float(sigma), previews=previews)
+            samples = model_sampling.inverse_noise_scaling(sigma_last, result.best_extra.detach())
+        return samples
+
+
+def _with_normal_conds(extra_args: dict) -> dict:
+    """extra_args whose model call sees normal tensors for every conditioning input.
+
+    Conditioning tensors were made under inference mode by ComfyUI; wrapping the model function makes
+    each one a zero-copy normal tensor at call time. ``model_options`` is copied, never mutated (on
+    the 2024 engine it is the ModelPatcher's own dict).
+    """
+    options = dict(extra_args.get("model_options") or {})
+    previous = options.get("model_function_wrapper")
+
+    def wrapper(apply_model, args):
+        args = dict(args)
+        args["c"] = {k: normalize_nested(v) if isinstance(v, torch.Tensor) else v for k, v in args["c"].items()}
+        args["input"], args["timestep"] = as_normal(args["input"]), as_normal(args["timestep"])
+        if previous is not None:
+            return previous(apply_model, args)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    options["model_function_wrapper"] = wrapper
+    return {**extra_args, "model_options": options}

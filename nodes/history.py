@@ -1,0 +1,42 @@
+"""RENO_HISTORY: everything a ReNO run recorded, for previews, charts and continuing a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ReNOHistory:
+    prompt: str
+    seed: int
+    rewards: list[dict]  # {"label", "name", "weight", "offset"} in stack order
+    config: dict
+    sigma: float
+    records: list[dict]  # IterationRecord.to_dict() per iteration
+    previews: list[torch.Tensor] = field(repr=False)  # per iteration: (B, h, w, 3) uint8
+    best_iteration: list[int] = field(default_factory=list)
+    best_loss: list[float] = field(default_factory=list)
+    best_noise: torch.Tensor | None = field(default=None, repr=False)  # (B, ...) float32, CPU
+    stop_reason: str | None = None
+
+    @property
+    def iterations(self) -> int:
+        return len(self.records)
+
+    def images(self) -> torch.Tensor:
+        """Every iteration's preview as one ComfyUI IMAGE batch, iteration-major: (N*B, h, w, 3) float."""
+        return torch.cat(self.previews, dim=0).float() / 255.0
+
+    def summary(self) -> dict:
+        """A small JSON-able digest for the front end."""
+        first = self.records[0] if self.records else None
+        return {
+            "iterations": self.iterations,
+            "best_iteration": self.best_iteration,
+            "initial_loss": first["loss"] if first else [],
+            "best_loss": self.best_loss,
+            "rewards": self.rewards,
+            "stop_reason": self.stop_reason,
+        }

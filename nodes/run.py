@@ -1,0 +1,95 @@
+"""What the ReNO Sampler node does, outside its class body."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from PIL import Image
+
+import comfy.model_management
+import comfy.sample
+import comfy.utils
+
+from ..optimizer import IterationRecord, ReNOConfig
+from ..reward_loaders import RewardEnsemble
+from .bridge import ReNOComfySampler
+from .history import ReNOHistory
+
+log = logging.getLogger(__name__)
+
+PREVIEW_SIZE = 256
+
+
+def progress_bar(total: int, node_id=None):
+    try:
+        return comfy.utils.ProgressBar(total, node_id=node_id)
+    except TypeError:  # ComfyUI before node_id was added (2024)
+        return comfy.utils.ProgressBar(total)
+
+
+def model_sampling_of(model):
+    getter = getattr(model, "get_model_object", None)
+    if getter is not None:
+        try:
+            return getter("model_sampling")
+        except Exception:  # noqa: BLE001 - older ModelPatcher without that object
+            pass
+    return model.model.model_sampling
+
+
+def reno_sample(model, positive, negative, vae, latent_image, rewards, prompt, seed, config: ReNOConfig, cfg,
+                node_id=None):
+    """Run ReNO with ComfyUI's own sampling machinery; returns (LATENT, IMAGE, RENO_HISTORY)."""
+    if not rewards:
+        raise ValueError("ReNO Sampler: connect at least one 'ReNO Load Reward' node to 'rewards'.")
+    ensemble = RewardEnsemble(list(rewards), prompt)
+
+    samples = latent_image["samples"]
+    if hasattr(comfy.sample, "fix_empty_latent_channels"):
+        samples = comfy.sample.fix_empty_latent_channels(model, samples)
+    noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
+    sigma_max = float(model_sampling_of(model).sigma_max)
+    sigmas = torch.tensor([sigma_max, 0.0])
+
+    pbar = progress_bar(config.iterations, node_id)
+
+    def on_iteration(record: IterationRecord, image: torch.Tensor, preview: torch.Tensor):
+        pbar.update_absolute(record.iteration + 1, config.iterations,
+                             ("JPEG", Image.fromarray(preview[0].numpy()), PREVIEW_SIZE))
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    sampler = ReNOComfySampler(ensemble, config, vae, on_iteration, PREVIEW_SIZE, model_patcher=model)
+    out_samples = comfy.sample.sample_custom(
+        model, noise, cfg, sampler, sigmas, positive, negative, samples,
+        noise_mask=latent_image.get("noise_mask"), disable_pbar=True, seed=seed,
+    )
+    run = sampler.output
+    result = run.result
+    if not all(result.finite):
+        bad = [b for b, ok in enumerate(result.finite) if not ok]
+        raise RuntimeError(
+            f"ReNO Sampler: the reward was NaN/Inf from the first iteration for image(s) {bad} of the batch, so there "
+            "is no valid result. Check the VAE (try a float32 VAE, e.g. ComfyUI's --fp32-vae) and the reward files."
+        )
+    if result.stop_reason:
+        log.warning("ReNO Sampler: %s", result.stop_reason)
+
+    latent_out = dict(latent_image)
+    latent_out["samples"] = out_samples
+    image = result.best_image.float().movedim(1, -1).cpu()
+    history = ReNOHistory(
+        prompt=prompt,
+        seed=int(seed),
+        rewards=[{"label": label, "name": r.name, "weight": r.weight, "offset": r.model.offset}
+                 for label, r in zip(ensemble.labels, ensemble.rewards)],
+        config={**config.to_dict(), "cfg": cfg},
+        sigma=run.sigma,
+        records=[r.to_dict() for r in result.records],
+        previews=run.previews,
+        best_iteration=result.best_iteration,
+        best_loss=result.best_loss,
+        best_noise=result.best_noise.cpu(),
+        stop_reason=result.stop_reason,
+    )
+    return latent_out, image, history

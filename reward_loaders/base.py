@@ -1,0 +1,147 @@
+"""The reward interface: images in [0, 1] + a prompt -> one differentiable score per image."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
+
+log = logging.getLogger(__name__)
+
+
+class RewardModel(nn.Module):
+    """Base class of every reward.
+
+    Subclasses set ``name`` and ``offset`` (the constant ``c`` of the loss ``c - score`` used by the
+    official ReNO code: it does not change gradients, only the reported loss) and implement
+    ``encode_text`` and ``score``. ``score`` is the reward's native value, as its authors compute it.
+    The module is a plain container (not a transformers model) so that ComfyUI's model manager can
+    set its bookkeeping attributes on it.
+    """
+
+    name: str = "reward"
+    offset: float = 0.0
+    input_size: int = 224
+    mean: tuple[float, ...] = CLIP_MEAN
+    std: tuple[float, ...] = CLIP_STD
+    source: str = ""  # where the weights were loaded from, for messages and reports
+
+    def __init__(self):
+        super().__init__()
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    # -- to implement -------------------------------------------------------------------------
+    def encode_text(self, prompt: str) -> torch.Tensor:
+        """Text features for one prompt, computed without gradients."""
+        raise NotImplementedError
+
+    def score(self, pixel_values: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) preprocessed pixels + text features -> (B,) float32 scores."""
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------
+    def param_device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        return torch.device("cpu")
+
+    def param_dtype(self) -> torch.dtype:
+        for t in self.parameters():
+            if t.is_floating_point():
+                return t.dtype
+        return torch.float32
+
+    def preprocess_key(self) -> tuple:
+        return (self.input_size, tuple(self.mean), tuple(self.std))
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        return clip_preprocess(images, self.input_size, self.mean, self.std)
+
+    def text_features(self, prompt: str) -> torch.Tensor:
+        """Cached text features on the model's current device (computed once per prompt)."""
+        feats = self._text_cache.get(prompt)
+        if feats is None or feats.device != self.param_device() or (feats.is_inference() and not torch.is_inference_mode_enabled()):
+            with torch.no_grad():
+                feats = self.encode_text(prompt)
+            if len(self._text_cache) > 32:
+                self._text_cache.clear()
+            self._text_cache[prompt] = feats
+        if feats.is_inference() and not torch.is_inference_mode_enabled():
+            feats = feats.clone()  # an inference tensor cannot be saved for backward
+        return feats
+
+    def forward(self, images: torch.Tensor, prompt: str) -> torch.Tensor:
+        """(B, C, H, W) images in [0, 1] -> (B,) scores."""
+        images = images.to(self.param_device())
+        return self.score(self.preprocess(images).to(self.param_dtype()), self.text_features(prompt))
+
+
+@dataclass(frozen=True)
+class WeightedReward:
+    """One entry of a RENO_REWARDS stack."""
+
+    name: str
+    weight: float
+    model: RewardModel
+
+
+class RewardEnsemble:
+    """The weighted sum of several rewards for one prompt: ReNO's objective.
+
+    ``ensemble(images)`` returns ``(loss, scores)``: ``loss`` (B,) is ``sum_i w_i (c_i - score_i)``
+    and ``scores`` maps each reward's label to its (B,) native score. Preprocessing shared by several
+    rewards (same size and normalization) is computed once per call.
+    """
+
+    def __init__(self, rewards: Sequence[WeightedReward], prompt: str):
+        if not rewards:
+            raise ValueError("no reward connected: add at least one 'ReNO Load Reward' node")
+        self.rewards = list(rewards)
+        self.prompt = prompt
+        self.labels = unique_labels([r.name for r in self.rewards])
+
+    def prepare(self) -> None:
+        """Compute every reward's text features now (once per prompt, not once per iteration)."""
+        for r in self.rewards:
+            r.model.text_features(self.prompt)
+
+    def scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, C, H, W) in [0, 1] -> {label: (B,) float32 score}."""
+        prepared: dict[tuple, torch.Tensor] = {}
+        out: dict[str, torch.Tensor] = {}
+        for label, r in zip(self.labels, self.rewards):
+            m = r.model
+            device, dtype = m.param_device(), m.param_dtype()
+            key = (*m.preprocess_key(), device, dtype)
+            pixels = prepared.get(key)
+            if pixels is None:
+                pixels = prepared[key] = m.preprocess(images.to(device)).to(dtype)
+            out[label] = m.score(pixels, m.text_features(self.prompt)).float()
+        return out
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        scores = self.scores(images)
+        loss = None
+        for label, r in zip(self.labels, self.rewards):
+            term = r.weight * (r.model.offset - scores[label].to(images.device))
+            loss = term if loss is None else loss + term
+        return loss, scores
+
+    def weighted_total(self, scores: dict[str, torch.Tensor]) -> torch.Tensor:
+        """sum_i w_i score_i, the figure ReNO Score Images reports."""
+        return sum(r.weight * scores[label] for label, r in zip(self.labels, self.rewards))
+
+
+def unique_labels(names: Sequence[str]) -> list[str]:
+    """'pickscore', 'pickscore' -> 'pickscore', 'pickscore#2' (a reward may be chained twice)."""
+    counts: dict[str, int] = {}
+    labels = []
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+        labels.append(n if counts[n] == 1 else f"{n}#{counts[n]}")
+    return labels

@@ -1,0 +1,98 @@
+"""CLIPScore and PickScore: transformers ``CLIPModel`` folders scored as ``exp(logit_scale) * cos``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .base import RewardModel
+from .errors import RewardLoadError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# keys that older transformers versions saved and newer ones rebuild (harmless when unexpected)
+_TOLERATED_UNEXPECTED = ("position_ids",)
+
+
+class CLIPModelReward(RewardModel):
+    """``score = exp(logit_scale) * cos(image_features, text_features)`` of a CLIP model."""
+
+    def __init__(self, clip, tokenizer, name: str, offset: float, source: str = ""):
+        super().__init__()
+        self.clip = clip.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name, self.offset, self.source = name, offset, source
+        self.max_length = int(clip.config.text_config.max_position_embeddings)
+        image_size = int(clip.config.vision_config.image_size)
+        self.input_size = image_size
+
+    def encode_text(self, prompt: str) -> torch.Tensor:
+        n_tokens = len(self.tokenizer(prompt, truncation=False)["input_ids"])
+        if n_tokens > self.max_length:
+            log.warning(
+                "%s: the prompt has %d tokens; only the first %d are scored (CLIP's limit)",
+                self.name, n_tokens, self.max_length,
+            )
+        tok = self.tokenizer(
+            [prompt], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        out = self.clip.text_model(
+            input_ids=tok["input_ids"].to(self.param_device()), attention_mask=tok["attention_mask"].to(self.param_device())
+        )
+        feats = self.clip.text_projection(out.pooler_output)
+        return F.normalize(feats.float(), dim=-1)
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.clip.vision_model(pixel_values=pixel_values)
+        return F.normalize(self.clip.visual_projection(out.pooler_output).float(), dim=-1)
+
+    def score(self, pixel_values: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        image = self.image_features(pixel_values)
+        cos = (image * text_features.to(image.device)).sum(dim=-1)
+        return self.clip.logit_scale.float().exp() * cos
+
+
+def load_clip_folder(folder: Path, name: str, offset: float) -> CLIPModelReward:
+    """Build a CLIP reward from a transformers CLIPModel folder; sizes come from its config.json."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
+    if weights is None:
+        raise RewardLoadError(f"{name}: no weights in {folder}: expected {' or '.join(WEIGHT_FILES)}")
+    kwargs = dict(local_files_only=True, output_loading_info=True, use_safetensors=weights.suffix == ".safetensors")
+    try:
+        try:
+            model, info = CLIPModel.from_pretrained(str(folder), dtype=torch.float32, **kwargs)
+        except TypeError:  # transformers 4.x spells it torch_dtype
+            model, info = CLIPModel.from_pretrained(str(folder), torch_dtype=torch.float32, **kwargs)
+    except Exception as e:  # noqa: BLE001 - turned into an actionable message
+        raise RewardLoadError(
+            f"{name}: could not load the CLIP model in {folder} ({weights.name}): {type(e).__name__}: {e}. "
+            "The folder must hold a transformers CLIPModel (config.json + weights) for this reward; "
+            "re-download the files if they may be incomplete."
+        ) from e
+    missing = list(info.get("missing_keys", []))
+    unexpected = [k for k in info.get("unexpected_keys", []) if not k.endswith(_TOLERATED_UNEXPECTED)]
+    mismatched = list(info.get("mismatched_keys", []))
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)):
+            if keys:
+                shown = ", ".join(map(str, keys[:8])) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+                parts.append(f"{len(keys)} {label} key(s): {shown}")
+        raise RewardLoadError(
+            f"{name}: {weights} does not match its config.json: " + "; ".join(parts)
+            + ". It is probably a checkpoint of another model; put the right files in that folder."
+        )
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise RewardLoadError(
+            f"{name}: could not load the CLIP tokenizer from {folder}: {type(e).__name__}: {e}. "
+            "The folder needs vocab.json and merges.txt (or tokenizer.json) of the CLIP tokenizer."
+        ) from e
+    return CLIPModelReward(model.float(), tokenizer, name=name, offset=offset, source=str(folder))

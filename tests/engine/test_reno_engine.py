@@ -1,0 +1,265 @@
+"""The pack inside a real ComfyUI engine: contract, execution, progress, cancel, batches, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import comfy_host
+import pytest
+import torch
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "node_contract.json"
+PROMPT_TEXT = "a photo of a cat"
+SAMPLER_ID = "7"
+
+
+@pytest.fixture(scope="module")
+def pack(engine):
+    """The pack's module as ComfyUI loaded it (the 2025 engine keys sys.modules by path)."""
+    init = engine.workdir / "custom_nodes" / comfy_host.PACK_NAME / "__init__.py"
+    for module in list(sys.modules.values()):
+        if getattr(module, "__file__", None) == str(init):
+            return module
+    raise AssertionError(f"the pack loaded from {init} is not in sys.modules")
+
+
+@pytest.fixture(scope="module")
+def reward_dir(engine, pack):
+    """Tiny reward checkpoints in the engine's own models/reno_rewards folder (what users do)."""
+    from tiny_rewards import write_reward_root
+
+    folders = engine.folder_paths.get_folder_paths("reno_rewards")
+    root = Path(folders[0])
+    assert engine.workdir in root.parents, f"reno_rewards folder {root} is outside the test workdir"
+    return write_reward_root(root)
+
+
+def depth_for(engine) -> int:
+    """Attention blocks where the engine can backpropagate through them (not the 2024 engine)."""
+    return 0 if engine.is_legacy else 1
+
+
+def reno_prompt(engine, *, iterations=6, batch=1, seed=0, rewards=(("pickscore", 1.0), ("clipscore", 0.5)),
+                width=64, height=64, learning_rate=5.0, cfg=1.0):
+    p = {
+        "1": {"class_type": "ReNOTestTinySD", "inputs": {"transformer_depth": depth_for(engine), "context_dim": 32, "seed": 0}},
+        "2": {"class_type": "ReNOTestConditioning", "inputs": {"text": PROMPT_TEXT, "context_dim": 32}},
+        "3": {"class_type": "ReNOTestConditioning", "inputs": {"text": "", "context_dim": 32}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": batch}},
+    }
+    prev = None
+    for k, (name, weight) in enumerate(rewards):
+        node = f"5{k}"
+        p[node] = {"class_type": "ReNORewardLoader", "inputs": {"reward": name, "weight": weight}}
+        if prev:
+            p[node]["inputs"]["rewards"] = [prev, 0]
+        prev = node
+    p[SAMPLER_ID] = {"class_type": "ReNOSampler", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 1], "latent_image": ["4", 0],
+        "rewards": [prev, 0], "prompt": PROMPT_TEXT, "seed": seed, "iterations": iterations,
+        "learning_rate": learning_rate, "cfg": cfg, "regularization": 0.01, "grad_clip": 0.1}}
+    p["8"] = {"class_type": "SaveImage", "inputs": {"images": [SAMPLER_ID, 1], "filename_prefix": "reno_test"}}
+    return p
+
+
+def call_chain(engine, *, iterations, seed=0, batch=1, rewards=(("pickscore", 1.0), ("clipscore", 0.5))):
+    """Run the nodes directly (under inference mode, like the executor); returns the pieces."""
+    model, vae = engine.call_node("ReNOTestTinySD", inference=True, transformer_depth=depth_for(engine),
+                                  context_dim=32, seed=0)
+    (pos,) = engine.call_node("ReNOTestConditioning", inference=True, text=PROMPT_TEXT, context_dim=32)
+    (neg,) = engine.call_node("ReNOTestConditioning", inference=True, text="", context_dim=32)
+    (latent,) = engine.call_node("EmptyLatentImage", inference=True, width=64, height=64, batch_size=batch)
+    stack = None
+    for name, weight in rewards:
+        (stack,) = engine.call_node("ReNORewardLoader", inference=True, reward=name, weight=weight, rewards=stack)
+    out = engine.call_node("ReNOSampler", inference=True, model=model, positive=pos, negative=neg, vae=vae,
+                           latent_image=latent, rewards=stack, prompt=PROMPT_TEXT, seed=seed, iterations=iterations,
+                           learning_rate=5.0, cfg=1.0, regularization=0.01, grad_clip=0.1)
+    return dict(model=model, vae=vae, pos=pos, neg=neg, latent=latent, rewards=stack, out=out["result"], ui=out["ui"])
+
+
+# -- the public contract ------------------------------------------------------------------------------
+
+def _input_type(spec):
+    return "COMBO" if isinstance(spec[0], list) else spec[0]
+
+
+def test_node_contract_matches_the_golden_file(engine, pack):
+    golden = json.loads(GOLDEN.read_text())
+    for class_name, want in golden.items():
+        if class_name.startswith("_"):
+            continue
+        cls = pack.NODE_CLASS_MAPPINGS[class_name]
+        assert engine.node_class(class_name) is cls
+        assert pack.NODE_DISPLAY_NAME_MAPPINGS[class_name] == want["display_name"]
+        assert cls.CATEGORY == want["category"]
+        types = cls.INPUT_TYPES()
+        required = [[name, _input_type(spec)] for name, spec in types["required"].items()]
+        optional = [[name, _input_type(spec)] for name, spec in types.get("optional", {}).items()]
+        assert required == want["required"], f"{class_name}: required inputs renamed or reordered"
+        assert optional[: len(want["optional"])] == want["optional"], f"{class_name}: optional inputs changed"
+        assert list(cls.RETURN_TYPES) == want["outputs"]
+        for name, values in want.get("combo_values", {}).items():
+            assert set(values) <= set(types["required"][name][0]), f"{class_name}.{name}: combo value removed"
+        for name, default in want.get("defaults", {}).items():
+            assert types["required"][name][1]["default"] == default
+
+
+def test_every_input_has_a_tooltip_and_every_node_a_description(pack):
+    for class_name, cls in pack.NODE_CLASS_MAPPINGS.items():
+        assert getattr(cls, "DESCRIPTION", ""), class_name
+        types = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            for name, spec in types.get(section, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{class_name}.{name} has no tooltip"
+
+
+def test_reward_folder_is_registered_with_folder_paths(engine, pack):
+    folders = engine.folder_paths.get_folder_paths("reno_rewards")
+    assert any(Path(f) == Path(engine.folder_paths.models_dir) / "reno_rewards" for f in folders)
+
+
+# -- running ReNO in the engine ---------------------------------------------------------------------------
+
+def test_reno_prompt_validates_executes_and_reports_progress_each_iteration(fresh_engine, reward_dir):
+    engine = fresh_engine
+    prompt = reno_prompt(engine, iterations=6)
+    ok, err, outputs, node_errors = engine.validate(prompt)
+    assert ok, (err, node_errors)
+    res = engine.execute(prompt)
+    res.raise_for_error()
+    steps = [e for e in res.progress if str(e.node_id) in (SAMPLER_ID, "None") and e.total == 6]
+    assert [e.value for e in steps] == [1, 2, 3, 4, 5, 6]
+    assert all(e.has_preview for e in steps)
+    summary = res.ui_outputs[SAMPLER_ID]["reno_summary"][0]
+    assert summary["iterations"] == 6
+    assert summary["best_loss"][0] < summary["initial_loss"][0]
+    assert [p.exists() for p in res.image_paths("8")] == [True]
+
+
+def test_returned_image_scores_higher_than_iteration_zero(fresh_engine, reward_dir, pack):
+    engine = fresh_engine
+    run = call_chain(engine, iterations=8)
+    latent, image, history = run["out"]
+    plain = call_chain(engine, iterations=1)["out"][1]  # the one-step image for the same seed
+    ensemble = pack.reward_loaders.RewardEnsemble(list(run["rewards"]), PROMPT_TEXT)
+    with torch.inference_mode(False), torch.no_grad():
+        best_total = ensemble.weighted_total(ensemble.scores(image.movedim(-1, 1)))
+        plain_total = ensemble.weighted_total(ensemble.scores(plain.movedim(-1, 1)))
+    assert best_total.item() > plain_total.item()
+    # the records agree with the independent scores
+    first = history.records[0]
+    best = history.records[history.best_iteration[0]]
+    assert history.best_iteration[0] > 0
+    assert sum(r["weight"] * first["scores"][r["label"]][0] for r in history.rewards) == pytest.approx(
+        plain_total.item(), rel=1e-4, abs=1e-4)
+    assert sum(r["weight"] * best["scores"][r["label"]][0] for r in history.rewards) == pytest.approx(
+        best_total.item(), rel=1e-4, abs=1e-4)
+    # outputs: shapes, ranges, and a history with one preview per iteration
+    assert image.shape == (1, 64, 64, 3) and 0 <= image.min() and image.max() <= 1
+    assert latent["samples"].shape == (1, 4, 8, 8)
+    assert len(history.previews) == history.iterations == 8
+    assert history.best_noise.shape == (1, 4, 8, 8) and history.best_noise.dtype == torch.float32
+
+
+def test_one_iteration_is_comfyuis_own_one_step_image(fresh_engine, reward_dir):
+    """With no update, ReNO's image is what KSampler (euler, one step from sigma_max) + VAE Decode make."""
+    engine = fresh_engine
+    run = call_chain(engine, iterations=1, seed=3)
+    (ks,) = engine.call_node("KSampler", inference=True, model=run["model"], seed=3, steps=1, cfg=1.0,
+                             sampler_name="euler", scheduler=engine.one_step_scheduler(), positive=run["pos"],
+                             negative=run["neg"], latent_image=run["latent"], denoise=1.0)
+    (decoded,) = engine.call_node("VAEDecode", inference=True, samples=ks, vae=run["vae"])
+    latent, image, _ = run["out"]
+    torch.testing.assert_close(latent["samples"].float(), ks["samples"].float(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(image.float(), decoded.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_interrupt_stops_within_one_iteration_and_restores_the_model(fresh_engine, reward_dir):
+    engine = fresh_engine
+    model, vae = engine.call_node("ReNOTestTinySD", inference=True, transformer_depth=depth_for(engine),
+                                  context_dim=32, seed=0)
+    modules = {"unet": model.model, "vae": vae.first_stage_model}
+    before = {
+        (k, n): (t, t.is_inference(), t.detach().clone())
+        for k, m in modules.items()
+        for table in ("_parameters", "_buffers")
+        for mod_name, mod in m.named_modules()
+        for n0, t in getattr(mod, table).items() if t is not None
+        for n in [f"{mod_name}.{n0}"]
+    }
+    assert any(v[1] for v in before.values()), "the fixture should hold inference tensors, as in the executor"
+    (pos,) = engine.call_node("ReNOTestConditioning", inference=True, text=PROMPT_TEXT, context_dim=32)
+    (latent,) = engine.call_node("EmptyLatentImage", inference=True, width=64, height=64, batch_size=1)
+    (stack,) = engine.call_node("ReNORewardLoader", inference=True, reward="pickscore", weight=1.0)
+    seen = []
+
+    def interrupt_at_3(event):
+        seen.append(event.value)
+        if event.value == 3:
+            engine.interrupt()
+
+    engine.add_progress_callback(interrupt_at_3)
+    grad_mode = torch.is_grad_enabled()
+    with pytest.raises(engine.model_management.InterruptProcessingException):
+        engine.call_node("ReNOSampler", inference=True, model=model, positive=pos, negative=pos, vae=vae,
+                         latent_image=latent, rewards=stack, prompt=PROMPT_TEXT, seed=0, iterations=20,
+                         learning_rate=5.0, cfg=1.0, regularization=0.01, grad_clip=0.1)
+    assert seen == [1, 2, 3]  # stopped at the iteration where the cancel came
+    assert torch.is_grad_enabled() == grad_mode and not torch.is_inference_mode_enabled()
+    for (k, n), (t, was_inference, values) in before.items():
+        mod_name, _, attr = n.rpartition(".")
+        mod = modules[k].get_submodule(mod_name) if mod_name else modules[k]
+        now = getattr(mod, attr)
+        assert now is t, f"{k}:{n} was not restored"
+        assert now.is_inference() == was_inference
+        assert torch.equal(now.detach(), values)
+    # the next run works
+    engine.clear_progress_callbacks()
+    engine.reset_interrupt()
+    out = engine.call_node("ReNOSampler", inference=True, model=model, positive=pos, negative=pos, vae=vae,
+                           latent_image=latent, rewards=stack, prompt=PROMPT_TEXT, seed=0, iterations=2,
+                           learning_rate=5.0, cfg=1.0, regularization=0.01, grad_clip=0.1)
+    assert out["result"][2].iterations == 2
+
+
+def test_interrupt_through_the_executor(fresh_engine, reward_dir):
+    engine = fresh_engine
+    engine.add_progress_callback(lambda e: engine.interrupt() if e.value == 2 and e.total == 30 else None)
+    res = engine.execute(reno_prompt(engine, iterations=30))
+    assert not res.success and res.interrupted
+    assert [e.value for e in res.progress if e.total == 30] == [1, 2]
+    engine.clear_progress_callbacks()
+    engine.reset_interrupt()
+    res = engine.execute(reno_prompt(engine, iterations=2, seed=1))
+    res.raise_for_error()
+
+
+def test_batch_elements_each_get_their_own_best_and_comfyuis_noise(fresh_engine, reward_dir, pack):
+    engine = fresh_engine
+    run = call_chain(engine, iterations=4, batch=2, seed=11)
+    latent, image, history = run["out"]
+    assert image.shape == (2, 64, 64, 3) and latent["samples"].shape == (2, 4, 8, 8)
+    assert len(history.best_iteration) == 2 and len(history.records[0]["loss"]) == 2
+    import comfy.sample
+
+    noise = comfy.sample.prepare_noise(run["latent"]["samples"], 11)
+    norms = noise.reshape(2, -1).norm(dim=1).tolist()
+    assert history.records[0]["latent_norm"] == pytest.approx(norms, rel=1e-5)
+
+
+def test_missing_reward_files_give_an_actionable_error(fresh_engine, reward_dir):
+    engine = fresh_engine
+    hidden = reward_dir / "pickscore.hidden"
+    shutil.move(reward_dir / "pickscore", hidden)
+    try:
+        res = engine.execute(reno_prompt(engine, iterations=2, seed=5))
+    finally:
+        shutil.move(hidden, reward_dir / "pickscore")
+    assert not res.success
+    msg = res.error["exception_message"]
+    assert "pickscore" in msg and "model.safetensors" in msg and str(reward_dir / "pickscore") in msg
+    assert "huggingface.co/yuvalkirstain/PickScore_v1" in msg
