@@ -7,6 +7,7 @@ import os
 import folder_paths
 
 from ..reward_loaders import FOLDER_NAME, set_search_path_provider
+from .preview_node import ReNOIterationPreview
 from .reward_nodes import ReNORewardLoader
 from .sampler_node import ReNOSampler
 
@@ -27,9 +28,11 @@ _register_model_folder()
 NODE_CLASS_MAPPINGS = {
     "ReNORewardLoader": ReNORewardLoader,
     "ReNOSampler": ReNOSampler,
+    "ReNOIterationPreview": ReNOIterationPreview,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "ReNORewardLoader": "ReNO Load Reward",
     "ReNOSampler": "ReNO Sampler",
+    "ReNOIterationPreview": "ReNO Iteration Preview",
 }

@@ -9,7 +9,7 @@ afterwards, whatever happens (error, cancel).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

@@ -9,14 +9,13 @@ returns x0 with gradients, which is decoded by the VAE on the device and scored 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
-
-import torch
-import torch.nn.functional as F
 
 import comfy.model_management
 import comfy.samplers
+import torch
+import torch.nn.functional as F
 
 from ..optimizer import IterationRecord, ReNOConfig, ReNOResult, optimize_noise
 from ..reward_loaders import RewardEnsemble

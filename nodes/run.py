@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 
-import torch
-from PIL import Image
-
 import comfy.model_management
 import comfy.sample
 import comfy.utils
+import torch
+from PIL import Image
 
 from ..optimizer import IterationRecord, ReNOConfig
 from ..reward_loaders import RewardEnsemble

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import torch
 

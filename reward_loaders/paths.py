@@ -9,8 +9,8 @@ or in directories passed explicitly.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 FOLDER_NAME = "reno_rewards"
 ENV_VAR = "RENO_REWARDS_DIR"

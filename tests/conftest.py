@@ -36,3 +36,10 @@ def reward_root(tmp_path_factory):
     from tiny_rewards import write_reward_root
 
     return write_reward_root(tmp_path_factory.mktemp("reno_rewards"))
+
+
+def pytest_report_header(config):
+    """Say which ComfyUI host the engine tests run on (or why they skip)."""
+    import comfy_host
+
+    return comfy_host.report_line()

@@ -74,7 +74,7 @@ def write_tiny_clip_folder(folder: Path, seed: int = 0, **config_kwargs) -> Path
     with torch.inference_mode(False):
         model = CLIPModel(tiny_clip_config(vocab_size, **config_kwargs)).float()
         with torch.no_grad():  # a random head with the default init scores almost constantly
-            for name, p in model.named_parameters():
+            for p in model.parameters():
                 if p.dim() >= 2:
                     p.normal_(0.0, 0.15)
         model.save_pretrained(str(folder), safe_serialization=True)
