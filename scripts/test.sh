@@ -7,4 +7,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 . .venv/bin/activate
 ruff check .
+if command -v node >/dev/null 2>&1; then
+  node --test tests/js/
+else
+  echo "SKIPPED: JavaScript tests (node is not installed)"
+fi
 python -m pytest "$@"

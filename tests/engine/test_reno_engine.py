@@ -263,3 +263,25 @@ def test_missing_reward_files_give_an_actionable_error(fresh_engine, reward_dir)
     msg = res.error["exception_message"]
     assert "pickscore" in msg and "model.safetensors" in msg and str(reward_dir / "pickscore") in msg
     assert "huggingface.co/yuvalkirstain/PickScore_v1" in msg
+
+
+def test_iteration_preview_node_outputs_every_iteration(fresh_engine, reward_dir):
+    engine = fresh_engine
+    prompt = reno_prompt(engine, iterations=5, batch=2, seed=2)
+    prompt["9"] = {"class_type": "ReNOIterationPreview", "inputs": {"history": [SAMPLER_ID, 2]}}
+    res = engine.execute(prompt)
+    res.raise_for_error()
+    ui = res.ui_outputs["9"]
+    assert len(ui["images"]) == 5 * 2 and all(p.exists() for p in res.image_paths("9"))
+    assert [(m["iteration"], m["batch_index"]) for m in ui["images"][:3]] == [(0, 0), (0, 1), (1, 0)]
+    chart = ui["reno_chart"][0]
+    assert chart["iterations"] == 5 and len(chart["series"]) == 2
+    for s in chart["series"]:
+        assert set(s["scores"]) == {"pickscore", "clipscore"} and len(s["weighted_total"]) == 5
+        assert s["weighted_total"][s["best_iteration"]] == max(s["weighted_total"])
+
+
+def test_web_extension_is_served(engine):
+    web_dirs = engine.nodes.EXTENSION_WEB_DIRS
+    assert comfy_host.PACK_NAME in web_dirs, sorted(web_dirs)
+    assert (Path(web_dirs[comfy_host.PACK_NAME]) / "reno.js").is_file()

@@ -1,0 +1,39 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { fmt, summaryLines } from "../../web/js/reno_summary.js";
+
+test("fmt keeps 4 significant digits and handles non-finite values", () => {
+  assert.equal(fmt(81.44992065429688), "81.45");
+  assert.equal(fmt(0), "0");
+  assert.equal(fmt(123456), "1.23e+5");
+  assert.equal(fmt(NaN), "–");
+  assert.equal(fmt(undefined), "–");
+});
+
+test("summaryLines describes one image per line", () => {
+  const lines = summaryLines({
+    iterations: 50, best_iteration: [37], initial_loss: [81.45], best_loss: [77.77], rewards: [], stop_reason: null,
+  });
+  assert.deepEqual(lines, ["best iteration 37 of 50 · loss 81.45 → 77.77"]);
+});
+
+test("summaryLines numbers batch elements and reports an early stop", () => {
+  const lines = summaryLines({
+    iterations: 4, best_iteration: [3, 0], initial_loss: [2, 3], best_loss: [1, 3], stop_reason: "no finite loss",
+  });
+  assert.deepEqual(lines, [
+    "#0: best iteration 3 of 4 · loss 2 → 1",
+    "#1: best iteration 0 of 4 · loss 3 → 3",
+    "stopped: no finite loss",
+  ]);
+});
+
+test("summaryLines ignores anything that is not a summary", () => {
+  for (const bad of [undefined, null, 3, "x", {}, { best_iteration: "no" }]) assert.deepEqual(summaryLines(bad), []);
+});
+
+test("text from the server stays text", () => {
+  const evil = "<img src=x onerror=alert(1)>";
+  const [, line] = summaryLines({ iterations: 1, best_iteration: [0], initial_loss: [1], best_loss: [1], stop_reason: evil });
+  assert.equal(line, `stopped: ${evil}`);
+});
