@@ -54,13 +54,3 @@ def normal_tensors(modules: Iterable[nn.Module | None]):
         for table, name, original in reversed(swapped):
             table[name] = original
 
-
-def normalize_nested(obj):
-    """Tensors inside dicts/lists/tuples made normal (zero-copy); other objects untouched."""
-    if isinstance(obj, torch.Tensor):
-        return as_normal(obj)
-    if isinstance(obj, dict):
-        return {k: normalize_nested(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
-        return type(obj)(normalize_nested(v) for v in obj)
-    return obj

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..optimizer import IterationRecord, ReNOConfig, ReNOResult, optimize_noise
 from ..reward_loaders import RewardEnsemble
-from .autograd import as_normal, normal_tensors, normalize_nested
+from .autograd import as_normal, normal_tensors
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _with_normal_conds(extra_args: dict) -> dict:
 
     def wrapper(apply_model, args):
         args = dict(args)
-        args["c"] = {k: normalize_nested(v) if isinstance(v, torch.Tensor) else v for k, v in args["c"].items()}
+        args["c"] = {k: as_normal(v) for k, v in args["c"].items()}
         args["input"], args["timestep"] = as_normal(args["input"]), as_normal(args["timestep"])
         if previous is not None:
             return previous(apply_model, args)

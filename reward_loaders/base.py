@@ -63,16 +63,19 @@ class RewardModel(nn.Module):
         return clip_preprocess(images, self.input_size, self.mean, self.std)
 
     def text_features(self, prompt: str) -> torch.Tensor:
-        """Cached text features on the model's current device (computed once per prompt)."""
+        """Cached text features on the model's current device (computed once per prompt).
+
+        Features cached under inference mode (e.g. by a scoring node) are recomputed for a ReNO run:
+        an inference tensor cannot be saved for backward.
+        """
         feats = self._text_cache.get(prompt)
-        if feats is None or feats.device != self.param_device() or (feats.is_inference() and not torch.is_inference_mode_enabled()):
+        stale = feats is not None and feats.is_inference() and not torch.is_inference_mode_enabled()
+        if feats is None or stale or feats.device != self.param_device():
             with torch.no_grad():
                 feats = self.encode_text(prompt)
             if len(self._text_cache) > 32:
                 self._text_cache.clear()
             self._text_cache[prompt] = feats
-        if feats.is_inference() and not torch.is_inference_mode_enabled():
-            feats = feats.clone()  # an inference tensor cannot be saved for backward
         return feats
 
     def forward(self, images: torch.Tensor, prompt: str) -> torch.Tensor:

@@ -26,26 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import comfy_host  # noqa: E402
+from reno_prompts import SAMPLER_ID, SAVE_ID, reno_api_prompt  # noqa: E402
 from tiny_rewards import write_reward_root  # noqa: E402
 
 PROMPT = "a red apple on a wooden table"
-
-
-def build_prompt(iterations: int, size: int, seed: int) -> dict:
-    return {
-        "1": {"class_type": "ReNOTestTinySD", "inputs": {"transformer_depth": 0, "context_dim": 32, "seed": 0}},
-        "2": {"class_type": "ReNOTestConditioning", "inputs": {"text": PROMPT, "context_dim": 32}},
-        "3": {"class_type": "ReNOTestConditioning", "inputs": {"text": "", "context_dim": 32}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
-        "5": {"class_type": "ReNORewardLoader", "inputs": {"reward": "pickscore", "weight": 1.0}},
-        "6": {"class_type": "ReNORewardLoader", "inputs": {"reward": "clipscore", "weight": 0.5, "rewards": ["5", 0]}},
-        "7": {"class_type": "ReNOSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 1], "latent_image": ["4", 0],
-            "rewards": ["6", 0], "prompt": PROMPT, "seed": seed, "iterations": iterations, "learning_rate": 5.0,
-            "cfg": 1.0, "regularization": 0.01, "grad_clip": 0.1}},
-        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 1], "filename_prefix": "reno_demo"}},
-        "9": {"class_type": "ReNOIterationPreview", "inputs": {"history": ["7", 2]}},
-    }
 
 
 def draw_strip(paths: list[Path], best: int, frames: int = 10) -> Image.Image:
@@ -112,16 +96,19 @@ def main() -> int:
     write_reward_root(reward_root)
 
     stamps: list[float] = []
-    engine.add_progress_callback(lambda e: stamps.append(time.perf_counter()) if str(e.node_id) in ("7", "None") else None)
+    engine.add_progress_callback(lambda e: stamps.append(time.perf_counter()) if str(e.node_id) in (SAMPLER_ID, "None") else None)
     start = time.perf_counter()
-    result = engine.execute(build_prompt(args.iterations, args.size, args.seed))
+    # attention blocks where the engine can backpropagate through them (not the 2024 engine's)
+    prompt = reno_api_prompt(prompt=PROMPT, iterations=args.iterations, seed=args.seed, width=args.size,
+                             height=args.size, transformer_depth=0 if engine.is_legacy else 1, preview=True)
+    result = engine.execute(prompt)
     wall = time.perf_counter() - start
     result.raise_for_error()
 
     chart = result.ui_outputs["9"]["reno_chart"][0]
     series = chart["series"][0]
     best = series["best_iteration"]
-    Image.open(result.image_paths("8")[0]).save(out / "best.png")
+    Image.open(result.image_paths(SAVE_ID)[0]).save(out / "best.png")
     previews = [p for p, meta in zip(result.image_paths("9"), result.images("9")) if meta.get("batch_index", 0) == 0]
     draw_strip(previews, best).save(out / "strip.png")
     draw_curves(chart).save(out / "reward_curve.png")

@@ -10,10 +10,10 @@ from pathlib import Path
 import comfy_host
 import pytest
 import torch
+from reno_prompts import SAMPLER_ID, SAVE_ID, reno_api_prompt
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "node_contract.json"
 PROMPT_TEXT = "a photo of a cat"
-SAMPLER_ID = "7"
 
 
 @pytest.fixture(scope="module")
@@ -42,27 +42,8 @@ def depth_for(engine) -> int:
     return 0 if engine.is_legacy else 1
 
 
-def reno_prompt(engine, *, iterations=6, batch=1, seed=0, rewards=(("pickscore", 1.0), ("clipscore", 0.5)),
-                width=64, height=64, learning_rate=5.0, cfg=1.0):
-    p = {
-        "1": {"class_type": "ReNOTestTinySD", "inputs": {"transformer_depth": depth_for(engine), "context_dim": 32, "seed": 0}},
-        "2": {"class_type": "ReNOTestConditioning", "inputs": {"text": PROMPT_TEXT, "context_dim": 32}},
-        "3": {"class_type": "ReNOTestConditioning", "inputs": {"text": "", "context_dim": 32}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": batch}},
-    }
-    prev = None
-    for k, (name, weight) in enumerate(rewards):
-        node = f"5{k}"
-        p[node] = {"class_type": "ReNORewardLoader", "inputs": {"reward": name, "weight": weight}}
-        if prev:
-            p[node]["inputs"]["rewards"] = [prev, 0]
-        prev = node
-    p[SAMPLER_ID] = {"class_type": "ReNOSampler", "inputs": {
-        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 1], "latent_image": ["4", 0],
-        "rewards": [prev, 0], "prompt": PROMPT_TEXT, "seed": seed, "iterations": iterations,
-        "learning_rate": learning_rate, "cfg": cfg, "regularization": 0.01, "grad_clip": 0.1}}
-    p["8"] = {"class_type": "SaveImage", "inputs": {"images": [SAMPLER_ID, 1], "filename_prefix": "reno_test"}}
-    return p
+def reno_prompt(engine, **kwargs):
+    return reno_api_prompt(prompt=PROMPT_TEXT, transformer_depth=depth_for(engine), **kwargs)
 
 
 def call_chain(engine, *, iterations, seed=0, batch=1, rewards=(("pickscore", 1.0), ("clipscore", 0.5))):
@@ -137,7 +118,7 @@ def test_reno_prompt_validates_executes_and_reports_progress_each_iteration(fres
     summary = res.ui_outputs[SAMPLER_ID]["reno_summary"][0]
     assert summary["iterations"] == 6
     assert summary["best_loss"][0] < summary["initial_loss"][0]
-    assert [p.exists() for p in res.image_paths("8")] == [True]
+    assert [p.exists() for p in res.image_paths(SAVE_ID)] == [True]
 
 
 def test_returned_image_scores_higher_than_iteration_zero(fresh_engine, reward_dir, pack):
@@ -267,8 +248,7 @@ def test_missing_reward_files_give_an_actionable_error(fresh_engine, reward_dir)
 
 def test_iteration_preview_node_outputs_every_iteration(fresh_engine, reward_dir):
     engine = fresh_engine
-    prompt = reno_prompt(engine, iterations=5, batch=2, seed=2)
-    prompt["9"] = {"class_type": "ReNOIterationPreview", "inputs": {"history": [SAMPLER_ID, 2]}}
+    prompt = reno_prompt(engine, iterations=5, batch=2, seed=2, preview=True)
     res = engine.execute(prompt)
     res.raise_for_error()
     ui = res.ui_outputs["9"]
