@@ -197,28 +197,39 @@ def find_host() -> Host | None:
 # torchvision stand-in (test-only)
 # --------------------------------------------------------------------------------------------
 
-_TV_SUBMODULES = ("transforms", "transforms.functional", "transforms.v2", "models", "ops", "io", "utils")
+_TV_SUBMODULES = ("transforms", "transforms.functional", "transforms.v2", "models", "ops", "ops.misc", "io", "utils")
 
 
-class _TorchvisionMissing:
-    """Placeholder for any torchvision attribute; fails loudly only when actually used."""
+class _MissingMeta(type):
+    """Attribute access on a placeholder class (``InterpolationMode.BICUBIC``) gives another one."""
 
-    def __init__(self, qualname: str):
-        self._qualname = qualname
-
-    def __getattr__(self, name: str):
+    def __getattr__(cls, name: str):
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
-        return _TorchvisionMissing(f"{self._qualname}.{name}")
+        return _missing(f"{cls._qualname}.{name}")
+
+    def __repr__(cls) -> str:
+        return f"<torchvision stand-in {cls._qualname}>"
+
+
+def _missing(qualname: str) -> type:
+    """A placeholder for any torchvision attribute: a class (so modules can subclass it, as
+    open_clip subclasses ``ToTensor``) that fails loudly only when an instance is used."""
+
+    def __init__(self, *args, **kwargs):
+        pass
 
     def __call__(self, *args, **kwargs):
         raise RuntimeError(
-            f"{self._qualname}: torchvision is not installed; this is the test-only stand-in "
-            "from tests/comfy_host.py, which only lets ComfyUI import"
+            f"{qualname}: torchvision is not installed; this is the test-only stand-in "
+            "from tests/comfy_host.py, which only lets ComfyUI and reference libraries import"
         )
 
-    def __repr__(self) -> str:
-        return f"<torchvision stand-in {self._qualname}>"
+    return _MissingMeta(qualname.rsplit(".", 1)[-1], (), {"_qualname": qualname, "__init__": __init__,
+                                                          "__call__": __call__})
+
+
+_TorchvisionMissing = _missing
 
 
 class _TorchvisionStandInModule(types.ModuleType):

@@ -61,8 +61,9 @@ def test_torchvision_standin_keeps_transformers_blind(engine):
     assert importlib.util.find_spec("torchvision") is not None  # sys.modules entry, not a real package
     with pytest.raises(AttributeError):
         tv.__wrapped__  # noqa: B018 - dunder lookups must not be faked
+    model = tv.models.efficientnet_v2_s()  # placeholders construct (and can be subclassed)...
     with pytest.raises(RuntimeError, match="stand-in"):
-        tv.models.efficientnet_v2_s()
+        model(None)  # ...but fail loudly when used
 
 
 def test_smoke_prompt_validates_and_executes(fresh_engine):
