@@ -10,6 +10,7 @@ from ..reward_loaders import FOLDER_NAME, set_search_path_provider
 from .preview_node import ReNOIterationPreview
 from .reward_nodes import ReNORewardLoader
 from .sampler_node import ReNOSampler
+from .score_node import ReNOScoreImages
 
 
 def _register_model_folder() -> None:
@@ -29,10 +30,12 @@ NODE_CLASS_MAPPINGS = {
     "ReNORewardLoader": ReNORewardLoader,
     "ReNOSampler": ReNOSampler,
     "ReNOIterationPreview": ReNOIterationPreview,
+    "ReNOScoreImages": ReNOScoreImages,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "ReNORewardLoader": "ReNO Load Reward",
     "ReNOSampler": "ReNO Sampler",
     "ReNOIterationPreview": "ReNO Iteration Preview",
+    "ReNOScoreImages": "ReNO Score Images",
 }

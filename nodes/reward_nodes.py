@@ -4,20 +4,40 @@ from __future__ import annotations
 
 import comfy.model_management
 import comfy.model_patcher
+import torch
 
 from ..reward_loaders import AVAILABLE_REWARDS, REWARDS, RewardLoadError, WeightedReward, load_reward
+from .settings import downloads_allowed
 
 CATEGORY = "ReNO/rewards"
 
 
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """bf16 (or fp16) for the reward towers on GPUs that run it well; float32 on the CPU."""
+    if device.type == "cpu":
+        return torch.float32
+    mm = comfy.model_management
+    try:
+        if mm.should_use_bf16(device):
+            return torch.bfloat16
+        if mm.should_use_fp16(device):
+            return torch.float16
+    except Exception:  # noqa: BLE001 - an engine without these checks: stay exact
+        pass
+    return torch.float32
+
+
 def reward_patcher(model):
-    """The ModelPatcher that lets ComfyUI's memory manager load, offload and free this reward model."""
+    """The ModelPatcher that lets ComfyUI's memory manager load, offload and free this reward model.
+
+    Created once per loaded model, which is then cast to the device's compute dtype.
+    """
     patcher = getattr(model, "_reno_patcher", None)
     if patcher is None:
+        device = comfy.model_management.get_torch_device()
+        model.set_compute_dtype(compute_dtype(device))
         patcher = comfy.model_patcher.ModelPatcher(
-            model,
-            load_device=comfy.model_management.get_torch_device(),
-            offload_device=comfy.model_management.unet_offload_device(),
+            model, load_device=device, offload_device=comfy.model_management.unet_offload_device(),
         )
         model._reno_patcher = patcher
     return patcher
@@ -51,13 +71,23 @@ class ReNORewardLoader:
             },
             "optional": {
                 "rewards": ("RENO_REWARDS", {"tooltip": "A reward stack to append to (chain loaders to combine rewards)."}),
+                "gradient_checkpointing": (["off", "on"], {
+                    "default": "off",
+                    "tooltip": "Recompute this reward model's activations during backpropagation: much less "
+                               "memory, about a third slower. Turn on when ReNO runs out of memory.",
+                }),
             },
         }
 
-    def load(self, reward, weight, rewards=None):
-        try:
-            model = load_reward(reward)
-        except RewardLoadError as e:
-            raise RuntimeError(str(e)) from None
-        reward_patcher(model)
-        return (tuple(rewards or ()) + (WeightedReward(reward, float(weight), model),),)
+    def load(self, reward, weight, rewards=None, gradient_checkpointing="off"):
+        return (load_into_stack(reward, weight, rewards, gradient_checkpointing == "on"),)
+
+
+def load_into_stack(reward: str, weight: float, rewards=None, gradient_checkpointing: bool = False) -> tuple:
+    """The incoming stack with one more weighted reward (loaded, or downloaded first when allowed)."""
+    try:
+        model = load_reward(reward, download=downloads_allowed())
+    except RewardLoadError as e:
+        raise RuntimeError(str(e)) from None
+    reward_patcher(model)
+    return tuple(rewards or ()) + (WeightedReward(reward, float(weight), model, gradient_checkpointing),)

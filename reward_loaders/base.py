@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
 
@@ -26,6 +27,8 @@ class RewardModel(nn.Module):
 
     name: str = "reward"
     offset: float = 0.0
+    gradient_checkpointing: bool = False  # recompute tower blocks in backward (less memory, ~30% slower)
+    fp32_modules: tuple[str, ...] = ()  # submodules kept in float32 when the towers run in half precision
     input_size: int = 224
     mean: tuple[float, ...] = CLIP_MEAN
     std: tuple[float, ...] = CLIP_STD
@@ -56,6 +59,13 @@ class RewardModel(nn.Module):
                 return t.dtype
         return torch.float32
 
+    def set_compute_dtype(self, dtype: torch.dtype) -> RewardModel:
+        """Run the towers in ``dtype`` (fp16/bf16 on GPUs); heads in ``fp32_modules`` stay float32."""
+        self.to(dtype)
+        for name in self.fp32_modules:
+            self.get_submodule(name).float()
+        return self
+
     def preprocess_key(self) -> tuple:
         return (self.input_size, tuple(self.mean), tuple(self.std))
 
@@ -84,6 +94,26 @@ class RewardModel(nn.Module):
         return self.score(self.preprocess(images).to(self.param_dtype()), self.text_features(prompt))
 
 
+def checkpoint_blocks(owner: nn.Module, blocks: Iterable[nn.Module]) -> None:
+    """Make each block recompute its activations in backward while ``owner.gradient_checkpointing``.
+
+    Unlike transformers' own switch this also acts in eval mode (reward towers always run in eval
+    mode). It wraps each block's ``forward`` once; the flag is read at every call.
+    """
+    for block in blocks:
+        if getattr(block, "_reno_checkpointed", False):
+            continue
+        inner = block.forward
+
+        def forward(*args, _inner=inner, **kwargs):
+            if owner.gradient_checkpointing and torch.is_grad_enabled():
+                return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+            return _inner(*args, **kwargs)
+
+        block.forward = forward
+        block._reno_checkpointed = True
+
+
 @dataclass(frozen=True)
 class WeightedReward:
     """One entry of a RENO_REWARDS stack."""
@@ -91,6 +121,7 @@ class WeightedReward:
     name: str
     weight: float
     model: RewardModel
+    gradient_checkpointing: bool = False
 
 
 class RewardEnsemble:
@@ -119,6 +150,7 @@ class RewardEnsemble:
         out: dict[str, torch.Tensor] = {}
         for label, r in zip(self.labels, self.rewards):
             m = r.model
+            m.gradient_checkpointing = r.gradient_checkpointing  # a cached model may be shared by stacks
             device, dtype = m.param_device(), m.param_dtype()
             key = (*m.preprocess_key(), device, dtype)
             pixels = prepared.get(key)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .base import RewardModel
+from .base import RewardModel, checkpoint_blocks
 from .errors import RewardLoadError
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,10 @@ class CLIPModelReward(RewardModel):
         self.tokenizer = tokenizer
         self.name, self.offset, self.source = name, offset, source
         self.max_length = int(clip.config.text_config.max_position_embeddings)
-        image_size = int(clip.config.vision_config.image_size)
-        self.input_size = image_size
+        # exp(logit_scale) as a float64-exact constant: in bf16 the scale alone would be ~1% off
+        self.logit_scale_exp = float(clip.logit_scale.detach().double().exp())
+        self.input_size = int(clip.config.vision_config.image_size)
+        checkpoint_blocks(self, clip.vision_model.encoder.layers)  # the image tower runs every iteration
 
     def encode_text(self, prompt: str) -> torch.Tensor:
         n_tokens = len(self.tokenizer(prompt, truncation=False)["input_ids"])
@@ -53,7 +55,7 @@ class CLIPModelReward(RewardModel):
     def score(self, pixel_values: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         image = self.image_features(pixel_values)
         cos = (image * text_features.to(image.device)).sum(dim=-1)
-        return self.clip.logit_scale.float().exp() * cos
+        return self.logit_scale_exp * cos
 
 
 def load_clip_folder(folder: Path, name: str, offset: float) -> CLIPModelReward:

@@ -13,23 +13,35 @@ import torch
 
 from . import paths
 from .base import RewardModel
+from .download import Source, downloads_enabled, fetch
 from .errors import RewardFilesMissing
 
 log = logging.getLogger(__name__)
 
-LAION_CLIP_H = "https://huggingface.co/laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-CLIP_TOKENIZER_FILES = (("vocab.json", "tokenizer.json"), ("merges.txt", "tokenizer.json"))
+LAION_CLIP_H = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+PICKSCORE = "yuvalkirstain/PickScore_v1"
 
 
 @dataclass(frozen=True)
 class FileNeed:
-    """One file a reward needs: any of ``names`` will do; ``source`` says where to get it."""
+    """One file a reward needs: any of ``names`` will do; ``source`` is where ``names[0]`` comes from."""
 
     names: tuple[str, ...]
-    source: str
+    source: Source
 
     def present(self, folder: Path) -> bool:
         return any((folder / n).is_file() for n in self.names)
+
+
+def clip_folder_files(weights_repo: str, tokenizer_repo: str) -> tuple[FileNeed, ...]:
+    """A transformers CLIPModel folder: config + weights, and the CLIP tokenizer files."""
+    return (
+        FileNeed(("config.json",), Source(weights_repo)),
+        FileNeed(("model.safetensors", "pytorch_model.bin"), Source(weights_repo)),
+        FileNeed(("vocab.json", "tokenizer.json"), Source(tokenizer_repo)),
+        FileNeed(("merges.txt", "tokenizer.json"), Source(tokenizer_repo)),
+        FileNeed(("tokenizer_config.json",), Source(tokenizer_repo)),
+    )
 
 
 @dataclass(frozen=True)
@@ -57,12 +69,7 @@ REWARDS: dict[str, RewardSpec] = {
         offset=30.0,
         paper_weight=0.05,
         description="PickScore (CLIP-H fine-tuned on Pick-a-Pic preferences): exp(logit_scale)*cos, about 18-24",
-        files=(
-            FileNeed(("config.json",), "https://huggingface.co/yuvalkirstain/PickScore_v1"),
-            FileNeed(("model.safetensors", "pytorch_model.bin"), "https://huggingface.co/yuvalkirstain/PickScore_v1"),
-            FileNeed(("vocab.json", "tokenizer.json"), LAION_CLIP_H),
-            FileNeed(("merges.txt", "tokenizer.json"), LAION_CLIP_H),
-        ),
+        files=clip_folder_files(PICKSCORE, LAION_CLIP_H),
         build=_clip("pickscore", 30.0),
     ),
     "clipscore": RewardSpec(
@@ -70,18 +77,19 @@ REWARDS: dict[str, RewardSpec] = {
         offset=100.0,
         paper_weight=0.01,
         description="CLIPScore with LAION CLIP ViT-H-14: exp(logit_scale)*cos, about 20-40",
-        files=(
-            FileNeed(("config.json",), LAION_CLIP_H),
-            FileNeed(("model.safetensors", "pytorch_model.bin"), LAION_CLIP_H),
-            FileNeed(("vocab.json", "tokenizer.json"), LAION_CLIP_H),
-            FileNeed(("merges.txt", "tokenizer.json"), LAION_CLIP_H),
-        ),
+        files=clip_folder_files(LAION_CLIP_H, LAION_CLIP_H),
         build=_clip("clipscore", 100.0),
     ),
 }
 
 # the loader node's combo lists these, in this order
 AVAILABLE_REWARDS = tuple(REWARDS)
+
+
+def _candidate_folder(name: str, roots: list[Path]) -> Path:
+    """The folder that holds the most of the reward's files (else the first root's)."""
+    spec = _spec(name)
+    return max((root / name for root in roots), key=lambda f: sum(n.present(f) for n in spec.files))
 
 
 def locate(name: str, extra_dirs: Iterable[str | os.PathLike] = ()) -> Path:
@@ -97,29 +105,54 @@ def locate(name: str, extra_dirs: Iterable[str | os.PathLike] = ()) -> Path:
             f"reward '{name}': no '{paths.FOLDER_NAME}' folder is configured. Inside ComfyUI it is "
             f"ComfyUI/models/{paths.FOLDER_NAME}/; outside, set {paths.ENV_VAR}."
         )
-    # report against the folder that has the most of the files (else the first one)
-    folder = max((root / name for root in roots), key=lambda f: sum(n.present(f) for n in spec.files))
+    folder = _candidate_folder(name, roots)
     lines = [
         f"reward '{name}' is missing files in {folder}:",
-        *(f"  - {' or '.join(n.names)}  (from {n.source})" for n in spec.files if not n.present(folder)),
+        *(f"  - {' or '.join(n.names)}  (from {n.source.page})" for n in spec.files if not n.present(folder)),
         f"Put them in that folder ({paths.FOLDER_NAME} folders searched: {', '.join(str(r) for r in roots)}).",
     ]
     raise RewardFilesMissing("\n".join(lines))
+
+
+def ensure_files(name: str, extra_dirs: Iterable[str | os.PathLike] = (), download: bool | None = None) -> Path:
+    """``locate``, downloading the missing files first when downloads are allowed.
+
+    ``download=None`` follows the environment (``RENO_DOWNLOADS``, ``HF_HUB_OFFLINE``).
+    """
+    try:
+        return locate(name, extra_dirs)
+    except RewardFilesMissing as missing:
+        roots = paths.search_dirs(extra_dirs)
+        allowed = downloads_enabled() if download is None else download
+        if not roots:
+            raise
+        if not allowed:
+            raise RewardFilesMissing(
+                f"{missing}\nAutomatic downloads are turned off (environment variable RENO_DOWNLOADS, "
+                "HF_HUB_OFFLINE, or the ReNO setting in ComfyUI)."
+            ) from None
+        folder = _candidate_folder(name, roots)
+        for need in _spec(name).files:
+            if not need.present(folder):
+                fetch(need.source, folder, need.names[0])
+        return locate(name, extra_dirs)
 
 
 _cache: dict[tuple, RewardModel] = {}
 _lock = threading.Lock()
 
 
-def load_reward(name: str, extra_dirs: Iterable[str | os.PathLike] = ()) -> RewardModel:
+def load_reward(name: str, extra_dirs: Iterable[str | os.PathLike] = (), download: bool | None = None) -> RewardModel:
     """Load (or return the cached) reward model ``name``, float32 on the CPU.
 
-    Cached by folder and file modification times, so re-running a workflow does not reload it and
-    replacing a file does. Built outside inference mode, so its weights can take part in autograd.
+    Missing files are downloaded first when allowed (see ``ensure_files``). Cached by folder and
+    file modification times, so re-running a workflow does not reload it and replacing a file does.
+    Built outside inference mode, so its weights can take part in autograd.
     """
     spec = _spec(name)
-    folder = locate(name, extra_dirs)
-    stamp = tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir() if p.is_file()))
+    folder = ensure_files(name, extra_dirs, download)
+    stamp = tuple(sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns, p.stat().st_size)
+                         for p in folder.rglob("*") if p.is_file()))
     key = (name, str(folder.resolve()), stamp)
     with _lock:
         model = _cache.get(key)
@@ -128,7 +161,7 @@ def load_reward(name: str, extra_dirs: Iterable[str | os.PathLike] = ()) -> Rewa
             for k in [k for k in _cache if k[0] == name and k[1] == key[1]]:
                 del _cache[k]  # an older version of the same files
             with torch.inference_mode(False):
-                model = spec.build(folder)
+                model = spec.build(folder).eval().requires_grad_(False)
             _cache[key] = model
     return model
 

@@ -6,6 +6,7 @@ collide with ours. ``tests/`` itself is put on sys.path for the helper modules.
 """
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,11 @@ def _load_pack(name: str = "reno_pack"):
     spec.loader.exec_module(module)
     return module
 
+
+# no test may reach the network: reward downloads are off unless a test turns them on against
+# the loopback hub (tests/fake_hub.py)
+os.environ["RENO_DOWNLOADS"] = "0"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 _load_pack()
 

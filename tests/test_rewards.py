@@ -199,7 +199,8 @@ def test_missing_files_error_names_files_folder_and_source(tmp_path):
     assert str(tmp_path / "pickscore") in msg
     assert "model.safetensors" in msg and "vocab.json" in msg and "merges.txt" in msg
     assert "https://huggingface.co/yuvalkirstain/PickScore_v1" in msg
-    assert "config.json" not in msg.split("missing files")[1].split("Put them")[0]  # present, so not listed
+    assert "  - config.json " not in msg  # present, so not listed (tokenizer_config.json is missing)
+    assert "  - tokenizer_config.json " in msg
 
 
 def test_unknown_reward_name():
@@ -256,3 +257,46 @@ def test_models_built_inside_inference_mode_still_backpropagate(tmp_path, reward
     images = torch.rand(1, 3, 32, 32, requires_grad=True)
     model(images, PROMPT).sum().backward()
     assert images.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["clipscore", "pickscore"])
+def test_gradient_checkpointing_acts_in_eval_mode_without_changing_results(reward_root, name):
+    model = load_reward(name, [reward_root])
+    assert not model.training
+    calls = []
+    hook = model.clip.vision_model.encoder.layers[0].self_attn.register_forward_hook(lambda *a: calls.append(1))
+    x0 = torch.rand(2, 3, 64, 64)
+    results = []
+    try:
+        for flag in (False, True):
+            stack = [WeightedReward(name, 1.0, model, gradient_checkpointing=flag)]
+            x = x0.clone().requires_grad_(True)
+            calls.clear()
+            loss, _ = RewardEnsemble(stack, PROMPT)(x)
+            loss.sum().backward()
+            results.append((loss.detach(), x.grad, len(calls)))
+    finally:
+        hook.remove()
+        model.gradient_checkpointing = False
+    (loss_off, grad_off, calls_off), (loss_on, grad_on, calls_on) = results
+    assert (calls_off, calls_on) == (1, 2)  # recomputed in backward
+    torch.testing.assert_close(loss_on, loss_off)
+    torch.testing.assert_close(grad_on, grad_off, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_towers_keep_the_score_close_and_float32(tmp_path, reward_root, dtype):
+    root = tmp_path / "root"
+    shutil.copytree(reward_root / "pickscore", root / "pickscore")
+    exact = load_reward("pickscore", [root])
+    images = torch.rand(2, 3, 64, 64)
+    want = exact(images, PROMPT)
+    half = load_reward("pickscore", [root])
+    assert half is exact  # cached: the conversion below applies to the shared model, as in ComfyUI
+    half.set_compute_dtype(dtype)
+    half._text_cache.clear()
+    got = half(images, PROMPT)
+    assert got.dtype == torch.float32 and half.param_dtype() == dtype
+    assert half.logit_scale_exp == pytest.approx(float(torch.tensor(2.6592, dtype=torch.float64).exp()), rel=1e-6)
+    # the cosine (score / exp(logit_scale)) within 0.01 of the float32 one
+    assert ((got - want).abs() / half.logit_scale_exp).max() < 0.01

@@ -265,3 +265,59 @@ def test_web_extension_is_served(engine):
     web_dirs = engine.nodes.EXTENSION_WEB_DIRS
     assert comfy_host.PACK_NAME in web_dirs, sorted(web_dirs)
     assert (Path(web_dirs[comfy_host.PACK_NAME]) / "reno.js").is_file()
+
+
+def test_score_images_node_scores_each_image_with_the_stack(fresh_engine, reward_dir, pack):
+    engine = fresh_engine
+    (stack,) = engine.call_node("ReNORewardLoader", inference=True, reward="pickscore", weight=0.05)
+    (stack,) = engine.call_node("ReNORewardLoader", inference=True, reward="clipscore", weight=0.01, rewards=stack)
+    images = torch.rand(3, 40, 72, 3)
+    out = engine.call_node("ReNOScoreImages", inference=True, images=images, rewards=stack, prompt=PROMPT_TEXT)
+    totals, report = out["result"]
+    assert isinstance(totals, list) and len(totals) == 3
+    ensemble = pack.reward_loaders.RewardEnsemble(list(stack), PROMPT_TEXT)
+    with torch.no_grad():
+        expected = ensemble.weighted_total(ensemble.scores(images.movedim(-1, 1))).tolist()
+    assert totals == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    assert report.splitlines()[1] == "image | weighted total | pickscore (w=0.05) | clipscore (w=0.01)"
+    assert len(report.splitlines()) == 2 + 3 + 1 and report.splitlines()[-1].startswith("best: image")
+    # through the executor, on the sampler's batch (FLOAT is a list output)
+    prompt = reno_prompt(engine, iterations=2, batch=2)
+    prompt["9"] = {"class_type": "ReNOScoreImages", "inputs": {"images": [SAMPLER_ID, 1], "rewards": ["51", 0],
+                                                               "prompt": PROMPT_TEXT}}
+    res = engine.execute(prompt)
+    res.raise_for_error()
+    assert len(res.ui_outputs["9"]["text"][0].splitlines()) == 2 + 2 + 1
+
+
+def test_download_setting_and_environment(engine, pack, monkeypatch):
+    import json as _json
+
+    settings = pack.nodes.settings
+    if not hasattr(engine.folder_paths, "get_user_directory"):
+        monkeypatch.setenv("RENO_DOWNLOADS", "0")
+        assert settings.downloads_allowed() is False
+        monkeypatch.setenv("RENO_DOWNLOADS", "1")
+        assert settings.downloads_allowed() is True
+        pytest.skip(f"{engine.info} has no per-user settings on the server; only the environment applies")
+    path = Path(engine.folder_paths.get_user_directory()) / "default" / "comfy.settings.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("RENO_DOWNLOADS", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    try:
+        path.write_text(_json.dumps({"ReNO.AllowDownloads": False}))
+        assert settings.downloads_allowed() is False
+        path.write_text(_json.dumps({"ReNO.AllowDownloads": True}))
+        assert settings.downloads_allowed() is True
+        path.write_text("{not json")
+        assert settings.downloads_allowed() is True  # unreadable settings: the default, with a warning
+        monkeypatch.setenv("RENO_DOWNLOADS", "0")
+        assert settings.downloads_allowed() is False
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_gradient_checkpointing_option_reaches_the_stack(fresh_engine, reward_dir):
+    (stack,) = fresh_engine.call_node("ReNORewardLoader", inference=True, reward="pickscore", weight=1.0,
+                                      gradient_checkpointing="on")
+    assert stack[0].gradient_checkpointing is True

@@ -12,8 +12,9 @@ FRONTEND_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
 
-def widget_names(cls) -> list[str]:
-    """The widget values a frontend stores for a node class, in order (seed control included)."""
+def widget_names(cls) -> list[tuple[str, bool]]:
+    """The widget values a frontend stores for a node class, in order (seed control included),
+    each with whether it is required (saved workflows may lack trailing optional ones)."""
     names = []
     types = cls.INPUT_TYPES()
     for section in ("required", "optional"):
@@ -23,9 +24,9 @@ def widget_names(cls) -> list[str]:
             if isinstance(kind, list) or kind in WIDGET_TYPES or kind == "COMBO":
                 if opts.get("forceInput"):
                     continue
-                names.append(name)
+                names.append((name, section == "required"))
                 if kind == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):
-                    names.append(f"{name}:control_after_generate")
+                    names.append((f"{name}:control_after_generate", section == "required"))
     return names
 
 
@@ -63,7 +64,9 @@ def test_workflow_nodes_exist_and_widget_values_fit(path, engine):
         if n["type"].startswith("ReNO"):
             names = widget_names(cls)
             values = n.get("widgets_values", [])
-            assert len(values) == len(names), f"{n['type']}: widgets_values {values} do not match {names}"
+            required = sum(req for _, req in names)
+            assert required <= len(values) <= len(names), f"{n['type']}: widgets_values {values} do not match {names}"
+            names = [name for name, _ in names]
             types = cls.INPUT_TYPES()
             specs = {**types["required"], **types.get("optional", {})}
             for name, value in zip(names, values):

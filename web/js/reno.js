@@ -8,6 +8,15 @@ const LINE_HEIGHT = 16;
 
 app.registerExtension({
   name: "reno.summary",
+  settings: [
+    {
+      id: "ReNO.AllowDownloads",
+      name: "ReNO: download missing reward models automatically",
+      tooltip: "When a reward's files are not in models/reno_rewards/, fetch them from their public sources.",
+      type: "boolean",
+      defaultValue: true,
+    },
+  ],
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData?.name !== "ReNOSampler") return;
 

@@ -1,0 +1,36 @@
+"""The pack's settings as the user set them in ComfyUI (Settings → ReNO), read on the server side."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import folder_paths
+
+from ..reward_loaders.download import downloads_enabled
+
+log = logging.getLogger(__name__)
+
+ALLOW_DOWNLOADS = "ReNO.AllowDownloads"
+
+
+def user_setting(key: str, default=None):
+    """A value from the default user's ``comfy.settings.json`` (what the Settings dialog writes)."""
+    get_dir = getattr(folder_paths, "get_user_directory", None)
+    if get_dir is None:  # ComfyUI before per-user settings on the server
+        return default
+    path = os.path.join(get_dir(), "default", "comfy.settings.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f).get(key, default)
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError) as e:
+        log.warning("ReNO: could not read %s (%s); using the default for %s", path, e, key)
+        return default
+
+
+def downloads_allowed() -> bool:
+    """Missing reward files may be downloaded: environment (RENO_DOWNLOADS, HF_HUB_OFFLINE) and setting agree."""
+    return downloads_enabled() and bool(user_setting(ALLOW_DOWNLOADS, True))

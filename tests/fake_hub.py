@@ -1,0 +1,114 @@
+"""A loopback HTTP server that serves files the way the Hugging Face Hub's resolve endpoint does.
+
+``HEAD /{repo}/resolve/{revision}/{filename}`` answers with ``X-Repo-Commit``, ``ETag`` (SHA-256 for
+"LFS" files, git blob SHA-1 for small ones) and ``Content-Length``; ``GET`` sends the bytes. Per file,
+a mode makes the transfer fail the ways real ones do: ``interrupt`` (the connection drops halfway),
+``corrupt`` (right length, wrong bytes). ``/raw/{name}`` serves plain-URL files. Only 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()
+
+
+class FakeHub:
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.etags: dict[str, str] = {}
+        self.modes: dict[str, str] = {}
+        self.requests: list[tuple[str, str]] = []
+        self._server = None
+
+    def add(self, repo: str, filename: str, data: bytes, lfs: bool | None = None, mode: str = "ok") -> None:
+        key = f"/{repo}/resolve/main/{filename}"
+        lfs = len(data) > 10_000 if lfs is None else lfs
+        self.files[key] = data
+        self.etags[key] = hashlib.sha256(data).hexdigest() if lfs else git_blob_sha1(data)
+        self.modes[key] = mode
+
+    def add_raw(self, name: str, data: bytes, mode: str = "ok") -> str:
+        key = f"/raw/{name}"
+        self.files[key] = data
+        self.etags[key] = hashlib.sha256(data).hexdigest()
+        self.modes[key] = mode
+        return self.url + key
+
+    def set_mode(self, repo_or_raw: str, filename: str | None, mode: str) -> None:
+        key = f"/{repo_or_raw}/resolve/main/{filename}" if filename else f"/raw/{repo_or_raw}"
+        self.modes[key] = mode
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self):
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _key(self):
+                path = self.path.split("?")[0]
+                if "/resolve/" in path:  # any revision resolves to the one stored version
+                    repo, _, rest = path.partition("/resolve/")
+                    path = f"{repo}/resolve/main/{rest.partition('/')[2]}"
+                return path
+
+            def _headers(self, key, data):
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("ETag", f'"{hub.etags[key]}"')
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("Content-Type", "application/octet-stream")
+
+            def do_HEAD(self):
+                key = self._key()
+                hub.requests.append(("HEAD", key))
+                if key not in hub.files:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self._headers(key, hub.files[key])
+                self.end_headers()
+
+            def do_GET(self):
+                key = self._key()
+                hub.requests.append(("GET", key))
+                if key not in hub.files:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                data, mode = hub.files[key], hub.modes[key]
+                self.send_response(200)
+                self._headers(key, data)
+                self.end_headers()
+                if mode == "interrupt":
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                if mode == "corrupt":
+                    data = bytes(b ^ 0xFF for b in data[:64]) + data[64:]
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
