@@ -20,6 +20,13 @@ log = logging.getLogger(__name__)
 
 LAION_CLIP_H = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 PICKSCORE = "yuvalkirstain/PickScore_v1"
+IMAGEREWARD = "THUDM/ImageReward"
+BERT_BASE = "google-bert/bert-base-uncased"
+HPS = "xswu/HPSv2"
+OPENAI_CLIP_L = "openai/clip-vit-large-patch14"
+AESTHETIC_URL = (
+    "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac%2Blogos%2Bava1-l14-linearMSE.pth"
+)
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,66 @@ def _clip(name: str, offset: float) -> Callable[[Path], RewardModel]:
     return build
 
 
+def _imagereward(folder: Path) -> RewardModel:
+    from .imagereward import load_imagereward_folder
+
+    return load_imagereward_folder(folder, "imagereward", 2.0)
+
+
+def _hps(name: str) -> Callable[[Path], RewardModel]:
+    def build(folder: Path) -> RewardModel:
+        from .hps import load_hps_folder
+
+        return load_hps_folder(folder, name, 1.0)
+
+    return build
+
+
+def _aesthetic(folder: Path) -> RewardModel:
+    from .aesthetic import load_aesthetic_folder
+
+    return load_aesthetic_folder(folder, "aesthetic", 10.0)
+
+
+def _hps_files(checkpoint: str) -> tuple[FileNeed, ...]:
+    # the CLIP BPE tokenizer files ship beside the checkpoint: the pack does not depend on open_clip
+    return (
+        FileNeed((checkpoint,), Source(HPS)),
+        FileNeed(("vocab.json", "tokenizer.json"), Source(LAION_CLIP_H)),
+        FileNeed(("merges.txt", "tokenizer.json"), Source(LAION_CLIP_H)),
+    )
+
+
 REWARDS: dict[str, RewardSpec] = {
+    "imagereward": RewardSpec(
+        name="imagereward",
+        offset=2.0,
+        paper_weight=1.0,
+        description="ImageReward (BLIP ViT-L + BERT trained on human rankings): normalized reward, about -2..2",
+        files=(
+            FileNeed(("ImageReward.pt",), Source(IMAGEREWARD)),
+            FileNeed(("med_config.json",), Source(IMAGEREWARD)),
+            FileNeed(("tokenizer/vocab.txt",), Source(BERT_BASE, "vocab.txt")),
+            FileNeed(("tokenizer/tokenizer_config.json",), Source(BERT_BASE, "tokenizer_config.json")),
+        ),
+        build=_imagereward,
+    ),
+    "hpsv2.1": RewardSpec(
+        name="hpsv2.1",
+        offset=1.0,
+        paper_weight=5.0,
+        description="HPS v2.1 (human preference score, CLIP ViT-H-14): cosine of image and text, about 0.2-0.35",
+        files=_hps_files("HPS_v2.1_compressed.pt"),
+        build=_hps("hpsv2.1"),
+    ),
+    "hpsv2": RewardSpec(
+        name="hpsv2",
+        offset=1.0,
+        paper_weight=5.0,
+        description="HPS v2 (human preference score, CLIP ViT-H-14): cosine of image and text, about 0.2-0.3",
+        files=_hps_files("HPS_v2_compressed.pt"),
+        build=_hps("hpsv2"),
+    ),
     "pickscore": RewardSpec(
         name="pickscore",
         offset=30.0,
@@ -79,6 +145,18 @@ REWARDS: dict[str, RewardSpec] = {
         description="CLIPScore with LAION CLIP ViT-H-14: exp(logit_scale)*cos, about 20-40",
         files=clip_folder_files(LAION_CLIP_H, LAION_CLIP_H),
         build=_clip("clipscore", 100.0),
+    ),
+    "aesthetic": RewardSpec(
+        name="aesthetic",
+        offset=10.0,
+        paper_weight=0.0,
+        description="LAION aesthetic predictor (MLP on OpenAI CLIP ViT-L/14): about 1-10, ignores the prompt",
+        files=(
+            FileNeed(("sac+logos+ava1-l14-linearMSE.pth",), Source(url=AESTHETIC_URL)),
+            FileNeed(("clip/config.json",), Source(OPENAI_CLIP_L, "config.json")),
+            FileNeed(("clip/model.safetensors", "clip/pytorch_model.bin"), Source(OPENAI_CLIP_L, "model.safetensors")),
+        ),
+        build=_aesthetic,
     ),
 }
 

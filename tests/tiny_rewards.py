@@ -81,12 +81,29 @@ def write_tiny_clip_folder(folder: Path, seed: int = 0, **config_kwargs) -> Path
     return folder
 
 
+ALL_REWARDS = ("imagereward", "hpsv2.1", "hpsv2", "pickscore", "clipscore", "aesthetic")
+
+
 def write_reward_root(root: Path, rewards=("clipscore", "pickscore")) -> Path:
-    """A ``reno_rewards`` folder with tiny checkpoints for each reward in ``rewards``."""
+    """A ``reno_rewards`` folder with tiny checkpoints for each reward in ``rewards`` (real formats)."""
     root = Path(root)
     for seed, name in enumerate(rewards):
+        folder = root / name
         if name in ("clipscore", "pickscore"):
-            write_tiny_clip_folder(root / name, seed=seed + 1)
+            write_tiny_clip_folder(folder, seed=seed + 1)
+        elif name == "imagereward":
+            from tiny_imagereward import write_tiny_imagereward
+
+            write_tiny_imagereward(folder, seed=seed + 1)
+        elif name in ("hpsv2.1", "hpsv2"):
+            from tiny_open_clip import write_tiny_hps
+
+            write_tiny_hps(folder, filename="HPS_v2.1_compressed.pt" if name == "hpsv2.1" else "HPS_v2_compressed.pt",
+                           seed=seed + 1)
+        elif name == "aesthetic":
+            from tiny_open_clip import write_tiny_aesthetic
+
+            write_tiny_aesthetic(folder, seed=seed + 1)
         else:
             raise ValueError(f"no tiny fixture for reward {name!r}")
     return root

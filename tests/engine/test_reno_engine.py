@@ -29,12 +29,12 @@ def pack(engine):
 @pytest.fixture(scope="module")
 def reward_dir(engine, pack):
     """Tiny reward checkpoints in the engine's own models/reno_rewards folder (what users do)."""
-    from tiny_rewards import write_reward_root
+    from tiny_rewards import ALL_REWARDS, write_reward_root
 
     folders = engine.folder_paths.get_folder_paths("reno_rewards")
     root = Path(folders[0])
     assert engine.workdir in root.parents, f"reno_rewards folder {root} is outside the test workdir"
-    return write_reward_root(root)
+    return write_reward_root(root, ALL_REWARDS)
 
 
 def depth_for(engine) -> int:
@@ -83,8 +83,9 @@ def test_node_contract_matches_the_golden_file(engine, pack):
         assert required == want["required"], f"{class_name}: required inputs renamed or reordered"
         assert optional[: len(want["optional"])] == want["optional"], f"{class_name}: optional inputs changed"
         assert list(cls.RETURN_TYPES) == want["outputs"]
+        specs = {**types["required"], **types.get("optional", {})}
         for name, values in want.get("combo_values", {}).items():
-            assert set(values) <= set(types["required"][name][0]), f"{class_name}.{name}: combo value removed"
+            assert set(values) <= set(specs[name][0]), f"{class_name}.{name}: combo value removed"
         for name, default in want.get("defaults", {}).items():
             assert types["required"][name][1]["default"] == default
 
@@ -321,3 +322,20 @@ def test_gradient_checkpointing_option_reaches_the_stack(fresh_engine, reward_di
     (stack,) = fresh_engine.call_node("ReNORewardLoader", inference=True, reward="pickscore", weight=1.0,
                                       gradient_checkpointing="on")
     assert stack[0].gradient_checkpointing is True
+
+
+def test_sampler_runs_with_every_reward_together(fresh_engine, reward_dir):
+    """The paper's mix plus the other two: each scored, finite and in the history, the loss improving."""
+    engine = fresh_engine
+    mix = (("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01), ("hpsv2", 1.0),
+           ("aesthetic", 0.5))
+    prompt = reno_prompt(engine, iterations=4, rewards=mix, preview=True)
+    res = engine.execute(prompt)
+    res.raise_for_error()
+    summary = res.ui_outputs[SAMPLER_ID]["reno_summary"][0]
+    assert [r["label"] for r in summary["rewards"]] == [name for name, _ in mix]
+    assert summary["best_loss"][0] <= summary["initial_loss"][0]
+    series = res.ui_outputs["9"]["reno_chart"][0]["series"][0]
+    for name, _ in mix:
+        values = series["scores"][name]
+        assert len(values) == 4 and all(v == v and abs(v) < 1e6 for v in values), (name, values)
