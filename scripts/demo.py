@@ -1,7 +1,8 @@
 """Headless ReNO demo: a real ComfyUI engine runs a ReNO workflow on a tiny embedded model.
 
 The model (a tiny SD-1.5-family UNet + VAE built from ComfyUI's own classes) and the reward
-checkpoints (tiny CLIP models in the real PickScore/CLIPScore folder format) have random weights:
+checkpoints (the paper's mix: ImageReward, HPSv2.1, PickScore and CLIPScore, tiny, in their real file
+formats) have random weights:
 the pictures mean nothing, but every piece of the real pipeline runs - the engine validates and
 executes the prompt, the pack loads rewards from models/reno_rewards/, optimizes the noise with
 gradients through UNet, VAE decoder and rewards, and reports progress every iteration.
@@ -30,6 +31,8 @@ from reno_prompts import SAMPLER_ID, SAVE_ID, reno_api_prompt  # noqa: E402
 from tiny_rewards import write_reward_root  # noqa: E402
 
 PROMPT = "a red apple on a wooden table"
+# the paper's reward mix and weights
+PAPER_MIX = (("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01))
 
 
 def draw_strip(paths: list[Path], best: int, frames: int = 10) -> Image.Image:
@@ -93,14 +96,15 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="reno-demo-"))
     engine = comfy_host.boot_engine(host, [comfy_host.FIXTURE_PACK_DIR, comfy_host.PACK_DIR], work)
     reward_root = Path(engine.folder_paths.get_folder_paths("reno_rewards")[0])
-    write_reward_root(reward_root)
+    write_reward_root(reward_root, [name for name, _ in PAPER_MIX])
 
     stamps: list[float] = []
     engine.add_progress_callback(lambda e: stamps.append(time.perf_counter()) if str(e.node_id) in (SAMPLER_ID, "None") else None)
     start = time.perf_counter()
     # attention blocks where the engine can backpropagate through them (not the 2024 engine's)
     prompt = reno_api_prompt(prompt=PROMPT, iterations=args.iterations, seed=args.seed, width=args.size,
-                             height=args.size, transformer_depth=0 if engine.is_legacy else 1, preview=True)
+                             height=args.size, transformer_depth=0 if engine.is_legacy else 1, preview=True,
+                             rewards=PAPER_MIX)
     result = engine.execute(prompt)
     wall = time.perf_counter() - start
     result.raise_for_error()
