@@ -97,4 +97,7 @@ def load_clip_folder(folder: Path, name: str, offset: float) -> CLIPModelReward:
             f"{name}: could not load the CLIP tokenizer from {folder}: {type(e).__name__}: {e}. "
             "The folder needs vocab.json and merges.txt (or tokenizer.json) of the CLIP tokenizer."
         ) from e
-    return CLIPModelReward(model.float(), tokenizer, name=name, offset=offset, source=str(folder))
+    with torch.no_grad():  # own the memory: transformers may leave the weights file memory-mapped (locked on Windows)
+        for t in list(model.parameters()) + list(model.buffers()):
+            t.data = t.data.float().clone()
+    return CLIPModelReward(model, tokenizer, name=name, offset=offset, source=str(folder))
