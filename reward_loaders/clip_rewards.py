@@ -99,5 +99,5 @@ def load_clip_folder(folder: Path, name: str, offset: float) -> CLIPModelReward:
         ) from e
     with torch.no_grad():  # own the memory: transformers may leave the weights file memory-mapped (locked on Windows)
         for t in list(model.parameters()) + list(model.buffers()):
-            t.data = t.data.float().clone()
+            t.data = (t.data.float() if t.is_floating_point() else t.data).clone()
     return CLIPModelReward(model, tokenizer, name=name, offset=offset, source=str(folder))
