@@ -29,6 +29,24 @@ class ReNOHistory:
         """Every iteration's preview as one ComfyUI IMAGE batch, iteration-major: (N*B, h, w, 3) float."""
         return torch.cat(self.previews, dim=0).float() / 255.0
 
+    def chart(self) -> dict:
+        """Per batch element: each reward's score, the weighted total and the loss at every iteration."""
+        series = []
+        batch = len(self.records[0]["loss"]) if self.records else 0
+        for b in range(batch):
+            scores = {r["label"]: [rec["scores"][r["label"]][b] for rec in self.records] for r in self.rewards}
+            total = [sum(r["weight"] * rec["scores"][r["label"]][b] for r in self.rewards) for rec in self.records]
+            series.append({
+                "scores": scores,
+                "weighted_total": total,
+                "loss": [rec["loss"][b] for rec in self.records],
+                "latent_norm": [rec["latent_norm"][b] for rec in self.records],
+                "grad_norm": [rec["grad_norm"][b] if rec["grad_norm"] else None for rec in self.records],
+                "best_iteration": self.best_iteration[b],
+            })
+        return {"iterations": self.iterations, "rewards": self.rewards, "series": series,
+                "stop_reason": self.stop_reason}
+
     def summary(self) -> dict:
         """A small JSON-able digest for the front end."""
         first = self.records[0] if self.records else None

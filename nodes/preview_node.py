@@ -12,25 +12,6 @@ from .history import ReNOHistory
 CATEGORY = "sampling/ReNO"
 
 
-def chart_data(history: ReNOHistory) -> dict:
-    """Per batch element: each reward's score, the weighted total and the loss at every iteration."""
-    series = []
-    batch = len(history.records[0]["loss"]) if history.records else 0
-    for b in range(batch):
-        scores = {r["label"]: [rec["scores"][r["label"]][b] for rec in history.records] for r in history.rewards}
-        total = [sum(r["weight"] * rec["scores"][r["label"]][b] for r in history.rewards) for rec in history.records]
-        series.append({
-            "scores": scores,
-            "weighted_total": total,
-            "loss": [rec["loss"][b] for rec in history.records],
-            "latent_norm": [rec["latent_norm"][b] for rec in history.records],
-            "grad_norm": [rec["grad_norm"][b] if rec["grad_norm"] else None for rec in history.records],
-            "best_iteration": history.best_iteration[b],
-        })
-    return {"iterations": history.iterations, "rewards": history.rewards, "series": series,
-            "stop_reason": history.stop_reason}
-
-
 def save_previews(history: ReNOHistory, prefix: str = "reno_iter") -> list[dict]:
     """Each iteration's preview as a temp PNG (served by ComfyUI's /view), iteration-major."""
     temp = folder_paths.get_temp_directory()
@@ -64,6 +45,6 @@ class ReNOIterationPreview:
 
     def preview(self, history):
         return {
-            "ui": {"images": save_previews(history), "reno_chart": [chart_data(history)]},
+            "ui": {"images": save_previews(history), "reno_chart": [history.chart()]},
             "result": (history.images(),),
         }

@@ -13,6 +13,7 @@ from PIL import Image
 from ..optimizer import IterationRecord, ReNOConfig
 from ..reward_loaders import RewardEnsemble
 from .bridge import ReNOComfySampler
+from .events import send_iteration
 from .history import ReNOHistory
 
 log = logging.getLogger(__name__)
@@ -37,25 +38,50 @@ def model_sampling_of(model):
     return model.model.model_sampling
 
 
+def start_noise(samples: torch.Tensor, seed: int, batch_index=None, continue_from: ReNOHistory | None = None):
+    """ComfyUI's noise for ``seed`` (per batch element as its samplers make it), or a history's best noise."""
+    noise = comfy.sample.prepare_noise(samples, seed, batch_index)
+    if continue_from is None:
+        return noise
+    best = continue_from.best_noise
+    if best is None or tuple(best.shape) != tuple(noise.shape):
+        raise ValueError(
+            f"ReNO Sampler: continue_from holds noise of shape {None if best is None else tuple(best.shape)}, but this "
+            f"latent needs {tuple(noise.shape)}: continue with the same width, height, batch size and model family."
+        )
+    return best.to(noise.dtype).clone()
+
+
 def reno_sample(model, positive, negative, vae, latent_image, rewards, prompt, seed, config: ReNOConfig, cfg,
-                node_id=None):
-    """Run ReNO with ComfyUI's own sampling machinery; returns (LATENT, IMAGE, RENO_HISTORY)."""
+                node_id=None, continue_from: ReNOHistory | None = None):
+    """Run ReNO with ComfyUI's own sampling machinery; returns (LATENT, IMAGE, RENO_HISTORY).
+
+    ``continue_from`` starts from a previous run's best noise instead of the seed's (change the weights
+    or the prompt and keep refining).
+    """
     if not rewards:
         raise ValueError("ReNO Sampler: connect at least one 'ReNO Load Reward' node to 'rewards'.")
     ensemble = RewardEnsemble(list(rewards), prompt)
+    reward_info = [{"label": label, "name": r.name, "weight": r.weight, "offset": r.model.offset}
+                   for label, r in zip(ensemble.labels, ensemble.rewards)]
 
     samples = latent_image["samples"]
     if hasattr(comfy.sample, "fix_empty_latent_channels"):
         samples = comfy.sample.fix_empty_latent_channels(model, samples)
-    noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
+    noise = start_noise(samples, seed, latent_image.get("batch_index"), continue_from)
     sigma_max = float(model_sampling_of(model).sigma_max)
     sigmas = torch.tensor([sigma_max, 0.0])
 
     pbar = progress_bar(config.iterations, node_id)
+    best = {"loss": [float("inf")] * noise.shape[0], "iteration": [0] * noise.shape[0]}
 
     def on_iteration(record: IterationRecord, image: torch.Tensor, preview: torch.Tensor):
+        for b, loss in enumerate(record.loss):
+            if loss < best["loss"][b]:  # NaN never compares lower
+                best["loss"][b], best["iteration"][b] = loss, record.iteration
         pbar.update_absolute(record.iteration + 1, config.iterations,
                              ("JPEG", Image.fromarray(preview[0].numpy()), PREVIEW_SIZE))
+        send_iteration(node_id, record, config.iterations, reward_info, list(best["iteration"]), preview)
         comfy.model_management.throw_exception_if_processing_interrupted()
 
     sampler = ReNOComfySampler(ensemble, config, vae, on_iteration, PREVIEW_SIZE, model_patcher=model)
@@ -80,8 +106,7 @@ def reno_sample(model, positive, negative, vae, latent_image, rewards, prompt, s
     history = ReNOHistory(
         prompt=prompt,
         seed=int(seed),
-        rewards=[{"label": label, "name": r.name, "weight": r.weight, "offset": r.model.offset}
-                 for label, r in zip(ensemble.labels, ensemble.rewards)],
+        rewards=reward_info,
         config={**config.to_dict(), "cfg": cfg},
         sigma=run.sigma,
         records=[r.to_dict() for r in result.records],

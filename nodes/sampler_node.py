@@ -67,16 +67,24 @@ class ReNOSampler:
                     "tooltip": "Largest L2 norm of the noise gradient per image before each step; 0 = no clipping.",
                 }),
             },
+            "optional": {
+                "continue_from": ("RENO_HISTORY", {
+                    "tooltip": "Start from the best noise of an earlier ReNO run (its history output) instead of the "
+                               "seed's noise: change the weights or the prompt and keep refining. Same size and batch.",
+                }),
+            },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def sample(self, model, positive, negative, vae, latent_image, rewards, prompt, seed, iterations,
-               learning_rate, cfg, regularization, grad_clip, unique_id=None):
+               learning_rate, cfg, regularization, grad_clip, continue_from=None, unique_id=None):
         config = ReNOConfig(
             iterations=int(iterations), learning_rate=float(learning_rate),
             regularization=float(regularization), grad_clip=float(grad_clip),
         )
         latent, image, history = reno_sample(
             model, positive, negative, vae, latent_image, rewards, prompt, seed, config, float(cfg), node_id=unique_id,
+            continue_from=continue_from,
         )
-        return {"ui": {"reno_summary": [history.summary()]}, "result": (latent, image, history)}
+        return {"ui": {"reno_summary": [history.summary()], "reno_chart": [history.chart()]},
+                "result": (latent, image, history)}

@@ -339,3 +339,62 @@ def test_sampler_runs_with_every_reward_together(fresh_engine, reward_dir):
     for name, _ in mix:
         values = series["scores"][name]
         assert len(values) == 4 and all(v == v and abs(v) < 1e6 for v in values), (name, values)
+
+
+def test_live_iteration_events_go_to_the_queuing_client(fresh_engine, reward_dir):
+    import base64
+    import io
+
+    from PIL import Image
+
+    engine = fresh_engine
+    res = engine.execute(reno_prompt(engine, iterations=4, batch=2), client_id="artist-1")
+    res.raise_for_error()
+    events = [e for e in res.events if e.event == "reno.iteration"]
+    assert [e.data["iteration"] for e in events] == [0, 1, 2, 3]
+    assert all(e.sid == "artist-1" for e in events)  # never broadcast
+    first, last = events[0].data, events[-1].data
+    assert first["node"] == SAMPLER_ID and first["iterations"] == 4
+    assert [r["label"] for r in first["rewards"]] == ["pickscore", "clipscore"]
+    assert len(first["total"]) == 2 and len(first["scores"]["pickscore"]) == 2
+    assert first["grad_norm"] is not None and last["grad_norm"] is None
+    summary = res.ui_outputs[SAMPLER_ID]["reno_summary"][0]
+    assert last["best_iteration"] == summary["best_iteration"]
+    header, b64 = first["preview"].split(",", 1)
+    assert header == "data:image/jpeg;base64"
+    assert Image.open(io.BytesIO(base64.b64decode(b64))).size == (64, 64)
+    # the sampler's own UI output carries the full chart, so the node keeps it after the run
+    chart = res.ui_outputs[SAMPLER_ID]["reno_chart"][0]
+    assert chart["iterations"] == 4 and len(chart["series"]) == 2
+
+
+def test_no_events_without_a_client(fresh_engine, reward_dir, pack):
+    record = pack.optimizer.IterationRecord(0, [1.0], {"pickscore": [2.0]}, [3.0], None, [True])
+    server = fresh_engine.server
+    before = len(server.sent)
+    previous, server.client_id = server.client_id, None
+    try:
+        sent = pack.nodes.events.send_iteration("7", record, 1, [{"label": "pickscore", "weight": 1.0}], [0],
+                                                torch.zeros(1, 8, 8, 3, dtype=torch.uint8))
+    finally:
+        server.client_id = previous
+    assert sent is False and len(server.sent) == before
+
+
+def test_continue_from_starts_at_the_previous_best_noise(fresh_engine, reward_dir):
+    engine = fresh_engine
+    first = call_chain(engine, iterations=5, seed=4)
+    _, best_image, history = first["out"]
+    out = engine.call_node("ReNOSampler", inference=True, model=first["model"], positive=first["pos"],
+                           negative=first["neg"], vae=first["vae"], latent_image=first["latent"],
+                           rewards=first["rewards"], prompt=PROMPT_TEXT, seed=999, iterations=1, learning_rate=5.0,
+                           cfg=1.0, regularization=0.01, grad_clip=0.1, continue_from=history)
+    _, image, resumed = out["result"]
+    torch.testing.assert_close(image, best_image, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(resumed.best_noise, history.best_noise)
+    (bigger,) = engine.call_node("EmptyLatentImage", inference=True, width=128, height=64, batch_size=1)
+    with pytest.raises(ValueError, match="continue_from holds noise of shape"):
+        engine.call_node("ReNOSampler", inference=True, model=first["model"], positive=first["pos"],
+                         negative=first["neg"], vae=first["vae"], latent_image=bigger, rewards=first["rewards"],
+                         prompt=PROMPT_TEXT, seed=0, iterations=1, learning_rate=5.0, cfg=1.0, regularization=0.01,
+                         grad_clip=0.1, continue_from=history)
