@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..optimizer import ReNOConfig
+from .guards import check_model_and_vae, friendly_errors
 from .run import reno_sample
 
 CATEGORY = "sampling/ReNO"
@@ -82,9 +83,11 @@ class ReNOSampler:
             iterations=int(iterations), learning_rate=float(learning_rate),
             regularization=float(regularization), grad_clip=float(grad_clip),
         )
-        latent, image, history = reno_sample(
-            model, positive, negative, vae, latent_image, rewards, prompt, seed, config, float(cfg), node_id=unique_id,
-            continue_from=continue_from,
-        )
+        check_model_and_vae(model, vae)
+        with friendly_errors("ReNO Sampler"):
+            latent, image, history = reno_sample(
+                model, positive, negative, vae, latent_image, rewards, prompt, seed, config, float(cfg),
+                node_id=unique_id, continue_from=continue_from,
+            )
         return {"ui": {"reno_summary": [history.summary()], "reno_chart": [history.chart()]},
                 "result": (latent, image, history)}

@@ -1,0 +1,28 @@
+"""Shared helpers for engine tests (importable: tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+import sys
+
+import comfy_host
+from reno_prompts import reno_api_prompt
+
+PROMPT_TEXT = "a photo of a cat"
+
+
+def pack_module(engine):
+    """The pack's module as ComfyUI loaded it (the 2025 engine keys sys.modules by path)."""
+    init = engine.workdir / "custom_nodes" / comfy_host.PACK_NAME / "__init__.py"
+    for module in list(sys.modules.values()):
+        if getattr(module, "__file__", None) == str(init):
+            return module
+    raise AssertionError(f"the pack loaded from {init} is not in sys.modules")
+
+
+def depth_for(engine) -> int:
+    """Attention blocks where the engine can backpropagate through them (not the 2024 engine)."""
+    return 0 if engine.is_legacy else 1
+
+
+def reno_prompt(engine, **kwargs):
+    return reno_api_prompt(prompt=PROMPT_TEXT, transformer_depth=depth_for(engine), **kwargs)
