@@ -7,6 +7,7 @@ import os
 import folder_paths
 
 from ..reward_loaders import FOLDER_NAME, set_search_path_provider
+from .custom_sampler_node import ReNOSamplerCustom
 from .preview_node import ReNOIterationPreview
 from .reward_nodes import ReNORewardLoader
 from .sampler_node import ReNOSampler
@@ -29,6 +30,7 @@ _register_model_folder()
 NODE_CLASS_MAPPINGS = {
     "ReNORewardLoader": ReNORewardLoader,
     "ReNOSampler": ReNOSampler,
+    "ReNOSamplerCustom": ReNOSamplerCustom,
     "ReNOIterationPreview": ReNOIterationPreview,
     "ReNOScoreImages": ReNOScoreImages,
 }
@@ -36,6 +38,7 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "ReNORewardLoader": "ReNO Load Reward",
     "ReNOSampler": "ReNO Sampler",
+    "ReNOSamplerCustom": "ReNO Sampler (custom)",
     "ReNOIterationPreview": "ReNO Iteration Preview",
     "ReNOScoreImages": "ReNO Score Images",
 }

@@ -8,7 +8,9 @@ returns x0 with gradients, which is decoded by the VAE on the device and scored 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -88,15 +90,27 @@ class ReNOComfySampler(comfy.samplers.Sampler):
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
+        """One ReNO run inside any ComfyUI sampling path (``sample_custom``, ``SamplerCustom``,
+        ``SamplerCustomAdvanced`` with any guider).
+
+        The image is the one-step denoise from ``sigmas[0]`` (whatever the model family: ComfyUI's own
+        ``model_sampling`` scales the noise and turns the model output into x0 for ε, v, x0 and flow
+        models). With the usual final sigma 0 the best x0 is returned; with a schedule that ends above
+        0 (the high half of a split schedule) the result is one Euler step from ``sigmas[0]`` to
+        ``sigmas[-1]`` taken with the best x0, ready for a second sampler. Intermediate sigmas are unused.
+        """
         inner = model_wrap.inner_model
         model_sampling = inner.model_sampling
-        patcher = self.model_patcher or getattr(model_wrap, "model_patcher", None)
+        patcher = self.model_patcher or getattr(model_wrap, "model_patcher", None) or _loaded_patcher_of(inner)
         rewards = self._reward_patchers()
         comfy.model_management.load_models_gpu(([patcher] if patcher is not None else []) + [self.vae.patcher] + rewards)
         max_denoise = self.max_denoise(model_wrap, sigmas)
         if len(sigmas) > 2:
             log.warning("ReNO: %d sigmas given; ReNO denoises in one step from the first (%.4f)",
                         len(sigmas), float(sigmas[0]))
+        if not torch.any(noise != 0):
+            raise ValueError("ReNO optimizes the initial noise, but the noise is all zeros: turn add_noise on "
+                             "(SamplerCustom) or use RandomNoise, not DisableNoise (SamplerCustomAdvanced).")
 
         modules = [inner, self.vae.first_stage_model] + [r.model for r in self.ensemble.rewards]
         with torch.inference_mode(False), torch.enable_grad(), normal_tensors(modules):
@@ -110,9 +124,14 @@ class ReNOComfySampler(comfy.samplers.Sampler):
             self.ensemble.prepare()
             previews: list[torch.Tensor] = []
 
+            def noised(z):
+                return model_sampling.noise_scaling(sigma, z.to(latent.dtype), latent, max_denoise)
+
             def generate(z):
-                x = model_sampling.noise_scaling(sigma, z.to(latent.dtype), latent, max_denoise)
-                x0 = model_wrap(x, sigma * s_in, **args)
+                # only models that update activations in place need (and pay for) the copies
+                copying = getattr(inner, "_reno_copy_saved", False)
+                with saved_activations_copied() if copying else contextlib.nullcontext():
+                    x0 = model_wrap(noised(z), sigma * s_in, **args)
                 if mask is not None:  # as KSamplerX0Inpaint: keep the unmasked part of the latent
                     x0 = x0 * mask + latent * (1.0 - mask)
                 return decode_with_grad(self.vae, inner.process_latent_out(x0)), x0
@@ -123,10 +142,62 @@ class ReNOComfySampler(comfy.samplers.Sampler):
                 if self.on_iteration is not None:
                     self.on_iteration(record, image, preview)
 
-            result = optimize_noise(generate, self.ensemble, start, self.config, on_iteration)
+            try:
+                result = optimize_noise(generate, self.ensemble, start, self.config, on_iteration)
+            except RuntimeError as e:
+                if getattr(inner, "_reno_copy_saved", False) or "inplace operation" not in str(e):
+                    raise
+                # found at the first backward: remember it for this model and start the run again
+                log.info("ReNO: this model updates activations in place during its forward pass; "
+                         "copying the activations backward needs (slightly slower)")
+                inner._reno_copy_saved = True
+                previews.clear()
+                result = optimize_noise(generate, self.ensemble, start, self.config, on_iteration)
             self.output = RunOutput(result=result, sigma=float(sigma), previews=previews)
-            samples = model_sampling.inverse_noise_scaling(sigma_last, result.best_extra.detach())
+            with torch.no_grad():
+                x0 = result.best_extra.detach()
+                samples = x0
+                if float(sigma_last) > 0:  # one Euler step sigma -> sigma_last with the best x0
+                    x = noised(result.best_noise.to(device=x0.device))
+                    samples = x + (x - x0) / sigma * (sigma_last - sigma)
+                samples = model_sampling.inverse_noise_scaling(sigma_last, samples)
+        if callback is not None:  # ComfyUI's own preview / denoised_output hook, once, with the best x0
+            callback(0, x0, samples, 1)
         return samples
+
+
+def saved_activations_copied():
+    """Autograd saves a copy of each activation the model's backward needs (used only for models found
+    to need it: see ``ReNOComfySampler.sample``).
+
+    Diffusion models written for inference update activations in place after another op saved them
+    for backward (FLUX's blocks: ``txt += ...``, ``x += ...``; the 2024 SD UNet: ``x += n``), which makes
+    backward fail ("modified by an inplace operation"). Copying saved non-leaf tensors at save time
+    (each tensor once per version) makes any such model differentiable; weights (leaves) are
+    never copied, and the originals are freed as the forward moves on, so peak memory barely changes.
+    """
+    copies: dict = {}  # id(tensor) -> (weak reference, version, copy): each tensor copied once per version
+
+    def pack(t: torch.Tensor):
+        if t.grad_fn is None:
+            return t
+        entry = copies.get(id(t))
+        if entry is not None and entry[0]() is t and entry[1] == t._version:
+            return entry[2]
+        copy = t.clone()
+        copies[id(t)] = (weakref.ref(t), t._version, copy)
+        return copy
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+
+
+def _loaded_patcher_of(inner_model):
+    """The ModelPatcher that ComfyUI loaded for ``inner_model`` (the 2024 engine's model_wrap has none)."""
+    for loaded in getattr(comfy.model_management, "current_loaded_models", []):
+        patcher = getattr(loaded, "model", None)
+        if patcher is not None and getattr(patcher, "model", None) is inner_model:
+            return patcher
+    return None
 
 
 def _with_normal_conds(extra_args: dict) -> dict:

@@ -52,18 +52,60 @@ def start_noise(samples: torch.Tensor, seed: int, batch_index=None, continue_fro
     return best.to(noise.dtype).clone()
 
 
+def reward_info_of(ensemble: RewardEnsemble) -> list[dict]:
+    return [{"label": label, "name": r.name, "weight": r.weight, "offset": r.model.offset}
+            for label, r in zip(ensemble.labels, ensemble.rewards)]
+
+
+def make_ensemble(rewards, prompt, node_name: str = "ReNO Sampler") -> RewardEnsemble:
+    if not rewards:
+        raise ValueError(f"{node_name}: connect at least one 'ReNO Load Reward' node to 'rewards'.")
+    return RewardEnsemble(list(rewards), prompt)
+
+
+def iteration_reporter(iterations: int, reward_info: list[dict], event_node_id=None, progress_node_id=None):
+    """The per-iteration hook: progress bar with a preview, a ``reno.iteration`` event, the cancel check.
+
+    ``progress_node_id`` None lets ComfyUI attribute the progress to the node that is executing.
+    """
+    pbar = progress_bar(iterations, progress_node_id)
+    best: dict = {"loss": None, "iteration": None}
+
+    def on_iteration(record: IterationRecord, image: torch.Tensor, preview: torch.Tensor):
+        if best["loss"] is None:
+            best["loss"], best["iteration"] = [float("inf")] * len(record.loss), [0] * len(record.loss)
+        for b, loss in enumerate(record.loss):
+            if loss < best["loss"][b]:  # NaN never compares lower
+                best["loss"][b], best["iteration"][b] = loss, record.iteration
+        pbar.update_absolute(record.iteration + 1, iterations,
+                             ("JPEG", Image.fromarray(preview[0].numpy()), PREVIEW_SIZE))
+        send_iteration(event_node_id, record, iterations, reward_info, list(best["iteration"]), preview)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    return on_iteration
+
+
+def check_result(result, node_name: str = "ReNO Sampler") -> None:
+    if not all(result.finite):
+        bad = [b for b, ok in enumerate(result.finite) if not ok]
+        raise RuntimeError(
+            f"{node_name}: the reward was NaN/Inf from the first iteration for image(s) {bad} of the batch, so there "
+            "is no valid result. Check the VAE (try a float32 VAE, e.g. ComfyUI's --fp32-vae) and the reward files."
+        )
+    if result.stop_reason:
+        log.warning("%s: %s", node_name, result.stop_reason)
+
+
 def reno_sample(model, positive, negative, vae, latent_image, rewards, prompt, seed, config: ReNOConfig, cfg,
                 node_id=None, continue_from: ReNOHistory | None = None):
     """Run ReNO with ComfyUI's own sampling machinery; returns (LATENT, IMAGE, RENO_HISTORY).
 
     ``continue_from`` starts from a previous run's best noise instead of the seed's (change the weights
-    or the prompt and keep refining).
+    or the prompt and keep refining). The one-step sigma is the model's ``sigma_max`` (t=999 for
+    ε/v/x0 models, 1.0 for flow models such as FLUX and SD3, whatever their shift).
     """
-    if not rewards:
-        raise ValueError("ReNO Sampler: connect at least one 'ReNO Load Reward' node to 'rewards'.")
-    ensemble = RewardEnsemble(list(rewards), prompt)
-    reward_info = [{"label": label, "name": r.name, "weight": r.weight, "offset": r.model.offset}
-                   for label, r in zip(ensemble.labels, ensemble.rewards)]
+    ensemble = make_ensemble(rewards, prompt)
+    reward_info = reward_info_of(ensemble)
 
     samples = latent_image["samples"]
     if hasattr(comfy.sample, "fix_empty_latent_channels"):
@@ -72,18 +114,7 @@ def reno_sample(model, positive, negative, vae, latent_image, rewards, prompt, s
     sigma_max = float(model_sampling_of(model).sigma_max)
     sigmas = torch.tensor([sigma_max, 0.0])
 
-    pbar = progress_bar(config.iterations, node_id)
-    best = {"loss": [float("inf")] * noise.shape[0], "iteration": [0] * noise.shape[0]}
-
-    def on_iteration(record: IterationRecord, image: torch.Tensor, preview: torch.Tensor):
-        for b, loss in enumerate(record.loss):
-            if loss < best["loss"][b]:  # NaN never compares lower
-                best["loss"][b], best["iteration"][b] = loss, record.iteration
-        pbar.update_absolute(record.iteration + 1, config.iterations,
-                             ("JPEG", Image.fromarray(preview[0].numpy()), PREVIEW_SIZE))
-        send_iteration(node_id, record, config.iterations, reward_info, list(best["iteration"]), preview)
-        comfy.model_management.throw_exception_if_processing_interrupted()
-
+    on_iteration = iteration_reporter(config.iterations, reward_info, node_id, node_id)
     sampler = ReNOComfySampler(ensemble, config, vae, on_iteration, PREVIEW_SIZE, model_patcher=model)
     out_samples = comfy.sample.sample_custom(
         model, noise, cfg, sampler, sigmas, positive, negative, samples,
@@ -91,14 +122,7 @@ def reno_sample(model, positive, negative, vae, latent_image, rewards, prompt, s
     )
     run = sampler.output
     result = run.result
-    if not all(result.finite):
-        bad = [b for b, ok in enumerate(result.finite) if not ok]
-        raise RuntimeError(
-            f"ReNO Sampler: the reward was NaN/Inf from the first iteration for image(s) {bad} of the batch, so there "
-            "is no valid result. Check the VAE (try a float32 VAE, e.g. ComfyUI's --fp32-vae) and the reward files."
-        )
-    if result.stop_reason:
-        log.warning("ReNO Sampler: %s", result.stop_reason)
+    check_result(result)
 
     latent_out = dict(latent_image)
     latent_out["samples"] = out_samples

@@ -183,3 +183,9 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ReNOTestTinySD": "ReNO Test Tiny SD (testing)",
     "ReNOTestConditioning": "ReNO Test Conditioning (testing)",
 }
+
+from .families import NODE_CLASS_MAPPINGS as _FAMILY_NODES  # noqa: E402
+from .families import NODE_DISPLAY_NAME_MAPPINGS as _FAMILY_NAMES  # noqa: E402
+
+NODE_CLASS_MAPPINGS.update(_FAMILY_NODES)
+NODE_DISPLAY_NAME_MAPPINGS.update(_FAMILY_NAMES)

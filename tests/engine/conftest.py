@@ -28,8 +28,10 @@ ENGINE_PACK_DIRS = [
     comfy_host.PACK_DIR,
 ]
 
-#: Built-in comfy_extras node modules to load as well (none needed by the smoke tests).
-ENGINE_EXTRA_NODES: list[str] = []
+#: Built-in comfy_extras node modules to load as well (SamplerCustom/SamplerCustomAdvanced, guiders,
+#: schedulers: the ReNO Sampler (custom) tests and the workflows use them).
+#: Files this engine's ComfyUI lacks (nodes_sd3.py on the 2024 engine) are left out.
+ENGINE_EXTRA_NODES: list[str] = ["nodes_custom_sampler.py", "nodes_sd3.py"]
 
 _NO_HOST = (
     "no ComfyUI host: set COMFYUI_PATH to a ComfyUI checkout, install this pack in "
@@ -62,7 +64,8 @@ def comfy_host_info(request):
 def engine(request, comfy_host_info, tmp_path_factory):
     """The booted engine (comfy_host.Engine) with ENGINE_PACK_DIRS loaded."""
     workdir = tmp_path_factory.mktemp("comfyui")
-    eng = comfy_host.boot_engine(comfy_host_info, ENGINE_PACK_DIRS, workdir, extra_nodes=ENGINE_EXTRA_NODES)
+    eng = comfy_host.boot_engine(comfy_host_info, ENGINE_PACK_DIRS, workdir, extra_nodes=[
+        f for f in ENGINE_EXTRA_NODES if (comfy_host_info.root / "comfy_extras" / f).is_file()])
     yield eng
     eng.clear_progress_callbacks()
     eng.reset_interrupt()

@@ -56,10 +56,14 @@ def test_workflow_is_consistent_ui_format(path):
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_workflow_nodes_exist_and_widget_values_fit(path, engine):
     wf = json.loads(path.read_text())
+    missing = []
     for n in wf["nodes"]:
         if n["type"] in FRONTEND_ONLY:
             continue
         cls = engine.nodes.NODE_CLASS_MAPPINGS.get(n["type"])
+        if cls is None and engine.is_legacy and not n["type"].startswith("ReNO"):
+            missing.append(n["type"])  # a core node newer than the 2024 engine
+            continue
         assert cls is not None, f"{path.name}: node type {n['type']} is not registered on {engine.info}"
         if n["type"].startswith("ReNO"):
             names = widget_names(cls)
@@ -81,3 +85,5 @@ def test_workflow_nodes_exist_and_widget_values_fit(path, engine):
                     assert isinstance(value, (int, float)) and opts["min"] <= value <= opts["max"], (name, value)
                 elif kind == "STRING":
                     assert isinstance(value, str)
+    if missing:
+        pytest.skip(f"{path.name}: core node type(s) {sorted(set(missing))} are not in {engine.info} (newer ComfyUI)")

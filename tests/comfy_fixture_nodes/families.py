@@ -1,0 +1,191 @@
+"""Tiny random models of every one-step model family, built from the engine's own classes.
+
+``ReNOTestTinyFamily(family, transformer_depth, seed, text, negative_text)`` returns
+``(MODEL, VAE, positive CONDITIONING, negative CONDITIONING)``:
+
+| family | ComfyUI class | prediction | latent | conditioning keys |
+|---|---|---|---|---|
+| ``sd15`` | ``supported_models.SD15`` | ε | SD15, 4 ch | cross-attn |
+| ``sd21v`` | ``supported_models.SD20`` (forced v-prediction, as SD2.1-768) | v | SD15, 4 ch | cross-attn |
+| ``sdxl`` | ``supported_models.SDXL`` (ADM ``y`` from ``pooled_output`` + sizes) | ε | SDXL, 4 ch | cross-attn, ``pooled_output`` |
+| ``pixart`` | ``supported_models.PixArtAlpha`` (micro-conditioning) | ε | SD15, 4 ch | cross-attn, ``width``/``height`` |
+| ``sd3`` | ``supported_models.SD3`` (MMDiT, shift 3) | flow | SD3, 16 ch | cross-attn, ``pooled_output`` |
+| ``flux`` | ``supported_models.Flux`` (guidance-distilled, like FLUX.1-dev) | flow | Flux, 16 ch | cross-attn, ``pooled_output``, ``guidance`` |
+| ``flux_schnell`` | ``supported_models.FluxSchnell`` (no guidance embed) | flow | Flux, 16 ch | cross-attn, ``pooled_output`` |
+
+The VAE is a tiny SD-style ``AutoencoderKL`` (8x) with the family's latent channels, inside
+``comfy.sd.VAE``. Everything is float32 on the CPU, initialised deterministically from ``seed``.
+``family_unavailable(family)`` says why the running engine cannot build a family (None when it can).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _init_module_weights, build_tiny_model, text_to_context
+
+CONTEXT_DIM = 32
+POOLED_DIM = 32
+FLUX_GUIDANCE = 3.5
+
+#: family -> (supported_models class name, latent channels)
+FAMILIES = {
+    "sd15": ("SD15", 4),
+    "sd21v": ("SD20", 4),
+    "sdxl": ("SDXL", 4),
+    "pixart": ("PixArtAlpha", 4),
+    "sd3": ("SD3", 16),
+    "flux": ("Flux", 16),
+    "flux_schnell": ("FluxSchnell", 16),
+}
+
+
+def family_unavailable(family: str) -> str | None:
+    """Why this engine cannot build ``family`` (its ComfyUI lacks the class), or None."""
+    import comfy.supported_models
+
+    name, _ = FAMILIES[family]
+    if not hasattr(comfy.supported_models, name):
+        return f"this ComfyUI has no comfy.supported_models.{name} (the {family} family is newer than the engine)"
+    return None
+
+
+def _unet(base: dict, depth: int, context_dim: int, **extra) -> dict:
+    d = int(depth)
+    cfg = {
+        "use_checkpoint": False,
+        "image_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "model_channels": 32,
+        "num_res_blocks": [1, 1],
+        "channel_mult": [1, 2],
+        "transformer_depth": [d, d],
+        "transformer_depth_output": [d, d, d, d],
+        "transformer_depth_middle": d if d > 0 else -1,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "context_dim": int(context_dim),
+        "use_linear_in_transformer": False,
+        "adm_in_channels": None,
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+        "dtype": torch.float32,
+    }
+    cfg.update(base)
+    cfg.update(extra)
+    return cfg
+
+
+def _unet_config(family: str, depth: int) -> dict:
+    if family == "sd21v":
+        return _unet({}, depth, CONTEXT_DIM, use_linear_in_transformer=True)
+    if family == "sdxl":
+        # ADM input: pooled text embedding + 6 size embeddings of 256 (model_base.SDXL.encode_adm)
+        return _unet({}, depth, CONTEXT_DIM, use_linear_in_transformer=True, adm_in_channels=POOLED_DIM + 6 * 256,
+                     num_classes="sequential")
+    if family == "pixart":
+        return {"image_model": "pixart_alpha", "input_size": 64, "patch_size": 2, "in_channels": 4,
+                "hidden_size": 48, "depth": max(1, int(depth)), "num_heads": 2, "caption_channels": CONTEXT_DIM,
+                "model_max_length": 8, "micro_condition": True, "pe_interpolation": 1.0}
+    if family == "sd3":
+        return {"in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 1, "input_size": None,
+                "adm_in_channels": POOLED_DIM, "num_patches": 64, "pos_embed_max_size": 8,
+                "context_embedder_config": {"target": "torch.nn.Linear",
+                                            "params": {"in_features": CONTEXT_DIM, "out_features": 64}},
+                "pos_embed_scaling_factor": None, "x_block_self_attn_layers": []}
+    if family in ("flux", "flux_schnell"):
+        return {"image_model": "flux", "guidance_embed": family == "flux", "in_channels": 16, "out_channels": 16,
+                "patch_size": 2, "vec_in_dim": POOLED_DIM, "context_in_dim": CONTEXT_DIM, "hidden_size": 32,
+                "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [4, 6, 6],
+                "theta": 10000, "qkv_bias": True}
+    raise ValueError(f"unknown family {family!r}")
+
+
+def build_family_model(family: str, transformer_depth: int = 1, seed: int = 0):
+    import comfy.model_base
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    reason = family_unavailable(family)
+    if reason:
+        raise RuntimeError(reason)
+    if family == "sd15":
+        return build_tiny_model(transformer_depth, CONTEXT_DIM, seed)
+    cls = getattr(comfy.supported_models, FAMILIES[family][0])
+    model_config = cls(_unet_config(family, transformer_depth))
+    if "num_head_channels" in model_config.unet_config:  # UNet families: 4 heads at 32 channels
+        model_config.unet_config["num_heads"] = 4
+        model_config.unet_config["num_head_channels"] = -1
+    if family == "sd21v":  # SD2.1-768 is v-prediction (ComfyUI detects it from the weights)
+        model_config.model_type = lambda state_dict, prefix="": comfy.model_base.ModelType.V_PREDICTION
+    offload = mm.unet_offload_device()
+    model = model_config.get_model({}, device=offload)
+    _init_module_weights(model.diffusion_model, seed + 17 * len(family), 0.04)
+    gen = torch.Generator().manual_seed(seed + 99)
+    with torch.no_grad():  # buffers made with torch.empty (SD3's pos_embed): real checkpoints load them
+        for buf in model.diffusion_model.buffers():
+            if buf.is_floating_point():
+                buf.copy_(torch.randn(buf.shape, generator=gen).to(buf.dtype) * 0.04)
+    model.to(torch.float32)
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=offload)
+
+
+def build_family_vae(family: str, seed: int = 0):
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    channels = FAMILIES[family][1]
+    ddconfig = {"double_z": True, "z_channels": channels, "resolution": 64, "in_channels": 3, "out_ch": 3,
+                "ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    params = {"ddconfig": ddconfig, "embed_dim": channels}
+    proto = AutoencoderKL(ddconfig=dict(ddconfig), embed_dim=channels)
+    _init_module_weights(proto, seed + 1_000_003, 0.04, {"decoder.conv_out.weight": 0.03})
+    sd = {k: v.detach().clone() for k, v in proto.state_dict().items()}
+    vae = comfy.sd.VAE(sd=sd, config={"params": params}, dtype=torch.float32)
+    vae.latent_channels = channels
+    return vae
+
+
+def family_conditioning(family: str, text: str):
+    """``[[context, {extra keys}]]`` as the family's text encoders would make it."""
+    ctx = text_to_context(text, CONTEXT_DIM)
+    pooled = text_to_context("pooled:" + str(text), POOLED_DIM, tokens=1)[:, 0]
+    extra: dict = {}
+    if family in ("sdxl", "sd3", "flux", "flux_schnell"):
+        extra["pooled_output"] = pooled
+    if family == "flux":
+        extra["guidance"] = FLUX_GUIDANCE
+    if family == "pixart":
+        extra.update(width=64, height=64)
+    return [[ctx, extra]]
+
+
+class ReNOTestTinyFamily:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "family": (list(FAMILIES), {"default": "sd15"}),
+                "transformer_depth": ("INT", {"default": 1, "min": 0, "max": 2}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF}),
+                "text": ("STRING", {"default": "a photo of a cat", "multiline": True}),
+                "negative_text": ("STRING", {"default": "", "multiline": True}),
+            }
+        }
+
+    RETURN_TYPES = ("MODEL", "VAE", "CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("model", "vae", "positive", "negative")
+    FUNCTION = "build"
+    CATEGORY = "ReNO/testing"
+    DESCRIPTION = "Tiny randomly initialised MODEL, VAE and conditioning of one model family, for tests."
+
+    def build(self, family="sd15", transformer_depth=1, seed=0, text="a photo of a cat", negative_text=""):
+        return (build_family_model(family, transformer_depth, seed), build_family_vae(family, seed),
+                family_conditioning(family, text), family_conditioning(family, negative_text))
+
+
+NODE_CLASS_MAPPINGS = {"ReNOTestTinyFamily": ReNOTestTinyFamily}
+NODE_DISPLAY_NAME_MAPPINGS = {"ReNOTestTinyFamily": "ReNO Test Tiny Family (testing)"}

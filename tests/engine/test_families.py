@@ -1,0 +1,246 @@
+"""Every one-step model family through ReNO, against ComfyUI's own samplers.
+
+Per family (tiny random models built from the engine's own ``comfy.supported_models`` classes by the
+fixture node ``ReNOTestTinyFamily``): (a) the oracle: ReNO with one iteration returns exactly the latent and
+image of ComfyUI's own one-step euler sample (KSampler, and SamplerCustom/SamplerCustomAdvanced with the
+same sigmas), through both ``ReNOSampler`` and ``ReNOSamplerCustom``; (b) with optimization on, gradients
+reach the noise and the weighted reward improves; (c) a batch runs independent optimizations, each element
+starting from the noise ComfyUI's samplers use for it (``batch_index`` included).
+A family the engine's ComfyUI lacks is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+PROMPT = "a photo of a cat"
+FAMILIES = ["sd15", "sd21v", "sdxl", "pixart", "sd3", "flux", "flux_schnell"]
+FLOW = {"sd3", "flux", "flux_schnell"}
+TOL = 1e-4
+#: image side per family: PixArt derives its position-embedding base size from the latent size
+#: (round(side/64)*64 latent pixels), so it needs a real 512 px latent
+SIDE = {"pixart": 512}
+REWARDS = (("pickscore", 1.0), ("clipscore", 0.5))
+#: max abs errors of the oracle, printed at the end (pytest -s) for the record
+ERRORS: dict = {}
+
+
+@pytest.fixture(scope="module")
+def reward_dir(engine):
+    from tiny_rewards import ALL_REWARDS, write_reward_root
+
+    root = Path(engine.folder_paths.get_folder_paths("reno_rewards")[0])
+    return write_reward_root(root, ALL_REWARDS)
+
+
+@pytest.fixture(scope="module")
+def families_module(engine):
+    for module in list(sys.modules.values()):
+        f = getattr(module, "__file__", None) or ""
+        if f.endswith("families.py") and hasattr(module, "family_unavailable") and str(engine.workdir) in f:
+            return module
+    raise AssertionError("the fixture pack's families module is not loaded")
+
+
+@pytest.fixture(scope="module")
+def stack(engine, reward_dir):
+    out = None
+    for name, weight in REWARDS:
+        (out,) = engine.call_node("ReNORewardLoader", inference=True, reward=name, weight=weight, rewards=out)
+    return out
+
+
+_PARTS: dict = {}
+
+
+@pytest.fixture(params=FAMILIES)
+def parts(request, engine, families_module):
+    family = request.param
+    reason = families_module.family_unavailable(family)
+    if reason:
+        pytest.skip(f"{family}: {reason} ({engine.info})")
+    if family not in _PARTS:
+        depth = 1  # attention blocks: the 2024 UNet's in-place `x += n` backpropagates through the bridge too
+        model, vae, pos, neg = engine.call_node("ReNOTestTinyFamily", inference=True, family=family,
+                                                transformer_depth=depth, seed=0, text=PROMPT, negative_text="")
+        channels = families_module.FAMILIES[family][1]
+        _PARTS[family] = dict(family=family, model=model, vae=vae, pos=pos, neg=neg, channels=channels)
+    return _PARTS[family]
+
+
+def side(p):
+    return SIDE.get(p["family"], 64)
+
+
+def empty_latent(engine, p, batch=1):
+    (latent,) = engine.call_node("EmptyLatentImage", inference=True, width=side(p), height=side(p), batch_size=batch)
+    return latent
+
+
+def reno(engine, p, stack, latent, *, iterations, seed, cfg=1.0, lr=5.0):
+    out = engine.call_node("ReNOSampler", inference=True, model=p["model"], positive=p["pos"], negative=p["neg"],
+                           vae=p["vae"], latent_image=latent, rewards=stack, prompt=PROMPT, seed=seed,
+                           iterations=iterations, learning_rate=lr, cfg=cfg, regularization=0.01, grad_clip=0.1)
+    return out["result"]
+
+
+def custom(engine, p, sampler, sigmas, latent, *, seed, cfg):
+    """ComfyUI's custom sampling node with ``sampler``: SamplerCustomAdvanced + CFGGuider where the engine
+    has it, else SamplerCustom (2024). Returns the output LATENT."""
+    if "SamplerCustomAdvanced" in engine.nodes.NODE_CLASS_MAPPINGS:
+        (noise,) = engine.call_node("RandomNoise", inference=True, noise_seed=seed)
+        if cfg == 1.0:
+            (guider,) = engine.call_node("BasicGuider", inference=True, model=p["model"], conditioning=p["pos"])
+        else:
+            (guider,) = engine.call_node("CFGGuider", inference=True, model=p["model"], positive=p["pos"],
+                                         negative=p["neg"], cfg=cfg)
+        out = engine.call_node("SamplerCustomAdvanced", inference=True, noise=noise, guider=guider, sampler=sampler,
+                               sigmas=sigmas, latent_image=latent)
+    else:
+        out = engine.call_node("SamplerCustom", inference=True, model=p["model"], add_noise=True, noise_seed=seed,
+                               cfg=cfg, positive=p["pos"], negative=p["neg"], sampler=sampler, sigmas=sigmas,
+                               latent_image=latent)
+    return out[0]
+
+
+def decode(engine, p, latent):
+    (image,) = engine.call_node("VAEDecode", inference=True, samples=latent, vae=p["vae"])
+    return image
+
+
+def max_err(a, b):
+    return float((a.float() - b.float()).abs().max())
+
+
+def test_oracle_one_iteration_is_comfyuis_own_one_step_sample(engine, parts, stack):
+    p, seed = parts, 3
+    latent = empty_latent(engine, p)
+    channels = p["channels"]
+    ms = p["model"].model.model_sampling
+    out_latent, image, history = reno(engine, p, stack, latent, iterations=1, seed=seed)
+    # the sigma: sigma_max (t=999) for eps/v models, 1.0 for flow models
+    assert history.sigma == pytest.approx(float(ms.sigma_max), rel=1e-6)
+    if p["family"] in FLOW:
+        assert history.sigma == pytest.approx(1.0, abs=1e-6)
+    assert out_latent["samples"].shape == (1, channels, side(p) // 8, side(p) // 8)  # a 4-channel empty latent is widened as ComfyUI does
+
+    (ks,) = engine.call_node("KSampler", inference=True, model=p["model"], seed=seed, steps=1, cfg=1.0,
+                             sampler_name="euler", scheduler="simple", positive=p["pos"], negative=p["neg"],
+                             latent_image=latent, denoise=1.0)
+    ks_image = decode(engine, p, ks)
+    errs = {"ksampler_latent": max_err(out_latent["samples"], ks["samples"]), "ksampler_image": max_err(image, ks_image)}
+    torch.testing.assert_close(out_latent["samples"].float(), ks["samples"].float(), rtol=TOL, atol=TOL)
+    torch.testing.assert_close(image.float(), ks_image.float(), rtol=TOL, atol=TOL)
+
+    # ReNO Sampler (custom) inside ComfyUI's custom sampling, with CFG, against euler with the same sigmas
+    (sigmas,) = engine.call_node("BasicScheduler", inference=True, model=p["model"], scheduler="simple", steps=1,
+                                 denoise=1.0)
+    assert float(sigmas[0]) == pytest.approx(history.sigma, rel=1e-6)
+    (euler,) = engine.call_node("KSamplerSelect", inference=True, sampler_name="euler")
+    (reno_sampler,) = engine.call_node("ReNOSamplerCustom", inference=True, vae=p["vae"], rewards=stack,
+                                       prompt=PROMPT, iterations=1, learning_rate=5.0, regularization=0.01,
+                                       grad_clip=0.1)
+    for cfg in (1.0, 2.0):
+        want = custom(engine, p, euler, sigmas, latent, seed=seed, cfg=cfg)
+        got = custom(engine, p, reno_sampler, sigmas, latent, seed=seed, cfg=cfg)
+        got_image = reno_sampler.output.result.best_image.movedim(1, -1).cpu()
+        errs[f"custom_cfg{cfg:g}_latent"] = max_err(got["samples"], want["samples"])
+        errs[f"custom_cfg{cfg:g}_image"] = max_err(got_image, decode(engine, p, want))
+        torch.testing.assert_close(got["samples"].float(), want["samples"].float(), rtol=TOL, atol=TOL)
+        torch.testing.assert_close(got_image.float(), decode(engine, p, want).float(), rtol=TOL, atol=TOL)
+    ERRORS[(engine.info, p["family"])] = {"sigma": history.sigma, **errs}
+    print(f"\n[oracle] {p['family']}: sigma={history.sigma:.4f} max abs errors {errs}")
+
+
+def test_optimization_reaches_the_noise_and_raises_the_reward(engine, parts, stack):
+    _, _, history = reno(engine, parts, stack, empty_latent(engine, parts), iterations=4, seed=1)
+    first = history.records[0]
+    assert first["grad_norm"][0] > 0, "no gradient reached the noise"
+    initial, best = first["loss"][0], history.best_loss[0]
+    assert history.best_iteration[0] > 0 and best < initial
+    print(f"\n[reward] {parts['family']}: iteration-0 loss {initial:.5f} -> best {best:.5f}")
+
+
+def test_activation_copies_only_for_models_that_modify_activations_in_place(engine, parts, stack):
+    """FLUX's blocks and the 2024 SD UNet add in place: ReNO notices at the first backward, restarts with
+    copies and remembers it; the other models never pay for copies."""
+    inner = parts["model"].model
+    inner.__dict__.pop("_reno_copy_saved", None)
+    _, _, history = reno(engine, parts, stack, empty_latent(engine, parts), iterations=2, seed=2)
+    assert history.iterations == 2 and history.records[0]["grad_norm"][0] > 0
+    in_place = parts["family"].startswith("flux") or (engine.is_legacy and parts["family"] in ("sd15", "sd21v", "sdxl"))
+    assert getattr(inner, "_reno_copy_saved", False) == in_place
+
+
+def test_batch_elements_are_independent_and_use_comfyuis_noise(engine, parts, stack):
+    import comfy.sample
+
+    p, seed = parts, 7
+    samples = empty_latent(engine, p, batch=2)["samples"]
+    batch = {"samples": samples, "batch_index": [3, 5]}
+    latent, image, history = reno(engine, p, stack, batch, iterations=3, seed=seed)
+    channels = p["channels"]
+    assert latent["samples"].shape == (2, channels, side(p) // 8, side(p) // 8) and image.shape == (2, side(p), side(p), 3)
+    assert latent["batch_index"] == [3, 5]
+    wide = samples
+    if hasattr(comfy.sample, "fix_empty_latent_channels"):
+        wide = comfy.sample.fix_empty_latent_channels(p["model"], samples)
+    noise = comfy.sample.prepare_noise(wide, seed, [3, 5])
+    assert history.records[0]["latent_norm"] == pytest.approx(noise.reshape(2, -1).norm(dim=1).tolist(), rel=1e-5)
+    # element 1 runs exactly as the same element alone (batch_index 5)
+    single = {"samples": samples[1:], "batch_index": [5]}
+    _, image1, alone = reno(engine, p, stack, single, iterations=3, seed=seed)
+    for r_batch, r_alone in zip(history.records, alone.records):
+        assert r_batch["loss"][1] == pytest.approx(r_alone["loss"][0], rel=1e-4, abs=1e-5)
+    assert history.best_iteration[1] == alone.best_iteration[0]
+    torch.testing.assert_close(image[1:], image1, rtol=1e-3, atol=1e-3)
+
+
+def _pack_module(engine, rel: str):
+    for module in list(sys.modules.values()):
+        f = getattr(module, "__file__", None) or ""
+        if f.endswith(rel) and str(engine.workdir) in f:
+            return module
+    raise AssertionError(f"{rel} is not loaded")
+
+
+@pytest.mark.parametrize("family", ["sd15", "sd3"])
+def test_copying_saved_activations_keeps_the_gradient(engine, families_module, family):
+    """The bridge's saved-tensor copies (which make in-place models such as FLUX differentiable) change no
+    gradient of a model that needs none."""
+    if engine.is_legacy:
+        pytest.skip(f"{engine.info}: its SD UNet updates activations in place, so there is no plain gradient to "
+                    "compare with (test_optimization covers it)")
+    reason = families_module.family_unavailable(family)
+    if reason:
+        pytest.skip(reason)
+    bridge = _pack_module(engine, "nodes/bridge.py")
+    autograd = _pack_module(engine, "nodes/autograd.py")
+    model = families_module.build_family_model(family, 1, 0).model.double()  # float64: no rounding noise
+    model.diffusion_model.dtype = torch.float64  # the dtype ComfyUI casts inputs to
+    cond = [t.double() if torch.is_tensor(t) else {k: v.double() for k, v in t.items()}
+            for t in families_module.family_conditioning(family, PROMPT)[0]]
+    channels = families_module.FAMILIES[family][1]
+    kwargs = {"c_crossattn": cond[0]}
+    if "pooled_output" in cond[1]:
+        kwargs["y"] = cond[1]["pooled_output"]
+    with torch.inference_mode(False), torch.enable_grad(), autograd.normal_tensors([model]):
+        grads = []
+        for copied in (False, False, True):
+            x = torch.randn(1, channels, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+            x.requires_grad_()
+            sigma = torch.tensor([float(model.model_sampling.sigma_max)], dtype=torch.float64)
+            ctx = bridge.saved_activations_copied() if copied else torch.autograd.graph.saved_tensors_hooks(
+                lambda t: t, lambda t: t)
+            with ctx:
+                out = model.apply_model(x, sigma, **kwargs)
+            (out.square().sum()).backward()
+            grads.append(x.grad.clone())
+    assert grads[0].abs().max() > 0
+    noise_floor = float((grads[1] - grads[0]).abs().max())  # CPU kernels need not be bitwise deterministic
+    print(f"\n[grad] {family}: plain vs plain {noise_floor:.3g}, copied vs plain {float((grads[2] - grads[0]).abs().max()):.3g}")
+    torch.testing.assert_close(grads[2], grads[0], rtol=1e-5, atol=max(noise_floor, 1e-7) * 2)
