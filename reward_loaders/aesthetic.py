@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import RewardModel, checkpoint_blocks
+from .base import RewardModel, checkpoint_blocks, float32_stack
 from .clip_rewards import _TOLERATED_UNEXPECTED, WEIGHT_FILES
-from .errors import RewardLoadError
+from .errors import RewardLoadError, key_report
 from .hps import load_torch_file, unwrap_state_dict
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,7 @@ class AestheticMLP(nn.Module):
         return self.layers[0].in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        for m in self.layers:
-            if isinstance(m, nn.Linear):
-                x = F.linear(x, m.weight.float(), m.bias.float())
-            else:
-                x = m(x)
-        return x
+        return float32_stack(self.layers, x)
 
 
 def mlp_from_state_dict(state_dict: dict[str, torch.Tensor], path: Path, name: str) -> AestheticMLP:
@@ -195,17 +189,12 @@ def load_clip_vision(clip_dir: Path, name: str):
 
 
 def _refuse_if_any(name: str, clip_dir: Path, weights: Path, missing, unexpected, mismatched) -> None:
-    if not (missing or unexpected or mismatched):
-        return
-    parts = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)):
-        if keys:
-            shown = ", ".join(map(str, keys[:8])) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
-            parts.append(f"{len(keys)} {label} key(s): {shown}")
-    raise RewardLoadError(
-        f"{name}: {weights} does not match {clip_dir / 'config.json'}: " + "; ".join(parts)
-        + f". It is probably a checkpoint of another model: put OpenAI CLIP ViT-L/14 ({OPENAI_CLIP_L14}) there."
-    )
+    report = key_report(missing, unexpected, mismatched)
+    if report:
+        raise RewardLoadError(
+            f"{name}: {weights} does not match {clip_dir / 'config.json'}: {report}. It is probably a checkpoint "
+            f"of another model: put OpenAI CLIP ViT-L/14 ({OPENAI_CLIP_L14}) there."
+        )
 
 
 class AestheticReward(RewardModel):

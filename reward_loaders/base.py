@@ -94,6 +94,14 @@ class RewardModel(nn.Module):
         return self.score(self.preprocess(images).to(self.param_dtype()), self.text_features(prompt))
 
 
+def float32_stack(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Run a Linear/Dropout stack (a reward head) in float32, whatever dtype the rest of the model uses."""
+    x = x.float()
+    for m in layers:
+        x = torch.nn.functional.linear(x, m.weight.float(), m.bias.float()) if isinstance(m, nn.Linear) else m(x)
+    return x
+
+
 def checkpoint_blocks(owner: nn.Module, blocks: Iterable[nn.Module]) -> None:
     """Make each block recompute its activations in backward while ``owner.gradient_checkpointing``.
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import RewardModel, checkpoint_blocks
-from .errors import RewardLoadError
+from .errors import RewardLoadError, key_report
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +80,11 @@ def load_clip_folder(folder: Path, name: str, offset: float) -> CLIPModelReward:
     missing = list(info.get("missing_keys", []))
     unexpected = [k for k in info.get("unexpected_keys", []) if not k.endswith(_TOLERATED_UNEXPECTED)]
     mismatched = list(info.get("mismatched_keys", []))
-    if missing or unexpected or mismatched:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)):
-            if keys:
-                shown = ", ".join(map(str, keys[:8])) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
-                parts.append(f"{len(keys)} {label} key(s): {shown}")
+    report = key_report(missing, unexpected, mismatched)
+    if report:
         raise RewardLoadError(
-            f"{name}: {weights} does not match its config.json: " + "; ".join(parts)
-            + ". It is probably a checkpoint of another model; put the right files in that folder."
+            f"{name}: {weights} does not match its config.json: {report}. "
+            "It is probably a checkpoint of another model; put the right files in that folder."
         )
     try:
         tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .base import RewardModel
+from .base import RewardModel, float32_stack
 from .errors import RewardLoadError
 
 log = logging.getLogger(__name__)
@@ -329,13 +329,7 @@ class RewardHead(nn.Module):
         self.layers = nn.Sequential(*mods)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        for m in self.layers:
-            if isinstance(m, nn.Linear):
-                x = F.linear(x, m.weight.float(), m.bias.float())
-            else:
-                x = m(x)
-        return x
+        return float32_stack(self.layers, x)
 
 
 # -- the reward ------------------------------------------------------------------------------------
