@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from ..optimizer import ReNOConfig
 from .bridge import ReNOComfySampler
+from .guards import friendly_errors
+from .inputs import reno_config, reno_input
 from .run import PREVIEW_SIZE, check_result, iteration_reporter, make_ensemble, reward_info_of
 
 CATEGORY = "sampling/ReNO"
 NODE_NAME = "ReNO Sampler (custom)"
-_DEFAULTS = ReNOConfig()
 
 
 class ReNOGuidedSampler(ReNOComfySampler):
@@ -28,14 +29,14 @@ class ReNOGuidedSampler(ReNOComfySampler):
         # progress goes to the executing node (SamplerCustomAdvanced); events name this node
         self.on_iteration = iteration_reporter(self.config.iterations, reward_info_of(self.ensemble),
                                                event_node_id=self.node_id, progress_node_id=None)
-        samples = super().sample(model_wrap, sigmas, extra_args, callback, noise, *args, **kwargs)
+        with friendly_errors(NODE_NAME):
+            samples = super().sample(model_wrap, sigmas, extra_args, callback, noise, *args, **kwargs)
         check_result(self.output.result, NODE_NAME)
         return samples
 
 
 def make_sampler(vae, rewards, prompt, iterations, learning_rate, regularization, grad_clip, node_id=None):
-    config = ReNOConfig(iterations=int(iterations), learning_rate=float(learning_rate),
-                        regularization=float(regularization), grad_clip=float(grad_clip))
+    config = reno_config(iterations, learning_rate, regularization, grad_clip)
     return ReNOGuidedSampler(rewards, prompt, config, vae, node_id)
 
 
@@ -59,31 +60,8 @@ class ReNOSamplerCustom:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "vae": ("VAE", {"tooltip": "The VAE that decodes the latent; rewards score the decoded image."}),
-                "rewards": ("RENO_REWARDS", {"tooltip": "The reward stack from ReNO Load Reward node(s)."}),
-                "prompt": ("STRING", {
-                    "multiline": True, "dynamicPrompts": False,
-                    "tooltip": "The text the rewards score the image against (usually the positive prompt).",
-                }),
-                "iterations": ("INT", {
-                    "default": _DEFAULTS.iterations, "min": 1, "max": 1000,
-                    "tooltip": "Images evaluated, the initial one included (50 = 50 forward passes, 49 noise "
-                               "updates). 1 returns the plain one-step image.",
-                }),
-                "learning_rate": ("FLOAT", {
-                    "default": _DEFAULTS.learning_rate, "min": 0.0, "max": 100.0, "step": 0.1,
-                    "tooltip": "Step size of SGD with Nesterov momentum 0.9 on the noise. Paper: 5 at 512 px, "
-                               "10 at 1024 px and for Hyper-SD.",
-                }),
-                "regularization": ("FLOAT", {
-                    "default": _DEFAULTS.regularization, "min": 0.0, "max": 10.0, "step": 0.001,
-                    "tooltip": "Weight of the noise-norm regularizer (keeps the noise Gaussian-like so images "
-                               "stay natural). 0 turns it off.",
-                }),
-                "grad_clip": ("FLOAT", {
-                    "default": _DEFAULTS.grad_clip, "min": 0.0, "max": 100.0, "step": 0.01,
-                    "tooltip": "Largest L2 norm of the noise gradient per image before each step; 0 = no clipping.",
-                }),
+                **{name: reno_input(name) for name in
+                   ("vae", "rewards", "prompt", "iterations", "learning_rate", "regularization", "grad_clip")},
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

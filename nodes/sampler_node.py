@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from ..optimizer import ReNOConfig
 from .guards import check_model_and_vae, friendly_errors
+from .inputs import reno_config, reno_input
 from .run import reno_sample
 
 CATEGORY = "sampling/ReNO"
-_DEFAULTS = ReNOConfig()
 
 
 class ReNOSampler:
@@ -33,40 +32,22 @@ class ReNOSampler:
                 "model": ("MODEL", {"tooltip": "A one-step model (SD-Turbo, SDXL-Turbo, ...)."}),
                 "positive": ("CONDITIONING", {"tooltip": "The positive conditioning the model generates from."}),
                 "negative": ("CONDITIONING", {"tooltip": "The negative conditioning (used only when cfg > 1)."}),
-                "vae": ("VAE", {"tooltip": "The VAE that decodes the latent; rewards score the decoded image."}),
+                "vae": reno_input("vae"),
                 "latent_image": ("LATENT", {"tooltip": "Sets the size and batch; an empty latent for text-to-image."}),
-                "rewards": ("RENO_REWARDS", {"tooltip": "The reward stack from ReNO Load Reward node(s)."}),
-                "prompt": ("STRING", {
-                    "multiline": True, "dynamicPrompts": False,
-                    "tooltip": "The text the rewards score the image against (usually the positive prompt).",
-                }),
+                "rewards": reno_input("rewards"),
+                "prompt": reno_input("prompt"),
                 "seed": ("INT", {
                     "default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                     "tooltip": "Seed of the initial noise (the same noise ComfyUI's samplers make for this seed).",
                 }),
-                "iterations": ("INT", {
-                    "default": _DEFAULTS.iterations, "min": 1, "max": 1000,
-                    "tooltip": "Images evaluated, the initial one included (50 = 50 forward passes, 49 noise "
-                               "updates). 1 returns the plain one-step image.",
-                }),
-                "learning_rate": ("FLOAT", {
-                    "default": _DEFAULTS.learning_rate, "min": 0.0, "max": 100.0, "step": 0.1,
-                    "tooltip": "Step size of SGD with Nesterov momentum 0.9 on the noise. Paper: 5 at 512 px, "
-                               "10 at 1024 px and for Hyper-SD.",
-                }),
+                "iterations": reno_input("iterations"),
+                "learning_rate": reno_input("learning_rate"),
                 "cfg": ("FLOAT", {
                     "default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
                     "tooltip": "Classifier-free guidance; 1.0 (no guidance, one model call) for turbo models.",
                 }),
-                "regularization": ("FLOAT", {
-                    "default": _DEFAULTS.regularization, "min": 0.0, "max": 10.0, "step": 0.001,
-                    "tooltip": "Weight of the noise-norm regularizer (keeps the noise Gaussian-like so images "
-                               "stay natural). 0 turns it off.",
-                }),
-                "grad_clip": ("FLOAT", {
-                    "default": _DEFAULTS.grad_clip, "min": 0.0, "max": 100.0, "step": 0.01,
-                    "tooltip": "Largest L2 norm of the noise gradient per image before each step; 0 = no clipping.",
-                }),
+                "regularization": reno_input("regularization"),
+                "grad_clip": reno_input("grad_clip"),
             },
             "optional": {
                 "continue_from": ("RENO_HISTORY", {
@@ -79,10 +60,7 @@ class ReNOSampler:
 
     def sample(self, model, positive, negative, vae, latent_image, rewards, prompt, seed, iterations,
                learning_rate, cfg, regularization, grad_clip, continue_from=None, unique_id=None):
-        config = ReNOConfig(
-            iterations=int(iterations), learning_rate=float(learning_rate),
-            regularization=float(regularization), grad_clip=float(grad_clip),
-        )
+        config = reno_config(iterations, learning_rate, regularization, grad_clip)
         check_model_and_vae(model, vae)
         with friendly_errors("ReNO Sampler"):
             latent, image, history = reno_sample(

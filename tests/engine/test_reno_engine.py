@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import comfy_host
 import pytest
 import torch
-from reno_prompts import SAMPLER_ID, SAVE_ID, reno_api_prompt
+from engine_support import PROMPT_TEXT, depth_for, pack_module, reno_prompt
+from reno_prompts import SAMPLER_ID, SAVE_ID
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "node_contract.json"
-PROMPT_TEXT = "a photo of a cat"
 
 
 @pytest.fixture(scope="module")
 def pack(engine):
-    """The pack's module as ComfyUI loaded it (the 2025 engine keys sys.modules by path)."""
-    init = engine.workdir / "custom_nodes" / comfy_host.PACK_NAME / "__init__.py"
-    for module in list(sys.modules.values()):
-        if getattr(module, "__file__", None) == str(init):
-            return module
-    raise AssertionError(f"the pack loaded from {init} is not in sys.modules")
+    return pack_module(engine)
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +29,6 @@ def reward_dir(engine, pack):
     root = Path(folders[0])
     assert engine.workdir in root.parents, f"reno_rewards folder {root} is outside the test workdir"
     return write_reward_root(root, ALL_REWARDS)
-
-
-def depth_for(engine) -> int:
-    """Attention blocks where the engine can backpropagate through them (not the 2024 engine)."""
-    return 0 if engine.is_legacy else 1
-
-
-def reno_prompt(engine, **kwargs):
-    return reno_api_prompt(prompt=PROMPT_TEXT, transformer_depth=depth_for(engine), **kwargs)
 
 
 def call_chain(engine, *, iterations, seed=0, batch=1, rewards=(("pickscore", 1.0), ("clipscore", 0.5))):
