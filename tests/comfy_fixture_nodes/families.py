@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _init_module_weights, build_tiny_model, text_to_context
+from . import _init_module_weights, build_tiny_model, text_to_context, tiny_unet_config
 
 CONTEXT_DIM = 32
 POOLED_DIM = 32
@@ -51,27 +51,8 @@ def family_unavailable(family: str) -> str | None:
 
 
 def _unet(base: dict, depth: int, context_dim: int, **extra) -> dict:
-    d = int(depth)
-    cfg = {
-        "use_checkpoint": False,
-        "image_size": 8,
-        "in_channels": 4,
-        "out_channels": 4,
-        "model_channels": 32,
-        "num_res_blocks": [1, 1],
-        "channel_mult": [1, 2],
-        "transformer_depth": [d, d],
-        "transformer_depth_output": [d, d, d, d],
-        "transformer_depth_middle": d if d > 0 else -1,
-        "use_spatial_transformer": True,
-        "legacy": False,
-        "context_dim": int(context_dim),
-        "use_linear_in_transformer": False,
-        "adm_in_channels": None,
-        "use_temporal_attention": False,
-        "use_temporal_resblock": False,
-        "dtype": torch.float32,
-    }
+    """The tiny SD UNet config of the fixture pack, with the family's own keys on top."""
+    cfg = tiny_unet_config(depth, context_dim)
     cfg.update(base)
     cfg.update(extra)
     return cfg
