@@ -924,6 +924,25 @@ def report_line() -> str:
     return f"ComfyUI host: {host.describe()}"
 
 
+def relocate_model_folders(folder_paths, base: Path) -> None:
+    """Point ComfyUI's model folders (every entry under models_dir) and its custom_nodes search path
+    at ``base/models`` and ``base/custom_nodes``."""
+    old_models = os.path.normpath(folder_paths.models_dir)
+    new_models = str(base / "models")
+    if old_models != os.path.normpath(new_models):
+        for key, (paths, exts) in list(folder_paths.folder_names_and_paths.items()):
+            new_paths = []
+            for p in paths:
+                np_ = os.path.normpath(p)
+                if np_ == old_models or np_.startswith(old_models + os.sep):
+                    np_ = new_models + np_[len(old_models):]
+                new_paths.append(np_)
+            folder_paths.folder_names_and_paths[key] = (new_paths, exts)
+        folder_paths.models_dir = new_models
+    exts = folder_paths.folder_names_and_paths.get("custom_nodes", ([], set()))[1]
+    folder_paths.folder_names_and_paths["custom_nodes"] = ([str(base / "custom_nodes")], exts)
+
+
 def _set_dirs(engine: Engine):
     import folder_paths
 
@@ -937,22 +956,7 @@ def _set_dirs(engine: Engine):
         folder_paths.set_user_directory(str(wd / "user"))
     else:
         folder_paths.user_directory = str(wd / "user")
-    # Models (and the custom_nodes search path) under workdir: rewrite the folder table.
-    old_models = os.path.normpath(folder_paths.models_dir)
-    new_models = str(wd / "models")
-    if old_models != os.path.normpath(new_models):
-        for key, (paths, exts) in list(folder_paths.folder_names_and_paths.items()):
-            new_paths = []
-            for p in paths:
-                np_ = os.path.normpath(p)
-                if np_ == old_models or np_.startswith(old_models + os.sep):
-                    np_ = new_models + np_[len(old_models):]
-                new_paths.append(np_)
-            folder_paths.folder_names_and_paths[key] = (new_paths, exts)
-        folder_paths.models_dir = new_models
-    cn = folder_paths.folder_names_and_paths.get("custom_nodes")
-    if cn is not None:
-        folder_paths.folder_names_and_paths["custom_nodes"] = ([str(wd / "custom_nodes")], cn[1])
+    relocate_model_folders(folder_paths, wd)
     if hasattr(folder_paths, "filename_list_cache"):
         folder_paths.filename_list_cache.clear()
 

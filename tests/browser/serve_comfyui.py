@@ -25,21 +25,9 @@ TESTS = Path(__file__).resolve().parents[1]
 
 def _point_legacy_folders_at(base: Path) -> None:
     import folder_paths
+    from comfy_host import relocate_model_folders
 
-    models = str(base / "models")
-    old = os.path.normpath(folder_paths.models_dir)
-    for key, (paths, exts) in list(folder_paths.folder_names_and_paths.items()):
-        new = []
-        for p in paths:
-            p = os.path.normpath(p)
-            if p == old or p.startswith(old + os.sep):
-                p = models + p[len(old):]
-            new.append(p)
-        folder_paths.folder_names_and_paths[key] = (new, exts)
-    folder_paths.models_dir = models
-    custom_nodes = str(base / "custom_nodes")
-    exts = folder_paths.folder_names_and_paths.get("custom_nodes", ([], set()))[1]
-    folder_paths.folder_names_and_paths["custom_nodes"] = ([custom_nodes], exts)
+    relocate_model_folders(folder_paths, base)
     folder_paths.user_directory = str(base / "user")
     folder_paths.set_output_directory(str(base / "output"))
     folder_paths.set_input_directory(str(base / "input"))
