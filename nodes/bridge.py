@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from ..optimizer import IterationRecord, ReNOConfig, ReNOResult, optimize_noise
+from ..optimizer.memory import INPLACE_MESSAGE, ActivationProbe, ComponentProfile, recompute_wrapper, wrap_blocks
 from ..reward_loaders import RewardEnsemble
+from . import memory
 from .autograd import as_normal, normal_tensors
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class RunOutput:
     result: ReNOResult
     sigma: float
     previews: list[torch.Tensor] = field(default_factory=list)  # per iteration: (B, h, w, 3) uint8
+    memory: str = ""  # what recomputed its activations in backward, and the estimate when measured
 
 
 class ReNOComfySampler(comfy.samplers.Sampler):
@@ -74,7 +77,10 @@ class ReNOComfySampler(comfy.samplers.Sampler):
         on_iteration: Callable[[IterationRecord, torch.Tensor, torch.Tensor], None] | None = None,
         preview_size: int = 256,
         model_patcher=None,
+        memory_mode: str = memory.AUTO,
     ):
+        memory.forced_components(memory_mode, [], [])  # an unknown mode fails here, before any work
+        self.memory_mode = memory_mode
         self.ensemble = ensemble
         self.config = config
         self.vae = vae
@@ -113,6 +119,7 @@ class ReNOComfySampler(comfy.samplers.Sampler):
                              "(SamplerCustom) or use RandomNoise, not DisableNoise (SamplerCustomAdvanced).")
 
         modules = [inner, self.vae.first_stage_model] + [r.model for r in self.ensemble.rewards]
+        device = getattr(patcher, "load_device", None) or comfy.model_management.get_torch_device()
         with torch.inference_mode(False), torch.enable_grad(), normal_tensors(modules):
             sigma = as_normal(sigmas[0]).clone()
             sigma_last = as_normal(sigmas[-1]).clone()
@@ -127,14 +134,20 @@ class ReNOComfySampler(comfy.samplers.Sampler):
             def noised(z):
                 return model_sampling.noise_scaling(sigma, z.to(latent.dtype), latent, max_denoise)
 
-            def generate(z):
-                # only models that update activations in place need (and pay for) the copies
-                copying = getattr(inner, "_reno_copy_saved", False)
-                with saved_activations_copied() if copying else contextlib.nullcontext():
+            def copying() -> bool:
+                return getattr(inner, "_reno_copy_saved", False)
+
+            def forward(z, around=None):
+                part = around or (lambda name: contextlib.nullcontext())
+                # only models that update activations in place need (and pay for) the copies; never while measuring
+                with part(memory.MODEL), saved_activations_copied() if copying() and around is None \
+                        else contextlib.nullcontext():
                     x0 = model_wrap(noised(z), sigma * s_in, **args)
                 if mask is not None:  # as KSamplerX0Inpaint: keep the unmasked part of the latent
                     x0 = x0 * mask + latent * (1.0 - mask)
-                return decode_with_grad(self.vae, inner.process_latent_out(x0)), x0
+                with part(memory.VAE):
+                    image = decode_with_grad(self.vae, inner.process_latent_out(x0))
+                return image, x0
 
             def on_iteration(record: IterationRecord, image: torch.Tensor):
                 preview = preview_image(image, self.preview_size)
@@ -142,18 +155,31 @@ class ReNOComfySampler(comfy.samplers.Sampler):
                 if self.on_iteration is not None:
                     self.on_iteration(record, image, preview)
 
+            blocks = {memory.MODEL: memory.model_blocks(inner), memory.VAE: memory.vae_blocks(self.vae)}
+            recompute, summary = self._plan_memory(forward, start, blocks, device, [patcher, self.vae.patcher] + rewards)
+
+            def run():
+                with contextlib.ExitStack() as stack:
+                    for part in (memory.MODEL, memory.VAE):
+                        if part in recompute:
+                            stack.enter_context(wrap_blocks(blocks[part], recompute_wrapper(copying)))
+                    return optimize_noise(forward, self.ensemble, start, self.config, on_iteration)
+
             try:
-                result = optimize_noise(generate, self.ensemble, start, self.config, on_iteration)
-            except RuntimeError as e:
-                if getattr(inner, "_reno_copy_saved", False) or "inplace operation" not in str(e):
-                    raise
-                # found at the first backward: remember it for this model and start the run again
-                log.info("ReNO: this model updates activations in place during its forward pass; "
-                         "copying the activations backward needs (slightly slower)")
-                inner._reno_copy_saved = True
-                previews.clear()
-                result = optimize_noise(generate, self.ensemble, start, self.config, on_iteration)
-            self.output = RunOutput(result=result, sigma=float(sigma), previews=previews)
+                try:
+                    result = run()
+                except RuntimeError as e:
+                    if copying() or INPLACE_MESSAGE not in str(e):
+                        raise
+                    # found at the first backward: remember it for this model and start the run again
+                    log.info("ReNO: this model updates activations in place during its forward pass; "
+                             "copying the activations backward needs (slightly slower)")
+                    inner._reno_copy_saved = True
+                    previews.clear()
+                    result = run()
+            finally:
+                self.ensemble.recompute = None
+            self.output = RunOutput(result=result, sigma=float(sigma), previews=previews, memory=summary)
             with torch.no_grad():
                 x0 = result.best_extra.detach()
                 samples = x0
@@ -164,6 +190,45 @@ class ReNOComfySampler(comfy.samplers.Sampler):
         if callback is not None:  # ComfyUI's own preview / denoised_output hook, once, with the best x0
             callback(0, x0, samples, 1)
         return samples
+
+
+    def _plan_memory(self, forward, start, blocks, device, patchers) -> tuple[frozenset, str]:
+        """Choose what recomputes its activations in backward (see ``nodes/memory.py``); sets the rewards'."""
+        labels = self.ensemble.labels
+        forced, allowed = memory.forced_components(self.memory_mode, labels,
+                                                   [r.gradient_checkpointing for r in self.ensemble.rewards])
+        names = {memory.MODEL: "diffusion model", memory.VAE: "VAE decoder"}
+        if allowed is not None:  # a fixed choice: nothing to measure
+            recompute = frozenset(n for n in forced if n in labels or blocks.get(n))
+            summary = f"{self.memory_mode}: recompute " + (", ".join(
+                names.get(n, n) for n in [memory.MODEL, memory.VAE, *labels] if n in recompute) or "nothing")
+        else:
+            profiles = self._measure(forward, start, blocks, device)
+            budget = memory.free_bytes(device)
+            plan = memory.plan_checkpointing(profiles, budget, forced)
+            if not plan.fits:
+                memory.make_room([p for p in patchers if p is not None], [r.model for r in self.ensemble.rewards],
+                                 plan.estimated_peak, device)
+                budget = memory.free_bytes(device)
+                plan = memory.plan_checkpointing(profiles, budget, forced)
+            recompute = plan.recompute
+            summary = "auto: " + memory.summarize(plan, profiles, budget)
+        log.info("ReNO memory: %s", summary)
+        self.ensemble.recompute = {label: label in recompute for label in labels}
+        return recompute, summary
+
+    def _measure(self, forward, start, blocks, device) -> list[ComponentProfile]:
+        """One forward pass that measures what each part keeps for backward (and keeps none of it)."""
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+        probe = ActivationProbe(sync)
+        labels = self.ensemble.labels
+        reward_blocks = [b for r in self.ensemble.rewards for b in memory.reward_blocks(r.model)]
+        self.ensemble.recompute = dict.fromkeys(labels, False)
+        z = start.detach().float().clone().requires_grad_(True)
+        with probe, wrap_blocks(blocks[memory.MODEL] + blocks[memory.VAE] + reward_blocks, probe.block_wrapper):
+            image, _ = forward(z, probe.component)
+            self.ensemble(image, around=probe.component)
+        return [probe.profiles.get(name) or ComponentProfile(name) for name in [memory.MODEL, memory.VAE, *labels]]
 
 
 def saved_activations_copied():

@@ -6,6 +6,7 @@ from ..optimizer import ReNOConfig
 from .bridge import ReNOComfySampler
 from .guards import friendly_errors
 from .inputs import reno_config, reno_input
+from .memory import AUTO, MEMORY_INPUT
 from .run import PREVIEW_SIZE, check_result, iteration_reporter, make_ensemble, reward_info_of
 
 CATEGORY = "sampling/ReNO"
@@ -19,9 +20,9 @@ class ReNOGuidedSampler(ReNOComfySampler):
     the model patcher comes from the guider (2025) or from ComfyUI's loaded models (2024).
     """
 
-    def __init__(self, rewards, prompt, config: ReNOConfig, vae, node_id=None):
+    def __init__(self, rewards, prompt, config: ReNOConfig, vae, node_id=None, memory=AUTO):
         ensemble = make_ensemble(rewards, prompt, NODE_NAME)
-        super().__init__(ensemble, config, vae, None, PREVIEW_SIZE)
+        super().__init__(ensemble, config, vae, None, PREVIEW_SIZE, memory_mode=memory)
         self.prompt = prompt
         self.node_id = node_id
 
@@ -35,9 +36,10 @@ class ReNOGuidedSampler(ReNOComfySampler):
         return samples
 
 
-def make_sampler(vae, rewards, prompt, iterations, learning_rate, regularization, grad_clip, node_id=None):
+def make_sampler(vae, rewards, prompt, iterations, learning_rate, regularization, grad_clip, node_id=None,
+                 memory=AUTO):
     config = reno_config(iterations, learning_rate, regularization, grad_clip)
-    return ReNOGuidedSampler(rewards, prompt, config, vae, node_id)
+    return ReNOGuidedSampler(rewards, prompt, config, vae, node_id, memory)
 
 
 class ReNOSamplerCustom:
@@ -63,8 +65,11 @@ class ReNOSamplerCustom:
                 **{name: reno_input(name) for name in
                    ("vae", "rewards", "prompt", "iterations", "learning_rate", "regularization", "grad_clip")},
             },
+            "optional": {"memory": (MEMORY_INPUT[0], dict(MEMORY_INPUT[1]))},
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def get_sampler(self, vae, rewards, prompt, iterations, learning_rate, regularization, grad_clip, unique_id=None):
-        return (make_sampler(vae, rewards, prompt, iterations, learning_rate, regularization, grad_clip, unique_id),)
+    def get_sampler(self, vae, rewards, prompt, iterations, learning_rate, regularization, grad_clip, memory=AUTO,
+                    unique_id=None):
+        return (make_sampler(vae, rewards, prompt, iterations, learning_rate, regularization, grad_clip, unique_id,
+                             memory),)

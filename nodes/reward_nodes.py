@@ -27,6 +27,21 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+class RewardPatcher(comfy.model_patcher.ModelPatcher):
+    """A ModelPatcher that always loads its reward model whole.
+
+    ComfyUI loads a model partially when memory is short, leaving on the CPU the layers it cannot
+    cast on the fly; a reward model is made of plain torch layers, so it must be on the device entirely
+    (ComfyUI then makes room by unloading other models, or by loading the diffusion model partially).
+    """
+
+    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):  # ComfyUI 2024-08+
+        return super().load(device_to, 0, force_patch_weights, True)
+
+    def patch_model_lowvram(self, device_to=None, lowvram_model_memory=0, *args, **kwargs):  # older ComfyUI
+        return self.patch_model(device_to=device_to)
+
+
 def reward_patcher(model):
     """The ModelPatcher that lets ComfyUI's memory manager load, offload and free this reward model.
 
@@ -36,7 +51,7 @@ def reward_patcher(model):
     if patcher is None:
         device = comfy.model_management.get_torch_device()
         model.set_compute_dtype(compute_dtype(device))
-        patcher = comfy.model_patcher.ModelPatcher(
+        patcher = RewardPatcher(
             model, load_device=device, offload_device=comfy.model_management.unet_offload_device(),
         )
         model._reno_patcher = patcher

@@ -97,7 +97,7 @@ def check_result(result, node_name: str = "ReNO Sampler") -> None:
 
 
 def reno_sample(model, positive, negative, vae, latent_image, rewards, prompt, seed, config: ReNOConfig, cfg,
-                node_id=None, continue_from: ReNOHistory | None = None):
+                node_id=None, continue_from: ReNOHistory | None = None, memory: str = "auto"):
     """Run ReNO with ComfyUI's own sampling machinery; returns (LATENT, IMAGE, RENO_HISTORY).
 
     ``continue_from`` starts from a previous run's best noise instead of the seed's (change the weights
@@ -115,7 +115,7 @@ def reno_sample(model, positive, negative, vae, latent_image, rewards, prompt, s
     sigmas = torch.tensor([sigma_max, 0.0])
 
     on_iteration = iteration_reporter(config.iterations, reward_info, node_id, node_id)
-    sampler = ReNOComfySampler(ensemble, config, vae, on_iteration, PREVIEW_SIZE, model_patcher=model)
+    sampler = ReNOComfySampler(ensemble, config, vae, on_iteration, PREVIEW_SIZE, model_patcher=model, memory_mode=memory)
     out_samples = comfy.sample.sample_custom(
         model, noise, cfg, sampler, sigmas, positive, negative, samples,
         noise_mask=latent_image.get("noise_mask"), disable_pbar=True, seed=seed,
@@ -131,7 +131,7 @@ def reno_sample(model, positive, negative, vae, latent_image, rewards, prompt, s
         prompt=prompt,
         seed=int(seed),
         rewards=reward_info,
-        config={**config.to_dict(), "cfg": cfg},
+        config={**config.to_dict(), "cfg": cfg, "memory": run.memory},
         sigma=run.sigma,
         records=[r.to_dict() for r in result.records],
         previews=run.previews,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .guards import check_model_and_vae, friendly_errors
 from .inputs import reno_config, reno_input
+from .memory import AUTO, MEMORY_INPUT
 from .run import reno_sample
 
 CATEGORY = "sampling/ReNO"
@@ -54,18 +55,19 @@ class ReNOSampler:
                     "tooltip": "Start from the best noise of an earlier ReNO run (its history output) instead of the "
                                "seed's noise: change the weights or the prompt and keep refining. Same size and batch.",
                 }),
+                "memory": (MEMORY_INPUT[0], dict(MEMORY_INPUT[1])),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def sample(self, model, positive, negative, vae, latent_image, rewards, prompt, seed, iterations,
-               learning_rate, cfg, regularization, grad_clip, continue_from=None, unique_id=None):
+               learning_rate, cfg, regularization, grad_clip, continue_from=None, memory=AUTO, unique_id=None):
         config = reno_config(iterations, learning_rate, regularization, grad_clip)
         check_model_and_vae(model, vae)
         with friendly_errors("ReNO Sampler"):
             latent, image, history = reno_sample(
                 model, positive, negative, vae, latent_image, rewards, prompt, seed, config, float(cfg),
-                node_id=unique_id, continue_from=continue_from,
+                node_id=unique_id, continue_from=continue_from, memory=memory,
             )
         return {"ui": {"reno_summary": [history.summary()], "reno_chart": [history.chart()]},
                 "result": (latent, image, history)}

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,7 @@ class RewardModel(nn.Module):
     offset: float = 0.0
     gradient_checkpointing: bool = False  # recompute tower blocks in backward (less memory, ~30% slower)
     fp32_modules: tuple[str, ...] = ()  # submodules kept in float32 when the towers run in half precision
+    text_modules: tuple[str, ...] = ()  # submodules only ``encode_text`` uses (once per prompt): offloadable
     input_size: int = 224
     mean: tuple[float, ...] = CLIP_MEAN
     std: tuple[float, ...] = CLIP_STD
@@ -37,6 +39,7 @@ class RewardModel(nn.Module):
     def __init__(self):
         super().__init__()
         self._text_cache: dict[str, torch.Tensor] = {}
+        self._text_offload: torch.device | None = None
 
     # -- to implement -------------------------------------------------------------------------
     def encode_text(self, prompt: str) -> torch.Tensor:
@@ -48,16 +51,49 @@ class RewardModel(nn.Module):
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------------
+    def _image_side_parameters(self):
+        """Parameters outside the text towers (which may sit on the offload device)."""
+        prefixes = tuple(n + "." for n in self.text_modules)
+        for name, t in self.named_parameters():
+            if not name.startswith(prefixes):
+                yield t
+
     def param_device(self) -> torch.device:
-        for t in self.parameters():
+        for t in self._image_side_parameters():
             return t.device
         return torch.device("cpu")
 
     def param_dtype(self) -> torch.dtype:
-        for t in self.parameters():
+        for t in self._image_side_parameters():
             if t.is_floating_point():
                 return t.dtype
         return torch.float32
+
+    def offload_text_towers(self, device: torch.device | str = "cpu") -> int:
+        """Keep the text-only submodules on ``device`` (text features are computed once per prompt, so the
+        GPU needs them only then); returns the bytes moved. ``text_features`` brings them back for a new prompt."""
+        moved = 0
+        self._text_offload = torch.device(device)
+        for name in self.text_modules:
+            module = self.get_submodule(name)
+            moved += sum(t.numel() * t.element_size() for t in module.parameters() if t.device != self._text_offload)
+            module.to(self._text_offload)
+        return moved
+
+    @contextlib.contextmanager
+    def _text_towers_on_device(self):
+        offload = self._text_offload
+        if offload is None or not self.text_modules or offload == self.param_device():
+            yield
+            return
+        device = self.param_device()
+        for name in self.text_modules:
+            self.get_submodule(name).to(device)
+        try:
+            yield
+        finally:
+            for name in self.text_modules:
+                self.get_submodule(name).to(offload)
 
     def set_compute_dtype(self, dtype: torch.dtype) -> RewardModel:
         """Run the towers in ``dtype`` (fp16/bf16 on GPUs); heads in ``fp32_modules`` stay float32."""
@@ -81,7 +117,7 @@ class RewardModel(nn.Module):
         feats = self._text_cache.get(prompt)
         stale = feats is not None and feats.is_inference() and not torch.is_inference_mode_enabled()
         if feats is None or stale or feats.device != self.param_device():
-            with torch.no_grad():
+            with torch.no_grad(), self._text_towers_on_device():
                 feats = self.encode_text(prompt)
             if len(self._text_cache) > 32:
                 self._text_cache.clear()
@@ -146,29 +182,35 @@ class RewardEnsemble:
         self.rewards = list(rewards)
         self.prompt = prompt
         self.labels = unique_labels([r.name for r in self.rewards])
+        # label -> recompute its tower blocks in backward; None: as each reward's loader says
+        self.recompute: dict[str, bool] | None = None
 
     def prepare(self) -> None:
         """Compute every reward's text features now (once per prompt, not once per iteration)."""
         for r in self.rewards:
             r.model.text_features(self.prompt)
 
-    def scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, C, H, W) in [0, 1] -> {label: (B,) float32 score}."""
+    def scores(self, images: torch.Tensor, around: Callable[[str], contextlib.AbstractContextManager] | None = None
+               ) -> dict[str, torch.Tensor]:
+        """(B, C, H, W) in [0, 1] -> {label: (B,) float32 score}; ``around(label)`` wraps each reward's work."""
         prepared: dict[tuple, torch.Tensor] = {}
         out: dict[str, torch.Tensor] = {}
         for label, r in zip(self.labels, self.rewards):
             m = r.model
-            m.gradient_checkpointing = r.gradient_checkpointing  # a cached model may be shared by stacks
-            device, dtype = m.param_device(), m.param_dtype()
-            key = (*m.preprocess_key(), device, dtype)
-            pixels = prepared.get(key)
-            if pixels is None:
-                pixels = prepared[key] = m.preprocess(images.to(device)).to(dtype)
-            out[label] = m.score(pixels, m.text_features(self.prompt)).float()
+            # set at every call: a cached model may be shared by stacks
+            m.gradient_checkpointing = r.gradient_checkpointing if self.recompute is None else self.recompute[label]
+            with around(label) if around is not None else contextlib.nullcontext():
+                device, dtype = m.param_device(), m.param_dtype()
+                key = (*m.preprocess_key(), device, dtype)
+                pixels = prepared.get(key)
+                if pixels is None:
+                    pixels = prepared[key] = m.preprocess(images.to(device)).to(dtype)
+                out[label] = m.score(pixels, m.text_features(self.prompt)).float()
         return out
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        scores = self.scores(images)
+    def __call__(self, images: torch.Tensor, around: Callable[[str], contextlib.AbstractContextManager] | None = None
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        scores = self.scores(images, around)
         loss = None
         for label, r in zip(self.labels, self.rewards):
             term = r.weight * (r.model.offset - scores[label].to(images.device))

@@ -21,6 +21,8 @@ _TOLERATED_UNEXPECTED = ("position_ids",)
 class CLIPModelReward(RewardModel):
     """``score = exp(logit_scale) * cos(image_features, text_features)`` of a CLIP model."""
 
+    text_modules = ("clip.text_model", "clip.text_projection")
+
     def __init__(self, clip, tokenizer, name: str, offset: float, source: str = ""):
         super().__init__()
         self.clip = clip.eval().requires_grad_(False)

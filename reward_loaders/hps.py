@@ -80,6 +80,8 @@ def unwrap_state_dict(obj, path: Path, name: str, wrapper_key: str | None = "sta
 class HPSReward(RewardModel):
     """``score = cos(image_features, text_features)`` of an HPS open_clip model (the loss is ``1 - score``)."""
 
+    text_modules = ("clip.transformer", "clip.token_embedding", "clip.ln_final")
+
     def __init__(self, clip: OpenCLIP, tokenizer: CLIPBPETokenizer, name: str, offset: float, source: str = ""):
         super().__init__()
         self.clip = clip.eval().requires_grad_(False)

@@ -1,0 +1,107 @@
+"""Which parts of a ReNO run recompute their activations in the backward pass, and where memory comes from.
+
+``memory`` (an input of both ReNO samplers):
+
+* ``auto`` (default): one forward pass measures what each part keeps for backward (the diffusion
+  model, the VAE decoder, each reward), then the fastest choice of parts to recompute whose estimate
+  fits the free memory is taken. When nothing fits, ComfyUI is asked to free that much first
+  (unloading other models, or loading the diffusion model partially), and the rewards' text towers,
+  used once per prompt, leave the GPU.
+* ``no checkpointing``: fastest, most memory (a reward loaded with gradient checkpointing on still
+  recomputes).
+* ``checkpoint rewards`` / ``checkpoint rewards + VAE`` / ``checkpoint all``: fixed choices.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management
+import torch
+
+from ..optimizer.memory import ComponentProfile, MemoryPlan, estimate_peak, find_blocks, fits, plan_checkpointing
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+MEMORY_MODES = ["auto", "no checkpointing", "checkpoint rewards", "checkpoint rewards + VAE", "checkpoint all"]
+MODEL, VAE = "diffusion model", "VAE decoder"
+
+# ComfyUI's blocks, called one by one by their model's forward (the containers around them are not)
+DIFFUSION_BLOCKS = (
+    "ResBlock", "VideoResBlock", "SpatialTransformer", "SpatialVideoTransformer", "Downsample", "Upsample",  # SD UNets
+    "DoubleStreamBlock", "SingleStreamBlock",  # FLUX
+    "JointBlock",  # SD3 / SD3.5 MMDiT
+    "PixArtMSBlock",  # PixArt
+)
+VAE_BLOCKS = ("ResnetBlock", "AttnBlock", "Upsample")
+
+MEMORY_INPUT = (MEMORY_MODES, {
+    "default": AUTO,
+    "tooltip": "Gradient checkpointing (recompute activations in the backward pass: less memory, slower).\n"
+               "auto: measure, then recompute only what does not fit in free memory.\n"
+               "no checkpointing: fastest, most memory.\n"
+               "checkpoint rewards / rewards + VAE / all: fixed choices, least memory with 'all'.",
+})
+
+
+def model_blocks(inner_model) -> list:
+    root = getattr(inner_model, "diffusion_model", None)
+    return find_blocks(root, DIFFUSION_BLOCKS) if root is not None else []
+
+
+def vae_blocks(vae) -> list:
+    decoder = getattr(getattr(vae, "first_stage_model", None), "decoder", None)
+    return find_blocks(decoder, VAE_BLOCKS) if decoder is not None else []
+
+
+def reward_blocks(reward_model) -> list:
+    return find_blocks(reward_model)
+
+
+def forced_components(mode: str, reward_labels: list[str], loader_checkpointed: list[bool]) -> tuple[set, set | None]:
+    """(parts that must recompute, parts auto may add or None for any) for a ``memory`` mode."""
+    if mode not in MEMORY_MODES:
+        raise ValueError(f"memory: {mode!r} is not one of {', '.join(MEMORY_MODES)}")
+    forced = {label for label, on in zip(reward_labels, loader_checkpointed) if on}
+    if mode == AUTO:
+        return forced, None
+    if mode in ("checkpoint rewards", "checkpoint rewards + VAE", "checkpoint all"):
+        forced |= set(reward_labels)
+    if mode in ("checkpoint rewards + VAE", "checkpoint all"):
+        forced.add(VAE)
+    if mode == "checkpoint all":
+        forced.add(MODEL)
+    return forced, set()
+
+
+def free_bytes(device: torch.device) -> int:
+    """Memory ReNO's activations may use on ``device``: free memory plus what torch caches unused."""
+    return int(comfy.model_management.get_free_memory(device))
+
+
+def make_room(patchers: list, reward_models: list, peak: int, device: torch.device) -> None:
+    """Ask ComfyUI for ``peak`` bytes of activations: it unloads other models (or loads the diffusion
+    model partially, with its layers streamed), and the rewards' text towers go to the CPU."""
+    for model in reward_models:
+        offload = getattr(model, "offload_text_towers", None)
+        if offload is not None:
+            offload(comfy.model_management.unet_offload_device())
+    if device.type != "cpu":
+        need = int(peak * 1.2) + 256 * 2**20
+        comfy.model_management.load_models_gpu(patchers, memory_required=need)
+        comfy.model_management.soft_empty_cache()
+
+
+def summarize(plan: MemoryPlan, profiles: list[ComponentProfile], budget: int | None) -> str:
+    order = [p.name for p in profiles]
+    text = plan.describe(order)
+    if budget is not None:
+        text += f" of {budget / 2**30:.2f} GiB free"
+        if not plan.fits:
+            text += " (may not fit)"
+    return text
+
+
+__all__ = ["AUTO", "MEMORY_INPUT", "MEMORY_MODES", "MODEL", "VAE", "estimate_peak", "fits", "forced_components",
+           "free_bytes", "make_room", "model_blocks", "plan_checkpointing", "reward_blocks", "summarize", "vae_blocks"]

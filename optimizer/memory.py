@@ -1,0 +1,379 @@
+"""Memory for ReNO's backward pass, in plain PyTorch: measure it, plan it, and trade it for time.
+
+A ReNO iteration keeps every activation that backpropagation to the noise needs: the diffusion model's,
+the VAE decoder's (the largest at 1024 px) and each reward tower's. This module
+
+* measures them without keeping them (``ActivationProbe``: a forward pass whose saved tensors are
+  counted and dropped at once, so it costs what an inference pass costs), per component and per block;
+* plans which components recompute their blocks in the backward pass (``plan_checkpointing``): the
+  fastest set whose estimated peak fits the free memory;
+* recomputes a block in the backward pass (``recompute_in_backward``), also for models that update
+  activations in place (ComfyUI's FLUX blocks, the 2024 SD UNet), where ``torch.utils.checkpoint``
+  would silently return wrong gradients: saved tensors are version-checked (or copied) on recompute;
+* installs such wrappers on a model's blocks for the duration of a run only (``wrap_blocks``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+INPLACE_MESSAGE = "modified by an inplace operation"
+SAFETY = 1.2  # estimated peak x SAFETY (+ RESERVE) must fit: backward's own temporaries, fragmentation
+RESERVE = 256 * 2**20
+
+
+# -- measuring ------------------------------------------------------------------------------------
+
+@dataclass
+class ComponentProfile:
+    """What one component (diffusion model, VAE decoder, one reward) keeps for the backward pass."""
+
+    name: str
+    saved_bytes: int = 0  # activations kept for backward, without recomputation
+    outside_bytes: int = 0  # of which outside every block (kept either way)
+    boundary_bytes: int = 0  # the blocks' inputs: what recomputing blocks keeps instead of their activations
+    max_block_bytes: int = 0  # the largest block's activations: alive while it is recomputed in backward
+    blocks: int = 0
+    seconds: float = 0.0  # forward time: what recomputation adds to an iteration
+    _block_bytes: list = field(default_factory=list, repr=False)
+
+    @property
+    def checkpointable(self) -> bool:
+        return self.blocks > 0
+
+    def retained(self, recompute: bool) -> int:
+        if recompute and self.checkpointable:
+            return self.outside_bytes + self.boundary_bytes
+        return self.saved_bytes
+
+    def transient(self, recompute: bool) -> int:
+        return self.max_block_bytes if recompute and self.checkpointable else 0
+
+
+class ActivationProbe:
+    """Counts the bytes autograd saves for backward, per component and block, and keeps none of them.
+
+    Inside ``with probe:`` run the forward pass once, each component inside ``probe.component(name)``
+    and each block call inside ``probe.block(args)`` (``wrap_blocks(blocks, probe.block_wrapper)``).
+    Saved tensors are replaced by nothing, so the pass's peak memory is an inference pass's and no
+    backward is possible through it. A storage saved twice while alive is counted once; weights and
+    other leaves are not activations and are not counted.
+    """
+
+    def __init__(self, synchronize: Callable[[], None] | None = None):
+        self.profiles: dict[str, ComponentProfile] = {}
+        self._current: ComponentProfile | None = None
+        self._block_depth = 0
+        self._block_saved = 0
+        self._seen: dict[int, weakref.ref] = {}
+        self._sync = synchronize or (lambda: None)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _no_unpack)
+
+    def __enter__(self) -> ActivationProbe:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+        self._seen.clear()
+
+    def _pack(self, t: torch.Tensor):
+        if t.grad_fn is None or self._current is None:
+            return None
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        ref = self._seen.get(key)
+        if ref is not None and ref() is not None:
+            return None
+        self._seen[key] = weakref.ref(t)
+        nbytes = storage.nbytes()
+        self._current.saved_bytes += nbytes
+        if self._block_depth:
+            self._block_saved += nbytes
+        else:
+            self._current.outside_bytes += nbytes
+        return None
+
+    @contextlib.contextmanager
+    def component(self, name: str) -> Iterator[ComponentProfile]:
+        profile = self.profiles.setdefault(name, ComponentProfile(name))
+        previous, self._current = self._current, profile
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield profile
+        finally:
+            self._sync()
+            profile.seconds += time.perf_counter() - start
+            self._current = previous
+
+    @contextlib.contextmanager
+    def block(self, args: Iterable = ()) -> Iterator[None]:
+        outer = self._block_depth == 0 and self._current is not None
+        if outer:
+            self._current.blocks += 1
+            self._current.boundary_bytes += sum(_tensor_bytes(a) for a in args)
+            self._block_saved = 0
+        self._block_depth += 1
+        try:
+            yield
+        finally:
+            self._block_depth -= 1
+            if outer:
+                self._current._block_bytes.append(self._block_saved)
+                self._current.max_block_bytes = max(self._current.max_block_bytes, self._block_saved)
+
+    def block_wrapper(self, forward: Callable) -> Callable:
+        def probed(*args, **kwargs):
+            with self.block(list(args) + list(kwargs.values())):
+                return forward(*args, **kwargs)
+        return probed
+
+
+def _no_unpack(_):
+    raise RuntimeError("ActivationProbe: this forward pass only measured its activations; it cannot be backpropagated")
+
+
+def _tensor_bytes(value) -> int:
+    """Bytes of the tensors (that carry gradients) among an argument, a tuple/list of them or a dict."""
+    if isinstance(value, torch.Tensor):
+        return value.untyped_storage().nbytes() if value.requires_grad else 0
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    return 0
+
+
+# -- planning ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    recompute: frozenset[str]  # components whose blocks are recomputed in the backward pass
+    estimated_peak: int  # bytes of activations at the peak of an iteration (models excluded)
+    fits: bool  # estimated_peak * SAFETY + RESERVE <= the budget
+    extra_seconds: float  # forward time added per iteration by the recomputation
+
+    def describe(self, order: Sequence[str] = ()) -> str:
+        names = [n for n in order if n in self.recompute] + sorted(self.recompute - set(order))
+        what = ", ".join(names) if names else "nothing"
+        return f"recompute {what}; activations ~{self.estimated_peak / 2**30:.2f} GiB"
+
+
+def estimate_peak(profiles: Iterable[ComponentProfile], recompute: Iterable[str]) -> int:
+    """Activation bytes alive at once: everything kept, plus the largest block being recomputed."""
+    recompute = set(recompute)
+    profiles = list(profiles)
+    kept = sum(p.retained(p.name in recompute) for p in profiles)
+    return kept + max((p.transient(p.name in recompute) for p in profiles), default=0)
+
+
+def fits(peak: int, budget: int) -> bool:
+    return peak * SAFETY + RESERVE <= budget
+
+
+def plan_checkpointing(profiles: Sequence[ComponentProfile], budget: int, forced: Iterable[str] = (),
+                       allowed: Iterable[str] | None = None) -> MemoryPlan:
+    """The set of components to recompute that fits ``budget`` bytes and adds the least time.
+
+    ``forced`` components always recompute; only ``allowed`` ones (default: all) may be added. When no
+    set fits, every allowed component recomputes (the smallest peak) and ``fits`` is False.
+    """
+    by_name = {p.name: p for p in profiles}
+    forced = {n for n in forced if n in by_name and by_name[n].checkpointable}
+    allowed_set = set(by_name) if allowed is None else set(allowed)
+    optional = [p.name for p in profiles if p.checkpointable and p.name in allowed_set and p.name not in forced]
+    best = None
+    for k in range(len(optional) + 1):
+        for extra in itertools.combinations(optional, k):
+            chosen = forced | set(extra)
+            peak = estimate_peak(profiles, chosen)
+            cost = sum(by_name[n].seconds for n in chosen)
+            if fits(peak, budget) and (best is None or (cost, peak) < (best[0], best[1])):
+                best = (cost, peak, chosen)
+    if best is None:
+        chosen = forced | set(optional)
+        return MemoryPlan(frozenset(chosen), estimate_peak(profiles, chosen), False,
+                          sum(by_name[n].seconds for n in chosen))
+    cost, peak, chosen = best
+    return MemoryPlan(frozenset(chosen), peak, True, cost)
+
+
+# -- recomputing ------------------------------------------------------------------------------------
+
+def recompute_in_backward(fn: Callable, *args, copy_saved: bool = False, **kwargs):
+    """``fn(*args, **kwargs)`` whose saved activations are dropped and recomputed in the backward pass.
+
+    Like ``torch.utils.checkpoint(use_reentrant=False)`` (works with ``torch.autograd.grad``, any
+    argument structure, tuple outputs), with two guarantees it lacks for inference code that updates
+    tensors in place: every saved tensor and every input is version-checked when it is used, and a
+    modification raises autograd's own "modified by an inplace operation" error instead of giving
+    wrong gradients; with ``copy_saved`` the inputs and the recomputed saved tensors are copies, so
+    such models differentiate correctly. ``fn`` must be deterministic (eval-mode models: no dropout,
+    no random draws); a recomputation that saves different tensors raises.
+    """
+    if not torch.is_grad_enabled():
+        return fn(*args, **kwargs)
+    flat, rebuild = _flatten(args, kwargs)
+    # inference tensors (constants made under inference mode) cannot change and carry no version
+    stash = [(t.detach().clone() if copy_saved and t.grad_fn is not None else t.detach(), t._version, t.requires_grad)
+             if isinstance(t, torch.Tensor) and not t.is_inference() else (t, None, None) for t in flat]
+    device_type = next((t.device.type for t in flat if isinstance(t, torch.Tensor)), "cpu")
+    autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+    signature: list[tuple] = []
+    recomputed: dict[int, tuple[torch.Tensor, int]] = {}
+    state = {"done": False}
+
+    def pack(t: torch.Tensor) -> int:
+        signature.append((t.shape, t.dtype))
+        return len(signature) - 1
+
+    def recompute() -> None:
+        inputs = []
+        for value, version, requires_grad in stash:
+            if version is None:
+                inputs.append(value)
+                continue
+            if not copy_saved and value._version != version:
+                raise RuntimeError(f"recompute_in_backward: an input of a recomputed block was {INPLACE_MESSAGE} "
+                                   "after the block ran")
+            leaf = value.detach().requires_grad_(requires_grad)
+            with torch.enable_grad():  # backward runs without grad mode
+                inputs.append(leaf.clone() if requires_grad else leaf)  # a non-leaf: the block may update it in place
+        count = [0]
+
+        def rpack(t: torch.Tensor) -> int:
+            i = count[0]
+            count[0] += 1
+            if i >= len(signature) or (t.shape, t.dtype) != signature[i]:
+                raise RuntimeError("recompute_in_backward: the recomputed forward pass saved different tensors "
+                                   "than the first one (a non-deterministic block?)")
+            kept = t.detach().clone() if copy_saved and t.grad_fn is not None else t.detach()
+            recomputed[i] = (kept, kept._version)
+            return i
+
+        a, kw = rebuild(inputs)
+        with torch.enable_grad(), torch.autocast(device_type, dtype=autocast[1], enabled=autocast[0]), \
+                torch.autograd.graph.saved_tensors_hooks(rpack, _no_unpack):
+            fn(*a, **kw)
+        if count[0] != len(signature):
+            raise RuntimeError("recompute_in_backward: the recomputed forward pass saved a different number of "
+                               "tensors than the first one (a non-deterministic block?)")
+        state["done"] = True
+
+    def unpack(i: int) -> torch.Tensor:
+        if not state["done"]:
+            recompute()
+        entry = recomputed.pop(i, None)
+        if entry is None:
+            raise RuntimeError("recompute_in_backward: a recomputed block was backpropagated twice "
+                               "(retain_graph / double backward is not supported)")
+        t, version = entry
+        if t._version != version:
+            raise RuntimeError(f"recompute_in_backward: a tensor saved for backward was {INPLACE_MESSAGE}")
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        return fn(*args, **kwargs)
+
+
+def _flatten(args: tuple, kwargs: dict):
+    """Positional and keyword arguments as one list (tensors found one level inside lists/tuples/dicts)."""
+    flat: list = []
+    layout: list = []
+    for value in list(args) + list(kwargs.values()):
+        if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+            layout.append((type(value), len(value)))
+            flat.extend(value)
+        elif isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values()):
+            layout.append((dict, list(value)))
+            flat.extend(value.values())
+        else:
+            layout.append(None)
+            flat.append(value)
+    keys = list(kwargs)
+
+    def rebuild(values: list):
+        out, pos = [], 0
+        for entry in layout:
+            if entry is None:
+                out.append(values[pos])
+                pos += 1
+            elif entry[0] is dict:
+                out.append(dict(zip(entry[1], values[pos:pos + len(entry[1])])))
+                pos += len(entry[1])
+            else:
+                kind, n = entry
+                items = values[pos:pos + n]
+                out.append(list(items) if kind is list else tuple(items))
+                pos += n
+        n_args = len(out) - len(keys)
+        return tuple(out[:n_args]), dict(zip(keys, out[n_args:]))
+
+    return flat, rebuild
+
+
+# -- installing wrappers on blocks ---------------------------------------------------------------------
+
+@contextlib.contextmanager
+def wrap_blocks(blocks: Iterable[nn.Module], make_forward: Callable[[Callable], Callable]) -> Iterator[None]:
+    """Replace each block's ``forward`` with ``make_forward(forward)`` for the duration only."""
+    installed = []
+    try:
+        for block in blocks:
+            had = "forward" in block.__dict__
+            previous = block.__dict__.get("forward")
+            block.forward = make_forward(block.forward)
+            installed.append((block, had, previous))
+        yield
+    finally:
+        for block, had, previous in reversed(installed):
+            if had:
+                block.forward = previous
+            else:
+                del block.forward
+
+
+def recompute_wrapper(copy_saved: Callable[[], bool] | bool = False) -> Callable[[Callable], Callable]:
+    """``make_forward`` for ``wrap_blocks``: the block recomputes in backward (see ``recompute_in_backward``)."""
+    def make(forward: Callable) -> Callable:
+        def recomputed(*args, **kwargs):
+            copy = copy_saved() if callable(copy_saved) else copy_saved
+            return recompute_in_backward(forward, *args, copy_saved=copy, **kwargs)
+        return recomputed
+    return make
+
+
+def find_blocks(root: nn.Module, class_names: Iterable[str] = ()) -> list[nn.Module]:
+    """The outermost submodules of ``root`` whose class is named in ``class_names``; when there are none,
+    the elements of the outermost ``nn.ModuleList``s (the blocks of most transformers)."""
+    names = set(class_names)
+    found: list[nn.Module] = []
+
+    def by_name(module: nn.Module) -> None:
+        for child in module.children():
+            if type(child).__name__ in names:
+                found.append(child)
+            else:
+                by_name(child)
+
+    def by_list(module: nn.Module) -> None:
+        for child in module.children():
+            if isinstance(child, nn.ModuleList):
+                found.extend(child)
+            else:
+                by_list(child)
+
+    if names:
+        by_name(root)
+    if not found:
+        by_list(root)
+    return found

@@ -1,0 +1,198 @@
+"""Memory modes of the ReNO samplers on a real ComfyUI engine (tiny models).
+
+Recomputing activations in the backward pass must change memory, never results: every ``memory`` mode
+gives the same iterations (losses, best iteration, image) as ``no checkpointing``, for the SD UNet
+(the 2024 engine's transformer block updates activations in place: the copying recompute path) and
+for each family the engine has. ``auto`` measures, plans from the free memory, and when told that
+memory is short asks ComfyUI to make room and recomputes everything.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from engine_support import PROMPT_TEXT, pack_module
+
+MODES = ["no checkpointing", "checkpoint rewards", "checkpoint rewards + VAE", "checkpoint all", "auto"]
+REWARDS = (("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01))
+ITERATIONS = 4
+
+
+@pytest.fixture(scope="module")
+def pack(engine):
+    return pack_module(engine)
+
+
+@pytest.fixture(scope="module")
+def stack(engine):
+    from tiny_rewards import ALL_REWARDS, write_reward_root
+
+    write_reward_root(Path(engine.folder_paths.get_folder_paths("reno_rewards")[0]), ALL_REWARDS)
+    out = None
+    for name, weight in REWARDS:
+        (out,) = engine.call_node("ReNORewardLoader", inference=True, reward=name, weight=weight, rewards=out)
+    return out
+
+
+def families_module(engine):
+    for module in list(sys.modules.values()):
+        f = getattr(module, "__file__", None) or ""
+        if f.endswith("families.py") and hasattr(module, "family_unavailable") and str(engine.workdir) in f:
+            return module
+    raise AssertionError("the fixture pack's families module is not loaded")
+
+
+def run(engine, parts, stack, memory, side=64):
+    (latent,) = engine.call_node("EmptyLatentImage", inference=True, width=side, height=side, batch_size=1)
+    out = engine.call_node("ReNOSampler", inference=True, model=parts["model"], positive=parts["pos"],
+                           negative=parts["neg"], vae=parts["vae"], latent_image=latent, rewards=stack,
+                           prompt=PROMPT_TEXT, seed=3, iterations=ITERATIONS, learning_rate=5.0, cfg=1.0,
+                           regularization=0.01, grad_clip=0.1, memory=memory)
+    return out["result"]
+
+
+def assert_same_run(got, want, what):
+    (lat_g, img_g, hist_g), (lat_w, img_w, hist_w) = got, want
+    losses_g = [r["loss"][0] for r in hist_g.records]
+    losses_w = [r["loss"][0] for r in hist_w.records]
+    assert losses_g == pytest.approx(losses_w, rel=1e-4, abs=1e-4), what
+    assert hist_g.best_iteration == hist_w.best_iteration, what
+    assert torch.allclose(lat_g["samples"], lat_w["samples"], atol=1e-4), what
+    assert torch.allclose(img_g, img_w, atol=1e-4), what
+    assert losses_w[-1] < losses_w[0], f"{what}: the reference run did not optimize"
+
+
+@pytest.fixture(scope="module")
+def sd_parts(engine):
+    # transformer depth 1 on both engines: on the 2024 one the block's in-place `x += n` needs the copies
+    model, vae = engine.call_node("ReNOTestTinySD", inference=True, transformer_depth=1, context_dim=32, seed=0)
+    (pos,) = engine.call_node("ReNOTestConditioning", inference=True, text=PROMPT_TEXT, context_dim=32)
+    return dict(model=model, vae=vae, pos=pos, neg=pos)
+
+
+def test_every_memory_mode_gives_the_same_iterations(engine, sd_parts, stack):
+    reference = run(engine, sd_parts, stack, "no checkpointing")
+    assert reference[2].config["memory"].startswith("no checkpointing: recompute nothing")
+    for mode in MODES[1:]:
+        got = run(engine, sd_parts, stack, mode)
+        assert_same_run(got, reference, mode)
+        assert got[2].config["memory"].startswith(mode)
+    everything = run(engine, sd_parts, stack, "checkpoint all")[2].config["memory"]
+    assert "diffusion model, VAE decoder, imagereward, hpsv2.1, pickscore, clipscore" in everything
+
+
+def test_auto_measures_and_recomputes_what_does_not_fit(engine, pack, sd_parts, stack, monkeypatch):
+    memory = pack.nodes.memory
+    reference = run(engine, sd_parts, stack, "no checkpointing")
+    seen = {}
+
+    def make_room(patchers, reward_models, peak, device):
+        seen["peak"], seen["rewards"] = peak, len(reward_models)
+
+    # plenty of memory: nothing recomputes
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 64 * 2**30)
+    got = run(engine, sd_parts, stack, "auto")
+    assert_same_run(got, reference, "auto, plenty of memory")
+    assert "recompute nothing" in got[2].config["memory"]
+    # no memory at all: ComfyUI is asked for room, then everything recomputes
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 0)
+    monkeypatch.setattr(memory, "make_room", make_room)
+    got = run(engine, sd_parts, stack, "auto")
+    assert_same_run(got, reference, "auto, no memory")
+    summary = got[2].config["memory"]
+    assert "diffusion model, VAE decoder, imagereward, hpsv2.1, pickscore, clipscore" in summary
+    assert "may not fit" in summary
+    assert seen["rewards"] == len(REWARDS) and seen["peak"] > 0
+
+
+def test_auto_keeps_the_fastest_choice_that_fits(engine, pack, sd_parts, stack, monkeypatch):
+    """With room for everything but the largest part, auto recomputes only what it must."""
+    memory = pack.nodes.memory
+    captured = {}
+    real_plan = memory.plan_checkpointing
+
+    def plan(profiles, budget, forced=(), allowed=None):
+        captured["profiles"] = profiles
+        return real_plan(profiles, budget, forced, allowed)
+
+    monkeypatch.setattr(memory, "plan_checkpointing", plan)
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 64 * 2**30)
+    run(engine, sd_parts, stack, "auto")
+    profiles = captured["profiles"]
+    names = [p.name for p in profiles]
+    assert names == ["diffusion model", "VAE decoder", "imagereward", "hpsv2.1", "pickscore", "clipscore"]
+    for p in profiles:
+        assert p.saved_bytes > 0 and p.blocks > 0, p
+        assert p.retained(True) < p.retained(False), p
+    full = memory.estimate_peak(profiles, [])
+    largest = max(profiles, key=lambda p: p.saved_bytes - p.retained(True))
+    # a budget just too small for everything kept: recomputing the largest part is enough
+    budget = int((full - 1) * 1.2) + 256 * 2**20
+    chosen = real_plan(profiles, budget)
+    assert chosen.fits and chosen.recompute and len(chosen.recompute) < len(profiles)
+    assert memory.estimate_peak(profiles, chosen.recompute) <= full - 1
+    assert chosen.extra_seconds <= largest.seconds + 1e-9 or len(chosen.recompute) == 1
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_checkpoint_all_matches_for_every_family(engine, stack, family):
+    fam = families_module(engine)
+    reason = fam.family_unavailable(family)
+    if reason:
+        pytest.skip(f"{family}: {reason} ({engine.info})")
+    model, vae, pos, neg = engine.call_node("ReNOTestTinyFamily", inference=True, family=family,
+                                            transformer_depth=1, seed=0, text=PROMPT_TEXT, negative_text="")
+    parts = dict(model=model, vae=vae, pos=pos, neg=neg)
+    reference = run(engine, parts, stack, "no checkpointing")
+    got = run(engine, parts, stack, "checkpoint all")
+    assert_same_run(got, reference, family)
+    assert "diffusion model" in got[2].config["memory"]
+
+
+@pytest.mark.parametrize("family,block", [("sd15", "ResBlock"), ("sdxl", "SpatialTransformer"), ("sd3", "JointBlock"),
+                                          ("flux", "DoubleStreamBlock"), ("flux_schnell", "SingleStreamBlock"),
+                                          ("pixart", "PixArtMSBlock")])
+def test_the_blocks_of_every_family_are_found(engine, pack, family, block):
+    """What recomputes: the blocks each model's forward calls one by one (PixArt runs only at 512 px, so its
+    recompute is not run here; its blocks are plain transformer blocks like SD3's)."""
+    fam = families_module(engine)
+    reason = fam.family_unavailable(family)
+    if reason:
+        pytest.skip(f"{family}: {reason} ({engine.info})")
+    model, vae, _, _ = engine.call_node("ReNOTestTinyFamily", inference=True, family=family, transformer_depth=1,
+                                        seed=0, text=PROMPT_TEXT, negative_text="")
+    found = pack.nodes.memory.model_blocks(model.model)
+    assert block in {type(b).__name__ for b in found}
+    params = sum(p.numel() for b in found for p in b.parameters())
+    assert params > 0.5 * sum(p.numel() for p in model.model.diffusion_model.parameters())
+    vae_found = {type(b).__name__ for b in pack.nodes.memory.vae_blocks(vae)}
+    assert "ResnetBlock" in vae_found
+
+
+def test_unknown_memory_mode_is_refused_before_any_work(engine, sd_parts, stack):
+    with pytest.raises(Exception, match="memory: 'lots' is not one of auto"):
+        run(engine, sd_parts, stack, "lots")
+
+
+def test_a_model_that_updates_activations_in_place_is_found_while_recomputing(engine, stack):
+    """A fresh model run first with everything recomputed: an in-place update inside a block (the 2024 SD
+    UNet's ``x += n``, FLUX's blocks) is caught by the recompute's version checks, and the run restarts
+    with copies; the result equals the plain run's."""
+    fam = families_module(engine)
+    family = "flux" if fam.family_unavailable("flux") is None else "sd15"
+
+    def fresh():
+        model, vae, pos, neg = engine.call_node("ReNOTestTinyFamily", inference=True, family=family,
+                                                transformer_depth=1, seed=0, text=PROMPT_TEXT, negative_text="")
+        return dict(model=model, vae=vae, pos=pos, neg=neg)
+
+    parts = fresh()
+    got = run(engine, parts, stack, "checkpoint all")
+    inner = parts["model"].model
+    if family == "sd15" and not engine.is_legacy:
+        pytest.skip(f"no in-place model on this engine without FLUX ({engine.info})")
+    assert getattr(inner, "_reno_copy_saved", False), "the in-place update was not detected"
+    assert_same_run(got, run(engine, fresh(), stack, "no checkpointing"), family)

@@ -1,0 +1,318 @@
+"""Measuring, planning and recomputing the activations of ReNO's backward pass (optimizer/memory.py),
+and offloading the rewards' text towers."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reno_pack.optimizer.memory import (
+    INPLACE_MESSAGE,
+    ActivationProbe,
+    ComponentProfile,
+    estimate_peak,
+    find_blocks,
+    fits,
+    plan_checkpointing,
+    recompute_in_backward,
+    recompute_wrapper,
+    wrap_blocks,
+)
+from torch import nn
+
+# -- recompute_in_backward ------------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+    """A residual block with keyword arguments, a tuple output and (optionally) inference-style in-place updates."""
+
+    def __init__(self, width=8, inplace=False, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.a, self.b = nn.Linear(width, width), nn.Linear(width, width)
+        self.inplace = inplace
+
+    def forward(self, x, context=None, *, scale=1.0, extra=None):
+        h = torch.tanh(self.a(x))
+        if context is not None:
+            h = h + context.mean(dim=1, keepdim=True)
+        out = self.b(h)
+        if self.inplace:
+            h += 1.0  # modifies a tensor tanh's backward saved: only a copy keeps backward right
+            out += x  # modifies the Linear's output in place (FLUX-style `x += ...`)
+        else:
+            out = out + x
+        if extra is not None:
+            out = out * extra["gain"]
+        return out * scale, h.sum()
+
+
+def reference_grads(model, x, context, gain):
+    """Gradients of the same computation written without in-place updates."""
+    x = x.detach().requires_grad_(True)
+    h = torch.tanh(model.a(x)) + context.mean(dim=1, keepdim=True)
+    out = (model.b(h) + x) * gain
+    h2 = h + 1.0 if model.inplace else h
+    loss = (out * 0.5).pow(2).sum() + h2.sum()
+    return torch.autograd.grad(loss, x)[0]
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 3), width=st.integers(2, 12), inplace=st.booleans(), seed=st.integers(0, 99))
+def test_recompute_gives_the_gradients_of_the_plain_computation(batch, width, inplace, seed):
+    torch.manual_seed(seed)
+    model = Block(width, inplace, seed).requires_grad_(False)
+    x0 = torch.randn(batch, width)
+    context = torch.randn(batch, 3, width)
+    gain = torch.rand(width) + 0.5
+    want = reference_grads(model, x0, context, gain)
+
+    x = x0.clone().requires_grad_(True)
+    out, hsum = recompute_in_backward(model, x * 1.0, context, scale=0.5, extra={"gain": gain}, copy_saved=inplace)
+    (got,) = torch.autograd.grad(out.pow(2).sum() + hsum, x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_an_in_place_update_raises_without_copies_instead_of_wrong_gradients():
+    model = Block(inplace=True).requires_grad_(False)
+    x = torch.randn(2, 8, requires_grad=True)
+    out, hsum = recompute_in_backward(model, x * 1.0)
+    with pytest.raises(RuntimeError, match=INPLACE_MESSAGE):
+        torch.autograd.grad(out.sum() + hsum, x)
+
+
+def test_an_input_updated_in_place_after_the_block_is_caught_or_copied():
+    lin = nn.Linear(4, 4).requires_grad_(False)
+    x = torch.randn(3, 4, requires_grad=True)
+
+    def body(copy):
+        inp = x * 2.0
+        y = recompute_in_backward(lambda t: torch.sin(lin(t)), inp, copy_saved=copy)
+        inp.mul_(3.0)  # the caller reuses its tensor after the block ran
+        return y.sum()
+
+    with pytest.raises(RuntimeError, match=INPLACE_MESSAGE):
+        torch.autograd.grad(body(False), x)
+    (got,) = torch.autograd.grad(body(True), x)
+    (want,) = torch.autograd.grad(torch.sin(lin(x * 2.0)).sum(), x)
+    torch.testing.assert_close(got, want)
+
+
+def test_recompute_keeps_only_the_inputs_and_recomputes_in_backward():
+    layers = nn.Sequential(*[nn.Sequential(nn.Linear(64, 64), nn.Tanh()) for _ in range(4)]).requires_grad_(False)
+    calls = []
+    x = torch.randn(32, 64, requires_grad=True)
+
+    def counted(t):
+        calls.append(1)
+        return layers(t)
+
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.numel()) or t, lambda t: t):
+        y = recompute_in_backward(counted, x * 1.0)
+    assert kept == [] and len(calls) == 1  # the block's activations were not kept
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert len(calls) == 2  # recomputed once, in backward
+    (want,) = torch.autograd.grad(layers(x).sum(), x)
+    torch.testing.assert_close(g, want)
+
+
+def test_recompute_refuses_a_non_deterministic_block_and_a_second_backward():
+    x = torch.randn(4, 4, requires_grad=True)
+    state = {"n": 0}
+
+    def changing(t):
+        state["n"] += 1
+        return torch.sin(t) if state["n"] == 1 else torch.sin(t) * torch.cos(t)
+
+    with pytest.raises(RuntimeError, match="saved different tensors|different number"):
+        torch.autograd.grad(recompute_in_backward(changing, x * 1.0).sum(), x)
+    y = recompute_in_backward(torch.sin, x * 1.0).sum()
+    y.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backpropagated twice"):
+        y.backward()
+
+
+def test_without_grad_recompute_is_a_plain_call():
+    with torch.no_grad():
+        y = recompute_in_backward(torch.sin, torch.ones(3))
+    assert not y.requires_grad and torch.equal(y, torch.sin(torch.ones(3)))
+
+
+# -- wrapping blocks --------------------------------------------------------------------------------------
+
+
+def test_wrap_blocks_installs_for_the_duration_only_even_on_error():
+    a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+    custom = b.forward
+    b.forward = custom  # an instance attribute set by someone else survives
+    with pytest.raises(KeyError), wrap_blocks([a, b], lambda f: (lambda *args: f(*args) * 0)):
+        assert torch.all(a(torch.ones(1, 2)) == 0)
+        raise KeyError
+    assert "forward" not in a.__dict__ and b.__dict__["forward"] is custom
+    x = torch.randn(1, 2, requires_grad=True)
+    with wrap_blocks([a], recompute_wrapper(False)):
+        (g,) = torch.autograd.grad(a(x).sum(), x)
+    torch.testing.assert_close(g, a.weight.sum(0, keepdim=True))
+
+
+def test_find_blocks_by_class_name_then_module_lists():
+    class ResBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.ModuleList([nn.Linear(2, 2)])
+
+    root = nn.Module()
+    root.body = nn.Sequential(ResBlock(), nn.ReLU(), ResBlock())
+    root.layers = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
+    assert [type(b).__name__ for b in find_blocks(root, ["ResBlock"])] == ["ResBlock", "ResBlock"]
+    assert find_blocks(root, ["Missing"]) == [root.body[0].inner[0], root.body[2].inner[0], *root.layers]
+
+
+# -- measuring --------------------------------------------------------------------------------------------
+
+
+def saved_bytes_kept(fn, *args) -> int:
+    """What autograd really keeps: distinct storages of saved non-leaf tensors."""
+    kept = {}
+
+    def pack(t):
+        if t.grad_fn is not None:
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*args)
+    return sum(kept.values()), out
+
+
+def test_the_probe_counts_what_autograd_keeps_and_keeps_nothing():
+    torch.manual_seed(0)
+    blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 4, 3, padding=1))
+                            for _ in range(3)]).requires_grad_(False)
+    head = nn.Linear(4 * 16 * 16, 1).requires_grad_(False)
+
+    def model(x):
+        for b in blocks:
+            x = x + b(x)
+        return head(torch.tanh(x).flatten(1))
+
+    z = torch.randn(2, 4, 16, 16, requires_grad=True)
+    want, _ = saved_bytes_kept(model, z * 1.0)
+    probe = ActivationProbe()
+    with probe, wrap_blocks(blocks, probe.block_wrapper), probe.component("model"):
+        out = model(z * 1.0)
+    p = probe.profiles["model"]
+    assert p.saved_bytes == want
+    assert p.blocks == 3 and len(p._block_bytes) == 3
+    assert p.outside_bytes + sum(p._block_bytes) == p.saved_bytes
+    assert p.boundary_bytes == 3 * z.numel() * 4
+    assert p.max_block_bytes == max(p._block_bytes) > 0
+    assert p.retained(True) < p.retained(False) == p.saved_bytes
+    with pytest.raises(RuntimeError, match="only measured"):
+        out.sum().backward()
+
+
+def test_the_probe_matches_the_memory_recompute_really_keeps():
+    """retained(True) = what a recomputing forward keeps (outside the blocks + the blocks' inputs)."""
+    torch.manual_seed(0)
+    blocks = nn.ModuleList([nn.Sequential(nn.Linear(32, 128), nn.GELU(), nn.Linear(128, 32)) for _ in range(4)])
+    blocks.requires_grad_(False)
+
+    def model(x):
+        for b in blocks:
+            x = x + b(x)
+        return torch.tanh(x).sum()
+
+    z = torch.randn(16, 32, requires_grad=True)
+    probe = ActivationProbe()
+    with probe, wrap_blocks(blocks, probe.block_wrapper), probe.component("m"):
+        model(z * 1.0)
+    with wrap_blocks(blocks, recompute_wrapper(False)):
+        kept, _ = saved_bytes_kept(model, z * 1.0)
+    p = probe.profiles["m"]
+    # recompute keeps the inputs through its stash, not through saved tensors: add them back
+    assert kept + p.boundary_bytes == pytest.approx(p.retained(True), rel=0.05)
+
+
+# -- planning ---------------------------------------------------------------------------------------------
+
+profile_st = st.builds(
+    lambda i, saved, frac, blocks, sec: ComponentProfile(
+        name=f"c{i}", saved_bytes=saved, outside_bytes=saved // 10, boundary_bytes=int(saved * frac),
+        max_block_bytes=saved // max(blocks, 1), blocks=blocks, seconds=sec),
+    st.integers(0, 10**6), st.integers(0, 2**34), st.floats(0.0, 0.3), st.integers(0, 40), st.floats(0.0, 1.0),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(profiles=st.lists(profile_st, min_size=1, max_size=6, unique_by=lambda p: p.name),
+       budget=st.integers(0, 2**36), data=st.data())
+def test_the_plan_is_the_fastest_choice_that_fits(profiles, budget, data):
+    names = [p.name for p in profiles]
+    forced = set(data.draw(st.lists(st.sampled_from(names), max_size=2)))
+    plan = plan_checkpointing(profiles, budget, forced)
+    able = {p.name for p in profiles if p.checkpointable}
+    assert forced & able <= plan.recompute <= able
+    by = {p.name: p for p in profiles}
+    fitting = []
+    for k in range(len(able) + 1):
+        for c in itertools.combinations(sorted(able), k):
+            chosen = set(c) | (forced & able)
+            if fits(estimate_peak(profiles, chosen), budget):
+                fitting.append(sum(by[n].seconds for n in chosen))
+    assert plan.fits == bool(fitting)
+    assert plan.estimated_peak == estimate_peak(profiles, plan.recompute)
+    if fitting:
+        assert fits(plan.estimated_peak, budget)
+        assert plan.extra_seconds <= min(fitting) + 1e-9
+    else:  # nothing fits: the least memory possible
+        assert plan.recompute == able
+
+
+@settings(max_examples=60, deadline=None)
+@given(profiles=st.lists(profile_st, min_size=1, max_size=5, unique_by=lambda p: p.name),
+       budgets=st.lists(st.integers(0, 2**36), min_size=2, max_size=2))
+def test_more_memory_never_means_a_slower_plan(profiles, budgets):
+    small, large = sorted(budgets)
+    a, b = plan_checkpointing(profiles, small), plan_checkpointing(profiles, large)
+    if a.fits:
+        assert b.fits and b.extra_seconds <= a.extra_seconds + 1e-9
+
+
+def test_a_fixed_choice_adds_nothing():
+    p = [ComponentProfile("a", 10**9, 10**7, 10**7, 10**8, 10, 0.1)]
+    plan = plan_checkpointing(p, 0, allowed=set())
+    assert plan.recompute == frozenset() and not plan.fits
+
+
+# -- reward text towers -------------------------------------------------------------------------------------
+
+
+def test_text_towers_leave_the_device_and_come_back_for_a_new_prompt(reward_root):
+    import copy
+
+    from reno_pack.reward_loaders import load_reward
+
+    model = copy.deepcopy(load_reward("clipscore", [reward_root], download=False))  # the loader's cache stays intact
+    before = model.text_features("a red apple").clone()
+    # the image side stays where it is; the text towers move (to "meta" here: a device of its own on a CPU)
+    spare = copy.deepcopy(model)
+    assert spare.offload_text_towers("meta") > 0
+    assert all(p.device.type == "meta" for p in spare.clip.text_model.parameters())
+    assert spare.param_device().type == "cpu" and spare.param_dtype() == torch.float32
+    # a new prompt brings them to the image side's device for the encoding, then sends them back
+    moves = []
+    for name in model.text_modules:  # record the moves without making them (no second device on a CPU)
+        model.get_submodule(name).to = lambda device, _n=name: moves.append((_n, str(device)))
+    model._text_offload = torch.device("meta")
+    model._text_cache.clear()
+    torch.testing.assert_close(model.text_features("a red apple"), before)
+    assert moves == [(n, "cpu") for n in model.text_modules] + [(n, "meta") for n in model.text_modules]
+    moves.clear()
+    model.text_features("a red apple")  # cached: nothing moves
+    assert moves == []
+    assert torch.isfinite(model(torch.rand(1, 3, 64, 64), "a red apple")).all()
