@@ -24,6 +24,7 @@ from ..optimizer.memory import INPLACE_MESSAGE, ActivationProbe, ComponentProfil
 from ..reward_loaders import RewardEnsemble
 from . import memory
 from .autograd import as_normal, normal_tensors
+from .settings import compile_rewards
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class ReNOComfySampler(comfy.samplers.Sampler):
             s_in = sigma.new_ones((start.shape[0],))
             args = _with_normal_conds(extra_args)
             self.ensemble.prepare()
+            self.ensemble.compile = compile_rewards()
             previews: list[torch.Tensor] = []
 
             def noised(z):

@@ -13,6 +13,7 @@ from ..reward_loaders.download import downloads_enabled
 log = logging.getLogger(__name__)
 
 ALLOW_DOWNLOADS = "ReNO.AllowDownloads"
+TORCH_COMPILE = "ReNO.TorchCompile"
 
 
 def user_setting(key: str, default=None):
@@ -34,3 +35,11 @@ def user_setting(key: str, default=None):
 def downloads_allowed() -> bool:
     """Missing reward files may be downloaded: environment (RENO_DOWNLOADS, HF_HUB_OFFLINE) and setting agree."""
     return downloads_enabled() and bool(user_setting(ALLOW_DOWNLOADS, True))
+
+
+def compile_rewards() -> bool:
+    """Reward models run through torch.compile: RENO_TORCH_COMPILE=1/0 if set, else the setting (off by default)."""
+    env = os.environ.get("RENO_TORCH_COMPILE", "").strip().lower()
+    if env:
+        return env not in ("0", "false", "no", "off")
+    return bool(user_setting(TORCH_COMPILE, False))

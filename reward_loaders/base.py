@@ -102,6 +102,15 @@ class RewardModel(nn.Module):
             self.get_submodule(name).float()
         return self
 
+    def compiled_score(self):
+        """``score`` through ``torch.compile`` (built once per model; it recompiles for a new batch size,
+        dtype or checkpointing choice)."""
+        fn = self.__dict__.get("_compiled_score")
+        if fn is None:
+            fn = torch.compile(self.score, dynamic=False)
+            object.__setattr__(self, "_compiled_score", fn)
+        return fn
+
     def preprocess_key(self) -> tuple:
         return (self.input_size, tuple(self.mean), tuple(self.std))
 
@@ -184,6 +193,7 @@ class RewardEnsemble:
         self.labels = unique_labels([r.name for r in self.rewards])
         # label -> recompute its tower blocks in backward; None: as each reward's loader says
         self.recompute: dict[str, bool] | None = None
+        self.compile = False  # score through torch.compile (not while ``around`` instruments a pass)
 
     def prepare(self) -> None:
         """Compute every reward's text features now (once per prompt, not once per iteration)."""
@@ -205,7 +215,8 @@ class RewardEnsemble:
                 pixels = prepared.get(key)
                 if pixels is None:
                     pixels = prepared[key] = m.preprocess(images.to(device)).to(dtype)
-                out[label] = m.score(pixels, m.text_features(self.prompt)).float()
+                score = m.compiled_score() if self.compile and around is None else m.score
+                out[label] = score(pixels, m.text_features(self.prompt)).float()
         return out
 
     def __call__(self, images: torch.Tensor, around: Callable[[str], contextlib.AbstractContextManager] | None = None

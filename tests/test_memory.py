@@ -316,3 +316,30 @@ def test_text_towers_leave_the_device_and_come_back_for_a_new_prompt(reward_root
     model.text_features("a red apple")  # cached: nothing moves
     assert moves == []
     assert torch.isfinite(model(torch.rand(1, 3, 64, 64), "a red apple")).all()
+
+
+# -- torch.compile path ---------------------------------------------------------------------------------------
+
+
+def test_compiled_rewards_score_and_differentiate_like_eager_ones(reward_root):
+    """The optional torch.compile path (setting ReNO.TorchCompile) computes the same scores and gradients."""
+    import copy
+
+    from reno_pack.reward_loaders import RewardEnsemble, WeightedReward, load_reward
+
+    model = copy.deepcopy(load_reward("pickscore", [reward_root], download=False))
+    ensemble = RewardEnsemble([WeightedReward("pickscore", 1.0, model)], "a red apple")
+    image = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+    def loss_and_grad(compile_):
+        ensemble.compile = compile_
+        x = image.clone().requires_grad_(True)
+        loss, scores = ensemble(x)
+        (g,) = torch.autograd.grad(loss.sum(), x)
+        return loss.detach(), g
+
+    want = loss_and_grad(False)
+    got = loss_and_grad(True)
+    assert "_compiled_score" in model.__dict__
+    torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-3, atol=1e-6)

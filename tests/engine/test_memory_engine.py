@@ -196,3 +196,24 @@ def test_a_model_that_updates_activations_in_place_is_found_while_recomputing(en
         pytest.skip(f"no in-place model on this engine without FLUX ({engine.info})")
     assert getattr(inner, "_reno_copy_saved", False), "the in-place update was not detected"
     assert_same_run(got, run(engine, fresh(), stack, "no checkpointing"), family)
+
+
+def test_the_compile_setting_routes_the_rewards_through_torch_compile(engine, pack, sd_parts, stack, monkeypatch):
+    """RENO_TORCH_COMPILE=1 (or the ReNO.TorchCompile setting) scores through each reward's compiled_score
+    (compiling itself is tested on a tiny reward in tests/test_memory.py; here it is recorded, not run)."""
+    used = []
+
+    def compiled_score(self):
+        used.append(self.name)
+        return self.score
+
+    reference = run(engine, sd_parts, stack, "no checkpointing")
+    monkeypatch.setattr(pack.reward_loaders.base.RewardModel, "compiled_score", compiled_score)
+    monkeypatch.setenv("RENO_TORCH_COMPILE", "1")
+    got = run(engine, sd_parts, stack, "no checkpointing")
+    assert_same_run(got, reference, "compiled")
+    assert used.count("imagereward") == ITERATIONS and set(used) == {n for n, _ in REWARDS}
+    used.clear()
+    monkeypatch.setenv("RENO_TORCH_COMPILE", "0")
+    run(engine, sd_parts, stack, "auto")
+    assert used == []

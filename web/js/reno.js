@@ -30,6 +30,15 @@ const SETTINGS = [
     defaultValue: true,
   },
   {
+    id: "ReNO.TorchCompile",
+    name: "ReNO: compile the reward models with torch.compile",
+    tooltip:
+      "Faster iterations after a slow first run (each reward compiles once per image batch size, a minute or more). " +
+      "Needs a working torch.compile (Triton on NVIDIA GPUs, a C++ compiler on CPUs).",
+    type: "boolean",
+    defaultValue: false,
+  },
+  {
     id: "ReNO.PreviewSize",
     name: "ReNO: height of the iteration gallery image (px)",
     tooltip: "Height of the image in the gallery of the ReNO Sampler and ReNO Iteration Preview nodes.",
