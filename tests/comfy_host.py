@@ -967,8 +967,11 @@ def boot_engine(
     workdir: str | os.PathLike | None = None,
     *,
     extra_nodes: Sequence[str] = (),
+    cpu: bool = True,
 ) -> Engine:
     """Boot ``host`` headless on the CPU (once per process) and load the node packs.
+
+    ``cpu=False`` lets ComfyUI pick its device as it does without ``--cpu`` (the GPU benchmark).
 
     ``pack_dirs``: paths (loaded under ``default_pack_name(path)``: ``PACK_NAME`` for the repo
     root, ``FIXTURE_PACK_NAME`` for ``tests/comfy_fixture_nodes``, else the folder name),
@@ -1028,8 +1031,8 @@ def boot_engine(
 
         args = comfy.cli_args.args
         if "comfy.model_management" not in sys.modules:
-            args.cpu = True
-        elif not args.cpu:
+            args.cpu = cpu
+        elif cpu and not args.cpu:
             raise HostError("comfy.model_management was imported before boot without --cpu")
         for flag in ("disable_api_nodes",):
             if hasattr(args, flag):
