@@ -13,9 +13,11 @@ log = logging.getLogger(__name__)
 
 OOM_ADVICE = (
     "ReNO ran out of memory ({where}). It backpropagates through the model, the VAE decoder and every reward, "
-    "so it needs much more memory than plain sampling. Try, in this order: set gradient_checkpointing to 'on' "
-    "in the ReNO Load Reward nodes; use fewer or smaller rewards; generate at a smaller size or batch; close "
-    "other models (ComfyUI's 'Unload models'). Memory has been freed; the next run starts clean."
+    "so it needs much more memory than plain sampling. Try, in this order: set the sampler's memory input to "
+    "'checkpoint all' (recomputes activations in the backward pass; 'auto' chooses from an estimate, which can "
+    "miss), or turn gradient_checkpointing on in the ReNO Load Reward nodes; use fewer or smaller rewards; "
+    "generate at a smaller size or batch; close other models (ComfyUI's 'Unload models'). Memory has been "
+    "freed; the next run starts clean."
 )
 
 

@@ -39,7 +39,7 @@ CHROMIUM = os.environ.get("RENO_CHROMIUM", "/usr/bin/chromium")
 ITERATIONS = 6
 SAMPLER_ID, PREVIEW_ID = 7, 9
 XSS = "<img src=x onerror=window.__renoXSS=1>"
-SAMPLER_WIDGETS = 8  # prompt, seed, control_after_generate, iterations, learning_rate, cfg, regularization, grad_clip
+SAMPLER_WIDGETS = 9  # prompt, seed, control_after_generate, iterations, learning_rate, cfg, regularization, grad_clip, memory
 
 
 def _requirements() -> tuple[Path, Path]:
@@ -203,6 +203,7 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
     assert ser["samplerWidgets"][-2:] == ["reno_gallery", "reno_chart"], ser
     assert len(ser["sampler"]) == SAMPLER_WIDGETS and ser["sampler"][0] == XSS, ser["sampler"]
     assert ser["sampler"][3] == ITERATIONS and ser["sampler"][2] == "fixed", ser["sampler"]
+    assert ser["sampler"][8] == "auto", ser["sampler"]  # the memory input, appended after grad_clip
     assert not ser["preview"], ser["preview"]
     for key in ("samplerInputs", "previewInputs"):
         assert not {"reno_gallery", "reno_chart"} & set(ser[key]), (key, ser[key])

@@ -97,8 +97,15 @@ def test_auto_measures_and_recomputes_what_does_not_fit(engine, pack, sd_parts, 
     got = run(engine, sd_parts, stack, "auto")
     assert_same_run(got, reference, "auto, plenty of memory")
     assert "recompute nothing" in got[2].config["memory"]
-    # no memory at all: ComfyUI is asked for room, then everything recomputes
+    # no memory at all: ComfyUI is asked for room (on the CPU: the text towers are marked for offloading,
+    # which is a no-op there), then everything recomputes
     monkeypatch.setattr(memory, "free_bytes", lambda device: 0)
+    got = run(engine, sd_parts, stack, "auto")
+    assert_same_run(got, reference, "auto, no memory, real make_room")
+    offloaded = [r.model._text_offload for r in stack if r.model.text_modules]
+    assert offloaded and all(d == torch.device("cpu") for d in offloaded)
+    for r in stack:
+        r.model._text_offload = None
     monkeypatch.setattr(memory, "make_room", make_room)
     got = run(engine, sd_parts, stack, "auto")
     assert_same_run(got, reference, "auto, no memory")

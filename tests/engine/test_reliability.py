@@ -94,7 +94,8 @@ def test_out_of_memory_is_caught_freed_and_explained(fresh_engine):
             run(engine, parts)
     finally:
         undo()
-    assert "gradient_checkpointing" in str(e.value) and "smaller size" in str(e.value)
+    assert "'checkpoint all'" in str(e.value) and "gradient_checkpointing" in str(e.value)
+    assert "smaller size" in str(e.value)
     assert_restored(modules, before)
     assert run(engine, parts, iterations=2)[2].iterations == 2  # the next run works
 
