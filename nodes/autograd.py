@@ -54,3 +54,26 @@ def normal_tensors(modules: Iterable[nn.Module | None]):
         for table, name, original in reversed(swapped):
             table[name] = original
 
+
+
+@contextlib.contextmanager
+def channels_last_weights(modules: Iterable[nn.Module | None]):
+    """Swap every 4-D parameter of ``modules`` for a channels-last copy (convolutions then run, and hand on
+    their outputs, in NHWC); the originals are put back on exit, whatever happens."""
+    swapped: list[tuple[dict, str, torch.Tensor]] = []
+    try:
+        for root in modules:
+            if root is None:
+                continue
+            for module in root.modules():
+                table = module._parameters
+                for name, t in table.items():
+                    if t is None or t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last):
+                        continue
+                    copy = nn.Parameter(t.detach().contiguous(memory_format=torch.channels_last), requires_grad=False)
+                    swapped.append((table, name, t))
+                    table[name] = copy
+        yield len(swapped)
+    finally:
+        for table, name, original in reversed(swapped):
+            table[name] = original

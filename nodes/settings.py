@@ -43,3 +43,12 @@ def compile_rewards() -> bool:
     if env:
         return env not in ("0", "false", "no", "off")
     return bool(user_setting(TORCH_COMPILE, False))
+
+
+def channels_last_vae(device) -> bool:
+    """The VAE decoder runs channels-last (NHWC): RENO_CHANNELS_LAST=1/0 if set, else on CPUs only, where it was
+    measured to pay (about 20 % faster decoder forward+backward); on GPUs it is off until measured there."""
+    env = os.environ.get("RENO_CHANNELS_LAST", "").strip().lower()
+    if env:
+        return env not in ("0", "false", "no", "off")
+    return getattr(device, "type", str(device)) == "cpu"

@@ -60,7 +60,8 @@ def assert_same_run(got, want, what):
     losses_w = [r["loss"][0] for r in hist_w.records]
     assert losses_g == pytest.approx(losses_w, rel=1e-4, abs=1e-4), what
     assert hist_g.best_iteration == hist_w.best_iteration, what
-    assert torch.allclose(lat_g["samples"], lat_w["samples"], atol=1e-4), what
+    # x0 latents reach ~100: float32 summation order (another conv algorithm) shows at 1e-5 relative
+    assert torch.allclose(lat_g["samples"], lat_w["samples"], rtol=1e-4, atol=1e-4), what
     assert torch.allclose(img_g, img_w, atol=1e-4), what
     assert losses_w[-1] < losses_w[0], f"{what}: the reference run did not optimize"
 
@@ -225,3 +226,24 @@ def test_the_compile_setting_routes_the_rewards_through_torch_compile(engine, pa
     monkeypatch.setenv("RENO_TORCH_COMPILE", "0")
     run(engine, sd_parts, stack, "auto")
     assert used == []
+
+
+def test_channels_last_vae_changes_speed_not_results(engine, sd_parts, stack, monkeypatch):
+    """RENO_CHANNELS_LAST (default: on for CPUs) swaps the VAE's conv weights for NHWC copies during the run only."""
+    vae = sd_parts["vae"].first_stage_model
+    before = {n: p for n, p in vae.named_parameters()}
+    monkeypatch.setenv("RENO_CHANNELS_LAST", "0")
+    reference = run(engine, sd_parts, stack, "no checkpointing")
+    seen = []
+    real = vae.decoder.conv_out.forward
+    vae.decoder.conv_out.forward = lambda x: seen.append(vae.decoder.conv_out.weight.is_contiguous(
+        memory_format=torch.channels_last)) or real(x)
+    try:
+        monkeypatch.setenv("RENO_CHANNELS_LAST", "1")
+        got = run(engine, sd_parts, stack, "checkpoint all")
+    finally:
+        del vae.decoder.conv_out.forward
+    assert seen and all(seen)
+    assert_same_run(got, reference, "channels last")
+    after = {n: p for n, p in vae.named_parameters()}
+    assert all(after[n] is p for n, p in before.items())  # the user's VAE is left as it was
