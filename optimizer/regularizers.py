@@ -17,6 +17,8 @@ def chi_norm_nll(z: torch.Tensor) -> torch.Tensor:
     flat = z.reshape(z.shape[0], -1).float()
     d = flat.shape[1]
     sq = flat.pow(2).sum(dim=1)
+    if d == 1:  # no log term (0 * log 0 would be NaN at z = 0)
+        return 0.5 * sq
     return 0.5 * sq - (d - 1) * 0.5 * torch.log(sq)
 
 

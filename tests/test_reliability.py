@@ -96,7 +96,9 @@ def test_optimizer_invariants(batch, channels, h, w, dtype, iterations, lr, clip
     config = ReNOConfig(iterations=iterations, learning_rate=lr, grad_clip=clip, regularization=reg,
                         momentum=momentum)
     res = optimize_noise(toy_generate, toy_objective, noise, config)
-    assert res.iterations_run == iterations
+    # every iteration runs unless every element stopped on a non-finite value (extreme steps can land exactly
+    # on z = 0, where the chi penalty is +inf): then the run says so
+    assert res.iterations_run == iterations or (res.stop_reason and not any(res.records[-1].active))
     assert res.best_noise.shape == noise.shape and res.best_noise.dtype == torch.float32
     assert res.best_image.shape == (batch, 3, h, w) and torch.isfinite(res.best_image).all()
     for b in range(batch):
