@@ -210,6 +210,12 @@ class ReNOComfySampler(comfy.samplers.Sampler):
             profiles = self._measure(forward, start, blocks, device)
             budget = memory.free_bytes(device)
             plan = memory.plan_checkpointing(profiles, budget, forced)
+            if plan.recompute - forced or not plan.fits:
+                # recomputing costs time on every iteration: first let ComfyUI unload the other models it caches
+                fastest = memory.estimate_peak(profiles, forced)
+                if memory.unload_other_models(patchers, fastest, device):
+                    budget = memory.free_bytes(device)
+                    plan = memory.plan_checkpointing(profiles, budget, forced)
             if not plan.fits:
                 memory.make_room([p for p in patchers if p is not None], [r.model for r in self.ensemble.rewards],
                                  plan.estimated_peak, device)

@@ -4,9 +4,10 @@
 
 * ``auto`` (default): one forward pass measures what each part keeps for backward (the diffusion
   model, the VAE decoder, each reward), then the fastest choice of parts to recompute whose estimate
-  fits the free memory is taken. When nothing fits, ComfyUI is asked to free that much first
-  (unloading other models, or loading the diffusion model partially), and the rewards' text towers,
-  used once per prompt, leave the GPU.
+  fits the free memory is taken. Before recomputing anything, ComfyUI is asked to unload the other
+  models it caches; when even recomputing everything does not fit, it is asked for the room outright
+  (it may load the diffusion model partially), and the rewards' text towers, used once per prompt,
+  leave the GPU.
 * ``no checkpointing``: fastest, most memory (a reward loaded with gradient checkpointing on still
   recomputes).
 * ``checkpoint rewards`` / ``checkpoint rewards + VAE`` / ``checkpoint all``: fixed choices.
@@ -19,7 +20,16 @@ import logging
 import comfy.model_management
 import torch
 
-from ..optimizer.memory import ComponentProfile, MemoryPlan, estimate_peak, find_blocks, fits, plan_checkpointing
+from ..optimizer.memory import (
+    RESERVE,
+    SAFETY,
+    ComponentProfile,
+    MemoryPlan,
+    estimate_peak,
+    find_blocks,
+    fits,
+    plan_checkpointing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +90,23 @@ def free_bytes(device: torch.device) -> int:
     return int(comfy.model_management.get_free_memory(device))
 
 
+def activation_request(peak: int) -> int:
+    """Bytes to ask ComfyUI for so that ``peak`` bytes of activations fit (the planner's margins)."""
+    return int(peak * SAFETY) + RESERVE
+
+
+def unload_other_models(patchers: list, peak: int, device: torch.device) -> bool:
+    """Ask ComfyUI to unload models other than this run's until ``peak`` bytes of activations fit (a cached
+    model is cheap to reload later; recomputing costs time on every iteration). False on the CPU, where
+    unloading frees nothing."""
+    mm = comfy.model_management
+    if device.type == "cpu" or not hasattr(mm, "free_memory"):
+        return False
+    ours = {id(p) for p in patchers if p is not None}
+    keep = [lm for lm in getattr(mm, "current_loaded_models", []) if id(getattr(lm, "model", None)) in ours]
+    return bool(mm.free_memory(activation_request(peak), device, keep_loaded=keep))
+
+
 def make_room(patchers: list, reward_models: list, peak: int, device: torch.device) -> None:
     """Ask ComfyUI for ``peak`` bytes of activations: it unloads other models (or loads the diffusion
     model partially, with its layers streamed), and the rewards' text towers go to the CPU."""
@@ -88,8 +115,7 @@ def make_room(patchers: list, reward_models: list, peak: int, device: torch.devi
         if offload is not None:
             offload(comfy.model_management.unet_offload_device())
     if device.type != "cpu":
-        need = int(peak * 1.2) + 256 * 2**20
-        comfy.model_management.load_models_gpu(patchers, memory_required=need)
+        comfy.model_management.load_models_gpu(patchers, memory_required=activation_request(peak))
         comfy.model_management.soft_empty_cache()
 
 
@@ -103,5 +129,6 @@ def summarize(plan: MemoryPlan, profiles: list[ComponentProfile], budget: int | 
     return text
 
 
-__all__ = ["AUTO", "MEMORY_INPUT", "MEMORY_MODES", "MODEL", "VAE", "estimate_peak", "fits", "forced_components",
-           "free_bytes", "make_room", "model_blocks", "plan_checkpointing", "reward_blocks", "summarize", "vae_blocks"]
+__all__ = ["AUTO", "MEMORY_INPUT", "MEMORY_MODES", "MODEL", "VAE", "activation_request", "estimate_peak", "fits",
+           "forced_components", "free_bytes", "make_room", "model_blocks", "plan_checkpointing", "reward_blocks",
+           "summarize", "unload_other_models", "vae_blocks"]

@@ -247,3 +247,37 @@ def test_channels_last_vae_changes_speed_not_results(engine, sd_parts, stack, mo
     assert_same_run(got, reference, "channels last")
     after = {n: p for n, p in vae.named_parameters()}
     assert all(after[n] is p for n, p in before.items())  # the user's VAE is left as it was
+
+
+def test_auto_first_unloads_other_models_rather_than_recompute(engine, pack, sd_parts, stack, monkeypatch):
+    """Short of memory for the fastest plan, auto asks ComfyUI to unload the models it caches for others, and
+    recomputes nothing when that made room."""
+    memory = pack.nodes.memory
+    free = iter([1, 64 * 2**30])  # short at first, plenty once the other models are gone
+    asked = []
+    monkeypatch.setattr(memory, "free_bytes", lambda device: next(free))
+    monkeypatch.setattr(memory, "unload_other_models", lambda patchers, peak, device: asked.append(peak) or True)
+    monkeypatch.setattr(memory, "make_room", lambda *a: pytest.fail("no need to make room"))
+    got = run(engine, sd_parts, stack, "auto")
+    assert asked and asked[0] > 0
+    assert "recompute nothing" in got[2].config["memory"]
+
+
+def test_unloading_other_models_keeps_this_runs_models(engine, pack, monkeypatch):
+    """On a GPU, ComfyUI's free_memory gets this run's loaded models as keep_loaded; on the CPU nothing is asked."""
+    memory = pack.nodes.memory
+    mm = engine.model_management
+
+    class Loaded:
+        def __init__(self, model):
+            self.model = model
+
+    ours, other = object(), object()
+    monkeypatch.setattr(mm, "current_loaded_models", [Loaded(other), Loaded(ours)])
+    calls = []
+    monkeypatch.setattr(mm, "free_memory", lambda need, device, keep_loaded=(): calls.append(
+        (need, device, [lm.model for lm in keep_loaded])) or ["unloaded"])
+    assert memory.unload_other_models([ours, None], 2**30, torch.device("cpu")) is False and not calls
+    assert memory.unload_other_models([ours, None], 2**30, torch.device("cuda")) is True
+    (need, device, keep), = calls
+    assert keep == [ours] and device.type == "cuda" and need == memory.activation_request(2**30) > 2**30
