@@ -9,7 +9,7 @@ afterwards, whatever happens (error, cancel).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -28,8 +28,11 @@ def as_normal(t):
 
 
 @contextlib.contextmanager
-def normal_tensors(modules: Iterable[nn.Module | None]):
-    """Swap inference parameters/buffers of ``modules`` for zero-copy normal ones; restore on exit."""
+def swapped_tensors(modules: Iterable[nn.Module | None], replace: Callable[[torch.Tensor], torch.Tensor | None],
+                    buffers: bool = True):
+    """Swap each parameter (and buffer) ``t`` of ``modules`` for ``replace(t)`` where that is not None, for the
+    duration; the originals are put back on exit, whatever happens (error, cancel). Parameters stay
+    ``nn.Parameter``s without gradients."""
     swapped: list[tuple[dict, str, torch.Tensor]] = []
     seen: set[int] = set()
     try:
@@ -40,40 +43,32 @@ def normal_tensors(modules: Iterable[nn.Module | None]):
                 if id(module) in seen:
                     continue
                 seen.add(id(module))
-                for table in (module._parameters, module._buffers):
+                for table in (module._parameters, module._buffers) if buffers else (module._parameters,):
                     for name, t in table.items():
-                        if t is None or not t.is_inference():
+                        new = None if t is None else replace(t)
+                        if new is None:
                             continue
-                        view = as_normal(t)
                         if isinstance(t, nn.Parameter):
-                            view = nn.Parameter(view, requires_grad=False)
+                            new = nn.Parameter(new, requires_grad=False)
                         swapped.append((table, name, t))
-                        table[name] = view
+                        table[name] = new
         yield len(swapped)
     finally:
         for table, name, original in reversed(swapped):
             table[name] = original
 
 
+def normal_tensors(modules: Iterable[nn.Module | None]):
+    """Swap inference parameters/buffers of ``modules`` for zero-copy normal ones; restore on exit."""
+    return swapped_tensors(modules, lambda t: as_normal(t) if t.is_inference() else None)
 
-@contextlib.contextmanager
+
 def channels_last_weights(modules: Iterable[nn.Module | None]):
     """Swap every 4-D parameter of ``modules`` for a channels-last copy (convolutions then run, and hand on
     their outputs, in NHWC); the originals are put back on exit, whatever happens."""
-    swapped: list[tuple[dict, str, torch.Tensor]] = []
-    try:
-        for root in modules:
-            if root is None:
-                continue
-            for module in root.modules():
-                table = module._parameters
-                for name, t in table.items():
-                    if t is None or t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last):
-                        continue
-                    copy = nn.Parameter(t.detach().contiguous(memory_format=torch.channels_last), requires_grad=False)
-                    swapped.append((table, name, t))
-                    table[name] = copy
-        yield len(swapped)
-    finally:
-        for table, name, original in reversed(swapped):
-            table[name] = original
+    def to_nhwc(t: torch.Tensor) -> torch.Tensor | None:
+        if t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last):
+            return None
+        return t.detach().contiguous(memory_format=torch.channels_last)
+
+    return swapped_tensors(modules, to_nhwc, buffers=False)

@@ -19,6 +19,15 @@ def pack_module(engine):
     raise AssertionError(f"the pack loaded from {init} is not in sys.modules")
 
 
+def fixture_families(engine):
+    """The fixture pack's ``families`` module as the engine loaded it (tiny models of every family)."""
+    for module in list(sys.modules.values()):
+        f = getattr(module, "__file__", None) or ""
+        if f.endswith("families.py") and hasattr(module, "family_unavailable") and str(engine.workdir) in f:
+            return module
+    raise AssertionError("the fixture pack's families module is not loaded")
+
+
 def depth_for(engine) -> int:
     """Attention blocks where the engine can backpropagate through them (not the 2024 engine)."""
     return 0 if engine.is_legacy else 1

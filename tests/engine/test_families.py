@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_support import fixture_families
 
 PROMPT = "a photo of a cat"
 FAMILIES = ["sd15", "sd21v", "sdxl", "pixart", "sd3", "flux", "flux_schnell"]
@@ -39,11 +40,7 @@ def reward_dir(engine):
 
 @pytest.fixture(scope="module")
 def families_module(engine):
-    for module in list(sys.modules.values()):
-        f = getattr(module, "__file__", None) or ""
-        if f.endswith("families.py") and hasattr(module, "family_unavailable") and str(engine.workdir) in f:
-            return module
-    raise AssertionError("the fixture pack's families module is not loaded")
+    return fixture_families(engine)
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,11 @@ memory is short asks ComfyUI to make room and recomputes everything.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from engine_support import PROMPT_TEXT, pack_module
+from engine_support import PROMPT_TEXT, fixture_families, pack_module
 
 MODES = ["no checkpointing", "checkpoint rewards", "checkpoint rewards + VAE", "checkpoint all", "auto"]
 REWARDS = (("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01))
@@ -35,14 +34,6 @@ def stack(engine):
     for name, weight in REWARDS:
         (out,) = engine.call_node("ReNORewardLoader", inference=True, reward=name, weight=weight, rewards=out)
     return out
-
-
-def families_module(engine):
-    for module in list(sys.modules.values()):
-        f = getattr(module, "__file__", None) or ""
-        if f.endswith("families.py") and hasattr(module, "family_unavailable") and str(engine.workdir) in f:
-            return module
-    raise AssertionError("the fixture pack's families module is not loaded")
 
 
 def run(engine, parts, stack, memory, side=64):
@@ -147,7 +138,7 @@ def test_auto_keeps_the_fastest_choice_that_fits(engine, pack, sd_parts, stack, 
 
 @pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
 def test_checkpoint_all_matches_for_every_family(engine, stack, family):
-    fam = families_module(engine)
+    fam = fixture_families(engine)
     reason = fam.family_unavailable(family)
     if reason:
         pytest.skip(f"{family}: {reason} ({engine.info})")
@@ -166,7 +157,7 @@ def test_checkpoint_all_matches_for_every_family(engine, stack, family):
 def test_the_blocks_of_every_family_are_found(engine, pack, family, block):
     """What recomputes: the blocks each model's forward calls one by one (PixArt runs only at 512 px, so its
     recompute is not run here; its blocks are plain transformer blocks like SD3's)."""
-    fam = families_module(engine)
+    fam = fixture_families(engine)
     reason = fam.family_unavailable(family)
     if reason:
         pytest.skip(f"{family}: {reason} ({engine.info})")
@@ -190,7 +181,7 @@ def test_a_model_that_updates_activations_in_place_is_found_while_recomputing(en
     """A fresh model run first with everything recomputed: an in-place update inside a block (the 2024 SD
     UNet's ``x += n``, FLUX's blocks) is caught by the recompute's version checks, and the run restarts
     with copies; the result equals the plain run's."""
-    fam = families_module(engine)
+    fam = fixture_families(engine)
     family = "flux" if fam.family_unavailable("flux") is None else "sd15"
 
     def fresh():
