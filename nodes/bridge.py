@@ -195,7 +195,6 @@ class ReNOComfySampler(comfy.samplers.Sampler):
             callback(0, x0, samples, 1)
         return samples
 
-
     def _plan_memory(self, forward, start, blocks, device, patchers) -> tuple[frozenset, str]:
         """Choose what recomputes its activations in backward (see ``nodes/memory.py``); sets the rewards'."""
         labels = self.ensemble.labels
