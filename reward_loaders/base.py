@@ -111,6 +111,12 @@ class RewardModel(nn.Module):
             object.__setattr__(self, "_compiled_score", fn)
         return fn
 
+    def warn_if_truncated(self, n_tokens: int, limit: int, whose: str = "CLIP's") -> None:
+        """Say so when a prompt is longer than the text encoder reads (the rest is not scored)."""
+        if n_tokens > limit:
+            log.warning("%s: the prompt has %d tokens; only the first %d are scored (%s limit)",
+                        self.name, n_tokens, limit, whose)
+
     def preprocess_key(self) -> tuple:
         return (self.input_size, tuple(self.mean), tuple(self.std))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -10,8 +9,6 @@ import torch.nn.functional as F
 
 from .base import RewardModel, checkpoint_blocks
 from .errors import RewardLoadError, key_report
-
-log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # keys that older transformers versions saved and newer ones rebuild (harmless when unexpected)
@@ -35,12 +32,7 @@ class CLIPModelReward(RewardModel):
         checkpoint_blocks(self, clip.vision_model.encoder.layers)  # the image tower runs every iteration
 
     def encode_text(self, prompt: str) -> torch.Tensor:
-        n_tokens = len(self.tokenizer(prompt, truncation=False)["input_ids"])
-        if n_tokens > self.max_length:
-            log.warning(
-                "%s: the prompt has %d tokens; only the first %d are scored (CLIP's limit)",
-                self.name, n_tokens, self.max_length,
-            )
+        self.warn_if_truncated(len(self.tokenizer(prompt, truncation=False)["input_ids"]), self.max_length)
         tok = self.tokenizer(
             [prompt], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )

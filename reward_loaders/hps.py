@@ -8,7 +8,6 @@ only with ``torch.load(weights_only=True)``: a file that needs code to unpickle 
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
@@ -24,8 +23,6 @@ from .open_clip_model import (
     load_clip_tokenizer,
     read_model_config,
 )
-
-log = logging.getLogger(__name__)
 
 HPS_FILES = {"hpsv2.1": "HPS_v2.1_compressed.pt", "hpsv2": "HPS_v2_compressed.pt"}
 HPS_SOURCE = "https://huggingface.co/xswu/HPSv2"
@@ -100,12 +97,7 @@ class HPSReward(RewardModel):
         self.clip.gradient_checkpointing = enabled
 
     def encode_text(self, prompt: str) -> torch.Tensor:
-        n_tokens = self.tokenizer.token_count(prompt)
-        if n_tokens > self.clip.context_length:
-            log.warning(
-                "%s: the prompt has %d tokens; only the first %d are scored (CLIP's limit)",
-                self.name, n_tokens, self.clip.context_length,
-            )
+        self.warn_if_truncated(self.tokenizer.token_count(prompt), self.clip.context_length)
         ids = self.tokenizer([prompt], context_length=self.clip.context_length).to(self.param_device())
         return self.clip.encode_text(ids)
 

@@ -372,12 +372,8 @@ class ImageRewardModel(RewardModel):
         """The prompt as ImageReward tokenizes it: (2, max_length) long tensor of input ids and attention mask."""
         if self.tokenizer is None:
             raise RuntimeError(f"{self.name}: no tokenizer attached (load it with load_imagereward_folder)")
-        n_tokens = len(self.tokenizer(prompt, truncation=False)["input_ids"])
-        if n_tokens > self.max_length:
-            log.warning(
-                "%s: the prompt has %d tokens; only the first %d are scored (ImageReward's limit)",
-                self.name, n_tokens, self.max_length,
-            )
+        self.warn_if_truncated(len(self.tokenizer(prompt, truncation=False)["input_ids"]), self.max_length,
+                               "ImageReward's")
         tok = self.tokenizer(
             prompt, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
         )
