@@ -18,12 +18,41 @@ from torch import nn
 def as_normal(t):
     """A normal (non-inference) tensor with the same data; ``t`` itself when it already is one.
 
-    Zero-copy: it views the same storage. Must be called outside inference mode.
+    Zero-copy: it views the same storage. Must be called outside inference mode. A tensor subclass stays
+    that subclass with the same attributes (``same_subclass``), so quantized weights such as ComfyUI-GGUF's
+    ``GGMLTensor`` keep their quantization type and logical shape; a wrapper subclass without storage of its
+    own (ComfyUI's ``comfy.quant_ops.QuantizedTensor``) is rebuilt around normal views of its inner tensors.
     """
     if not isinstance(t, torch.Tensor) or not t.is_inference():
         return t
+    if hasattr(type(t), "__tensor_flatten__"):  # a wrapper subclass (ComfyUI's own comfy.quant_ops.QuantizedTensor)
+        return _rebuilt_wrapper(t)
     out = torch.empty(0, dtype=t.dtype, device=t.device)
     out.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+    return same_subclass(out, t)
+
+
+def _rebuilt_wrapper(t):
+    """A wrapper tensor subclass rebuilt by its own flatten/unflatten protocol around normal views of its inner
+    tensors (zero-copy); instance attributes the constructor does not set (``_is_param``) are carried over."""
+    names, ctx = t.__tensor_flatten__()
+    inner = {name: as_normal(getattr(t, name)) for name in names}
+    out = type(t).__tensor_unflatten__(inner, ctx, t.size(), t.stride())
+    for key, value in t.__dict__.items():
+        out.__dict__.setdefault(key, value)
+    return out
+
+
+def same_subclass(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``out`` (a plain tensor) as ``like``'s tensor subclass, carrying a copy of ``like``'s instance attributes
+    (ComfyUI-GGUF's ``GGMLTensor``: ``tensor_type``, ``tensor_shape``, ``patches``; ``_is_param`` where the subclass
+    instance is a parameter); ``out`` itself for plain tensors and parameters. No constructor runs (some, like
+    ``GGMLTensor``'s, need arguments), and no data is copied."""
+    cls = type(like)
+    if cls is torch.Tensor or cls is nn.Parameter:
+        return out
+    out = out.as_subclass(cls)
+    out.__dict__.update(like.__dict__)
     return out
 
 
@@ -48,7 +77,9 @@ def swapped_tensors(modules: Iterable[nn.Module | None], replace: Callable[[torc
                         new = None if t is None else replace(t)
                         if new is None:
                             continue
-                        if isinstance(t, nn.Parameter):
+                        if isinstance(t, nn.Parameter) and not isinstance(new, nn.Parameter):
+                            # (a subclass instance that already is one keeps its class: nn.Parameter() of it
+                            # would detach() it, which drops its attributes for most subclasses)
                             new = nn.Parameter(new, requires_grad=False)
                         swapped.append((table, name, t))
                         table[name] = new

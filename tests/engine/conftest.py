@@ -7,6 +7,7 @@ engine tests skip with a visible reason.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,27 @@ ENGINE_PACK_DIRS = [
     comfy_host.FIXTURE_PACK_DIR,
     comfy_host.PACK_DIR,
 ]
+
+#: Third-party node packs the engine tests use when a checkout is named (packs load only at boot):
+#: $COMFYUI_GGUF_PATH -> city96/ComfyUI-GGUF (tests/engine/test_gguf.py; without it that test uses the
+#: test-only replica in tests/comfy_fixture_nodes/gguf_replica.py). A set variable that names no node
+#: pack fails the engine tests at collection rather than silently testing something else.
+THIRD_PARTY_PACK_ENV = {"COMFYUI_GGUF_PATH": "ComfyUI-GGUF"}
+
+
+def third_party_packs() -> list[tuple[str, Path]]:
+    packs = []
+    for env, name in THIRD_PARTY_PACK_ENV.items():
+        value = os.environ.get(env, "").strip()
+        if value:
+            path = Path(value).expanduser().resolve()
+            if not (path / "__init__.py").is_file():
+                raise comfy_host.HostError(f"{env}={value!r} is not a ComfyUI node pack (no __init__.py)")
+            packs.append((name, path))
+    return packs
+
+
+ENGINE_PACK_DIRS += third_party_packs()
 
 #: Built-in comfy_extras node modules to load as well (SamplerCustom/SamplerCustomAdvanced, guiders,
 #: schedulers: the ReNO Sampler (custom) tests and the workflows use them).
