@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from ..optimizer import ReNOConfig
 from .bridge import ReNOComfySampler
-from .guards import friendly_errors
+from .guards import with_oom_advice
 from .inputs import reno_config, reno_input
-from .memory import AUTO, MEMORY_INPUT
+from .lifecycle import ReNORun, RunResult
+from .memory import AUTO, MEMORY_INPUT, check_mode
 from .run import PREVIEW_SIZE, check_result, iteration_reporter, make_ensemble, reward_info_of
 
 CATEGORY = "sampling/ReNO"
@@ -14,26 +15,27 @@ NODE_NAME = "ReNO Sampler (custom)"
 
 
 class ReNOGuidedSampler(ReNOComfySampler):
-    """A ``ReNOComfySampler`` that sets up progress, previews and events each time it samples.
-
-    The guider (CFGGuider, BasicGuider, DualCFGGuider...) supplies the model, conditioning and CFG;
-    the model patcher comes from the guider (2025) or from ComfyUI's loaded models (2024).
+    """A ``ReNOComfySampler`` whose every sampling call is a fresh ``ReNORun`` with its own progress, previews
+    and events. The guider (CFGGuider, BasicGuider, DualCFGGuider...) supplies the model, conditioning and CFG.
     """
 
     def __init__(self, rewards, prompt, config: ReNOConfig, vae, node_id=None, memory=AUTO):
-        ensemble = make_ensemble(rewards, prompt, NODE_NAME)
-        super().__init__(ensemble, config, vae, None, PREVIEW_SIZE, memory_mode=memory)
-        self.prompt = prompt
-        self.node_id = node_id
+        self.ensemble = make_ensemble(rewards, prompt, NODE_NAME)
+        self.config, self.vae, self.memory, self.node_id = config, vae, check_mode(memory), node_id
+        super().__init__(self._make_run)
 
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, *args, **kwargs):
+    def _make_run(self) -> ReNORun:
         # progress goes to the executing node (SamplerCustomAdvanced); events name this node
-        self.on_iteration = iteration_reporter(self.config.iterations, reward_info_of(self.ensemble),
-                                               event_node_id=self.node_id, progress_node_id=None)
-        with friendly_errors(NODE_NAME):
-            samples = super().sample(model_wrap, sigmas, extra_args, callback, noise, *args, **kwargs)
-        check_result(self.output.result, NODE_NAME)
-        return samples
+        reporter = iteration_reporter(self.config.iterations, reward_info_of(self.ensemble),
+                                      event_node_id=self.node_id, progress_node_id=None)
+        return ReNORun(self.ensemble, self.config, self.vae, reporter, PREVIEW_SIZE, memory_mode=self.memory)
+
+    def sample(self, *args, **kwargs):
+        return with_oom_advice(NODE_NAME, super().sample, *args, **kwargs)
+
+    def finished(self, out: RunResult) -> None:
+        check_result(out.result, NODE_NAME)
+        super().finished(out)
 
 
 def make_sampler(vae, rewards, prompt, iterations, learning_rate, regularization, grad_clip, node_id=None,

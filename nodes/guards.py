@@ -16,8 +16,8 @@ OOM_ADVICE = (
     "so it needs much more memory than plain sampling. Try, in this order: set the sampler's memory input to "
     "'checkpoint all' (recomputes activations in the backward pass; 'auto' chooses from an estimate, which can "
     "miss), or turn gradient_checkpointing on in the ReNO Load Reward nodes; use fewer or smaller rewards; "
-    "generate at a smaller size or batch; close other models (ComfyUI's 'Unload models'). Memory has been "
-    "freed; the next run starts clean."
+    "generate at a smaller size or batch; close other models (ComfyUI's 'Unload models'). The run's tensors have "
+    "been released and ComfyUI unloads its models after this error, so the next run starts clean. ({detail})"
 )
 
 
@@ -43,21 +43,33 @@ def is_out_of_memory(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
+def oom_type() -> type[BaseException]:
+    """The exception type ComfyUI's executor treats as out of memory (it then unloads every model)."""
+    kind = getattr(comfy.model_management, "OOM_EXCEPTION", None)
+    if isinstance(kind, type) and issubclass(kind, BaseException) and kind is not Exception:
+        return kind
+    return torch.OutOfMemoryError
+
+
 def free_memory() -> None:
     gc.collect()
     with contextlib.suppress(Exception):
         comfy.model_management.soft_empty_cache(True)
 
 
-@contextlib.contextmanager
-def friendly_errors(where: str):
-    """Out-of-memory becomes one actionable message (after freeing what the run held)."""
+def with_oom_advice(where: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``; out of memory is raised again as ComfyUI's own OOM type, so the executor's cleanup
+    (``unload_all_models``) still runs, with the pack's advice in the message.
+
+    The new error is raised after the original one's handler has ended: no traceback keeps the run's frames,
+    so its tensors are already gone when ComfyUI cleans up (a test checks it with weak references).
+    """
     try:
-        yield
+        return fn(*args, **kwargs)
     except Exception as e:
-        if is_out_of_memory(e):
-            log.warning("ReNO: out of memory in %s: %s", where, e)
-            e = None  # drop the traceback's references to the run's tensors before freeing
-            free_memory()
-            raise RuntimeError(OOM_ADVICE.format(where=where)) from None
-        raise
+        if not is_out_of_memory(e):
+            raise
+        detail = f"{type(e).__name__}: {e}"
+    log.warning("ReNO: out of memory in %s: %s", where, detail)
+    free_memory()
+    raise oom_type()(OOM_ADVICE.format(where=where, detail=detail))

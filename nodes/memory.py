@@ -69,10 +69,16 @@ def reward_blocks(reward_model) -> list:
     return find_blocks(reward_model)
 
 
-def forced_components(mode: str, reward_labels: list[str], loader_checkpointed: list[bool]) -> tuple[set, set | None]:
-    """(parts that must recompute, parts auto may add or None for any) for a ``memory`` mode."""
+def check_mode(mode: str) -> str:
+    """``mode`` itself when it is one of ``MEMORY_MODES``; a clear error otherwise (before any work)."""
     if mode not in MEMORY_MODES:
         raise ValueError(f"memory: {mode!r} is not one of {', '.join(MEMORY_MODES)}")
+    return mode
+
+
+def forced_components(mode: str, reward_labels: list[str], loader_checkpointed: list[bool]) -> tuple[set, set | None]:
+    """(parts that must recompute, parts auto may add or None for any) for a ``memory`` mode."""
+    check_mode(mode)
     forced = {label for label, on in zip(reward_labels, loader_checkpointed) if on}
     if mode == AUTO:
         return forced, None
@@ -129,6 +135,7 @@ def summarize(plan: MemoryPlan, profiles: list[ComponentProfile], budget: int | 
     return text
 
 
-__all__ = ["AUTO", "MEMORY_INPUT", "MEMORY_MODES", "MODEL", "VAE", "activation_request", "estimate_peak", "fits",
+__all__ = ["AUTO", "MEMORY_INPUT", "MEMORY_MODES", "MODEL", "VAE", "activation_request", "check_mode", "estimate_peak",
+           "fits",
            "forced_components", "free_bytes", "make_room", "model_blocks", "plan_checkpointing", "reward_blocks",
            "summarize", "unload_other_models", "vae_blocks"]

@@ -15,6 +15,9 @@ from ..reward_loaders import RewardEnsemble
 from .bridge import ReNOComfySampler
 from .events import send_iteration
 from .history import ReNOHistory
+from .lifecycle import ReNORun, RunResult
+from .memory import check_mode
+from .settings import compile_rewards
 
 log = logging.getLogger(__name__)
 
@@ -22,20 +25,11 @@ PREVIEW_SIZE = 256
 
 
 def progress_bar(total: int, node_id=None):
-    try:
-        return comfy.utils.ProgressBar(total, node_id=node_id)
-    except TypeError:  # ComfyUI before node_id was added (2024)
-        return comfy.utils.ProgressBar(total)
+    return comfy.utils.ProgressBar(total, node_id=node_id)
 
 
 def model_sampling_of(model):
-    getter = getattr(model, "get_model_object", None)
-    if getter is not None:
-        try:
-            return getter("model_sampling")
-        except Exception:  # noqa: BLE001 - older ModelPatcher without that object
-            pass
-    return model.model.model_sampling
+    return model.get_model_object("model_sampling")
 
 
 def start_noise(samples: torch.Tensor, seed: int, batch_index=None, continue_from: ReNOHistory | None = None):
@@ -60,7 +54,7 @@ def reward_info_of(ensemble: RewardEnsemble) -> list[dict]:
 def make_ensemble(rewards, prompt, node_name: str = "ReNO Sampler") -> RewardEnsemble:
     if not rewards:
         raise ValueError(f"{node_name}: connect at least one 'ReNO Load Reward' node to 'rewards'.")
-    return RewardEnsemble(list(rewards), prompt)
+    return RewardEnsemble(list(rewards), prompt, compile=compile_rewards())
 
 
 def iteration_reporter(iterations: int, reward_info: list[dict], event_node_id=None, progress_node_id=None):
@@ -69,17 +63,11 @@ def iteration_reporter(iterations: int, reward_info: list[dict], event_node_id=N
     ``progress_node_id`` None lets ComfyUI attribute the progress to the node that is executing.
     """
     pbar = progress_bar(iterations, progress_node_id)
-    best: dict = {"loss": None, "iteration": None}
 
     def on_iteration(record: IterationRecord, image: torch.Tensor, preview: torch.Tensor):
-        if best["loss"] is None:
-            best["loss"], best["iteration"] = [float("inf")] * len(record.loss), [0] * len(record.loss)
-        for b, loss in enumerate(record.loss):
-            if loss < best["loss"][b]:  # NaN never compares lower
-                best["loss"][b], best["iteration"][b] = loss, record.iteration
         pbar.update_absolute(record.iteration + 1, iterations,
                              ("JPEG", Image.fromarray(preview[0].numpy()), PREVIEW_SIZE))
-        send_iteration(event_node_id, record, iterations, reward_info, list(best["iteration"]), preview)
+        send_iteration(event_node_id, record, iterations, reward_info, record.best_iteration, preview)
         comfy.model_management.throw_exception_if_processing_interrupted()
 
     return on_iteration
@@ -107,20 +95,23 @@ def reno_sample(model, positive, negative, vae, latent_image, rewards, prompt, s
     ensemble = make_ensemble(rewards, prompt)
     reward_info = reward_info_of(ensemble)
 
-    samples = latent_image["samples"]
-    if hasattr(comfy.sample, "fix_empty_latent_channels"):
-        samples = comfy.sample.fix_empty_latent_channels(model, samples)
+    samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
     noise = start_noise(samples, seed, latent_image.get("batch_index"), continue_from)
     sigma_max = float(model_sampling_of(model).sigma_max)
     sigmas = torch.tensor([sigma_max, 0.0])
 
     on_iteration = iteration_reporter(config.iterations, reward_info, node_id, node_id)
-    sampler = ReNOComfySampler(ensemble, config, vae, on_iteration, PREVIEW_SIZE, model_patcher=model, memory_mode=memory)
+    check_mode(memory)  # an unknown memory mode fails here, before sampling
+    runs: list[RunResult] = []
+    sampler = ReNOComfySampler(
+        lambda: ReNORun(ensemble, config, vae, on_iteration, PREVIEW_SIZE, memory_mode=memory, model_patcher=model),
+        on_result=runs.append,
+    )
     out_samples = comfy.sample.sample_custom(
         model, noise, cfg, sampler, sigmas, positive, negative, samples,
         noise_mask=latent_image.get("noise_mask"), disable_pbar=True, seed=seed,
     )
-    run = sampler.output
+    run = runs[-1]
     result = run.result
     check_result(result)
 

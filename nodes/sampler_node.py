@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .guards import check_model_and_vae, friendly_errors
+from .guards import check_model_and_vae, with_oom_advice
 from .inputs import reno_config, reno_input
 from .memory import AUTO, MEMORY_INPUT
 from .run import reno_sample
@@ -64,10 +64,9 @@ class ReNOSampler:
                learning_rate, cfg, regularization, grad_clip, continue_from=None, memory=AUTO, unique_id=None):
         config = reno_config(iterations, learning_rate, regularization, grad_clip)
         check_model_and_vae(model, vae)
-        with friendly_errors("ReNO Sampler"):
-            latent, image, history = reno_sample(
-                model, positive, negative, vae, latent_image, rewards, prompt, seed, config, float(cfg),
-                node_id=unique_id, continue_from=continue_from, memory=memory,
-            )
+        latent, image, history = with_oom_advice(
+            "ReNO Sampler", reno_sample, model, positive, negative, vae, latent_image, rewards, prompt, seed, config,
+            float(cfg), node_id=unique_id, continue_from=continue_from, memory=memory,
+        )
         return {"ui": {"reno_summary": [history.summary()], "reno_chart": [history.chart()]},
                 "result": (latent, image, history)}

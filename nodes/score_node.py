@@ -6,7 +6,7 @@ import comfy.model_management
 import torch
 
 from ..reward_loaders import RewardEnsemble, comfy_to_bchw
-from .guards import friendly_errors
+from .guards import with_oom_advice
 from .reward_nodes import reward_patcher
 
 CATEGORY = "ReNO/rewards"
@@ -65,6 +65,5 @@ class ReNOScoreImages:
         }
 
     def score(self, images, rewards, prompt):
-        with friendly_errors("ReNO Score Images"):
-            totals, report, _ = score_images(images, rewards, prompt)
+        totals, report, _ = with_oom_advice("ReNO Score Images", score_images, images, rewards, prompt)
         return {"ui": {"text": [report]}, "result": (totals, report)}

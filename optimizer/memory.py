@@ -352,6 +352,13 @@ def recompute_wrapper(copy_saved: Callable[[], bool] | bool = False) -> Callable
     return make
 
 
+def recomputing(*roots: nn.Module, class_names: Iterable[str] = (), copy_saved: bool = False):
+    """For the duration, the blocks of each of ``roots`` (``find_blocks``) recompute their activations in the
+    backward pass: gradient checkpointing for library use (a reward model, a diffusers UNet...), with the
+    same mechanism the ComfyUI run installs."""
+    return wrap_blocks([b for root in roots for b in find_blocks(root, class_names)], recompute_wrapper(copy_saved))
+
+
 def find_blocks(root: nn.Module, class_names: Iterable[str] = ()) -> list[nn.Module]:
     """The outermost submodules of ``root`` whose class is named in ``class_names``; when there are none,
     the elements of the outermost ``nn.ModuleList``s (the blocks of most transformers)."""

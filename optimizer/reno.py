@@ -43,6 +43,7 @@ class IterationRecord:
     # pre-clipping L2 norm of the gradient computed from this iteration; None after the last one
     grad_norm: list[float] | None
     active: list[bool]  # still being optimized after this iteration
+    best_iteration: list[int] = field(default_factory=list)  # each element's best iteration so far (this one included)
 
     def to_dict(self) -> dict:
         return {
@@ -52,6 +53,7 @@ class IterationRecord:
             "latent_norm": self.latent_norm,
             "grad_norm": self.grad_norm,
             "active": self.active,
+            "best_iteration": self.best_iteration,
         }
 
 
@@ -84,8 +86,9 @@ def optimize_noise(
 ) -> ReNOResult:
     """Run ReNO from ``noise`` (B, ...) and return each element's best iteration.
 
-    ``callback(record, image)`` runs after every iteration (progress, previews); an exception it
-    raises (e.g. a cancel) propagates. The noise is optimized in float32 whatever ``generate``
+    ``callback(record, image)`` runs after every iteration (progress, previews); the record carries each
+    element's best iteration so far, so a reporter never computes its own best-of. An exception the
+    callback raises (e.g. a cancel) propagates. The noise is optimized in float32 whatever ``generate``
     computes in.
     """
     z = noise.detach().to(torch.float32).clone().requires_grad_(True)
@@ -132,17 +135,18 @@ def optimize_noise(
 
         # one host transfer per iteration for everything the record needs
         names = list(scores)
-        rows = [loss.detach(), latent_norm, active.float()]
+        rows = [loss.detach(), latent_norm, active.float(), best_iter.float()]
         rows += [grad_norm if grad_norm is not None else torch.zeros_like(loss)]
         rows += [scores[n].detach().float().reshape(batch) for n in names]
         stats = torch.stack(rows).cpu().tolist()
         record = IterationRecord(
             iteration=it,
             loss=stats[0],
-            scores={n: stats[4 + k] for k, n in enumerate(names)},
+            scores={n: stats[5 + k] for k, n in enumerate(names)},
             latent_norm=stats[1],
-            grad_norm=None if grad_norm is None else stats[3],
+            grad_norm=None if grad_norm is None else stats[4],
             active=[bool(a) for a in stats[2]],
+            best_iteration=[int(i) for i in stats[3]],
         )
         records.append(record)
         if callback is not None:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import RewardModel, checkpoint_blocks, float32_stack
+from .base import RewardModel, float32_stack
 from .clip_rewards import _TOLERATED_UNEXPECTED, WEIGHT_FILES
 from .errors import RewardLoadError, key_report
 from .hps import load_torch_file, unwrap_state_dict
@@ -208,7 +208,6 @@ class AestheticReward(RewardModel):
         self.mlp = mlp.eval().requires_grad_(False)
         self.name, self.offset, self.source = name, offset, source
         self.input_size = int(vision.config.image_size)
-        checkpoint_blocks(self, vision.vision_model.encoder.layers)
         self.eval()
 
     def encode_text(self, prompt: str) -> torch.Tensor:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
 
@@ -28,7 +27,6 @@ class RewardModel(nn.Module):
 
     name: str = "reward"
     offset: float = 0.0
-    gradient_checkpointing: bool = False  # recompute tower blocks in backward (less memory, ~30% slower)
     fp32_modules: tuple[str, ...] = ()  # submodules kept in float32 when the towers run in half precision
     text_modules: tuple[str, ...] = ()  # submodules only ``encode_text`` uses (once per prompt): offloadable
     input_size: int = 224
@@ -153,26 +151,6 @@ def float32_stack(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def checkpoint_blocks(owner: nn.Module, blocks: Iterable[nn.Module]) -> None:
-    """Make each block recompute its activations in backward while ``owner.gradient_checkpointing``.
-
-    Unlike transformers' own switch this also acts in eval mode (reward towers always run in eval
-    mode). It wraps each block's ``forward`` once; the flag is read at every call.
-    """
-    for block in blocks:
-        if getattr(block, "_reno_checkpointed", False):
-            continue
-        inner = block.forward
-
-        def forward(*args, _inner=inner, **kwargs):
-            if owner.gradient_checkpointing and torch.is_grad_enabled():
-                return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
-            return _inner(*args, **kwargs)
-
-        block.forward = forward
-        block._reno_checkpointed = True
-
-
 @dataclass(frozen=True)
 class WeightedReward:
     """One entry of a RENO_REWARDS stack."""
@@ -180,7 +158,7 @@ class WeightedReward:
     name: str
     weight: float
     model: RewardModel
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # the loader asked for its blocks to recompute in backward (a run's plan)
 
 
 class RewardEnsemble:
@@ -188,18 +166,19 @@ class RewardEnsemble:
 
     ``ensemble(images)`` returns ``(loss, scores)``: ``loss`` (B,) is ``sum_i w_i (c_i - score_i)``
     and ``scores`` maps each reward's label to its (B,) native score. Preprocessing shared by several
-    rewards (same size and normalization) is computed once per call.
+    rewards (same size and normalization) is computed once per call. ``compile`` scores through
+    ``torch.compile`` (not while ``around`` instruments a pass). The ensemble holds no other run state:
+    which blocks recompute in backward is installed around a run by its owner (``nodes/lifecycle.py``,
+    or ``optimizer.memory.wrap_blocks`` in library use), never set on the shared reward models.
     """
 
-    def __init__(self, rewards: Sequence[WeightedReward], prompt: str):
+    def __init__(self, rewards: Sequence[WeightedReward], prompt: str, compile: bool = False):
         if not rewards:
             raise ValueError("no reward connected: add at least one 'ReNO Load Reward' node")
         self.rewards = list(rewards)
         self.prompt = prompt
         self.labels = unique_labels([r.name for r in self.rewards])
-        # label -> recompute its tower blocks in backward; None: as each reward's loader says
-        self.recompute: dict[str, bool] | None = None
-        self.compile = False  # score through torch.compile (not while ``around`` instruments a pass)
+        self.compile = bool(compile)
 
     def prepare(self) -> None:
         """Compute every reward's text features now (once per prompt, not once per iteration)."""
@@ -213,8 +192,6 @@ class RewardEnsemble:
         out: dict[str, torch.Tensor] = {}
         for label, r in zip(self.labels, self.rewards):
             m = r.model
-            # set at every call: a cached model may be shared by stacks
-            m.gradient_checkpointing = r.gradient_checkpointing if self.recompute is None else self.recompute[label]
             with around(label) if around is not None else contextlib.nullcontext():
                 device, dtype = m.param_device(), m.param_dtype()
                 key = (*m.preprocess_key(), device, dtype)

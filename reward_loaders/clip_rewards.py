@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .base import RewardModel, checkpoint_blocks
+from .base import RewardModel
 from .errors import RewardLoadError, key_report
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -29,7 +29,6 @@ class CLIPModelReward(RewardModel):
         # exp(logit_scale) as a float64-exact constant: in bf16 the scale alone would be ~1% off
         self.logit_scale_exp = float(clip.logit_scale.detach().double().exp())
         self.input_size = int(clip.config.vision_config.image_size)
-        checkpoint_blocks(self, clip.vision_model.encoder.layers)  # the image tower runs every iteration
 
     def encode_text(self, prompt: str) -> torch.Tensor:
         self.warn_if_truncated(len(self.tokenizer(prompt, truncation=False)["input_ids"]), self.max_length)

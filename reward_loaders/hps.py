@@ -87,15 +87,6 @@ class HPSReward(RewardModel):
         self.input_size = clip.image_size
         self.eval()
 
-    @property
-    def gradient_checkpointing(self) -> bool:
-        """Recompute each transformer block in the backward pass (less memory, one more forward)."""
-        return self.clip.gradient_checkpointing
-
-    @gradient_checkpointing.setter
-    def gradient_checkpointing(self, enabled: bool) -> None:
-        self.clip.gradient_checkpointing = enabled
-
     def encode_text(self, prompt: str) -> torch.Tensor:
         self.warn_if_truncated(self.tokenizer.token_count(prompt), self.clip.context_length)
         ids = self.tokenizer([prompt], context_length=self.clip.context_length).to(self.param_device())

@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .base import RewardModel, float32_stack
 from .errors import RewardLoadError
@@ -178,14 +177,14 @@ class BlipVisionTransformer(nn.Module):
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.02)
 
-    def forward(self, pixels: torch.Tensor, checkpointing: bool = False) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         size = self.cfg.image_size
         if tuple(pixels.shape[-2:]) != (size, size):
             raise ValueError(f"ImageReward's ViT takes {size}x{size} pixels, got {tuple(pixels.shape)}")
         x = self.patch_embed(pixels.to(self.pos_embed.dtype))
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False) if checkpointing else block(x)
+            x = block(x)
         return self.norm(x)
 
 
@@ -285,18 +284,14 @@ class BlipTextEncoder(nn.Module):
         self.embeddings = BertEmbeddings(cfg)
         self.encoder = BertEncoder(cfg)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor,
-                checkpointing: bool = False) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
         """-> last hidden state (B, L, hidden)."""
         x = self.embeddings(input_ids)
         image = image_embeds.to(x.dtype)
         # additive padding mask over the keys, broadcast over heads and queries: 0 keep, -10000 drop
         self_mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * SELF_MASK_VALUE
         for layer in self.encoder.layer:
-            if checkpointing:
-                x = checkpoint(layer, x, self_mask, image, use_reentrant=False)
-            else:
-                x = layer(x, self_mask, image)
+            x = layer(x, self_mask, image)
         return x
 
 
@@ -340,9 +335,7 @@ class ImageRewardModel(RewardModel):
 
     Its ``state_dict()`` keys are those of ``ImageReward.pt``. ``encode_text`` returns the prompt's
     tokenization (input ids and attention mask stacked into one (2, 35) long tensor); the text tower
-    itself must run per image because it cross-attends to the image tokens. Set
-    ``gradient_checkpointing = True`` to recompute each transformer block in the backward pass (it
-    takes effect whenever gradients are enabled, in eval mode too).
+    itself must run per image because it cross-attends to the image tokens.
     """
 
     fp32_modules = ("mlp",)  # the reward head keeps float32 weights when the towers run in half precision
@@ -365,7 +358,6 @@ class ImageRewardModel(RewardModel):
         self.max_length = max_length
         self.name, self.offset, self.source = name, offset, source
         self.input_size = vision.image_size
-        self.gradient_checkpointing = False
 
     # -- text -----------------------------------------------------------------------------------
     def tokenize(self, prompt: str) -> torch.Tensor:
@@ -384,12 +376,10 @@ class ImageRewardModel(RewardModel):
 
     # -- score ----------------------------------------------------------------------------------
     def image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        ckpt = self.gradient_checkpointing and torch.is_grad_enabled()
-        return self.blip.visual_encoder(pixel_values, checkpointing=ckpt)
+        return self.blip.visual_encoder(pixel_values)
 
     def raw_reward(self, pixel_values: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """The MLP output before normalization, (B,) float32."""
-        ckpt = self.gradient_checkpointing and torch.is_grad_enabled()
         image = self.image_embeds(pixel_values)
         tokens = text_features.to(image.device).long()
         if tokens.dim() != 2 or tokens.shape[0] != 2:
@@ -397,7 +387,7 @@ class ImageRewardModel(RewardModel):
         batch = image.shape[0]
         ids = tokens[0].unsqueeze(0).expand(batch, -1)
         mask = tokens[1].unsqueeze(0).expand(batch, -1)
-        hidden = self.blip.text_encoder(ids, mask, image, checkpointing=ckpt)
+        hidden = self.blip.text_encoder(ids, mask, image)
         return self.mlp(hidden[:, 0, :].float())[:, 0]
 
     def score(self, pixel_values: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:

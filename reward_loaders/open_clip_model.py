@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .errors import RewardLoadError
 
@@ -148,20 +147,17 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    """A stack of residual blocks; ``gradient_checkpointing`` recomputes each block in the backward
-    pass (whenever gradients are recorded, in eval mode too)."""
+    """A stack of residual blocks."""
 
     def __init__(self, width: int, layers: int, heads: int, mlp_width: int, quick_gelu: bool, causal: bool):
         super().__init__()
-        self.gradient_checkpointing = False
         self.resblocks = nn.ModuleList(
             [ResidualAttentionBlock(width, heads, mlp_width, quick_gelu, causal) for _ in range(layers)]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        use_checkpoint = self.gradient_checkpointing and torch.is_grad_enabled()
         for block in self.resblocks:
-            x = checkpoint(block, x, use_reentrant=False) if use_checkpoint else block(x)
+            x = block(x)
         return x
 
 
@@ -221,15 +217,6 @@ class OpenCLIP(nn.Module):
     @property
     def context_length(self) -> int:
         return self.config.context_length
-
-    @property
-    def gradient_checkpointing(self) -> bool:
-        return self.visual.transformer.gradient_checkpointing
-
-    @gradient_checkpointing.setter
-    def gradient_checkpointing(self, enabled: bool) -> None:
-        self.visual.transformer.gradient_checkpointing = bool(enabled)
-        self.transformer.gradient_checkpointing = bool(enabled)
 
     def encode_image(self, pixel_values: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         feats = self.visual(pixel_values).float()

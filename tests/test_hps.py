@@ -4,6 +4,7 @@ open_clip_torch is installed here without its dependencies (no torchvision, no t
 after the test-only torchvision stand-in is in place, and never by the pack.
 """
 
+import contextlib
 import json
 import os
 import pickle
@@ -17,6 +18,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reno_pack.optimizer.memory import recomputing
 from reno_pack.reward_loaders import RewardLoadError, clip_preprocess, comfy_to_bchw
 from reno_pack.reward_loaders import open_clip_model as ocm
 from reno_pack.reward_loaders.hps import HPS_FILES, load_hps_folder
@@ -420,38 +422,39 @@ def test_missing_checkpoint_and_unknown_version(tmp_path):
 
 def test_gradient_checkpointing_gives_the_same_score_and_gradient_and_really_recomputes(hps_dir):
     model = load_hps_folder(hps_dir, "hpsv2.1")
-    assert model.gradient_checkpointing is False and not model.training
+    assert not model.training
     blocks = list(model.clip.visual.transformer.resblocks)
     calls = []
-    handles = [b.register_forward_pre_hook(lambda m, a: calls.append(m)) for b in blocks]
+    # a hook on each block's first child: the recomputation calls the block's own forward, not its hooks
+    handles = [next(b.children()).register_forward_pre_hook(lambda m, a: calls.append(m)) for b in blocks]
     source = torch.rand(2, 3, 80, 120)
     model.text_features(PROMPT)  # computed once, outside the counted passes
 
     def run(enabled):
-        model.gradient_checkpointing = enabled
         calls.clear()
         images = source.clone().requires_grad_(True)
-        score = model(images, PROMPT)
-        score.sum().backward()
+        with recomputing(model) if enabled else contextlib.nullcontext():
+            score = model(images, PROMPT)
+            score.sum().backward()
         return score.detach(), images.grad, len(calls)
 
     s_off, g_off, n_off = run(False)
     s_on, g_on, n_on = run(True)
     for h in handles:
         h.remove()
-    assert model.clip.transformer.gradient_checkpointing and model.clip.visual.transformer.gradient_checkpointing
+    assert all("forward" not in b.__dict__ for b in blocks)  # the wrappers are gone after the run
     assert not model.training  # checkpointing acts in eval mode
     assert n_off == len(blocks) and n_on == 2 * len(blocks)  # each block re-run once in the backward pass
     torch.testing.assert_close(s_on, s_off, rtol=0, atol=1e-6)
     torch.testing.assert_close(g_on, g_off, rtol=1e-5, atol=1e-7)
     with torch.no_grad():  # no recomputation without gradients
-        handles = [b.register_forward_pre_hook(lambda m, a: calls.append(m)) for b in blocks]
+        handles = [next(b.children()).register_forward_pre_hook(lambda m, a: calls.append(m)) for b in blocks]
         calls.clear()
-        model(source, PROMPT)
+        with recomputing(model):
+            model(source, PROMPT)
         assert len(calls) == len(blocks)
     for h in handles:
         h.remove()
-    model.gradient_checkpointing = False
 
 
 # -- no open_clip (nor torchvision, timm) at run time ------------------------------------------------------------

@@ -328,11 +328,10 @@ def test_compiled_rewards_score_and_differentiate_like_eager_ones(reward_root):
     from reno_pack.reward_loaders import RewardEnsemble, WeightedReward, load_reward
 
     model = copy.deepcopy(load_reward("pickscore", [reward_root], download=False))
-    ensemble = RewardEnsemble([WeightedReward("pickscore", 1.0, model)], "a red apple")
     image = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
     def loss_and_grad(compile_):
-        ensemble.compile = compile_
+        ensemble = RewardEnsemble([WeightedReward("pickscore", 1.0, model)], "a red apple", compile=compile_)
         x = image.clone().requires_grad_(True)
         loss, scores = ensemble(x)
         (g,) = torch.autograd.grad(loss.sum(), x)

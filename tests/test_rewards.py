@@ -1,5 +1,6 @@
 """Rewards on tiny checkpoints written in the real formats: definitions, gradients, layouts, errors."""
 
+import contextlib
 import os
 import shutil
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reno_pack.optimizer.memory import recomputing
 from reno_pack.reward_loaders import (
     REWARDS,
     RewardEnsemble,
@@ -269,15 +271,16 @@ def test_gradient_checkpointing_acts_in_eval_mode_without_changing_results(rewar
     results = []
     try:
         for flag in (False, True):
-            stack = [WeightedReward(name, 1.0, model, gradient_checkpointing=flag)]
+            stack = [WeightedReward(name, 1.0, model)]
             x = x0.clone().requires_grad_(True)
             calls.clear()
-            loss, _ = RewardEnsemble(stack, PROMPT)(x)
-            loss.sum().backward()
+            with recomputing(model) if flag else contextlib.nullcontext():
+                loss, _ = RewardEnsemble(stack, PROMPT)(x)
+                loss.sum().backward()
             results.append((loss.detach(), x.grad, len(calls)))
     finally:
         hook.remove()
-        model.gradient_checkpointing = False
+    assert all("forward" not in b.__dict__ for b in model.clip.vision_model.encoder.layers)  # nothing left
     (loss_off, grad_off, calls_off), (loss_on, grad_on, calls_on) = results
     assert (calls_off, calls_on) == (1, 2)  # recomputed in backward
     torch.testing.assert_close(loss_on, loss_off)

@@ -141,10 +141,12 @@ def test_oracle_one_iteration_is_comfyuis_own_one_step_sample(engine, parts, sta
     (reno_sampler,) = engine.call_node("ReNOSamplerCustom", inference=True, vae=p["vae"], rewards=stack,
                                        prompt=PROMPT, iterations=1, learning_rate=5.0, regularization=0.01,
                                        grad_clip=0.1)
+    runs = []
+    reno_sampler.on_result = runs.append
     for cfg in (1.0, 2.0):
         want = custom(engine, p, euler, sigmas, latent, seed=seed, cfg=cfg)
         got = custom(engine, p, reno_sampler, sigmas, latent, seed=seed, cfg=cfg)
-        got_image = reno_sampler.output.result.best_image.movedim(1, -1).cpu()
+        got_image = runs[-1].result.best_image.movedim(1, -1).cpu()
         errs[f"custom_cfg{cfg:g}_latent"] = max_err(got["samples"], want["samples"])
         errs[f"custom_cfg{cfg:g}_image"] = max_err(got_image, decode(engine, p, want))
         torch.testing.assert_close(got["samples"].float(), want["samples"].float(), rtol=TOL, atol=TOL)
@@ -166,11 +168,12 @@ def test_activation_copies_only_for_models_that_modify_activations_in_place(engi
     """FLUX's blocks and the 2024 SD UNet add in place: ReNO notices at the first backward, restarts with
     copies and remembers it; the other models never pay for copies."""
     inner = parts["model"].model
-    inner.__dict__.pop("_reno_copy_saved", None)
+    record = _pack_module(engine, "nodes/lifecycle.py")._IN_PLACE
+    record.pop(inner, None)
     _, _, history = reno(engine, parts, stack, empty_latent(engine, parts), iterations=2, seed=2)
     assert history.iterations == 2 and history.records[0]["grad_norm"][0] > 0
     in_place = parts["family"].startswith("flux") or (engine.is_legacy and parts["family"] in ("sd15", "sd21v", "sdxl"))
-    assert getattr(inner, "_reno_copy_saved", False) == in_place
+    assert record.get(inner, False) == in_place
 
 
 def test_batch_elements_are_independent_and_use_comfyuis_noise(engine, parts, stack):
@@ -215,7 +218,7 @@ def test_copying_saved_activations_keeps_the_gradient(engine, families_module, f
     reason = families_module.family_unavailable(family)
     if reason:
         pytest.skip(reason)
-    bridge = _pack_module(engine, "nodes/bridge.py")
+    lifecycle = _pack_module(engine, "nodes/lifecycle.py")
     autograd = _pack_module(engine, "nodes/autograd.py")
     model = families_module.build_family_model(family, 1, 0).model.double()  # float64: no rounding noise
     model.diffusion_model.dtype = torch.float64  # the dtype ComfyUI casts inputs to
@@ -231,7 +234,7 @@ def test_copying_saved_activations_keeps_the_gradient(engine, families_module, f
             x = torch.randn(1, channels, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
             x.requires_grad_()
             sigma = torch.tensor([float(model.model_sampling.sigma_max)], dtype=torch.float64)
-            ctx = bridge.saved_activations_copied() if copied else torch.autograd.graph.saved_tensors_hooks(
+            ctx = lifecycle.saved_activations_copied() if copied else torch.autograd.graph.saved_tensors_hooks(
                 lambda t: t, lambda t: t)
             with ctx:
                 out = model.apply_model(x, sigma, **kwargs)

@@ -79,25 +79,58 @@ def failing_score(model, at_call: int, make):
     return lambda: model.__dict__.pop("score", None)
 
 
-def test_out_of_memory_is_caught_freed_and_explained(fresh_engine):
+def test_out_of_memory_is_comfyuis_oom_type_with_advice_and_the_run_is_released(fresh_engine, pack):
+    """OOM mid-run: raised again as ComfyUI's own OOM type (so its executor unloads every model), with the pack's
+    advice, and no traceback holds the run's tensors (weak references to them are dead)."""
+    import gc
+    import weakref
+
+    import comfy.model_management
+
     engine = fresh_engine
     parts = build(engine)
     modules, before = snapshot(parts)
     model = parts["rewards"][0].model
+    seen = []
 
     def oom(out):
+        seen.append(weakref.ref(out))  # a tensor of the run (this iteration's score)
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     undo = failing_score(model, 3, oom)
     try:
-        with pytest.raises(RuntimeError, match="ran out of memory") as e:
+        with pytest.raises(comfy.model_management.OOM_EXCEPTION, match="ran out of memory") as e:
             run(engine, parts)
     finally:
         undo()
-    assert "'checkpoint all'" in str(e.value) and "gradient_checkpointing" in str(e.value)
-    assert "smaller size" in str(e.value)
+    message = str(e.value)
+    assert "'checkpoint all'" in message and "gradient_checkpointing" in message and "smaller size" in message
+    assert "Tried to allocate 20.00 GiB" in message  # the original error is named
+    assert e.value.__context__ is None and e.value.__cause__ is None  # nothing chains back to the run's frames
+    gc.collect()
+    assert seen and all(ref() is None for ref in seen), "the run's tensors are still referenced after the OOM"
     assert_restored(modules, before)
     assert run(engine, parts, iterations=2)[2].iterations == 2  # the next run works
+
+
+def test_out_of_memory_in_a_workflow_lets_comfyui_unload_its_models(fresh_engine, pack):
+    """Through the executor: ComfyUI recognises the error as OOM and runs its own cleanup (unload_all_models)."""
+    engine = fresh_engine
+    (stack,) = engine.call_node("ReNORewardLoader", inference=True, reward="pickscore", weight=1.0)
+    model = stack[0].model  # the cached model the workflow's loader returns too
+
+    def oom(out):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    undo = failing_score(model, 2, oom)
+    try:
+        result = engine.execute(reno_prompt(engine, iterations=4, rewards=(("pickscore", 1.0),)))
+    finally:
+        undo()
+    err = result.error
+    assert err is not None and err["exception_type"].endswith("OutOfMemoryError"), err
+    assert "ran out of memory" in err["exception_message"] and "'checkpoint all'" in err["exception_message"]
+    assert engine.model_management.current_loaded_models == []  # ComfyUI's OOM cleanup ran
 
 
 def test_nan_reward_mid_run_returns_the_best_finite_image(fresh_engine, caplog):
@@ -183,3 +216,29 @@ def test_invalid_iteration_counts_are_rejected_by_validation(fresh_engine):
     prompt = reno_prompt(engine, iterations=0)
     ok, err, _, node_errors = engine.validate(prompt)
     assert not ok and "iterations" in str(node_errors)
+
+
+@pytest.mark.parametrize("memory", ["auto", "checkpoint all"])
+def test_a_run_leaves_nothing_on_comfyuis_objects(fresh_engine, pack, memory):
+    """Everything ``ReNORun.installed`` changes is restored: per module of the diffusion model, the VAE and the
+    rewards, the same attributes (no ``forward`` wrapper, no flag), and per tensor the same object, values,
+    ``requires_grad`` and inference flag; the sampler keeps no run state either."""
+    engine = fresh_engine
+    parts = build(engine)
+    run(engine, parts, iterations=1)  # ComfyUI's own first-load bookkeeping (weight functions...) happens here
+    modules, before = snapshot(parts)
+    attributes = {(k, name): (set(mod.__dict__), {n: id(v) for n, v in mod.__dict__.items() if not n.startswith("_")})
+                  for k, m in modules.items() for name, mod in m.named_modules()}
+    flags = {(k, n): (t.requires_grad, t.is_inference())
+             for k, m in modules.items() for n, t in [*m.named_parameters(), *m.named_buffers()]}
+    model_attrs = set(parts["model"].__dict__)
+    run(engine, parts, iterations=3, memory=memory)
+    assert_restored(modules, before)
+    for (k, name), (keys, values) in attributes.items():
+        mod = modules[k].get_submodule(name) if name else modules[k]
+        assert set(mod.__dict__) == keys, f"{k}:{name} gained or lost {set(mod.__dict__) ^ keys}"
+        assert {n: id(v) for n, v in mod.__dict__.items() if not n.startswith("_")} == values, f"{k}:{name} changed"
+    for k, m in modules.items():
+        for n, t in [*m.named_parameters(), *m.named_buffers()]:
+            assert (t.requires_grad, t.is_inference()) == flags[(k, n)], f"{k}:{n} flags changed"
+    assert set(parts["model"].__dict__) == model_attrs

@@ -1,0 +1,355 @@
+"""One ReNO run inside a ComfyUI sampling call: prepare, install, optimize, restore, return.
+
+``ReNORun.execute`` is the whole lifecycle, in this order:
+
+1. **prepare**, outside any tensor swap: ComfyUI loads the model, the VAE and the rewards; the inputs are
+   checked and copied as normal tensors; text features are computed once; the memory plan is measured
+   (inside its own short swap) and chosen, and only then, with every swap undone, ComfyUI is asked to
+   unload other models or to load this one partially (a module moved inside a swap would be moved back
+   at its exit, and ComfyUI's records would no longer match where the weights are).
+2. **install** (``ReNORun.installed``): the one place that changes objects the run does not own, each
+   change restored in reverse order on exit, whatever happens (error, cancel, OOM):
+
+   a. every inference-mode parameter and buffer of the diffusion model, the models ComfyUI loaded with it
+      (ControlNets, GLIGEN, model patches), the VAE and the rewards is swapped for a zero-copy normal
+      tensor (autograd cannot save inference tensors for backward);
+   b. the VAE decoder's 4-D weights are swapped for channels-last copies (where that pays: settings);
+   c. the blocks of each part the plan recomputes (diffusion model, VAE decoder, each reward) get a
+      ``forward`` that recomputes their activations in the backward pass (``optimizer.memory``: the one
+      gradient-checkpointing mechanism of the pack), with activation copies for models found to update
+      activations in place.
+
+   The plan is passed in (``RunPlan``), never left as flags on shared models.
+3. **optimize**: ``optimize_noise`` with one reporter; the record carries the running best.
+4. **return**: a ``RunResult`` (the samples for ComfyUI, the optimizer's result, previews, the memory plan).
+
+Afterwards nothing of the run is left on ComfyUI's objects (tests check attributes, ``forward``
+wrappers, tensor identities, ``requires_grad`` and inference flags). What the pack learns about a
+model (that it updates activations in place) is kept here, in a weak table keyed by the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import comfy.model_management
+import torch
+import torch.nn.functional as F
+
+from ..optimizer import IterationRecord, ReNOConfig, ReNOResult, optimize_noise
+from ..optimizer.memory import INPLACE_MESSAGE, ActivationProbe, ComponentProfile, recompute_wrapper, wrap_blocks
+from ..reward_loaders import RewardEnsemble
+from . import memory
+from .autograd import as_normal, channels_last_weights, normal_tensors
+from .foreign import control_modules
+from .inpaint import denoise_with_mask
+from .settings import channels_last_vae
+
+log = logging.getLogger(__name__)
+
+# reporter(record, image, preview): progress, events, cancel; image (B, 3, H, W) in [0, 1], preview (B, h, w, 3) uint8
+Reporter = Callable[[IterationRecord, torch.Tensor, torch.Tensor], None]
+
+# diffusion models found to update activations in place (their backward needs copies): the pack's own record
+_IN_PLACE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def decode_with_grad(vae, latent: torch.Tensor) -> torch.Tensor:
+    """VAE decode that keeps gradients: (B, C, h, w) latent -> (B, 3, H, W) image in [0, 1].
+
+    ``VAE.decode`` copies to the CPU every call and may fall back to a tiled decode that runs under
+    ``inference_mode`` (silently dropping gradients); this calls the decoder on its device.
+    """
+    model = vae.first_stage_model
+    device = getattr(vae, "device", None) or next(model.parameters()).device
+    dtype = getattr(vae, "vae_dtype", None) or next(model.parameters()).dtype
+    out = model.decode(latent.to(device=device, dtype=dtype)).float()
+    if out.dim() != 4:
+        raise ValueError(
+            f"ReNO works on images; this VAE decodes to a tensor of shape {tuple(out.shape)} (video or audio VAE?)"
+        )
+    process = getattr(vae, "process_output", None)
+    return process(out) if process is not None else torch.clamp((out + 1.0) / 2.0, 0.0, 1.0)
+
+
+def preview_image(images: torch.Tensor, max_side: int) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, h, w, 3) uint8 on the CPU, longest side at most ``max_side``."""
+    h, w = images.shape[-2:]
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        images = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).movedim(1, -1).cpu()
+
+
+def saved_activations_copied():
+    """Autograd saves a copy of each activation the model's backward needs (only for models found to need it).
+
+    Diffusion models written for inference update activations in place after another op saved them
+    for backward (FLUX's blocks: ``txt += ...``, ``x += ...``), which makes backward fail ("modified by an
+    inplace operation"). Copying saved non-leaf tensors at save time (each tensor once per version) makes
+    any such model differentiable; weights (leaves) are never copied, and the originals are freed as the
+    forward moves on, so peak memory barely changes.
+    """
+    copies: dict = {}  # id(tensor) -> (weak reference, version, copy): each tensor copied once per version
+
+    def pack(t: torch.Tensor):
+        if t.grad_fn is None:
+            return t
+        entry = copies.get(id(t))
+        if entry is not None and entry[0]() is t and entry[1] == t._version:
+            return entry[2]
+        copy = t.clone()
+        copies[id(t)] = (weakref.ref(t), t._version, copy)
+        return copy
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run installs: which parts recompute in backward, and how."""
+
+    recompute: frozenset[str] = frozenset()  # memory.MODEL, memory.VAE and reward labels
+    copy_saved: bool = False  # the diffusion model updates activations in place: copy what backward needs
+    channels_last: bool = False  # the VAE decoder's convolutions run in NHWC
+    summary: str = ""
+
+
+@dataclass
+class RunResult:
+    """What one ReNO run returns."""
+
+    result: ReNOResult
+    samples: torch.Tensor  # what the Sampler hands back to ComfyUI (x0, or one Euler step to the last sigma)
+    x0: torch.Tensor  # the best iteration's denoised latent
+    sigma: float
+    previews: list[torch.Tensor] = field(default_factory=list)  # per iteration: (B, h, w, 3) uint8
+    memory: str = ""  # the plan's summary (what recomputed, the estimate when measured)
+
+
+@dataclass
+class _Inputs:
+    """The run's own normal-tensor copies of what ComfyUI handed the sampler."""
+
+    sigmas: torch.Tensor
+    sigma: torch.Tensor
+    sigma_last: torch.Tensor
+    latent: torch.Tensor
+    mask: torch.Tensor | None
+    start: torch.Tensor
+    args: dict
+
+
+class ReNORun:
+    """One ReNO run: ``execute`` is the whole lifecycle (see the module docstring)."""
+
+    def __init__(self, ensemble: RewardEnsemble, config: ReNOConfig, vae, reporter: Reporter | None = None,
+                 preview_size: int = 256, memory_mode: str = memory.AUTO, model_patcher=None):
+        self.memory_mode = memory.check_mode(memory_mode)
+        self.ensemble = ensemble
+        self.config = config
+        self.vae = vae
+        self.reporter = reporter
+        self.preview_size = preview_size
+        self.model_patcher = model_patcher
+
+    # -- 1. prepare --------------------------------------------------------------------------------
+    def _load(self, model_wrap) -> list:
+        from .reward_nodes import reward_patcher
+
+        patcher = self.model_patcher or getattr(model_wrap, "model_patcher", None)
+        rewards = [reward_patcher(r.model) for r in self.ensemble.rewards]
+        patchers = ([patcher] if patcher is not None else []) + [self.vae.patcher] + rewards
+        comfy.model_management.load_models_gpu(patchers)
+        self.device = getattr(patcher, "load_device", None) or comfy.model_management.get_torch_device()
+        return patchers
+
+    def _foreign_modules(self) -> list:
+        """Every module whose tensors the run swaps: the diffusion model, what ComfyUI loaded with it for this
+        sampling call (ControlNets, GLIGEN, model patches), the VAE, the rewards."""
+        modules = [self.inner, self.vae.first_stage_model]
+        loaded = [getattr(p, "model", None) for p in getattr(self.model_wrap, "loaded_models", None) or []]
+        for module in [*control_modules(self.model_wrap, self._extra_args), *loaded]:
+            if isinstance(module, torch.nn.Module) and all(module is not m for m in modules):
+                modules.append(module)
+        return modules + [r.model for r in self.ensemble.rewards]
+
+    def _blocks(self) -> dict[str, list]:
+        """The blocks each part recomputes when the plan says so (also what the measuring pass measures)."""
+        blocks = {memory.MODEL: memory.model_blocks(self.inner), memory.VAE: memory.vae_blocks(self.vae)}
+        for label, r in zip(self.ensemble.labels, self.ensemble.rewards):
+            blocks[label] = memory.reward_blocks(r.model)
+        return blocks
+
+    # -- 2. install --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def installed(self, plan: RunPlan, block_wrapper: Callable | None = None):
+        """Everything the run changes on objects it does not own, installed in order and restored in reverse.
+
+        ``block_wrapper`` (the measuring pass) wraps every block instead of the plan's recomputation.
+        """
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(normal_tensors(self._foreign_modules()))  # a. zero-copy normal tensors
+            if plan.channels_last:  # b. the decoder's convolutions in NHWC
+                stack.enter_context(channels_last_weights([self.vae.first_stage_model]))
+            blocks = self._blocks()
+            if block_wrapper is not None:
+                stack.enter_context(wrap_blocks([b for part in blocks.values() for b in part], block_wrapper))
+            else:  # c. the one gradient-checkpointing mechanism, per part
+                recompute = recompute_wrapper(plan.copy_saved)
+                for part, part_blocks in blocks.items():
+                    if part in plan.recompute:
+                        stack.enter_context(wrap_blocks(part_blocks, recompute))
+            yield
+
+    # -- the differentiable generator ------------------------------------------------------------------
+    def _forward(self, z: torch.Tensor, around=None):
+        """noise -> (image in [0, 1], x0): the one-step denoise from sigma, then the VAE decode."""
+        inp = self._inputs
+        part = around or (lambda name: contextlib.nullcontext())
+        copying = self._copying and around is None  # never while measuring
+        with part(memory.MODEL), saved_activations_copied() if copying else contextlib.nullcontext():
+            noise = z.to(inp.latent.dtype)
+            x = self.model_sampling.noise_scaling(inp.sigma, noise, inp.latent, self.max_denoise)
+            # with a mask, as KSamplerX0Inpaint: the kept part of the input noised at sigma, of x0 the latent
+            x0 = denoise_with_mask(self.model_wrap, x, inp.sigma * inp.start.new_ones((inp.start.shape[0],)), noise,
+                                   inp.latent, inp.mask, inp.args, inp.sigmas)
+        with part(memory.VAE):
+            image = decode_with_grad(self.vae, self.inner.process_latent_out(x0))
+        return image, x0
+
+    # -- memory ----------------------------------------------------------------------------------------
+    def _plan(self, patchers: list) -> RunPlan:
+        """Choose what recomputes in backward; measure inside a short swap, ask ComfyUI for room outside it."""
+        labels = self.ensemble.labels
+        forced, allowed = memory.forced_components(self.memory_mode, labels,
+                                                   [r.gradient_checkpointing for r in self.ensemble.rewards])
+        names = {memory.MODEL: "diffusion model", memory.VAE: "VAE decoder"}
+        blocks = self._blocks()
+        if allowed is not None:  # a fixed choice: nothing to measure
+            recompute = frozenset(n for n in forced if blocks.get(n))
+            summary = f"{self.memory_mode}: recompute " + (", ".join(
+                names.get(n, n) for n in [memory.MODEL, memory.VAE, *labels] if n in recompute) or "nothing")
+        else:
+            profiles = self._measure()
+            device = self.device
+            budget = memory.free_bytes(device)
+            plan = memory.plan_checkpointing(profiles, budget, forced)
+            if plan.recompute - forced or not plan.fits:
+                # recomputing costs time on every iteration: first let ComfyUI unload the other models it caches
+                if memory.unload_other_models(patchers, memory.estimate_peak(profiles, forced), device):
+                    budget = memory.free_bytes(device)
+                    plan = memory.plan_checkpointing(profiles, budget, forced)
+            if not plan.fits:
+                memory.make_room(patchers, [r.model for r in self.ensemble.rewards], plan.estimated_peak, device)
+                budget = memory.free_bytes(device)
+                plan = memory.plan_checkpointing(profiles, budget, forced)
+            recompute = plan.recompute
+            summary = "auto: " + memory.summarize(plan, profiles, budget)
+        log.info("ReNO memory: %s", summary)
+        return RunPlan(recompute=recompute, copy_saved=self._copying, channels_last=channels_last_vae(self.device),
+                       summary=summary)
+
+    def _measure(self) -> list[ComponentProfile]:
+        """One forward pass that measures what each part keeps for backward (and keeps none of it)."""
+        device = self.device
+        probe = ActivationProbe((lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None)
+        z = self._inputs.start.detach().float().clone().requires_grad_(True)
+        with self.installed(RunPlan(), block_wrapper=probe.block_wrapper), probe:
+            image, _ = self._forward(z, probe.component)
+            self.ensemble(image, around=probe.component)
+        return [probe.profiles.get(name) or ComponentProfile(name)
+                for name in [memory.MODEL, memory.VAE, *self.ensemble.labels]]
+
+    # -- the whole run -----------------------------------------------------------------------------------
+    def execute(self, model_wrap, sigmas, extra_args, noise, latent_image=None, denoise_mask=None,
+                max_denoise: bool = True) -> RunResult:
+        """Run ReNO for one sampling call of ComfyUI (``Sampler.sample``'s arguments)."""
+        if not torch.any(noise != 0):
+            raise ValueError("ReNO optimizes the initial noise, but the noise is all zeros: turn add_noise on "
+                             "(SamplerCustom) or use RandomNoise, not DisableNoise (SamplerCustomAdvanced).")
+        if len(sigmas) > 2:
+            log.warning("ReNO: %d sigmas given; ReNO denoises in one step from the first (%.4f)",
+                        len(sigmas), float(sigmas[0]))
+        self.model_wrap = model_wrap
+        self._extra_args = extra_args
+        self.inner = model_wrap.inner_model
+        self.model_sampling = self.inner.model_sampling
+        self.max_denoise = max_denoise
+        self._copying = _IN_PLACE.get(self.inner, False)
+        patchers = self._load(model_wrap)
+        with torch.inference_mode(False), torch.enable_grad():
+            self._inputs = _Inputs(
+                sigmas=as_normal(sigmas).clone(),
+                sigma=as_normal(sigmas[0]).clone(),
+                sigma_last=as_normal(sigmas[-1]).clone(),
+                latent=as_normal(latent_image).clone() if latent_image is not None else torch.zeros_like(noise),
+                mask=as_normal(denoise_mask).clone() if denoise_mask is not None else None,
+                start=as_normal(noise).clone(),
+                args=_with_normal_conds(extra_args),
+            )
+            self.ensemble.prepare()  # text features once per prompt (no gradients: inference weights are fine)
+            plan = self._plan(patchers)
+            previews: list[torch.Tensor] = []
+            retry = False
+            try:
+                result = self._optimize(plan, previews)
+            except RuntimeError as e:
+                if plan.copy_saved or INPLACE_MESSAGE not in str(e):
+                    raise
+                retry = True  # outside the except block, so the failed attempt's traceback and tensors are gone
+            if retry:
+                # found at the first backward: remember it for this model and start the run again
+                log.info("ReNO: this model updates activations in place during its forward pass; "
+                         "copying the activations backward needs (slightly slower)")
+                _IN_PLACE[self.inner] = self._copying = True
+                plan = RunPlan(plan.recompute, True, plan.channels_last, plan.summary)
+                previews.clear()
+                result = self._optimize(plan, previews)
+            with torch.no_grad():
+                x0 = result.best_extra.detach()
+                samples = x0
+                inp = self._inputs
+                if float(inp.sigma_last) > 0:  # one Euler step sigma -> sigma_last with the best x0
+                    x = self.model_sampling.noise_scaling(inp.sigma, result.best_noise.to(device=x0.device), inp.latent,
+                                                          self.max_denoise)
+                    samples = x + (x - x0) / inp.sigma * (inp.sigma_last - inp.sigma)
+                samples = self.model_sampling.inverse_noise_scaling(inp.sigma_last, samples)
+        return RunResult(result=result, samples=samples, x0=x0, sigma=float(self._inputs.sigma), previews=previews,
+                         memory=plan.summary)
+
+    def _optimize(self, plan: RunPlan, previews: list) -> ReNOResult:
+        def on_iteration(record: IterationRecord, image: torch.Tensor):
+            preview = preview_image(image, self.preview_size)
+            previews.append(preview)
+            if self.reporter is not None:
+                self.reporter(record, image, preview)
+
+        with self.installed(plan):
+            return optimize_noise(self._forward, self.ensemble, self._inputs.start, self.config, on_iteration)
+
+
+def _with_normal_conds(extra_args: dict) -> dict:
+    """extra_args whose model call sees normal tensors for every conditioning input.
+
+    Conditioning tensors were made under inference mode by ComfyUI; wrapping the model function makes
+    each one a zero-copy normal tensor at call time. ``model_options`` is copied, never mutated.
+    """
+    options = dict(extra_args.get("model_options") or {})
+    previous = options.get("model_function_wrapper")
+
+    def wrapper(apply_model, args):
+        args = dict(args)
+        args["c"] = {k: as_normal(v) for k, v in args["c"].items()}
+        args["input"], args["timestep"] = as_normal(args["input"]), as_normal(args["timestep"])
+        if previous is not None:
+            return previous(apply_model, args)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    options["model_function_wrapper"] = wrapper
+    return {**extra_args, "model_options": options}
