@@ -18,10 +18,7 @@ def _register_model_folder() -> None:
     """models/reno_rewards/, also reachable through extra_model_paths.yaml (``reno_rewards:``)."""
     default = os.path.join(folder_paths.models_dir, FOLDER_NAME)
     if default not in folder_paths.folder_names_and_paths.get(FOLDER_NAME, ([], None))[0]:
-        try:
-            folder_paths.add_model_folder_path(FOLDER_NAME, default, is_default=True)
-        except TypeError:  # the 2024 signature has no is_default
-            folder_paths.add_model_folder_path(FOLDER_NAME, default)
+        folder_paths.add_model_folder_path(FOLDER_NAME, default, is_default=True)
     set_search_path_provider(lambda: folder_paths.get_folder_paths(FOLDER_NAME))
 
 

@@ -41,18 +41,15 @@ def _cond_entries(conds) -> Iterable[Mapping]:
                 yield value[1]  # CONDITIONING as nodes pass it: [tensor, {...}]
 
 
-def control_modules(model_wrap=None, extra_args: Mapping | None = None) -> list[nn.Module]:
+def control_modules(model_wrap) -> list[nn.Module]:
     """Every nn.Module of the control models and additional models in the conditioning that a sampler's
-    ``sample(model_wrap, sigmas, extra_args, ...)`` runs with, once each.
+    ``sample(model_wrap, ...)`` runs with, once each.
 
-    The processed conditioning is on the guider (``model_wrap.conds``, ComfyUI 2024-09 and later) and, on the
-    2024 engine, in ``extra_args["cond"]`` / ``extra_args["uncond"]``. For each ``control`` (and its
+    The processed conditioning is on the guider (``model_wrap.conds``). For each ``control`` (and its
     ``previous_controlnet`` chain): its ``control_model`` (ControlNet, ControlLoRA once pre-run),
     ``t2i_model`` (T2I-Adapter) and the models of ``get_models()``; plus ``gligen`` and ``additional_models``.
     """
     sources = [getattr(model_wrap, "conds", None)]
-    if extra_args:
-        sources += [extra_args.get("cond"), extra_args.get("uncond"), extra_args.get("conds")]
     found: list[nn.Module] = []
     seen: set[int] = set()
 

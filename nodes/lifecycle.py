@@ -56,6 +56,33 @@ Reporter = Callable[[IterationRecord, torch.Tensor, torch.Tensor], None]
 
 # diffusion models found to update activations in place (their backward needs copies): the pack's own record
 _IN_PLACE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# latents larger than this (elements per channel; 64 x 64 = 512 px for 8x VAEs) are sized from probes at reduced
+# sizes before any full-size pass, and refused when even recomputing everything cannot fit
+PREFLIGHT_AREA = 64 * 64
+PROBE_SIDES = (32, 24, 16)  # latent sides of the probes
+
+
+class ReNOMemoryError(RuntimeError):
+    """The run cannot fit in the free memory even with everything recomputed (refused before it starts)."""
+
+
+def interruptible(forward: Callable) -> Callable:
+    """``make_forward`` for ``wrap_blocks``: ComfyUI's Cancel is honoured before every block, in the forward pass,
+    and (through a hook on the block's output) between blocks of the backward pass."""
+    check = comfy.model_management.throw_exception_if_processing_interrupted
+
+    def on_grad(grad):
+        check()
+
+    def checked(*args, **kwargs):
+        check()
+        out = forward(*args, **kwargs)
+        first = out[0] if isinstance(out, (tuple, list)) and out else out
+        if isinstance(first, torch.Tensor) and first.requires_grad:
+            first.register_hook(on_grad)
+        return out
+
+    return checked
 
 
 def decode_with_grad(vae, latent: torch.Tensor) -> torch.Tensor:
@@ -174,7 +201,7 @@ class ReNORun:
         sampling call (ControlNets, GLIGEN, model patches), the VAE, the rewards."""
         modules = [self.inner, self.vae.first_stage_model]
         loaded = [getattr(p, "model", None) for p in getattr(self.model_wrap, "loaded_models", None) or []]
-        for module in [*control_modules(self.model_wrap, self._extra_args), *loaded]:
+        for module in [*control_modules(self.model_wrap), *loaded]:
             if isinstance(module, torch.nn.Module) and all(module is not m for m in modules):
                 modules.append(module)
         return modules + [r.model for r in self.ensemble.rewards]
@@ -198,13 +225,15 @@ class ReNORun:
             if plan.channels_last:  # b. the decoder's convolutions in NHWC
                 stack.enter_context(channels_last_weights([self.vae.first_stage_model]))
             blocks = self._blocks()
+            every_block = [b for part in blocks.values() for b in part]
             if block_wrapper is not None:
-                stack.enter_context(wrap_blocks([b for part in blocks.values() for b in part], block_wrapper))
+                stack.enter_context(wrap_blocks(every_block, block_wrapper))
             else:  # c. the one gradient-checkpointing mechanism, per part
                 recompute = recompute_wrapper(plan.copy_saved)
                 for part, part_blocks in blocks.items():
                     if part in plan.recompute:
                         stack.enter_context(wrap_blocks(part_blocks, recompute))
+            stack.enter_context(wrap_blocks(every_block, interruptible))  # d. Cancel between blocks, outermost
             yield
 
     # -- the differentiable generator ------------------------------------------------------------------
@@ -231,6 +260,7 @@ class ReNORun:
                                                    [r.gradient_checkpointing for r in self.ensemble.rewards])
         names = {memory.MODEL: "diffusion model", memory.VAE: "VAE decoder"}
         blocks = self._blocks()
+        self._preflight(forced, patchers)
         if allowed is not None:  # a fixed choice: nothing to measure
             recompute = frozenset(n for n in forced if blocks.get(n))
             summary = f"{self.memory_mode}: recompute " + (", ".join(
@@ -255,14 +285,52 @@ class ReNORun:
         return RunPlan(recompute=recompute, copy_saved=self._copying, channels_last=channels_last_vae(self.device),
                        summary=summary)
 
-    def _measure(self) -> list[ComponentProfile]:
+    def _preflight(self, forced: set, patchers: list) -> None:
+        """For a large latent: estimate the run's activations from three probes at reduced sizes (cheap: the probes
+        keep nothing) and refuse before any full-size pass when even recomputing everything cannot fit."""
+        inp = self._inputs
+        h, w = inp.start.shape[-2:]
+        if inp.start.dim() < 4 or h * w <= PREFLIGHT_AREA:
+            return
+        measured = []
+        for side in PROBE_SIDES:
+            ph, pw = min(h, side), min(w, max(1, round(side * w / h)))
+            measured.append((ph * pw, self._measure(crop=(ph, pw))))
+        profiles = memory.extrapolate_profiles(measured, h * w)
+        device = self.device
+        budget = memory.free_bytes(device)
+        leanest = memory.plan_checkpointing(profiles, budget, forced, allowed=None)
+        if not leanest.fits and memory.unload_other_models(patchers, leanest.estimated_peak, device):
+            budget = memory.free_bytes(device)
+            leanest = memory.plan_checkpointing(profiles, budget, forced, allowed=None)
+        log.info("ReNO memory preflight (%dx%d latent): %s", w, h, memory.summarize(leanest, profiles, budget))
+        if not leanest.fits:
+            need = memory.activation_request(leanest.estimated_peak)
+            raise ReNOMemoryError(
+                f"ReNO: a {w}x{h} latent (about {8 * w}x{8 * h} px for an 8x VAE) with a batch of "
+                f"{inp.start.shape[0]} needs about {need / 2**30:.1f} GiB for ReNO's backward pass even with "
+                f"everything recomputed (memory: checkpoint all), but only {budget / 2**30:.1f} GiB are free on "
+                f"{device}. Nothing was run. Generate smaller (each halving of width and height needs about a quarter "
+                "of the memory) or with a smaller batch, connect fewer rewards, or close other programs and models."
+            )
+
+    def _measure(self, crop: tuple[int, int] | None = None) -> list[ComponentProfile]:
         """One forward pass that measures what each part keeps for backward (and keeps none of it)."""
         device = self.device
         probe = ActivationProbe((lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None)
-        z = self._inputs.start.detach().float().clone().requires_grad_(True)
-        with self.installed(RunPlan(), block_wrapper=probe.block_wrapper), probe:
-            image, _ = self._forward(z, probe.component)
-            self.ensemble(image, around=probe.component)
+        full = self._inputs
+        if crop is not None:  # a probe at a reduced size: the top-left crop of the noise, the latent and the mask
+            def cut(t):
+                return t[..., :crop[0], :crop[1]] if t is not None and t.dim() >= 4 else t
+            self._inputs = _Inputs(full.sigmas, full.sigma, full.sigma_last, cut(full.latent), cut(full.mask),
+                                   cut(full.start), full.args)
+        try:
+            z = self._inputs.start.detach().float().clone().requires_grad_(True)
+            with self.installed(RunPlan(), block_wrapper=probe.block_wrapper), probe:
+                image, _ = self._forward(z, probe.component)
+                self.ensemble(image, around=probe.component)
+        finally:
+            self._inputs = full
         return [probe.profiles.get(name) or ComponentProfile(name)
                 for name in [memory.MODEL, memory.VAE, *self.ensemble.labels]]
 
@@ -277,7 +345,6 @@ class ReNORun:
             log.warning("ReNO: %d sigmas given; ReNO denoises in one step from the first (%.4f)",
                         len(sigmas), float(sigmas[0]))
         self.model_wrap = model_wrap
-        self._extra_args = extra_args
         self.inner = model_wrap.inner_model
         self.model_sampling = self.inner.model_sampling
         self.max_denoise = max_denoise

@@ -26,6 +26,7 @@ from ..optimizer.memory import (
     ComponentProfile,
     MemoryPlan,
     estimate_peak,
+    extrapolate_profiles,
     find_blocks,
     fits,
     plan_checkpointing,
@@ -136,6 +137,6 @@ def summarize(plan: MemoryPlan, profiles: list[ComponentProfile], budget: int | 
 
 
 __all__ = ["AUTO", "MEMORY_INPUT", "MEMORY_MODES", "MODEL", "VAE", "activation_request", "check_mode", "estimate_peak",
-           "fits",
+           "extrapolate_profiles", "fits",
            "forced_components", "free_bytes", "make_room", "model_blocks", "plan_checkpointing", "reward_blocks",
            "summarize", "unload_other_models", "vae_blocks"]

@@ -168,6 +168,58 @@ class MemoryPlan:
         return f"recompute {what}; activations ~{self.estimated_peak / 2**30:.2f} GiB"
 
 
+_SCALED_FIELDS = ("saved_bytes", "outside_bytes", "boundary_bytes", "max_block_bytes", "seconds")
+
+
+def _fit_size_law(sizes: Sequence[float], values: Sequence[float]) -> tuple[float, float, float]:
+    """Non-negative ``(c, a, b)`` of ``c + a*size + b*size**2`` that best fits the points (exact through three).
+
+    Activations are a constant (a reward, which resizes every image to 224 px), plus a part linear in the token
+    count (convolutions, MLPs), plus a part quadratic in it (materialized attention). Every subset of the three
+    terms is tried and the best non-negative fit is kept, as a tiny non-negative least squares.
+    """
+    import itertools
+
+    basis = [lambda s: 1.0, lambda s: s, lambda s: s * s]
+    best = (float("inf"), (0.0, 0.0, max(values) / max(sizes) ** 2 if max(sizes) > 0 else 0.0))
+    for k in range(1, 4):
+        for terms in itertools.combinations(range(3), k):
+            x = torch.tensor([[basis[t](s) for t in terms] for s in sizes], dtype=torch.float64)
+            y = torch.tensor(list(values), dtype=torch.float64).unsqueeze(1)
+            coef = torch.linalg.lstsq(x, y).solution.squeeze(1)
+            if (coef < 0).any():
+                continue
+            err = float((x @ coef.unsqueeze(1) - y).abs().max())
+            full = [0.0, 0.0, 0.0]
+            for t, c in zip(terms, coef.tolist()):
+                full[t] = c
+            if err < best[0] - 1e-9 * max(1.0, max(values)):
+                best = (err, tuple(full))
+    return best[1]
+
+
+def extrapolate_profiles(measured: Sequence[tuple[float, Sequence[ComponentProfile]]], target_size: float
+                         ) -> list[ComponentProfile]:
+    """Profiles at ``target_size`` (e.g. the latent area) from measurements ``[(size, profiles), ...]`` at smaller
+    sizes: each figure of each component follows ``c + a*size + b*size**2`` fitted through the measurements
+    (``_fit_size_law``), and never less than its largest measurement."""
+    import math
+
+    sizes = [size for size, _ in measured]
+    largest = measured[sizes.index(max(sizes))][1]
+    tables = [{p.name: p for p in profiles} for _, profiles in measured]
+    out = []
+    for big in largest:
+        fields = {}
+        for name in _SCALED_FIELDS:
+            values = [float(getattr(t.get(big.name, big), name)) for t in tables]
+            c, a, b = _fit_size_law(sizes, values)
+            value = max(c + a * target_size + b * target_size**2, max(values))
+            fields[name] = value if name == "seconds" else int(math.ceil(value))
+        out.append(ComponentProfile(big.name, blocks=big.blocks, **fields))
+    return out
+
+
 def estimate_peak(profiles: Iterable[ComponentProfile], recompute: Iterable[str]) -> int:
     """Activation bytes alive at once: everything kept, plus the largest block being recomputed."""
     recompute = set(recompute)

@@ -216,7 +216,7 @@ def run_tiny(engine, args) -> int:
 
         def decode():
             z = noise.clone().requires_grad_(True)
-            pack.nodes.bridge.decode_with_grad(vae, z).sum().backward()
+            pack.nodes.lifecycle.decode_with_grad(vae, z).sum().backward()
 
         def rewards():
             image = torch.rand(1, 3, size, size, requires_grad=True)
@@ -355,7 +355,8 @@ class FullBench:
         modules = [inner, self.vae.first_stage_model] + [r.model for r in self.stack]
         sigma = float(inner.model_sampling.sigma_max)
         device = self.device
-        copy_saved = pack.nodes.bridge.saved_activations_copied
+        lifecycle = pack.nodes.lifecycle
+        copy_saved = lifecycle.saved_activations_copied
         with torch.inference_mode(False), torch.enable_grad(), pack.nodes.autograd.normal_tensors(modules):
             ensemble.prepare()
             context = cond[0][0].to(device)
@@ -368,20 +369,20 @@ class FullBench:
             # gradients to the input only, as ReNO's step takes them (torch.autograd.grad to the noise)
             def unet():
                 x = (noise * (1 + sigma**2) ** 0.5).requires_grad_(True)
-                copying = getattr(inner, "_reno_copy_saved", False)
+                copying = lifecycle._IN_PLACE.get(inner, False)
                 try:
                     with copy_saved() if copying else contextlib.nullcontext():
                         torch.autograd.grad(inner.apply_model(x, timestep, c_crossattn=context, **extra).sum(), x)
                 except RuntimeError as e:
                     if copying or "inplace operation" not in str(e):
                         raise
-                    # a model that adds to activations in place (the 2024 UNet): copy them, as the node does
-                    inner._reno_copy_saved = True
+                    # a model that adds to activations in place (FLUX): copy them, as the node does
+                    lifecycle._IN_PLACE[inner] = True
                     unet()
 
             def decode():
                 z = noise.clone().requires_grad_(True)
-                torch.autograd.grad(pack.nodes.bridge.decode_with_grad(self.vae, z).sum(), z)
+                torch.autograd.grad(pack.nodes.lifecycle.decode_with_grad(self.vae, z).sum(), z)
 
             def rewards():
                 image = torch.rand(1, 3, size, size, device=device, requires_grad=True)

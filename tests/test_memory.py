@@ -342,3 +342,24 @@ def test_compiled_rewards_score_and_differentiate_like_eager_ones(reward_root):
     assert "_compiled_score" in model.__dict__
     torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got[1], want[1], rtol=1e-3, atol=1e-6)
+
+
+# -- sizing a large run from small probes -------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(0, 1e6), st.floats(0, 1e4), st.floats(0, 10.0), st.sampled_from([(256, 576, 1024), (64, 144, 256)]))
+def test_extrapolation_recovers_constant_linear_and_quadratic_growth(c, a, b, sizes):
+    """Activations that are a constant plus a linear plus a quadratic term in the token count are extrapolated
+    exactly from three probes (to float rounding), and never below the largest measurement."""
+    from reno_pack.optimizer.memory import ComponentProfile, extrapolate_profiles
+
+    def law(s):
+        return c + a * s + b * s * s
+
+    measured = [(s, [ComponentProfile("part", saved_bytes=int(round(law(s))), blocks=1)]) for s in sizes]
+    target = 16384.0
+    (got,) = extrapolate_profiles(measured, target)
+    want = law(target)
+    assert got.saved_bytes >= max(int(round(law(s))) for s in sizes)
+    assert abs(got.saved_bytes - want) <= 1e-6 * want + 2 + 2 * (target / sizes[0]) ** 2

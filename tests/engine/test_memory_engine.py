@@ -273,3 +273,105 @@ def test_unloading_other_models_keeps_this_runs_models(engine, pack, monkeypatch
     assert memory.unload_other_models([ours, None], 2**30, torch.device("cuda")) is True
     (need, device, keep), = calls
     assert keep == [ours] and device.type == "cuda" and need == memory.activation_request(2**30) > 2**30
+
+
+# -- sizing a large run before it starts, and Cancel inside long passes ----------------------------------------
+
+def _reno(engine, parts, stack, side, memory="auto", iterations=1):
+    (latent,) = engine.call_node("EmptyLatentImage", inference=True, width=side, height=side, batch_size=1)
+    return engine.call_node("ReNOSampler", inference=True, model=parts["model"], positive=parts["pos"],
+                            negative=parts["neg"], vae=parts["vae"], latent_image=latent, rewards=stack,
+                            prompt=PROMPT_TEXT, seed=3, iterations=iterations, learning_rate=5.0, cfg=1.0,
+                            regularization=0.01, grad_clip=0.1, memory=memory)["result"]
+
+
+@pytest.mark.parametrize("memory", ["auto", "checkpoint all"])
+def test_a_latent_that_cannot_fit_is_refused_before_any_full_size_pass(engine, pack, sd_parts, stack, monkeypatch,
+                                                                         memory):
+    """4096 x 4096 px: three small probes size the run, and it is refused with the size, the estimate and the free
+    memory before any full-size pass (the measuring pass at full size grew a server to 13.4 GB)."""
+    import time
+
+    lifecycle = pack.nodes.lifecycle
+    crops = []
+    measure = lifecycle.ReNORun._measure
+
+    def spy(self, crop=None):
+        crops.append(crop)
+        return measure(self, crop)
+
+    monkeypatch.setattr(lifecycle.ReNORun, "_measure", spy)
+    monkeypatch.setattr(pack.nodes.memory, "free_bytes", lambda device: 2 * 2**30)
+    start = time.perf_counter()
+    with pytest.raises(lifecycle.ReNOMemoryError) as e:
+        _reno(engine, sd_parts, stack, 4096, memory=memory)
+    elapsed = time.perf_counter() - start
+    message = str(e.value)
+    assert "512x512 latent" in message and "4096x4096 px" in message and "2.0 GiB are free" in message
+    assert "checkpoint all" in message and "smaller" in message
+    assert crops == [(32, 32), (24, 24), (16, 16)]  # only the probes ran: no full-size pass
+    assert elapsed < 60, f"refusing took {elapsed:.1f} s"
+
+
+def test_the_preflight_estimate_tracks_the_full_size_measurement(engine, pack, sd_parts, stack):
+    """At 1024 px (a 128 x 128 latent) the estimate extrapolated from the 32-, 24- and 16-latent probes is within a
+    factor of 1.5 of what the full-size measuring pass then finds, per component."""
+    lifecycle = pack.nodes.lifecycle
+    found = {}
+    original = pack.nodes.memory.extrapolate_profiles
+
+    def keep(measured, target):
+        found["estimate"] = original(measured, target)
+        return found["estimate"]
+
+    measure = lifecycle.ReNORun._measure
+
+    def spy(self, crop=None):
+        out = measure(self, crop)
+        if crop is None:
+            found["measured"] = out
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pack.nodes.memory, "extrapolate_profiles", keep)
+        mp.setattr(lifecycle.ReNORun, "_measure", spy)
+        _reno(engine, sd_parts, stack, 1024)
+    estimate = {p.name: p.saved_bytes for p in found["estimate"]}
+    measured = {p.name: p.saved_bytes for p in found["measured"]}
+    print("\n[preflight] estimate vs measured (MiB): " + ", ".join(
+        f"{n} {estimate[n] / 2**20:.1f}/{measured[n] / 2**20:.1f}" for n in measured))
+    for name, want in measured.items():
+        assert want / 1.5 <= estimate[name] <= want * 1.5, (name, estimate[name], want)
+
+
+def test_cancel_is_honoured_between_blocks_in_the_forward_and_the_backward_pass(engine, sd_parts, stack):
+    """A Cancel that comes in the middle of a pass stops it at the next block, not at the end of the iteration."""
+    import torch.nn as nn
+
+    inner = sd_parts["model"].model
+    blocks = pack_module(engine).nodes.memory.model_blocks(inner)
+    calls = {"last": 0}
+    first, last = blocks[0], blocks[-1]
+    handles = [last.register_forward_hook(lambda *a: calls.__setitem__("last", calls["last"] + 1))]
+    try:
+        # forward: the cancel comes while the first UNet block runs; the last block never runs
+        handles.append(first.register_forward_hook(lambda *a: engine.interrupt()))
+        with pytest.raises(engine.model_management.InterruptProcessingException):
+            _reno(engine, sd_parts, stack, 64, memory="no checkpointing", iterations=3)
+        assert calls["last"] == 0
+        engine.reset_interrupt()
+        handles.pop().remove()
+        # backward: the cancel comes while the VAE decoder's gradient is computed; the rest of the backward stops
+        decoder_blocks = pack_module(engine).nodes.memory.vae_blocks(sd_parts["vae"])
+        reached = []
+        handles.append(first.register_full_backward_hook(lambda *a: reached.append("unet")))
+        handles.append(decoder_blocks[-1].register_full_backward_hook(lambda *a: engine.interrupt()))
+        with pytest.raises(engine.model_management.InterruptProcessingException):
+            _reno(engine, sd_parts, stack, 64, memory="no checkpointing", iterations=3)
+        assert reached == []  # the backward pass never got back to the UNet's first block
+    finally:
+        for h in handles:
+            h.remove()
+        engine.reset_interrupt()
+    assert isinstance(first, nn.Module)
+    assert _reno(engine, sd_parts, stack, 64, iterations=2)[2].iterations == 2  # the next run works
