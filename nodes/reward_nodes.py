@@ -6,7 +6,15 @@ import comfy.model_management
 import comfy.model_patcher
 import torch
 
-from ..reward_loaders import AVAILABLE_REWARDS, REWARDS, RewardLoadError, WeightedReward, load_reward
+from ..reward_loaders import (
+    AVAILABLE_REWARDS,
+    REWARDS,
+    RewardLoadError,
+    WeightedReward,
+    load_reward,
+    reward_fingerprint,
+)
+from .inputs import finite_input
 from .settings import downloads_allowed
 
 CATEGORY = "ReNO/rewards"
@@ -35,11 +43,8 @@ class RewardPatcher(comfy.model_patcher.ModelPatcher):
     (ComfyUI then makes room by unloading other models, or by loading the diffusion model partially).
     """
 
-    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):  # ComfyUI 2024-08+
+    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
         return super().load(device_to, 0, force_patch_weights, True)
-
-    def patch_model_lowvram(self, device_to=None, lowvram_model_memory=0, *args, **kwargs):  # older ComfyUI
-        return self.patch_model(device_to=device_to)
 
 
 def reward_patcher(model):
@@ -94,15 +99,23 @@ class ReNORewardLoader:
             },
         }
 
+    @classmethod
+    def IS_CHANGED(cls, reward, weight=None, rewards=None, gradient_checkpointing="off"):
+        """A fingerprint of the reward's files (folder, and each file's size, modification time and inode): ComfyUI
+        runs the loader again, instead of serving its cached output, when a file is replaced, added or deleted."""
+        return reward_fingerprint(reward)
+
     def load(self, reward, weight, rewards=None, gradient_checkpointing="off"):
         return (load_into_stack(reward, weight, rewards, gradient_checkpointing == "on"),)
 
 
 def load_into_stack(reward: str, weight: float, rewards=None, gradient_checkpointing: bool = False) -> tuple:
     """The incoming stack with one more weighted reward (loaded, or downloaded first when allowed)."""
+    weight = finite_input(f"ReNO Load Reward ({reward})", "weight", weight,
+                          "0 turns this reward off, a negative weight pushes its score down; the widget allows -100 to 100")
     try:
         model = load_reward(reward, download=downloads_allowed())
     except RewardLoadError as e:
         raise RuntimeError(str(e)) from None
     reward_patcher(model)
-    return tuple(rewards or ()) + (WeightedReward(reward, float(weight), model, gradient_checkpointing),)
+    return tuple(rewards or ()) + (WeightedReward(reward, weight, model, gradient_checkpointing),)

@@ -24,7 +24,7 @@ from torch import nn
 
 from .base import RewardModel, float32_stack
 from .clip_rewards import _TOLERATED_UNEXPECTED, WEIGHT_FILES
-from .errors import RewardLoadError, key_report
+from .errors import RewardLoadError, compare_shapes, key_report
 from .hps import load_torch_file, unwrap_state_dict
 
 log = logging.getLogger(__name__)
@@ -167,10 +167,8 @@ def load_clip_vision(clip_dir: Path, name: str):
     with torch.device("meta"):  # the expected keys and shapes, without allocating anything
         expected = {k: tuple(v.shape) for k, v in CLIPVisionModelWithProjection(vision_config).state_dict().items()
                     if not k.endswith(_TOLERATED_UNEXPECTED)}
-    mismatched = [f"{k} {tuple(v.shape)} vs {expected[k]}" for k, v in vision_sd.items()
-                  if k in expected and tuple(v.shape) != expected[k]]
-    _refuse_if_any(name, clip_dir, weights, [k for k in expected if k not in vision_sd],
-                   [k for k in vision_sd if k not in expected], mismatched)
+    _refuse_if_any(name, clip_dir, weights, *compare_shapes(
+        {k: tuple(v.shape) for k, v in vision_sd.items()}, expected, found_label="checkpoint", expected_label="config.json"))
     try:
         model, info = CLIPVisionModelWithProjection.from_pretrained(
             None, config=vision_config, state_dict=vision_sd, output_loading_info=True

@@ -125,13 +125,14 @@ class RewardModel(nn.Module):
         """Cached text features on the model's current device (computed once per prompt).
 
         Features cached under inference mode (e.g. by a scoring node) are recomputed for a ReNO run:
-        an inference tensor cannot be saved for backward.
+        an inference tensor cannot be saved for backward. Every reward's text goes through here, so the
+        prompt is made encodable here once for all (``clean_prompt``).
         """
         feats = self._text_cache.get(prompt)
         stale = feats is not None and feats.is_inference() and not torch.is_inference_mode_enabled()
         if feats is None or stale or feats.device != self.param_device():
             with torch.no_grad(), self._text_towers_on_device():
-                feats = self.encode_text(prompt)
+                feats = self.encode_text(clean_prompt(prompt, self.name))
             if len(self._text_cache) > 32:
                 self._text_cache.clear()
             self._text_cache[prompt] = feats
@@ -141,6 +142,31 @@ class RewardModel(nn.Module):
         """(B, C, H, W) images in [0, 1] -> (B,) scores."""
         images = images.to(self.param_device())
         return self.score(self.preprocess(images).to(self.param_dtype()), self.text_features(prompt))
+
+
+def clean_prompt(prompt: str, who: str = "reward") -> str:
+    """``prompt`` with each unpaired UTF-16 surrogate (``"\\ud800"``: JSON and Python strings can carry one, UTF-8
+    cannot) replaced by U+FFFD, and a surrogate pair joined into its character; a warning says so.
+
+    No tokenizer can encode a lone surrogate (the fast ones raise a bare ``TypeError``), so the prompt is cleaned
+    rather than refused: the rest of it still scores, as with any character the vocabulary lacks.
+    """
+    if not isinstance(prompt, str) or not any("\ud800" <= c <= "\udfff" for c in prompt):
+        return prompt
+    unpaired, i = [], 0
+    while i < len(prompt):
+        if "\ud800" <= prompt[i] <= "\udbff" and i + 1 < len(prompt) and "\udc00" <= prompt[i + 1] <= "\udfff":
+            i += 2  # a high + low pair: one character, joined by the decode below
+            continue
+        if "\ud800" <= prompt[i] <= "\udfff":
+            unpaired.append(i)
+        i += 1
+    cleaned = prompt.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    if unpaired:
+        log.warning("%s: the prompt (the 'prompt' input of the ReNO node) has %d unpaired surrogate character(s) "
+                    "(the first, U+%04X, at position %d), which no tokenizer can encode: they are replaced by U+FFFD "
+                    "(the rest of the prompt is scored as written)", who, len(unpaired), ord(prompt[unpaired[0]]), unpaired[0])
+    return cleaned
 
 
 def float32_stack(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .base import RewardModel
-from .errors import RewardLoadError, key_report
+from .errors import RewardLoadError, compare_shapes, key_report
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # keys that older transformers versions saved and newer ones rebuild (harmless when unexpected)
@@ -51,6 +52,70 @@ class CLIPModelReward(RewardModel):
         return self.logit_scale_exp * cos
 
 
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from a ``.safetensors`` header (8-byte little-endian length, then JSON); no tensor read.
+
+    Raises ValueError when the header cannot be read (a truncated or foreign file)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{size} bytes, shorter than a safetensors header")
+        length = int.from_bytes(head, "little")
+        if length > size - 8 or length > 100_000_000:
+            raise ValueError(f"its header claims {length:,} bytes but the file has {size:,}")
+        header = json.loads(f.read(length).decode("utf-8"))
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
+    return {k: tuple(int(n) for n in v["shape"]) for k, v in header.items() if k != "__metadata__"}
+
+
+def checkpoint_shapes(weights: Path, name: str) -> dict[str, tuple[int, ...]] | None:
+    """Tensor shapes of a CLIP folder's weights file without loading it: the safetensors header, or a memory-mapped
+    weights-only ``pytorch_model.bin``; None when they cannot be read this way (transformers' own loading says why)."""
+    if weights.suffix == ".safetensors":
+        try:
+            return safetensors_shapes(weights)
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise RewardLoadError(
+                f"{name}: could not read {weights}: {type(e).__name__}: {e}. "
+                "The file is truncated, corrupt or not a safetensors file: download it again."
+            ) from e
+    try:
+        state_dict = torch.load(str(weights), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - a legacy (not zip) file or a refused pickle: the full load reports it
+        return None
+    if not isinstance(state_dict, dict):
+        return None
+    return {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+
+
+def _refuse_mismatched_shapes(folder: Path, weights: Path, name: str) -> None:
+    """Compare the weights file's shapes with the CLIPModel that config.json describes, before transformers loads
+    it (its own message for a size mismatch names no key); refuse with every mismatched key and both shapes."""
+    from transformers import CLIPConfig, CLIPModel
+
+    found = checkpoint_shapes(weights, name)
+    if found is None:
+        return
+    try:
+        config = CLIPConfig.from_pretrained(str(folder), local_files_only=True)
+        with torch.device("meta"):  # the expected keys and shapes, without allocating anything
+            expected = {k: tuple(v.shape) for k, v in CLIPModel(config).state_dict().items()}
+    except Exception as e:  # noqa: BLE001 - an unreadable or foreign config.json
+        raise RewardLoadError(
+            f"{name}: could not load the CLIP model in {folder}: {folder / 'config.json'} does not describe a "
+            f"transformers CLIPModel: {type(e).__name__}: {e}. Put the reward's own config.json in that folder."
+        ) from e
+    missing, unexpected, mismatched = compare_shapes(found, expected, _TOLERATED_UNEXPECTED, "checkpoint", "config.json")
+    if mismatched:
+        raise RewardLoadError(
+            f"{name}: {weights} does not match {folder / 'config.json'}: {key_report(missing, unexpected, mismatched)}. "
+            "It is probably a checkpoint of another model (or another size of CLIP); put the reward's own "
+            "config.json and weights in that folder."
+        )
+
+
 def load_clip_folder(folder: Path, name: str, offset: float) -> CLIPModelReward:
     """Build a CLIP reward from a transformers CLIPModel folder; sizes come from its config.json."""
     from transformers import CLIPModel, CLIPTokenizer
@@ -58,6 +123,7 @@ def load_clip_folder(folder: Path, name: str, offset: float) -> CLIPModelReward:
     weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
     if weights is None:
         raise RewardLoadError(f"{name}: no weights in {folder}: expected {' or '.join(WEIGHT_FILES)}")
+    _refuse_mismatched_shapes(folder, weights, name)
     kwargs = dict(local_files_only=True, output_loading_info=True, use_safetensors=weights.suffix == ".safetensors")
     try:
         try:

@@ -7,17 +7,28 @@ Hugging Face Hub's ETag is the SHA-256 of LFS files and the git blob SHA-1 of sm
 URLs carry a SHA-256 in the table when one is known), and only then renamed into place, so a
 partial or corrupted transfer never looks like a complete file.
 
+Each download stages in its own ``.reno-download/<token>/`` beside a ``<token>.lock`` that names its
+process (host, pid, boot). A download killed outright (``kill -9``, a power cut) leaves both behind;
+``clean_stale_staging`` removes them when the reward is next loaded, once their process is gone (or
+nothing in them has changed for a day), and never touches a live download's.
+
 Downloads are on unless ``RENO_DOWNLOADS`` is ``0``/``false``/``off`` or ``HF_HUB_OFFLINE`` is set
 (the ComfyUI layer adds its own setting).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
+import secrets
 import shutil
+import socket
+import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +40,23 @@ log = logging.getLogger(__name__)
 ENV_VAR = "RENO_DOWNLOADS"
 STAGING = ".reno-download"
 HUB = "https://huggingface.co"
+# plain http is allowed to exactly these hosts (the tests' loopback hub); everything else needs https
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+# staging whose process cannot be checked (another host, a reused pid) is stale after this long unchanged
+STALE_AFTER_S = 24 * 3600
+# staging that no lock owns (a kill between two steps, an older version of the pack) after this long
+ORPHAN_AFTER_S = 3600
 
 
 class DownloadError(RewardLoadError):
-    """A download failed or did not verify; nothing was put in place."""
+    """A download failed or did not verify; nothing was put in place.
+
+    ``reason`` is the one-line cause (without the file list that ``registry.ensure_files`` adds).
+    """
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 @dataclass(frozen=True)
@@ -48,7 +72,23 @@ class Source:
 
     @property
     def page(self) -> str:
+        """The public page of the source (huggingface.co for Hub files, whatever HF_ENDPOINT says)."""
         return f"{HUB}/{self.repo}" if self.repo else str(self.url)
+
+    def download_url(self, name: str) -> str:
+        """The URL this file is fetched from now: on the Hub endpoint in use (``HF_ENDPOINT``) for Hub files."""
+        if not self.repo:
+            return str(self.url)
+        filename = urllib.parse.quote(self.filename or Path(name).name)
+        return f"{_hub_endpoint()}/{self.repo}/resolve/{urllib.parse.quote(self.revision, safe='')}/{filename}"
+
+    def host(self) -> str:
+        """Where the file comes from, for messages: the endpoint in use, saying so when HF_ENDPOINT chose it."""
+        if self.repo:
+            endpoint = _hub_endpoint()
+            return f"{endpoint} (HF_ENDPOINT)" if os.environ.get("HF_ENDPOINT") else endpoint
+        parts = urllib.parse.urlsplit(str(self.url))
+        return f"{parts.scheme}://{parts.netloc}"
 
 
 def downloads_enabled() -> bool:
@@ -59,7 +99,7 @@ def downloads_enabled() -> bool:
 
 
 def _hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", HUB).rstrip("/")
+    return (os.environ.get("HF_ENDPOINT") or HUB).rstrip("/")
 
 
 def _safe_target(folder: Path, name: str) -> Path:
@@ -111,33 +151,228 @@ def _fetch_hub(src: Source, name: str, staging: Path) -> Path:
     return path
 
 
+def check_url(url: str) -> None:
+    """Refuse a plain-URL source that is not HTTPS, except plain http to exactly localhost/127.0.0.1/::1.
+
+    The host is compared exactly after parsing, so ``http://localhost.evil.example/`` or
+    ``http://127.0.0.1.nip.io/`` are refused; so is anything parsers may read differently (user info as in
+    ``http://localhost@evil.example/``, ``http://[::1].evil/``, whitespace, control characters, backslashes).
+    """
+    text = str(url)
+    if not text or any(c.isspace() or ord(c) < 32 or ord(c) == 127 or c == "\\" for c in text):
+        raise DownloadError(f"refusing the source URL {text!r}: it holds spaces, control characters or backslashes")
+    try:
+        parts = urllib.parse.urlsplit(text)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as e:
+        raise DownloadError(f"refusing the source URL {text!r}: it does not parse ({e})") from None
+    if not _NETLOC.fullmatch(parts.netloc):  # userinfo, brackets with a tail...: parsers disagree on the host
+        raise DownloadError(f"refusing the source URL {text!r}: its host part {parts.netloc!r} is not a plain "
+                            "host name or address with an optional port")
+    scheme = parts.scheme.lower()
+    if scheme == "https" and host:
+        return
+    if scheme == "http" and host in LOOPBACK_HOSTS:
+        return
+    raise DownloadError(
+        f"refusing a non-HTTPS source {text!r} (host {host or 'missing'!r}): sources must be https:// URLs "
+        f"(plain http only to {', '.join(sorted(LOOPBACK_HOSTS))})"
+    )
+
+
+# a host name, IPv4 address or bracketed IPv6 address, then an optional port: nothing else in the netloc
+_NETLOC = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to a URL that passes ``check_url`` (no downgrade from https to http)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        check_url(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def _fetch_url(src: Source, name: str, staging: Path) -> Path:
-    if not str(src.url).startswith(("https://", "http://127.0.0.1", "http://localhost")):
-        raise DownloadError(f"refusing a non-HTTPS source {src.url}")
-    part = staging / (Path(name).name + ".part")
+    check_url(str(src.url))
+    part = staging / (Path(name).name + ".incomplete")
     log.info("ReNO: downloading %s", src.url)
-    with urllib.request.urlopen(src.url, timeout=60) as response, open(part, "wb") as out:  # noqa: S310 - fixed table
+    opener = urllib.request.build_opener(_CheckedRedirects())
+    with opener.open(str(src.url), timeout=60) as response, open(part, "wb") as out:
         expected = response.headers.get("Content-Length")
-        shutil.copyfileobj(response, out, 1 << 20)
-    size = src.size if src.size is not None else (int(expected) if expected else None)
+        size = src.size if src.size is not None else (int(expected) if expected and expected.isdigit() else None)
+        received = 0
+        for chunk in iter(lambda: response.read(1 << 20), b""):
+            received += len(chunk)
+            if size is not None and received > size:  # never more than the source promised
+                raise DownloadError(f"{src.url}: the server sent more than the {size} bytes the source says",
+                                    f"the server sent more than {size} bytes")
+            out.write(chunk)
     _verify(part, str(src.url), size, sha256=src.sha256)
     return part
 
 
+# -- staging and its locks ----------------------------------------------------------------------------
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is running (a zombie counts as gone). Unsure means alive."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":
+        return _pid_alive_windows(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: someone else's live process
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _pid_alive_windows(pid: int) -> bool:  # pragma: no cover - exercised on Windows only
+    import ctypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: it exists
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def _newest_mtime(path: Path) -> float:
+    """The latest modification time of ``path`` and everything under it (a live transfer keeps it fresh)."""
+    try:
+        newest = path.lstat().st_mtime
+    except OSError:
+        return 0.0
+    if path.is_dir() and not path.is_symlink():
+        for sub in path.rglob("*"):
+            try:
+                newest = max(newest, sub.lstat().st_mtime)
+            except OSError:
+                pass
+    return newest
+
+
+def _write_lock(lock: Path) -> None:
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "boot": _boot_id(), "started": time.time()}
+    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(owner, f)
+
+
+def _lock_is_stale(lock: Path, work: Path, now: float) -> str | None:
+    """Why the download that owns ``lock`` is over (a reason for the log), or None while it may be live."""
+    idle = now - max(_newest_mtime(lock), _newest_mtime(work))
+    if idle > STALE_AFTER_S:
+        return f"nothing changed for {idle / 3600:.0f} h"
+    try:
+        owner = json.loads(lock.read_text(encoding="utf-8"))
+        pid, host, boot = int(owner["pid"]), str(owner["host"]), owner.get("boot")
+    except (OSError, ValueError, KeyError, TypeError):
+        # being written this very moment, or garbage: give it the orphan grace
+        return "an unreadable lock" if idle > ORPHAN_AFTER_S else None
+    if host != socket.gethostname():
+        return None  # another machine's download (a shared folder): only the age tells
+    if boot and _boot_id() and boot != _boot_id():
+        return "its machine has restarted since"
+    if not _pid_alive(pid):
+        return f"its process {pid} is gone"
+    return None
+
+
+def clean_stale_staging(folder: Path) -> list[Path]:
+    """Remove the staging that killed downloads left in ``folder/.reno-download``; returns what was removed.
+
+    A lock whose process is gone (or that has not changed for ``STALE_AFTER_S``) goes with its work
+    folder (the ``.incomplete`` files); entries no lock owns go after ``ORPHAN_AFTER_S``. A live
+    download's lock and files are left alone. Never raises: cleaning is a courtesy.
+    """
+    staging = Path(folder) / STAGING
+    if not staging.is_dir() or staging.is_symlink():
+        return []
+    now, removed, owned = time.time(), [], set()
+    try:
+        entries = sorted(staging.iterdir())
+    except OSError:
+        return []
+    for lock in (e for e in entries if e.name.endswith(".lock") and e.is_file()):
+        work = staging / lock.name[: -len(".lock")]
+        owned.update((lock.name, work.name))
+        why = _lock_is_stale(lock, work, now)
+        if why is None:
+            continue
+        log.info("ReNO: removing the staging of an unfinished download in %s (%s)", staging, why)
+        shutil.rmtree(work, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        removed += [lock, work]
+    for entry in entries:
+        if entry.name in owned or now - _newest_mtime(entry) <= ORPHAN_AFTER_S:
+            continue
+        log.info("ReNO: removing %s, left by an unfinished download", entry)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        removed.append(entry)
+    with contextlib.suppress(OSError):
+        staging.rmdir()  # only when nothing (live) is left in it
+    return removed
+
+
 def fetch(src: Source, folder: Path, name: str) -> Path:
-    """Download ``src`` to ``folder/name`` atomically; returns the final path."""
+    """Download ``src`` to ``folder/name`` atomically; returns the final path.
+
+    The transfer stages in ``folder/.reno-download/<token>/`` (owned by ``<token>.lock``), which is
+    removed whatever happens, unless the process itself dies (see ``clean_stale_staging``).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     target = _safe_target(folder, name)
     staging = folder / STAGING
     staging.mkdir(exist_ok=True)
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    lock, work = staging / f"{token}.lock", staging / token
     try:
-        path = _fetch_hub(src, name, staging) if src.repo else _fetch_url(src, name, staging)
+        _write_lock(lock)
+        work.mkdir()
+        path = _fetch_hub(src, name, work) if src.repo else _fetch_url(src, name, work)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, target)
     except DownloadError:
         raise
     except Exception as e:  # noqa: BLE001 - network, HTTP and disk errors become one clear message
-        raise DownloadError(f"downloading {name} from {src.page} failed: {type(e).__name__}: {e}") from e
+        reason = _one_line(e)
+        raise DownloadError(f"downloading {name} from {src.download_url(name)} failed: {reason}", reason) from e
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        with contextlib.suppress(OSError):
+            staging.rmdir()
     return target
+
+
+def _one_line(e: BaseException) -> str:
+    text = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -4,28 +4,139 @@
 ``{"state_dict": ...}`` in open_clip's ViT-H-14 layout. They load into this pack's own open_clip
 implementation (``open_clip_model``), never through the ``open_clip_torch``/``hpsv2`` packages, and
 only with ``torch.load(weights_only=True)``: a file that needs code to unpickle is refused.
+
+The CLIP BPE tokenizer is the same for every CLIP model, so only the checkpoint has to be in the
+folder: ``find_clip_tokenizer`` takes the folder's own ``vocab.json`` + ``merges.txt`` (or
+``tokenizer.json``), else the host's bundled CLIP tokenizer (ComfyUI's ``comfy/sd1_tokenizer/``),
+else another reward folder's CLIP tokenizer files, else open_clip's ``bpe_simple_vocab_16e6.txt.gz``;
+the registry downloads the files only when none of these exists.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from . import open_clip_model as ocm
+from . import paths
 from .base import RewardModel
 from .errors import RewardLoadError
-from .open_clip_model import (
-    CONFIG_SIDECAR,
-    CLIPBPETokenizer,
-    OpenCLIP,
-    build_open_clip,
-    load_clip_tokenizer,
-    read_model_config,
-)
+from .open_clip_model import CONFIG_SIDECAR, CLIPBPETokenizer, OpenCLIP, build_open_clip, read_model_config
+
+log = logging.getLogger(__name__)
 
 HPS_FILES = {"hpsv2.1": "HPS_v2.1_compressed.pt", "hpsv2": "HPS_v2_compressed.pt"}
 HPS_SOURCE = "https://huggingface.co/xswu/HPSv2"
+
+
+# -- the CLIP tokenizer: the folder's own, else a local copy of the same vocabulary ------------------
+
+# reward folders (under any reno_rewards root) whose CLIP tokenizer files are the same vocabulary
+CLIP_TOKENIZER_FOLDERS = ("pickscore", "clipscore", "hpsv2.1", "hpsv2", "aesthetic/clip")
+# the OpenAI CLIP BPE vocabulary every CLIP model uses: 49,408 tokens, the last two the start and end
+# tokens, 48,894 merges; a borrowed tokenizer must be exactly this one
+CLIP_VOCAB_SIZE, CLIP_SOT_ID, CLIP_EOT_ID, CLIP_MERGES = 49408, 49406, 49407, 48894
+
+
+@dataclass(frozen=True)
+class TokenizerFiles:
+    """Where a CLIP tokenizer is read from: ``kind`` is "vocab+merges", "tokenizer.json" or "bpe.gz"."""
+
+    kind: str
+    files: tuple[Path, ...]
+    origin: str  # for messages: "the reward folder", "ComfyUI's bundled CLIP tokenizer", ...
+
+    def load(self, context_length: int = 77) -> CLIPBPETokenizer:
+        if self.kind == "vocab+merges":
+            return CLIPBPETokenizer.from_vocab_merges(self.files[0], self.files[1], context_length)
+        if self.kind == "tokenizer.json":
+            return CLIPBPETokenizer.from_tokenizer_json(self.files[0], context_length)
+        return CLIPBPETokenizer.from_bpe_gz(self.files[0], context_length)
+
+
+def _files_in(folder: Path, origin: str) -> TokenizerFiles | None:
+    vocab, merges, tok_json = folder / "vocab.json", folder / "merges.txt", folder / "tokenizer.json"
+    if vocab.is_file() and merges.is_file():
+        return TokenizerFiles("vocab+merges", (vocab, merges), origin)
+    if tok_json.is_file():
+        return TokenizerFiles("tokenizer.json", (tok_json,), origin)
+    return None
+
+
+_checked: dict[tuple, bool] = {}
+
+
+def _is_the_clip_vocabulary(candidate: TokenizerFiles) -> bool:
+    """Whether borrowed files hold exactly the CLIP vocabulary (a tiny or extended one is not borrowed)."""
+    try:
+        key = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in candidate.files)
+    except OSError:
+        return False
+    if key not in _checked:
+        try:
+            tok = candidate.load()
+            _checked[key] = (len(tok.encoder) == CLIP_VOCAB_SIZE and len(tok.ranks) == CLIP_MERGES
+                             and (tok.sot_id, tok.eot_id) == (CLIP_SOT_ID, CLIP_EOT_ID) and tok.max_id == CLIP_EOT_ID)
+        except RewardLoadError as e:
+            log.warning("ReNO: not using the CLIP tokenizer files %s: %s", ", ".join(map(str, candidate.files)), e)
+            _checked[key] = False
+    return _checked[key]
+
+
+def clip_tokenizer_candidates(folder: Path, roots: Iterable[Path] | None = None) -> list[TokenizerFiles]:
+    """Every place a CLIP tokenizer for the reward in ``folder`` could come from, in order (unchecked)."""
+    folder = Path(folder)
+    found = [f for f in [_files_in(folder, "the reward folder")] if f]
+    for d in paths.host_clip_tokenizer_dirs():
+        found += [f for f in [_files_in(d, "the host's bundled CLIP tokenizer")] if f]
+    search = [folder.parent, *(roots if roots is not None else paths.search_dirs())]
+    seen = {folder.resolve()}
+    for root in search:
+        for sub in CLIP_TOKENIZER_FOLDERS:
+            other = Path(root) / sub
+            key = other.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            found += [f for f in [_files_in(other, f"the {sub} reward's files")] if f]
+    bundled = ocm.bundled_bpe_path()
+    if bundled is not None:
+        found.append(TokenizerFiles("bpe.gz", (bundled,), "open_clip's bundled BPE file"))
+    return found
+
+
+def find_clip_tokenizer(folder: Path, roots: Iterable[Path] | None = None) -> TokenizerFiles | None:
+    """The first usable CLIP tokenizer for the reward in ``folder``: its own files (whatever they are),
+    else a local copy of the CLIP vocabulary (the host's, another reward's, open_clip's); None if none."""
+    for candidate in clip_tokenizer_candidates(folder, roots):
+        if candidate.origin == "the reward folder" or candidate.kind == "bpe.gz" or _is_the_clip_vocabulary(candidate):
+            return candidate
+    return None
+
+
+def load_hps_tokenizer(folder: Path, context_length: int = 77, name: str = "reward",
+                       roots: Iterable[Path] | None = None) -> CLIPBPETokenizer:
+    """The CLIP tokenizer of the HPS reward in ``folder`` (see ``find_clip_tokenizer``), or an error saying
+    which files to put where."""
+    folder = Path(folder)
+    found = find_clip_tokenizer(folder, roots)
+    if found is None:
+        present = [n for n in ("vocab.json", "merges.txt") if (folder / n).is_file()]
+        raise RewardLoadError(
+            f"{name}: the CLIP tokenizer files are missing: put vocab.json and merges.txt in {folder} "
+            f"(from {ocm.LAION_CLIP_H}/tree/main)" + (f"; only {present[0]} is there" if present else "")
+            + ". No local copy was found either (ComfyUI's comfy/sd1_tokenizer, another reward folder's "
+            f"CLIP tokenizer: {', '.join(CLIP_TOKENIZER_FOLDERS)}, or the open_clip package)."
+        )
+    if found.origin != "the reward folder":
+        log.info("ReNO: %s: no CLIP tokenizer files in %s; using %s (%s)", name, folder, found.origin,
+                 ", ".join(map(str, found.files)))
+    return found.load(context_length)
 
 
 def load_torch_file(path: Path, name: str):
@@ -100,9 +211,10 @@ class HPSReward(RewardModel):
         return (image * text_features.to(image.device, torch.float32)).sum(dim=-1)
 
 
-def load_hps_folder(folder: Path, name: str, offset: float = 1.0) -> HPSReward:
+def load_hps_folder(folder: Path, name: str, offset: float = 1.0, roots: Iterable[Path] | None = None) -> HPSReward:
     """Build an HPS reward from ``folder``: the checkpoint of ``name`` ("hpsv2.1" or "hpsv2"), the optional
-    ``open_clip_config.json`` (head counts of a non-ViT-H-14 checkpoint) and the CLIP tokenizer."""
+    ``open_clip_config.json`` (head counts of a non-ViT-H-14 checkpoint) and the CLIP tokenizer
+    (``load_hps_tokenizer``; ``roots`` are the reno_rewards folders to borrow it from)."""
     folder = Path(folder)
     if name not in HPS_FILES:
         raise ValueError(f"unknown HPS version {name!r}: expected one of {', '.join(HPS_FILES)}")
@@ -115,7 +227,7 @@ def load_hps_folder(folder: Path, name: str, offset: float = 1.0) -> HPSReward:
     source = f"{name}: {path}" + (f" (with {sidecar.name})" if model_cfg is not None else "")
     clip = build_open_clip(state_dict, model_cfg, source)
     del state_dict
-    tokenizer = load_clip_tokenizer(folder, clip.context_length, name)
+    tokenizer = load_hps_tokenizer(folder, clip.context_length, name, roots)
     if tokenizer.max_id >= clip.config.vocab_size:
         raise RewardLoadError(
             f"{name}: the tokenizer in {folder} ({tokenizer.source}) has ids up to {tokenizer.max_id} but the model's "

@@ -4,11 +4,17 @@ Inside ComfyUI the node layer registers a provider that returns ``folder_paths``
 ``reno_rewards`` folder (so ``extra_model_paths.yaml`` works). Used on its own, the library looks in
 the directories given by the ``RENO_REWARDS_DIR`` environment variable (``os.pathsep``-separated),
 or in directories passed explicitly.
+
+The CLIP BPE vocabulary is the same for every CLIP model, so a reward that needs only the tokenizer
+can borrow it from the host: ``host_clip_tokenizer_dirs`` finds ComfyUI's bundled
+``comfy/sd1_tokenizer/`` through an already imported ``comfy`` package (never importing ComfyUI), and
+the node layer may add folders with ``set_clip_tokenizer_dirs_provider``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -16,6 +22,7 @@ FOLDER_NAME = "reno_rewards"
 ENV_VAR = "RENO_REWARDS_DIR"
 
 _provider: Callable[[], Iterable[str]] | None = None
+_tokenizer_provider: Callable[[], Iterable[str | os.PathLike]] | None = None
 
 
 def set_search_path_provider(provider: Callable[[], Iterable[str]] | None) -> None:
@@ -47,3 +54,22 @@ def find_reward_dir(reward: str, required: Iterable[str], extra: Iterable[str | 
         if all((folder / name).is_file() for name in required):
             return folder
     return None
+
+
+def set_clip_tokenizer_dirs_provider(provider: Callable[[], Iterable[str | os.PathLike]] | None) -> None:
+    """Install a function that lists extra folders holding a CLIP ``vocab.json`` + ``merges.txt``."""
+    global _tokenizer_provider
+    _tokenizer_provider = provider
+
+
+def host_clip_tokenizer_dirs() -> list[Path]:
+    """Folders of the host's bundled CLIP tokenizer that exist: the provider's, then ComfyUI's
+    ``comfy/sd1_tokenizer/`` when a ``comfy`` package is already imported (it is not imported here)."""
+    dirs: list[Path] = [Path(d) for d in _tokenizer_provider()] if _tokenizer_provider is not None else []
+    comfy = sys.modules.get("comfy")
+    try:
+        locations = list(getattr(comfy, "__path__", None) or [])
+    except TypeError:
+        locations = []
+    dirs += [Path(location) / "sd1_tokenizer" for location in locations]
+    return [d for d in dirs if d.is_dir()]

@@ -13,8 +13,9 @@ import torch
 
 from . import paths
 from .base import RewardModel
-from .download import Source, downloads_enabled, fetch
+from .download import STAGING, DownloadError, Source, clean_stale_staging, downloads_enabled, fetch
 from .errors import RewardFilesMissing
+from .stamps import file_stamps
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +28,31 @@ OPENAI_CLIP_L = "openai/clip-vit-large-patch14"
 AESTHETIC_URL = (
     "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac%2Blogos%2Bava1-l14-linearMSE.pth"
 )
+# The file's Git LFS object (the repository stores the .pth with Git LFS). Hugging Face shows the same LFS
+# pointer for its mirrors of the file, e.g. huggingface.co/haor/aesthetics (commit 60617cc, "oid sha256:21dd59...,
+# size 3714759"), hbyang/Hi3D metric_models/ and spaces/xinglilu/Vadhwid assets/ ("Git LFS Details: SHA256
+# 21dd59..."); projects that pin the GitHub file publish the same digest and 3,714,759 bytes.
+AESTHETIC_SHA256 = "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"
+AESTHETIC_SIZE = 3_714_759
 
 
 @dataclass(frozen=True)
 class FileNeed:
-    """One file a reward needs: any of ``names`` will do; ``source`` is where ``names[0]`` comes from."""
+    """One file a reward needs: any of ``names`` will do; ``source`` is where ``names[0]`` comes from.
+
+    ``local(folder, roots)``, when given, finds a local copy elsewhere (the same CLIP tokenizer that the
+    host or another reward has): then the file is neither required in the folder nor downloaded.
+    """
 
     names: tuple[str, ...]
     source: Source
+    local: Callable[[Path, list[Path]], object] | None = None
 
     def present(self, folder: Path) -> bool:
         return any((folder / n).is_file() for n in self.names)
+
+    def satisfied(self, folder: Path, roots: list[Path]) -> bool:
+        return self.present(folder) or (self.local is not None and bool(self.local(folder, roots)))
 
 
 def clip_folder_files(weights_repo: str, tokenizer_repo: str) -> tuple[FileNeed, ...]:
@@ -58,11 +73,11 @@ class RewardSpec:
     paper_weight: float  # the official default weight, for documentation and tooltips
     description: str
     files: tuple[FileNeed, ...]
-    build: Callable[[Path], RewardModel]
+    build: Callable[..., RewardModel]  # build(folder, roots): roots are the reno_rewards folders searched
 
 
-def _clip(name: str, offset: float) -> Callable[[Path], RewardModel]:
-    def build(folder: Path) -> RewardModel:
+def _clip(name: str, offset: float) -> Callable[..., RewardModel]:
+    def build(folder: Path, roots: list[Path] | None = None) -> RewardModel:
         from .clip_rewards import load_clip_folder
 
         return load_clip_folder(folder, name, offset)
@@ -70,33 +85,41 @@ def _clip(name: str, offset: float) -> Callable[[Path], RewardModel]:
     return build
 
 
-def _imagereward(folder: Path) -> RewardModel:
+def _imagereward(folder: Path, roots: list[Path] | None = None) -> RewardModel:
     from .imagereward import load_imagereward_folder
 
     return load_imagereward_folder(folder, "imagereward", 2.0)
 
 
-def _hps(name: str) -> Callable[[Path], RewardModel]:
-    def build(folder: Path) -> RewardModel:
+def _hps(name: str) -> Callable[..., RewardModel]:
+    def build(folder: Path, roots: list[Path] | None = None) -> RewardModel:
         from .hps import load_hps_folder
 
-        return load_hps_folder(folder, name, 1.0)
+        return load_hps_folder(folder, name, 1.0, roots)
 
     return build
 
 
-def _aesthetic(folder: Path) -> RewardModel:
+def _aesthetic(folder: Path, roots: list[Path] | None = None) -> RewardModel:
     from .aesthetic import load_aesthetic_folder
 
     return load_aesthetic_folder(folder, "aesthetic", 10.0)
 
 
+def _local_clip_tokenizer(folder: Path, roots: list[Path]):
+    """A local copy of the CLIP tokenizer (the host's, another reward's, open_clip's), or None."""
+    from .hps import find_clip_tokenizer
+
+    return find_clip_tokenizer(folder, roots)
+
+
 def _hps_files(checkpoint: str) -> tuple[FileNeed, ...]:
-    # the CLIP BPE tokenizer files ship beside the checkpoint: the pack does not depend on open_clip
+    # the CLIP BPE tokenizer files go beside the checkpoint, unless a local copy of the same vocabulary exists
+    # (the pack does not depend on open_clip, but uses its BPE file when it is installed)
     return (
         FileNeed((checkpoint,), Source(HPS)),
-        FileNeed(("vocab.json", "tokenizer.json"), Source(LAION_CLIP_H)),
-        FileNeed(("merges.txt", "tokenizer.json"), Source(LAION_CLIP_H)),
+        FileNeed(("vocab.json", "tokenizer.json"), Source(LAION_CLIP_H), local=_local_clip_tokenizer),
+        FileNeed(("merges.txt", "tokenizer.json"), Source(LAION_CLIP_H), local=_local_clip_tokenizer),
     )
 
 
@@ -152,7 +175,8 @@ REWARDS: dict[str, RewardSpec] = {
         paper_weight=0.0,
         description="LAION aesthetic predictor (MLP on OpenAI CLIP ViT-L/14): about 1-10, ignores the prompt",
         files=(
-            FileNeed(("sac+logos+ava1-l14-linearMSE.pth",), Source(url=AESTHETIC_URL)),
+            FileNeed(("sac+logos+ava1-l14-linearMSE.pth",),
+                     Source(url=AESTHETIC_URL, sha256=AESTHETIC_SHA256, size=AESTHETIC_SIZE)),
             FileNeed(("clip/config.json",), Source(OPENAI_CLIP_L, "config.json")),
             FileNeed(("clip/model.safetensors", "clip/pytorch_model.bin"), Source(OPENAI_CLIP_L, "model.safetensors")),
         ),
@@ -170,14 +194,22 @@ def _candidate_folder(name: str, roots: list[Path]) -> Path:
     return max((root / name for root in roots), key=lambda f: sum(n.present(f) for n in spec.files))
 
 
+def _complete_folder(name: str, roots: list[Path]) -> Path | None:
+    spec = _spec(name)
+    for root in roots:
+        folder = root / name
+        if all(need.satisfied(folder, roots) for need in spec.files):
+            return folder
+    return None
+
+
 def locate(name: str, extra_dirs: Iterable[str | os.PathLike] = ()) -> Path:
     """The folder holding every file of reward ``name``, or a RewardFilesMissing naming what to do."""
     spec = _spec(name)
     roots = paths.search_dirs(extra_dirs)
-    for root in roots:
-        folder = root / name
-        if all(need.present(folder) for need in spec.files):
-            return folder
+    folder = _complete_folder(name, roots)
+    if folder is not None:
+        return folder
     if not roots:
         raise RewardFilesMissing(
             f"reward '{name}': no '{paths.FOLDER_NAME}' folder is configured. Inside ComfyUI it is "
@@ -186,21 +218,46 @@ def locate(name: str, extra_dirs: Iterable[str | os.PathLike] = ()) -> Path:
     folder = _candidate_folder(name, roots)
     lines = [
         f"reward '{name}' is missing files in {folder}:",
-        *(f"  - {' or '.join(n.names)}  (from {n.source.page})" for n in spec.files if not n.present(folder)),
+        *(f"  - {' or '.join(n.names)}  (from {n.source.page})" for n in spec.files if not n.satisfied(folder, roots)),
         f"Put them in that folder ({paths.FOLDER_NAME} folders searched: {', '.join(str(r) for r in roots)}).",
     ]
     raise RewardFilesMissing("\n".join(lines))
 
 
+def _download_failed(name: str, folder: Path, roots: list[Path], need: FileNeed, error: DownloadError) -> DownloadError:
+    """The error for a download that failed: its cause, every file still missing with the URL it is fetched
+    from (on the host actually used), the folder, and what to do."""
+    missing = [n for n in _spec(name).files if not n.satisfied(folder, roots)]
+    hosts = list(dict.fromkeys(n.source.host() for n in missing))
+    lines = [
+        f"reward '{name}': downloading {need.names[0]} from {need.source.host()} failed: {error.reason}",
+        f"Still missing in {folder} ({len(missing)} file{'s' if len(missing) != 1 else ''}):",
+        *(f"  - {' or '.join(n.names)}  ({n.source.download_url(n.names[0])})" for n in missing),
+        f"What to do: check the connection to {' and '.join(hosts)} and run again, or download the files above "
+        f"by hand (any one name of each line) and put them in {folder}; to stop automatic downloads, set "
+        "RENO_DOWNLOADS=0 (or the ReNO setting in ComfyUI).",
+    ]
+    return DownloadError("\n".join(lines), error.reason)
+
+
+def _clean_staging(name: str, roots: list[Path]) -> None:
+    for root in roots:
+        folder = root / name
+        if (folder / STAGING).is_dir():
+            clean_stale_staging(folder)
+
+
 def ensure_files(name: str, extra_dirs: Iterable[str | os.PathLike] = (), download: bool | None = None) -> Path:
     """``locate``, downloading the missing files first when downloads are allowed.
 
-    ``download=None`` follows the environment (``RENO_DOWNLOADS``, ``HF_HUB_OFFLINE``).
+    ``download=None`` follows the environment (``RENO_DOWNLOADS``, ``HF_HUB_OFFLINE``). First, in every
+    folder of this reward, the staging that killed downloads left behind is removed.
     """
+    roots = paths.search_dirs(extra_dirs)
+    _clean_staging(name, roots)
     try:
         return locate(name, extra_dirs)
     except RewardFilesMissing as missing:
-        roots = paths.search_dirs(extra_dirs)
         allowed = downloads_enabled() if download is None else download
         if not roots:
             raise
@@ -211,8 +268,11 @@ def ensure_files(name: str, extra_dirs: Iterable[str | os.PathLike] = (), downlo
             ) from None
         folder = _candidate_folder(name, roots)
         for need in _spec(name).files:
-            if not need.present(folder):
-                fetch(need.source, folder, need.names[0])
+            if not need.satisfied(folder, roots):
+                try:
+                    fetch(need.source, folder, need.names[0])
+                except DownloadError as e:
+                    raise _download_failed(name, folder, roots, need, e) from e
         return locate(name, extra_dirs)
 
 
@@ -223,15 +283,15 @@ _lock = threading.Lock()
 def load_reward(name: str, extra_dirs: Iterable[str | os.PathLike] = (), download: bool | None = None) -> RewardModel:
     """Load (or return the cached) reward model ``name``, float32 on the CPU.
 
-    Missing files are downloaded first when allowed (see ``ensure_files``). Cached by folder and
-    file modification times, so re-running a workflow does not reload it and replacing a file does.
+    Missing files are downloaded first when allowed (see ``ensure_files``). Cached by folder and the
+    stamps of its files (``file_stamps``: size, modification time, inode), so re-running a workflow does
+    not reload it and replacing, adding or deleting a file does.
     Built outside inference mode, so its weights can take part in autograd.
     """
     spec = _spec(name)
     folder = ensure_files(name, extra_dirs, download)
-    stamp = tuple(sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns, p.stat().st_size)
-                         for p in folder.rglob("*") if p.is_file()))
-    key = (name, str(folder.resolve()), stamp)
+    key = (name, str(folder.resolve()), file_stamps(folder))
+    roots = paths.search_dirs(extra_dirs)  # where the HPS rewards may borrow the CLIP tokenizer
     with _lock:
         model = _cache.get(key)
         if model is None:
@@ -239,7 +299,7 @@ def load_reward(name: str, extra_dirs: Iterable[str | os.PathLike] = (), downloa
             for k in [k for k in _cache if k[0] == name and k[1] == key[1]]:
                 del _cache[k]  # an older version of the same files
             with torch.inference_mode(False):
-                model = spec.build(folder).eval().requires_grad_(False)
+                model = spec.build(folder, roots).eval().requires_grad_(False)
             _cache[key] = model
     return model
 

