@@ -8,6 +8,7 @@ import folder_paths
 
 from ..reward_loaders import FOLDER_NAME, set_search_path_provider
 from .custom_sampler_node import ReNOSamplerCustom
+from .noise_node import ReNONoise
 from .preview_node import ReNOIterationPreview
 from .reward_nodes import ReNORewardLoader
 from .sampler_node import ReNOSampler
@@ -30,6 +31,7 @@ NODE_CLASS_MAPPINGS = {
     "ReNOSamplerCustom": ReNOSamplerCustom,
     "ReNOIterationPreview": ReNOIterationPreview,
     "ReNOScoreImages": ReNOScoreImages,
+    "ReNONoise": ReNONoise,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -38,4 +40,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ReNOSamplerCustom": "ReNO Sampler (custom)",
     "ReNOIterationPreview": "ReNO Iteration Preview",
     "ReNOScoreImages": "ReNO Score Images",
+    "ReNONoise": "ReNO Noise",
 }

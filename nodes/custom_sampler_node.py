@@ -5,8 +5,8 @@ from __future__ import annotations
 from ..optimizer import ReNOConfig
 from .bridge import ReNOComfySampler
 from .guards import with_oom_advice
-from .inputs import reno_config, reno_input
-from .lifecycle import ReNORun, RunResult
+from .inputs import chain_input, chain_settings, reno_config, reno_input
+from .lifecycle import ChainSettings, ReNORun, RunResult
 from .memory import AUTO, MEMORY_INPUT, check_mode
 from .run import PREVIEW_SIZE, check_result, iteration_reporter, make_ensemble, reward_info_of
 
@@ -19,16 +19,19 @@ class ReNOGuidedSampler(ReNOComfySampler):
     and events. The guider (CFGGuider, BasicGuider, DualCFGGuider...) supplies the model, conditioning and CFG.
     """
 
-    def __init__(self, rewards, prompt, config: ReNOConfig, vae, node_id=None, memory=AUTO):
+    def __init__(self, rewards, prompt, config: ReNOConfig, vae, node_id=None, memory=AUTO,
+                 chain: ChainSettings = ChainSettings()):
         self.ensemble = make_ensemble(rewards, prompt, NODE_NAME)
         self.config, self.vae, self.memory, self.node_id = config, vae, check_mode(memory), node_id
+        self.chain = chain
         super().__init__(self._make_run)
 
     def _make_run(self) -> ReNORun:
         # progress goes to the executing node (SamplerCustomAdvanced); events name this node
         reporter = iteration_reporter(self.config.iterations, reward_info_of(self.ensemble),
                                       event_node_id=self.node_id, progress_node_id=None)
-        return ReNORun(self.ensemble, self.config, self.vae, reporter, PREVIEW_SIZE, memory_mode=self.memory)
+        return ReNORun(self.ensemble, self.config, self.vae, reporter, PREVIEW_SIZE, memory_mode=self.memory,
+                       chain=self.chain)
 
     def sample(self, *args, **kwargs):
         return with_oom_advice(NODE_NAME, super().sample, *args, **kwargs)
@@ -39,20 +42,20 @@ class ReNOGuidedSampler(ReNOComfySampler):
 
 
 def make_sampler(vae, rewards, prompt, iterations, learning_rate, regularization, grad_clip, node_id=None,
-                 memory=AUTO):
+                 memory=AUTO, sampler_name="euler", gradient="exact", gradient_steps=1):
     config = reno_config(iterations, learning_rate, regularization, grad_clip)
-    return ReNOGuidedSampler(rewards, prompt, config, vae, node_id, memory)
+    return ReNOGuidedSampler(rewards, prompt, config, vae, node_id, memory,
+                             chain_settings(sampler_name, gradient, gradient_steps))
 
 
 class ReNOSamplerCustom:
     DESCRIPTION = (
         "ReNO as a SAMPLER for SamplerCustomAdvanced (any guider: CFGGuider, BasicGuider, DualCFGGuider; any "
-        "noise and sigmas) or SamplerCustom. It denoises in one step from the first sigma, scores the decoded "
-        "image with the rewards and optimizes the initial noise by gradient ascent; the sampler's output is the "
-        "best iteration's latent. Only the first sigma matters: with a schedule ending at 0 the result is the "
-        "denoised latent, with one ending above 0 (a split schedule's high part) it is one Euler step from the "
-        "first to the last sigma, for a second sampler to finish. Use a one-step schedule (SDTurboScheduler, "
-        "or BasicScheduler with 1 step: sigma 1.0 for flow models such as FLUX and SD3)."
+        "noise and sigmas) or SamplerCustom. It samples through all the sigmas it is given with its sampler_name "
+        "(exactly as ComfyUI's sampler of that name), scores the decoded result with the rewards and optimizes the "
+        "initial noise by gradient ascent through the whole chain; the sampler's output is the best iteration's "
+        "latent. With a schedule ending above 0 (a split schedule's high part) the output is the chain's latent at "
+        "the last sigma, for a second sampler to finish (the rewards score the last step's denoised prediction)."
     )
     CATEGORY = CATEGORY
     FUNCTION = "get_sampler"
@@ -67,11 +70,14 @@ class ReNOSamplerCustom:
                 **{name: reno_input(name) for name in
                    ("vae", "rewards", "prompt", "iterations", "learning_rate", "regularization", "grad_clip")},
             },
-            "optional": {"memory": (MEMORY_INPUT[0], dict(MEMORY_INPUT[1]))},
+            "optional": {
+                "memory": (MEMORY_INPUT[0], dict(MEMORY_INPUT[1])),
+                **{name: chain_input(name) for name in ("sampler_name", "gradient", "gradient_steps")},
+            },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def get_sampler(self, vae, rewards, prompt, iterations, learning_rate, regularization, grad_clip, memory=AUTO,
-                    unique_id=None):
+                    sampler_name="euler", gradient="exact", gradient_steps=1, unique_id=None):
         return (make_sampler(vae, rewards, prompt, iterations, learning_rate, regularization, grad_clip, unique_id,
-                             memory),)
+                             memory, sampler_name, gradient, gradient_steps),)

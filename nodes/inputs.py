@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
+import comfy.samplers
+
 from ..optimizer import ReNOConfig
+from ..optimizer.chain import SAMPLERS
 
 _DEFAULTS = ReNOConfig()
 
@@ -35,6 +40,67 @@ _SPECS = {
 }
 
 
+GRADIENT_MODES = ["exact", "drtune", "last k"]
+
+# the sampling chain (appended optional inputs): with the defaults a run is today's one-step ReNO
+_CHAIN_SPECS = {
+    "steps": ("INT", {
+        "default": 1, "min": 1, "max": 100,
+        "tooltip": "Sampling steps ReNO backpropagates through: 1 for one-step models (SD-Turbo, SDXL-Turbo...), the "
+                   "model's own count for few-step ones (4 for SDXL-Lightning 4-step, FLUX.1-schnell, Hyper-SD 8-step: 8). "
+                   "With iterations = 1 the result equals KSampler with the same sampler, scheduler and steps.",
+    }),
+    "sampler_name": (list(SAMPLERS), {
+        "default": "euler",
+        "tooltip": "The sampler, exactly as ComfyUI's of that name (euler_ancestral's per-step noises are drawn once "
+                   "from the seed, as KSampler draws them, and kept fixed while the noise is optimized).",
+    }),
+    "gradient": (GRADIENT_MODES, {
+        "default": "exact",
+        "tooltip": "How the reward's gradient reaches the noise through several steps.\n"
+                   "exact: through every step (each step recomputed in the backward pass: about one step's memory).\n"
+                   "drtune: the model's input detached at every step but the last gradient_steps (DRTune): cheaper, "
+                   "approximate, the gradient flows through the sampler's updates.\n"
+                   "last k: only the last gradient_steps model outputs carry gradient (AlignProp's truncation).",
+    }),
+    "gradient_steps": ("INT", {
+        "default": 1, "min": 0, "max": 100,
+        "tooltip": "k for drtune and last k: how many final steps keep the model's Jacobian (ignored by exact).",
+    }),
+}
+
+
+def scheduler_input() -> tuple:
+    return (list(comfy.samplers.KSampler.SCHEDULERS), {
+        "default": "simple",
+        "tooltip": "ComfyUI's scheduler for the steps (ReNO Sampler only; ReNO Sampler (custom) takes its sigmas "
+                   "from the graph). With 1 step, simple starts at the model's sigma_max (t = 999).",
+    })
+
+
+def chain_input(name: str) -> tuple:
+    """A fresh copy of a sampling-chain input definition (``scheduler`` included)."""
+    if name == "scheduler":
+        return scheduler_input()
+    kind, options = _CHAIN_SPECS[name]
+    return (list(kind) if isinstance(kind, list) else kind, dict(options))
+
+
+def chain_settings(sampler_name: str = "euler", gradient: str = "exact", gradient_steps: int = 1):
+    """The lifecycle's ChainSettings from the node inputs (a hand-edited workflow's bad value is named)."""
+    from .lifecycle import ChainSettings
+
+    if sampler_name not in SAMPLERS:
+        raise ValueError(f"sampler_name: {sampler_name!r} is not one of {', '.join(SAMPLERS)} (the samplers ReNO can "
+                         "backpropagate through)")
+    if gradient not in GRADIENT_MODES:
+        raise ValueError(f"gradient: {gradient!r} is not one of {', '.join(GRADIENT_MODES)}")
+    k = int(gradient_steps)
+    if k < 0:
+        raise ValueError(f"gradient_steps: {gradient_steps!r} must be 0 or more")
+    return ChainSettings(sampler=sampler_name, gradient=gradient, k=k)
+
+
 def reno_input(name: str) -> tuple:
     """A fresh copy of a shared input definition."""
     kind, options = _SPECS[name]
@@ -44,3 +110,18 @@ def reno_input(name: str) -> tuple:
 def reno_config(iterations, learning_rate, regularization, grad_clip) -> ReNOConfig:
     return ReNOConfig(iterations=int(iterations), learning_rate=float(learning_rate),
                       regularization=float(regularization), grad_clip=float(grad_clip))
+
+
+def finite_input(node: str, name: str, value, what: str) -> float:
+    """``value`` as a float, or a ValueError naming the node and the input when it is not a finite number.
+
+    ComfyUI's validation compares against the widget's min/max only, and NaN passes every comparison: a
+    hand-edited or scripted API prompt can carry ``NaN`` (JSON allows it), and a direct call any value.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"{node}: {name}={value!r}: must be a finite number ({what})")
+    return number

@@ -3,8 +3,9 @@
 ``ReNORun.execute`` is the whole lifecycle, in this order:
 
 1. **prepare**, outside any tensor swap: ComfyUI loads the model, the VAE and the rewards; the inputs are
-   checked and copied as normal tensors; text features are computed once; the memory plan is measured
-   (inside its own short swap) and chosen, and only then, with every swap undone, ComfyUI is asked to
+   checked and copied as normal tensors; text features are computed once; a large latent is first sized from
+   three small probes and refused when it cannot fit even with everything recomputed; the memory plan is
+   measured (inside its own short swap) and chosen, and only then, with every swap undone, ComfyUI is asked to
    unload other models or to load this one partially (a module moved inside a swap would be moved back
    at its exit, and ComfyUI's records would no longer match where the weights are).
 2. **install** (``ReNORun.installed``): the one place that changes objects the run does not own, each
@@ -18,6 +19,8 @@
       ``forward`` that recomputes their activations in the backward pass (``optimizer.memory``: the one
       gradient-checkpointing mechanism of the pack), with activation copies for models found to update
       activations in place.
+   d. every block of every part checks ComfyUI's Cancel before it runs, and again when its gradient arrives
+      in the backward pass, so a long pass stops at the next block.
 
    The plan is passed in (``RunPlan``), never left as flags on shared models.
 3. **optimize**: ``optimize_noise`` with one reporter; the record carries the running best.
@@ -31,16 +34,19 @@ model (that it updates activations in place) is kept here, in a weak table keyed
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import comfy.model_management
+import comfy.model_sampling
 import torch
 import torch.nn.functional as F
 
 from ..optimizer import IterationRecord, ReNOConfig, ReNOResult, optimize_noise
+from ..optimizer.chain import ChainSpec, GradientPolicy, draw_step_noises, run_chain
 from ..optimizer.memory import INPLACE_MESSAGE, ActivationProbe, ComponentProfile, recompute_wrapper, wrap_blocks
 from ..reward_loaders import RewardEnsemble
 from . import memory
@@ -138,6 +144,21 @@ def saved_activations_copied():
 
 
 @dataclass(frozen=True)
+class ChainSettings:
+    """How the sigmas a run is given are sampled: ``sampler`` (``optimizer.chain.SAMPLERS``), and which paths carry
+    the gradient back to the noise (``gradient``: ``exact``, ``drtune`` or ``last k``; ``k``: its last steps)."""
+
+    sampler: str = "euler"
+    gradient: str = "exact"
+    k: int = 1
+
+    def policy(self, steps: int, copy_saved: bool, measuring: bool = False) -> GradientPolicy:
+        # several steps recompute each step's activations in backward (about one step's memory, not K steps');
+        # one step keeps the block-level choice of the memory plan; the measuring pass sees what a step keeps
+        return GradientPolicy(self.gradient, self.k, recompute=steps > 1 and not measuring, copy_saved=copy_saved)
+
+
+@dataclass(frozen=True)
 class RunPlan:
     """What a run installs: which parts recompute in backward, and how."""
 
@@ -153,8 +174,9 @@ class RunResult:
 
     result: ReNOResult
     samples: torch.Tensor  # what the Sampler hands back to ComfyUI (x0, or one Euler step to the last sigma)
-    x0: torch.Tensor  # the best iteration's denoised latent
+    x0: torch.Tensor  # the best iteration's denoised latent (the last step's prediction)
     sigma: float
+    sigmas: list[float] = field(default_factory=list)  # every sigma of the schedule the chain ran
     previews: list[torch.Tensor] = field(default_factory=list)  # per iteration: (B, h, w, 3) uint8
     memory: str = ""  # the plan's summary (what recomputed, the estimate when measured)
 
@@ -170,14 +192,18 @@ class _Inputs:
     mask: torch.Tensor | None
     start: torch.Tensor
     args: dict
+    spec: ChainSpec
 
 
 class ReNORun:
     """One ReNO run: ``execute`` is the whole lifecycle (see the module docstring)."""
 
     def __init__(self, ensemble: RewardEnsemble, config: ReNOConfig, vae, reporter: Reporter | None = None,
-                 preview_size: int = 256, memory_mode: str = memory.AUTO, model_patcher=None):
+                 preview_size: int = 256, memory_mode: str = memory.AUTO, model_patcher=None,
+                 chain: ChainSettings = ChainSettings()):
         self.memory_mode = memory.check_mode(memory_mode)
+        self.chain = chain
+        GradientPolicy(chain.gradient, chain.k)  # an unknown gradient mode fails here, before any work
         self.ensemble = ensemble
         self.config = config
         self.vae = vae
@@ -207,8 +233,10 @@ class ReNORun:
         return modules + [r.model for r in self.ensemble.rewards]
 
     def _blocks(self) -> dict[str, list]:
-        """The blocks each part recomputes when the plan says so (also what the measuring pass measures)."""
-        blocks = {memory.MODEL: memory.model_blocks(self.inner), memory.VAE: memory.vae_blocks(self.vae)}
+        """The blocks each part recomputes when the plan says so (also what the measuring pass measures). With
+        several steps the diffusion model's unit is the step (the chain recomputes whole steps), not its blocks."""
+        model_blocks = memory.model_blocks(self.inner) if self._steps == 1 else []
+        blocks = {memory.MODEL: model_blocks, memory.VAE: memory.vae_blocks(self.vae)}
         for label, r in zip(self.ensemble.labels, self.ensemble.rewards):
             blocks[label] = memory.reward_blocks(r.model)
         return blocks
@@ -233,24 +261,38 @@ class ReNORun:
                 for part, part_blocks in blocks.items():
                     if part in plan.recompute:
                         stack.enter_context(wrap_blocks(part_blocks, recompute))
-            stack.enter_context(wrap_blocks(every_block, interruptible))  # d. Cancel between blocks, outermost
+            if self._steps > 1:  # d. Cancel between blocks, outermost (several steps: the model's blocks too)
+                every_block = every_block + memory.model_blocks(self.inner)
+            stack.enter_context(wrap_blocks(every_block, interruptible))
             yield
 
     # -- the differentiable generator ------------------------------------------------------------------
-    def _forward(self, z: torch.Tensor, around=None):
-        """noise -> (image in [0, 1], x0): the one-step denoise from sigma, then the VAE decode."""
+    def _forward(self, z: torch.Tensor, around=None, step_probe=None):
+        """noise -> (image in [0, 1], (the chain's result, the last step's x0)): the sampling chain from the first
+        sigma to the last, each step's x0 as ComfyUI's samplers get it, then the VAE decode of the last x0."""
         inp = self._inputs
         part = around or (lambda name: contextlib.nullcontext())
-        copying = self._copying and around is None  # never while measuring
+        measuring = around is not None
+        copying = self._copying and not measuring  # never while measuring
+        noise = z.to(inp.latent.dtype)
+
+        def denoise(x, sigma):  # with a mask, as KSamplerX0Inpaint: the kept part noised at sigma, of x0 the latent
+            return denoise_with_mask(self.model_wrap, x, sigma, noise, inp.latent, inp.mask, inp.args, inp.sigmas)
+
+        if step_probe is not None:  # the measuring pass with several steps: each step is one block
+            plain = denoise
+
+            def denoise(x, sigma):
+                with step_probe([x]):
+                    return plain(x, sigma)
+
+        policy = self.chain.policy(self._steps, copying, measuring)
         with part(memory.MODEL), saved_activations_copied() if copying else contextlib.nullcontext():
-            noise = z.to(inp.latent.dtype)
             x = self.model_sampling.noise_scaling(inp.sigma, noise, inp.latent, self.max_denoise)
-            # with a mask, as KSamplerX0Inpaint: the kept part of the input noised at sigma, of x0 the latent
-            x0 = denoise_with_mask(self.model_wrap, x, inp.sigma * inp.start.new_ones((inp.start.shape[0],)), noise,
-                                   inp.latent, inp.mask, inp.args, inp.sigmas)
+            x_final, x0 = run_chain(denoise, x, inp.spec, policy)
         with part(memory.VAE):
             image = decode_with_grad(self.vae, self.inner.process_latent_out(x0))
-        return image, x0
+        return image, torch.stack([x_final, x0], dim=1)
 
     # -- memory ----------------------------------------------------------------------------------------
     def _plan(self, patchers: list) -> RunPlan:
@@ -260,9 +302,11 @@ class ReNORun:
                                                    [r.gradient_checkpointing for r in self.ensemble.rewards])
         names = {memory.MODEL: "diffusion model", memory.VAE: "VAE decoder"}
         blocks = self._blocks()
+        if self._steps > 1:  # the chain recomputes each step in backward: the model's unit is the step
+            forced = forced | {memory.MODEL}
         self._preflight(forced, patchers)
         if allowed is not None:  # a fixed choice: nothing to measure
-            recompute = frozenset(n for n in forced if blocks.get(n))
+            recompute = frozenset(n for n in forced if blocks.get(n) or (n == memory.MODEL and self._steps > 1))
             summary = f"{self.memory_mode}: recompute " + (", ".join(
                 names.get(n, n) for n in [memory.MODEL, memory.VAE, *labels] if n in recompute) or "nothing")
         else:
@@ -322,12 +366,15 @@ class ReNORun:
         if crop is not None:  # a probe at a reduced size: the top-left crop of the noise, the latent and the mask
             def cut(t):
                 return t[..., :crop[0], :crop[1]] if t is not None and t.dim() >= 4 else t
+            spec = full.spec
+            if spec.step_noises is not None:
+                spec = dataclasses.replace(spec, step_noises=[cut(n) for n in spec.step_noises])
             self._inputs = _Inputs(full.sigmas, full.sigma, full.sigma_last, cut(full.latent), cut(full.mask),
-                                   cut(full.start), full.args)
+                                   cut(full.start), full.args, spec)
         try:
             z = self._inputs.start.detach().float().clone().requires_grad_(True)
             with self.installed(RunPlan(), block_wrapper=probe.block_wrapper), probe:
-                image, _ = self._forward(z, probe.component)
+                image, _ = self._forward(z, probe.component, probe.block if self._steps > 1 else None)
                 self.ensemble(image, around=probe.component)
         finally:
             self._inputs = full
@@ -341,9 +388,7 @@ class ReNORun:
         if not torch.any(noise != 0):
             raise ValueError("ReNO optimizes the initial noise, but the noise is all zeros: turn add_noise on "
                              "(SamplerCustom) or use RandomNoise, not DisableNoise (SamplerCustomAdvanced).")
-        if len(sigmas) > 2:
-            log.warning("ReNO: %d sigmas given; ReNO denoises in one step from the first (%.4f)",
-                        len(sigmas), float(sigmas[0]))
+        self._steps = len(sigmas) - 1
         self.model_wrap = model_wrap
         self.inner = model_wrap.inner_model
         self.model_sampling = self.inner.model_sampling
@@ -351,14 +396,18 @@ class ReNORun:
         self._copying = _IN_PLACE.get(self.inner, False)
         patchers = self._load(model_wrap)
         with torch.inference_mode(False), torch.enable_grad():
+            schedule = as_normal(sigmas).clone()
+            latent = as_normal(latent_image).clone() if latent_image is not None else torch.zeros_like(noise)
+            start = as_normal(noise).clone()
             self._inputs = _Inputs(
-                sigmas=as_normal(sigmas).clone(),
-                sigma=as_normal(sigmas[0]).clone(),
-                sigma_last=as_normal(sigmas[-1]).clone(),
-                latent=as_normal(latent_image).clone() if latent_image is not None else torch.zeros_like(noise),
+                sigmas=schedule,
+                sigma=schedule[0],
+                sigma_last=schedule[-1],
+                latent=latent,
                 mask=as_normal(denoise_mask).clone() if denoise_mask is not None else None,
-                start=as_normal(noise).clone(),
+                start=start,
                 args=_with_normal_conds(extra_args),
+                spec=self._chain_spec(schedule, start, latent, extra_args.get("seed")),
             )
             self.ensemble.prepare()  # text features once per prompt (no gradients: inference weights are fine)
             plan = self._plan(patchers)
@@ -379,16 +428,24 @@ class ReNORun:
                 previews.clear()
                 result = self._optimize(plan, previews)
             with torch.no_grad():
-                x0 = result.best_extra.detach()
-                samples = x0
-                inp = self._inputs
-                if float(inp.sigma_last) > 0:  # one Euler step sigma -> sigma_last with the best x0
-                    x = self.model_sampling.noise_scaling(inp.sigma, result.best_noise.to(device=x0.device), inp.latent,
-                                                          self.max_denoise)
-                    samples = x + (x - x0) / inp.sigma * (inp.sigma_last - inp.sigma)
-                samples = self.model_sampling.inverse_noise_scaling(inp.sigma_last, samples)
-        return RunResult(result=result, samples=samples, x0=x0, sigma=float(self._inputs.sigma), previews=previews,
-                         memory=plan.summary)
+                best = result.best_extra.detach()  # (B, 2, ...): the chain's result and the last step's x0
+                x_final, x0 = best[:, 0], best[:, 1]
+                result.best_extra = x0
+                samples = self.model_sampling.inverse_noise_scaling(self._inputs.sigma_last, x_final)
+        return RunResult(result=result, samples=samples, x0=x0, sigma=float(self._inputs.sigma),
+                         sigmas=[float(v) for v in self._inputs.sigmas], previews=previews, memory=plan.summary)
+
+    def _chain_spec(self, sigmas: torch.Tensor, start: torch.Tensor, latent: torch.Tensor, seed) -> ChainSpec:
+        """The sampler over ``sigmas``; a stochastic sampler's per-step noises are drawn once, for the seed, exactly
+        as ComfyUI's sampler draws them, and held fixed across the iterations."""
+        flow = isinstance(self.model_sampling, comfy.model_sampling.CONST)
+        noises = None
+        if self.chain.sampler in ("euler_ancestral", "lcm", "ddpm"):
+            x = self.model_sampling.noise_scaling(sigmas[0], start.to(latent.dtype), latent, self.max_denoise)
+            noises = draw_step_noises(x, self.chain.sampler, sigmas, seed, flow=flow)
+        ms = self.model_sampling
+        return ChainSpec(self.chain.sampler, sigmas, noises, flow=flow,
+                         noise_scaling=lambda sigma, n, x: ms.noise_scaling(sigma, n, x))
 
     def _optimize(self, plan: RunPlan, previews: list) -> ReNOResult:
         def on_iteration(record: IterationRecord, image: torch.Tensor):

@@ -6,6 +6,7 @@ import logging
 
 import comfy.model_management
 import comfy.sample
+import comfy.samplers
 import comfy.utils
 import torch
 from PIL import Image
@@ -15,7 +16,7 @@ from ..reward_loaders import RewardEnsemble
 from .bridge import ReNOComfySampler
 from .events import send_iteration
 from .history import ReNOHistory
-from .lifecycle import ReNORun, RunResult
+from .lifecycle import ChainSettings, ReNORun, RunResult
 from .memory import check_mode
 from .settings import compile_rewards
 
@@ -73,6 +74,12 @@ def iteration_reporter(iterations: int, reward_info: list[dict], event_node_id=N
     return on_iteration
 
 
+def chain_record(run: RunResult, chain: ChainSettings, scheduler: str | None) -> dict:
+    """What the history keeps about the sampling chain (shown by ReNO Iteration Preview)."""
+    return {"steps": len(run.sigmas) - 1, "sampler": chain.sampler, "scheduler": scheduler,
+            "gradient": chain.gradient, "gradient_steps": chain.k, "sigmas": run.sigmas}
+
+
 def check_result(result, node_name: str = "ReNO Sampler") -> None:
     if not all(result.finite):
         bad = [b for b, ok in enumerate(result.finite) if not ok]
@@ -85,26 +92,31 @@ def check_result(result, node_name: str = "ReNO Sampler") -> None:
 
 
 def reno_sample(model, positive, negative, vae, latent_image, rewards, prompt, seed, config: ReNOConfig, cfg,
-                node_id=None, continue_from: ReNOHistory | None = None, memory: str = "auto"):
+                node_id=None, continue_from: ReNOHistory | None = None, memory: str = "auto", steps: int = 1,
+                scheduler: str = "simple", chain: ChainSettings = ChainSettings()):
     """Run ReNO with ComfyUI's own sampling machinery; returns (LATENT, IMAGE, RENO_HISTORY).
 
     ``continue_from`` starts from a previous run's best noise instead of the seed's (change the weights
-    or the prompt and keep refining). The one-step sigma is the model's ``sigma_max`` (t=999 for
-    ε/v/x0 models, 1.0 for flow models such as FLUX and SD3, whatever their shift).
+    or the prompt and keep refining). The sigmas are KSampler's for ``scheduler`` and ``steps``: one step of
+    ``simple`` is the model's ``sigma_max`` (t=999 for ε/v/x0 models, 1.0 for flow models such as FLUX and SD3,
+    whatever their shift).
     """
     ensemble = make_ensemble(rewards, prompt)
     reward_info = reward_info_of(ensemble)
 
     samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
     noise = start_noise(samples, seed, latent_image.get("batch_index"), continue_from)
-    sigma_max = float(model_sampling_of(model).sigma_max)
-    sigmas = torch.tensor([sigma_max, 0.0])
+    if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
+        raise ValueError(f"ReNO Sampler: scheduler {scheduler!r} is not one of this ComfyUI's schedulers "
+                         f"({', '.join(comfy.samplers.KSampler.SCHEDULERS)})")
+    sigmas = comfy.samplers.calculate_sigmas(model_sampling_of(model), scheduler, int(steps)).cpu()
 
     on_iteration = iteration_reporter(config.iterations, reward_info, node_id, node_id)
     check_mode(memory)  # an unknown memory mode fails here, before sampling
     runs: list[RunResult] = []
     sampler = ReNOComfySampler(
-        lambda: ReNORun(ensemble, config, vae, on_iteration, PREVIEW_SIZE, memory_mode=memory, model_patcher=model),
+        lambda: ReNORun(ensemble, config, vae, on_iteration, PREVIEW_SIZE, memory_mode=memory, model_patcher=model,
+                        chain=chain),
         on_result=runs.append,
     )
     out_samples = comfy.sample.sample_custom(
@@ -122,7 +134,7 @@ def reno_sample(model, positive, negative, vae, latent_image, rewards, prompt, s
         prompt=prompt,
         seed=int(seed),
         rewards=reward_info,
-        config={**config.to_dict(), "cfg": cfg, "memory": run.memory},
+        config={**config.to_dict(), "cfg": cfg, "memory": run.memory, **chain_record(run, chain, scheduler)},
         sigma=run.sigma,
         records=[r.to_dict() for r in result.records],
         previews=run.previews,

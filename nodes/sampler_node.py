@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .guards import check_model_and_vae, with_oom_advice
-from .inputs import reno_config, reno_input
+from .inputs import chain_input, chain_settings, finite_input, reno_config, reno_input
 from .memory import AUTO, MEMORY_INPUT
 from .run import reno_sample
 
@@ -56,17 +56,23 @@ class ReNOSampler:
                                "seed's noise: change the weights or the prompt and keep refining. Same size and batch.",
                 }),
                 "memory": (MEMORY_INPUT[0], dict(MEMORY_INPUT[1])),
+                **{name: chain_input(name) for name in ("steps", "sampler_name", "scheduler", "gradient",
+                                                        "gradient_steps")},
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def sample(self, model, positive, negative, vae, latent_image, rewards, prompt, seed, iterations,
-               learning_rate, cfg, regularization, grad_clip, continue_from=None, memory=AUTO, unique_id=None):
+               learning_rate, cfg, regularization, grad_clip, continue_from=None, memory=AUTO, steps=1,
+               sampler_name="euler", scheduler="simple", gradient="exact", gradient_steps=1, unique_id=None):
+        cfg = finite_input("ReNO Sampler", "cfg", cfg, "1.0 = no guidance, for turbo models; the widget allows 0 to 30")
         config = reno_config(iterations, learning_rate, regularization, grad_clip)
+        chain = chain_settings(sampler_name, gradient, gradient_steps)
         check_model_and_vae(model, vae)
         latent, image, history = with_oom_advice(
             "ReNO Sampler", reno_sample, model, positive, negative, vae, latent_image, rewards, prompt, seed, config,
-            float(cfg), node_id=unique_id, continue_from=continue_from, memory=memory,
+            cfg, node_id=unique_id, continue_from=continue_from, memory=memory, steps=int(steps), scheduler=scheduler,
+            chain=chain,
         )
         return {"ui": {"reno_summary": [history.summary()], "reno_chart": [history.chart()]},
                 "result": (latent, image, history)}
