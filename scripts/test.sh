@@ -15,6 +15,9 @@ fi
 # The browser test (tests/browser) needs Debian chromium and npm's playwright-core: install them when
 # missing (chromium only as root with apt-get); without them that test skips and says why.
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "NOTE: running as root without chromium: installing Debian's chromium with apt-get for the browser test"
+  echo "      (about 115 packages with its dependencies; apt may also upgrade installed ones, systemd included)."
+  echo "      Install chromium yourself beforehand, or run as a normal user to skip that test instead."
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
     || echo "NOTE: could not install chromium; the browser test will skip"
 fi

@@ -1,5 +1,6 @@
 """Packaging: what ComfyUI-Manager and the Comfy Registry read, and a clean import without ComfyUI."""
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -69,3 +70,60 @@ def test_no_eval_exec_or_runtime_pip_in_the_pack():
         text = path.read_text()
         assert not re.search(r"(?<![.\w])(eval|exec)\s*\(", text), path
         assert "pip install" not in text and "subprocess" not in text, path
+
+
+FRONTEND_THUMBNAIL_EXT = "jpg"  # what frontend 1.32.9 asks for a custom node's template card
+
+
+def frontend_thumbnail_ext() -> str:
+    """The image type the installed ComfyUI frontend asks for a custom-node workflow template.
+
+    Its template browser lists each pack's workflows (GET /api/workflow_templates) as templates with a fixed
+    ``mediaSubtype``, and builds the card image URL as ``/api/workflow_templates/<module>/<name>.<subtype>``
+    (the ``-1`` suffix is for the core templates only). Read from the frontend's built JS when it is installed.
+    """
+    spec = importlib.util.find_spec("comfyui_frontend_package")
+    if spec is None or not spec.submodule_search_locations:
+        return FRONTEND_THUMBNAIL_EXT
+    assets = Path(next(iter(spec.submodule_search_locations))) / "static" / "assets"
+    found, url_builder = set(), False
+    for js in assets.glob("*.js"):
+        text = js.read_text(encoding="utf-8", errors="replace")
+        found |= set(re.findall(r'mediaSubtype:"(\w+)",(?:description:\w+,)?sourceModule:', text))
+        url_builder |= bool(re.search(r'`/workflow_templates/\$\{\w+\}/\$\{\w+\.name\}`', text))
+    assert url_builder, f"the frontend in {assets} no longer builds /workflow_templates/<module>/<name> URLs"
+    assert len(found) == 1, f"custom-node template image types in the frontend: {found}"
+    return found.pop()
+
+
+def test_each_workflow_has_the_thumbnail_the_frontend_asks_for():
+    from PIL import Image
+
+    ext = frontend_thumbnail_ext()
+    assert ext == FRONTEND_THUMBNAIL_EXT, f"the frontend now asks for .{ext}: update the thumbnails (see tests/browser)"
+    workflows = sorted((ROOT / "workflows").glob("*.json"))
+    assert workflows
+    for wf in workflows:
+        thumb = wf.with_suffix(f".{ext}")
+        assert thumb.is_file(), f"{wf.name}: no {thumb.name} (the template browser shows /api/workflow_templates/.../{thumb.name})"
+        with Image.open(thumb) as im:
+            assert im.format == "JPEG" and im.width >= 320 and im.height >= 200, (thumb.name, im.format, im.size)
+    stale = sorted(p.name for p in (ROOT / "workflows").iterdir() if p.suffix in (".png", ".webp", ".jpeg"))
+    assert not stale, f"thumbnails the frontend never asks for: {stale}"
+
+
+def test_front_end_suggested_weights_are_the_paper_weights():
+    """web/js/reno_weights.js (the weight a ReNO Load Reward takes when the user picks a reward) holds the
+    registry's paper weights, except aesthetic (off in the paper's mix): 1.0 when chosen; and the node's default
+    weight (1.0) is the suggestion for its default reward, the first in the combo."""
+    from reno_pack.reward_loaders import AVAILABLE_REWARDS, REWARDS
+
+    text = (ROOT / "web" / "js" / "reno_weights.js").read_text(encoding="utf-8")
+    table = re.search(r"SUGGESTED_WEIGHTS = Object\.freeze\(\{(.*?)\}\)", text, re.S).group(1)
+    js = {k: float(v) for k, v in re.findall(r'"?([\w.]+)"?:\s*([-0-9.]+)', table)}
+    assert set(js) >= {"imagereward", "hpsv2.1", "hpsv2", "pickscore", "clipscore", "aesthetic"}, js
+    for name, weight in js.items():
+        assert name in REWARDS, f"reno_weights.js knows a reward the registry lacks: {name}"
+        assert weight == (REWARDS[name].paper_weight or 1.0), (name, weight, REWARDS[name].paper_weight)
+    assert REWARDS["aesthetic"].paper_weight == 0
+    assert js[AVAILABLE_REWARDS[0]] == 1.0

@@ -5,6 +5,7 @@
 //        --demo tests/browser/reno_tiny_workflow.json --iterations 6 --screenshot out.png
 //        [--custom tests/browser/reno_tiny_custom_workflow.json --custom-sampler 10 --custom-host 11
 //         --rerun-iterations 3 --custom-screenshot custom.png]
+//        [--workflow-shots DIR (a fitted picture of each workflow)] [--thumbnail-ext jpg (fetch the template thumbnails)]
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -78,7 +79,18 @@ try {
     return Object.fromEntries(ids.map((id) => [id, value(id)]));
   });
 
-  // 1. Every workflow in workflows/ loads with every node type registered and no node errors.
+  // 1. Every workflow in workflows/ loads with every node type registered and no node errors; its API
+  // prompt (what Queue sends), its loaders' weights as loaded, and (--workflow-shots DIR) a picture of the
+  // whole graph, fitted to the window, with the menus hidden (focus mode) and no minimap.
+  const shots = args["workflow-shots"];
+  if (shots) {
+    fs.mkdirSync(shots, { recursive: true });
+    await page.evaluate(async () => {
+      const em = window.app.extensionManager;
+      try { await em?.setting?.set?.("Comfy.Minimap.Visible", false); } catch { /* older frontend */ }
+      try { await em?.command?.execute?.("Workspace.ToggleFocusMode"); } catch { /* older frontend */ }
+    });
+  }
   for (const file of (args.workflows ?? "").split(",").filter(Boolean)) {
     step(`load workflow ${path.basename(file)}`);
     const wf = JSON.parse(fs.readFileSync(file, "utf8"));
@@ -90,9 +102,119 @@ try {
         if (!window.LiteGraph.registered_node_types[n.type]) problems.push(`${n.id} ${n.type}: type not registered`);
         if (n.has_errors) problems.push(`${n.id} ${n.type}: has_errors`);
       }
-      return { nodes: nodes.length, types: nodes.map((n) => n.type), problems };
+      const value = (n, name) => n.widgets?.find((w) => w.name === name)?.value ?? null;
+      const loaders = nodes.filter((n) => n.type === "ReNORewardLoader")
+        .map((n) => ({ id: n.id, reward: value(n, "reward"), weight: value(n, "weight") }));
+      let api = null;
+      try {
+        const p = await window.app.graphToPrompt();
+        api = Object.fromEntries(Object.entries(p.output).map(([id, n]) => [id, { class_type: n.class_type, inputs: n.inputs }]));
+      } catch (e) {
+        problems.push(`graphToPrompt failed: ${e}`);
+      }
+      return { nodes: nodes.length, types: nodes.map((n) => n.type), problems, loaders, api };
     }, wf);
+    if (shots) {
+      await page.evaluate(() => {
+        const c = window.app.canvas;
+        c.show_info = false;
+        const nodes = window.app.graph._nodes ?? window.app.graph.nodes;
+        const title = window.LiteGraph.NODE_TITLE_HEIGHT ?? 30;
+        let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
+        for (const n of nodes) {
+          x0 = Math.min(x0, n.pos[0]);
+          y0 = Math.min(y0, n.pos[1] - title);
+          x1 = Math.max(x1, n.pos[0] + n.size[0]);
+          y1 = Math.max(y1, n.pos[1] + n.size[1]);
+        }
+        const r = c.canvas.getBoundingClientRect();
+        const pad = 24;
+        const s = Math.min((r.width - 2 * pad) / (x1 - x0), (r.height - 2 * pad) / (y1 - y0));
+        c.ds.scale = s;
+        c.ds.offset = [(r.width / s - (x1 - x0)) / 2 - x0, (r.height / s - (y1 - y0)) / 2 - y0];
+        c.setDirty(true, true);
+      });
+      await page.waitForTimeout(400);
+      await page.screenshot({ path: path.join(shots, `${path.basename(file, ".json")}.png`) });
+    }
   }
+  if (shots) {
+    await page.evaluate(async () => {
+      try { await window.app.extensionManager?.command?.execute?.("Workspace.ToggleFocusMode"); } catch { /* */ }
+      window.app.canvas.show_info = true;
+    });
+  }
+
+  // The thumbnails the template browser asks for: GET /api/workflow_templates lists each pack's workflows;
+  // the card image of a custom-node template is <module>/<name>.<ext> under /api/workflow_templates/.
+  if (args["thumbnail-ext"]) {
+    step("workflow template thumbnails");
+    result.templates = await page.evaluate(async (ext) => {
+      const { api } = await import(new URL("scripts/api.js", document.baseURI).href);
+      const index = await (await api.fetchApi("/workflow_templates")).json();
+      const out = {};
+      for (const [module, names] of Object.entries(index)) {
+        out[module] = {};
+        for (const name of names) {
+          const r = await fetch(api.apiURL(`/workflow_templates/${module}/${name}`) + `.${ext}`);
+          const body = r.ok ? new Uint8Array(await r.arrayBuffer()) : new Uint8Array();
+          out[module][name] = { status: r.status, type: r.headers.get("content-type"), bytes: body.length,
+            jpeg: body[0] === 0xff && body[1] === 0xd8 };
+        }
+      }
+      return out;
+    }, args["thumbnail-ext"]);
+  }
+
+  // ReNO Load Reward: a weight follows the reward on user changes (widget.setValue, what a pick in the
+  // combo calls) while untouched, and never while a saved graph loads.
+  step("reward weights");
+  result.weights = await page.evaluate(async () => {
+    const { app } = window;
+    const widget = (n, name) => n.widgets.find((w) => w.name === name);
+    const pick = (n, name, v) => {
+      const w = widget(n, name);
+      if (typeof w.setValue === "function") return w.setValue(v, { e: undefined, node: n, canvas: app.canvas });
+      w.value = v; // the 2024 frontend: a combo pick sets the value, then calls the callback
+      return w.callback?.(v, app.canvas, n);
+    };
+    const state = (n) => [widget(n, "reward").value, widget(n, "weight").value];
+    const out = {};
+    app.graph.clear();
+    const fresh = window.LiteGraph.createNode("ReNORewardLoader");
+    app.graph.add(fresh);
+    out.created = state(fresh);
+    pick(fresh, "reward", "hpsv2.1");
+    out.toHps = state(fresh);
+    pick(fresh, "reward", "pickscore");
+    out.toPick = state(fresh);
+    pick(fresh, "reward", "aesthetic");
+    out.toAesthetic = state(fresh);
+    pick(fresh, "weight", 0.3);
+    pick(fresh, "reward", "clipscore");
+    out.editedKept = state(fresh);
+    // A saved graph whose weights equal other rewards' suggestions: loading must keep every one.
+    const saved = [["hpsv2.1", 1], ["pickscore", 1], ["imagereward", 5], ["pickscore", 0.05]];
+    app.graph.clear();
+    for (const [reward, weight] of saved) {
+      const n = window.LiteGraph.createNode("ReNORewardLoader");
+      app.graph.add(n);
+      widget(n, "reward").value = reward;
+      widget(n, "weight").value = weight;
+    }
+    const data = app.graph.serialize();
+    app.graph.clear();
+    await app.loadGraphData(data);
+    const loaded = (app.graph._nodes ?? app.graph.nodes).slice().sort((a, b) => a.id - b.id);
+    out.saved = saved;
+    out.loaded = loaded.map(state);
+    // after loading, user changes follow again (from the loaded reward), and a loaded 1.0 on hpsv2.1 is "edited"
+    pick(loaded[0], "reward", "pickscore");
+    pick(loaded[3], "reward", "clipscore");
+    out.afterLoad = [state(loaded[0]), state(loaded[3])];
+    app.graph.clear();
+    return out;
+  });
 
   // What each reno.iteration event did to the gallery of the node it names, and which node was executing.
   await page.evaluate(async () => {

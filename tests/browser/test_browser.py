@@ -43,10 +43,19 @@ CHROMIUM = os.environ.get("RENO_CHROMIUM", "/usr/bin/chromium")
 ITERATIONS = 6
 SAMPLER_ID, PREVIEW_ID = 7, 9
 XSS = "<img src=x onerror=window.__renoXSS=1>"
-SAMPLER_WIDGETS = 9  # prompt, seed, control_after_generate, iterations, learning_rate, cfg, regularization, grad_clip, memory
+# the first widget values (prompt, seed, control_after_generate, iterations, learning_rate, cfg, regularization,
+# grad_clip, memory); optional inputs appended later add theirs after these
+SAMPLER_WIDGETS = 9
 CUSTOM_ID, HOST_ID, NOISE_ID = 10, 11, 7  # ReNOSamplerCustom, the SamplerCustomAdvanced running it, RandomNoise
 RERUN_ITERATIONS = 3
-CUSTOM_WIDGETS = 6  # prompt, iterations, learning_rate, regularization, grad_clip, memory
+CUSTOM_WIDGETS = 6  # prompt, iterations, learning_rate, regularization, grad_clip, memory (then appended ones)
+THUMBNAIL_EXT = "jpg"  # what frontend 1.32.9 asks for a custom node's template (tests/test_package.py reads it)
+THUMBNAIL_WIDTH = 640
+CHAIN_LINE = "1 step · euler · exact"  # the tiny workflow's ReNO Sampler runs at the chain's defaults
+#: a saved ReNO Sampler's chain widgets that a workflow saved before them lacks: the frontend gives the defaults
+CHAIN_DEFAULTS = {"memory": "auto", "steps": 1, "sampler_name": "euler", "scheduler": "simple", "gradient": "exact",
+                  "gradient_steps": 1}
+UPDATE_DOCS = os.environ.get("RENO_UPDATE_DOCS") == "1"  # write the thumbnails and docs/browser_screenshot.png
 
 
 def _requirements() -> tuple[Path, Path]:
@@ -136,10 +145,13 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
     custom_shot = Path(tempfile.gettempdir()) / "reno_browser_custom.png"
     workflows = sorted((ROOT / "workflows").glob("*.json"))
     assert workflows, "workflows/ has no .json workflow"
+    shots = Path(tempfile.mkdtemp(prefix="reno_workflow_shots_"))
     cmd = [str(node), str(HERE / "drive.mjs"), "--url", server["url"], "--workflows", ",".join(map(str, workflows)),
            "--demo", str(HERE / "reno_tiny_workflow.json"), "--iterations", str(ITERATIONS),
            "--sampler", str(SAMPLER_ID), "--preview", str(PREVIEW_ID), "--screenshot", str(shot),
-           "--chromium", CHROMIUM, "--timeout", "120"]
+           "--chromium", CHROMIUM, "--timeout", "120", "--thumbnail-ext", THUMBNAIL_EXT]
+    if not host.is_legacy:  # the 2024 frontend has no focus mode nor template browser
+        cmd += ["--workflow-shots", str(shots)]
     if not host.is_legacy:  # the 2024 engine has no SamplerCustomAdvanced
         cmd += ["--custom", str(HERE / "reno_tiny_custom_workflow.json"), "--custom-sampler", str(CUSTOM_ID),
                 "--custom-host", str(HOST_ID), "--custom-seed-node", str(NOISE_ID),
@@ -151,7 +163,11 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
     r = json.loads(line[len("RESULT "):])
     context = f"\nsteps: {r.get('steps')}\nstderr: {proc.stderr[-1500:]}\nserver log:\n{log_tail}"
     assert not r.get("fatal"), r.get("fatal") + context
-    print(f"frontend: {r.get('frontend')}, screenshots: {shot}, {custom_shot}")
+    print(f"frontend: {r.get('frontend')}, screenshots: {shot}, {custom_shot}, workflow pictures: {shots}")
+    if UPDATE_DOCS:
+        _write_pictures(workflows, shots)
+        pytest.skip("RENO_UPDATE_DOCS=1: wrote the workflow thumbnails and docs/browser_screenshot.png; "
+                    "run again without it to test them")
 
     # The page itself: no uncaught errors; our settings registered.
     # (the current frontend itself throws once while registering its core settings for a fresh user)
@@ -162,6 +178,8 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
     for key, default in (("ReNO.AllowDownloads", True), ("ReNO.PreviewSize", 256), ("ReNO.ShowChart", True)):
         assert r["settings"][key] in (default, "default"), r["settings"]  # "default": registered, unset (2024)
 
+    with urllib.request.urlopen(server["url"] + "object_info", timeout=30) as resp:
+        object_info = json.load(resp)
     # Every shipped workflow loads with known node types and no node errors. The 2024 engine predates some
     # core nodes (SamplerCustomAdvanced, guiders, TripleCLIPLoader...): there, and only for core types, a
     # missing type (and the error flag it brings) is reported, not failed; ReNO's own nodes must always load.
@@ -176,6 +194,15 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
                 print(f"{wf.name}: core node types missing on {host.describe()}: {sorted(missing)}")
         assert got["nodes"] > 0 and not problems, (wf.name, got)
         assert any(t.startswith("ReNOSampler") for t in got["types"]), (wf.name, got["types"])
+        saved = {n["id"]: n["widgets_values"][:2] for n in json.loads(wf.read_text())["nodes"] if n["type"] == "ReNORewardLoader"}
+        assert {x["id"]: [x["reward"], x["weight"]] for x in got["loaders"]} == saved, (wf.name, got["loaders"])
+        if not host.is_legacy:
+            _check_one_prompt_source(wf.name, got["api"])
+            _check_reno_widgets(wf, got["api"], object_info)
+
+    if not host.is_legacy:
+        _check_thumbnails(workflows, r.get("templates"), shots)
+    _check_weights(r["weights"])
 
     run = r["run"]
     assert not run["errors"], run["errors"]
@@ -195,6 +222,9 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
     assert run["sampler"]["gallery"]["img"].startswith("data:image/jpeg;base64,")
     assert "/view?filename=" in run["preview"]["gallery"]["img"] and "type=temp" in run["preview"]["gallery"]["img"]
     assert run["sampler"]["summary"] and run["sampler"]["summary"][0].startswith("best iteration"), run["sampler"]
+    # the chain the run backpropagated through, from the history's config: the sampler's summary and the preview
+    assert run["sampler"]["summary"][1:] == [CHAIN_LINE], run["sampler"]["summary"]
+    assert run["preview"]["summary"] == [CHAIN_LINE], run["preview"]
 
     # Interaction on the preview node: hover shows the values, scrub, play/pause, jump to best.
     it = r["interaction"]
@@ -213,7 +243,9 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
     # Nothing of the gallery/chart is serialized.
     ser = r["serialized"]
     assert ser["samplerWidgets"][-2:] == ["reno_gallery", "reno_chart"], ser
-    assert len(ser["sampler"]) == SAMPLER_WIDGETS and ser["sampler"][0] == XSS, ser["sampler"]
+    # one value per widget but the gallery and chart (the last two)
+    assert len(ser["sampler"]) == len(ser["samplerWidgets"]) - 2 >= SAMPLER_WIDGETS, ser
+    assert ser["sampler"][0] == XSS, ser["sampler"]
     assert ser["sampler"][3] == ITERATIONS and ser["sampler"][2] == "fixed", ser["sampler"]
     assert ser["sampler"][8] == "auto", ser["sampler"]  # the memory input, appended after grad_clip
     assert not ser["preview"], ser["preview"]
@@ -263,8 +295,117 @@ def _check_custom_sampler(cr) -> None:
 
     ser = cr["serialized"]
     assert ser["names"][-2:] == ["reno_gallery", "reno_chart"], ser
-    assert len(ser["widgets"]) == CUSTOM_WIDGETS and ser["widgets"][0] == XSS, ser
-    assert ser["widgets"][1] == RERUN_ITERATIONS and ser["widgets"][-1] == "auto", ser
+    assert len(ser["widgets"]) == len(ser["names"]) - 2 >= CUSTOM_WIDGETS and ser["widgets"][0] == XSS, ser
+    assert ser["widgets"][1] == RERUN_ITERATIONS and ser["widgets"][CUSTOM_WIDGETS - 1] == "auto", ser
     assert not {"reno_gallery", "reno_chart"} & set(ser["inputs"]), ser["inputs"]
     s = cr["safety"]
     assert s.get("xss") is None and s["onerrorElements"] == 0 and s["imgX"] == 0, s
+
+
+def _resolve_text(api: dict, value, seen=()) -> str | None:
+    """The string an API-prompt input carries: literal, or through String primitives."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and len(value) == 2 and str(value[0]) in api and str(value[0]) not in seen:
+        node = api[str(value[0])]
+        if node["class_type"].startswith("PrimitiveString"):
+            return _resolve_text(api, node["inputs"].get("value"), (*seen, str(value[0])))
+    return None
+
+
+def _check_one_prompt_source(name: str, api: dict) -> None:
+    """In the API prompt a shipped workflow queues, ReNO's prompt and the positive CLIP Text Encode's text are
+    the same link to one String primitive, so the text is typed once."""
+    renos = [n for n in api.values() if n["class_type"] in ("ReNOSampler", "ReNOSamplerCustom")]
+    assert renos, (name, "no ReNO sampler in the API prompt")
+    positives = [n["inputs"]["positive"] for n in api.values() if "positive" in n["inputs"]]
+    encoders = [api[str(link[0])] for link in positives if isinstance(link, list) and str(link[0]) in api]
+    encoders = [n for n in encoders if n["class_type"] == "CLIPTextEncode"]
+    assert encoders, (name, "no CLIPTextEncode feeds a positive input")
+    for reno in renos:
+        link = reno["inputs"].get("prompt")
+        assert isinstance(link, list), (name, f"ReNO's prompt is not linked: {link!r}")
+        assert api[str(link[0])]["class_type"] == "PrimitiveStringMultiline", (name, api[str(link[0])])
+        text = _resolve_text(api, link)
+        assert text and text.strip(), (name, "the prompt primitive is empty")
+        for enc in encoders:
+            assert enc["inputs"]["text"] == link, (name, "CLIP Text Encode and ReNO read different sources",
+                                                   enc["inputs"]["text"], link)
+            assert _resolve_text(api, enc["inputs"]["text"]) == text
+
+
+def _widget_inputs(info: dict) -> list[str]:
+    """A node's widget values in the order the frontend saves them (object_info's input_order; a seed's
+    control_after_generate value after it)."""
+    order = info.get("input_order") or {k: list(v) for k, v in info["input"].items()}
+    names = []
+    for section in ("required", "optional"):
+        for name in order.get(section, []):
+            kind, *rest = info["input"][section][name]
+            opts = rest[0] if rest else {}
+            if (isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")) and not opts.get("forceInput"):
+                names.append(name)
+                if opts.get("control_after_generate"):
+                    names.append(f"{name}:control")
+    return names
+
+
+def _check_reno_widgets(wf: Path, api: dict, object_info: dict) -> None:
+    """The API prompt the frontend builds for a shipped workflow gives each ReNO sampler input the value saved at
+    its position in widgets_values (INPUT_TYPES order, append-only), and the appended inputs a workflow saved
+    before them lacks their defaults (an old workflow keeps running one step)."""
+    for n in json.loads(wf.read_text())["nodes"]:
+        if n["type"] not in ("ReNOSampler", "ReNOSamplerCustom"):
+            continue
+        names = _widget_inputs(object_info[n["type"]])
+        saved = dict(zip(names, n["widgets_values"]))
+        inputs = api[str(n["id"])]["inputs"]
+        for name in names:
+            if ":" in name or isinstance(inputs.get(name), list):  # control value; a linked widget
+                continue
+            want = saved[name] if name in saved else CHAIN_DEFAULTS[name]
+            assert inputs.get(name) == want, (wf.name, n["type"], name, inputs.get(name), want)
+
+
+def _check_thumbnails(workflows, templates, shots: Path) -> None:
+    """The template browser's card image for each workflow is served (a JPEG at the URL the frontend builds),
+    and each workflow was pictured, fitted, in the current frontend."""
+    from PIL import Image
+
+    assert templates and comfy_host.PACK_NAME in templates, templates
+    ours = templates[comfy_host.PACK_NAME]
+    for wf in workflows:
+        got = ours.get(wf.stem)
+        assert got and got["status"] == 200 and got["jpeg"] and got["bytes"] > 5_000, (wf.stem, got)
+        shot = shots / f"{wf.stem}.png"
+        assert shot.is_file(), f"no picture of {wf.name}"
+        with Image.open(shot) as im:
+            assert im.width >= 1000 and im.height >= 600, im.size
+            colors = im.convert("RGB").resize((64, 40)).getcolors(64 * 40)
+            assert colors is None or len(colors) > 20, f"{wf.name}: the picture is blank"
+
+
+def _write_pictures(workflows, shots: Path) -> None:
+    """RENO_UPDATE_DOCS=1: each workflow's picture becomes its shipped thumbnail (workflows/<name>.jpg, what the
+    template browser shows), and the SD-Turbo one the README's docs/browser_screenshot.png."""
+    from PIL import Image
+
+    for wf in workflows:
+        with Image.open(shots / f"{wf.stem}.png") as im:
+            rgb = im.convert("RGB")
+            rgb.resize((THUMBNAIL_WIDTH, round(im.height * THUMBNAIL_WIDTH / im.width)), Image.LANCZOS).save(
+                wf.with_suffix(f".{THUMBNAIL_EXT}"), quality=88, optimize=True)
+            if wf.stem == "reno_sd_turbo":
+                rgb.save(ROOT / "docs" / "browser_screenshot.png", optimize=True)
+
+
+def _check_weights(w) -> None:
+    """ReNO Load Reward: an untouched weight follows the reward the user picks; an edited one, and every weight
+    of a loaded graph, stays."""
+    assert w["created"] == ["imagereward", 1], w
+    assert w["toHps"] == ["hpsv2.1", 5], w
+    assert w["toPick"] == ["pickscore", 0.05], w
+    assert w["toAesthetic"] == ["aesthetic", 1], w
+    assert w["editedKept"] == ["clipscore", 0.3], w
+    assert w["loaded"] == w["saved"], w
+    assert w["afterLoad"] == [["pickscore", 1], ["clipscore", 0.01]], w

@@ -7,18 +7,23 @@
 //   events name this node). Its own node finishes before the run and has no UI output, so when the
 //   run ends (another node executes, or the prompt ends) the views keep what the events said, and the
 //   summary is drawn from them.
-// * ReNO Iteration Preview: the gallery from its `images` UI output and the chart from `reno_chart`.
+// * ReNO Iteration Preview: the gallery from its `images` UI output and the chart from `reno_chart`, and
+//   the sampling chain of the run ("4 steps · euler · exact", from the chart's `chain`) under the node.
+//
+// * ReNO Load Reward: picking another reward moves a weight still at the previous reward's suggested
+//   weight to the new reward's (reno_weights.js); loaded workflows keep their weights.
 //
 // Nothing from a workflow, a prompt or the server is inserted as HTML (DOM built with createElement and
 // textContent), and the gallery/chart widgets are not serialized (nothing goes into widgets_values).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { summaryLines } from "./reno_summary.js";
+import { chainLine, summaryLines } from "./reno_summary.js";
 import {
   CUSTOM_SAMPLER, PREVIEW, SAMPLER, chartFromHistory, chartFromRun, finishRun, framesFromImages, framesFromRun,
   hasViews, reduceIteration, runEnded, showsLiveRun, startsNewRun, summaryOfRun,
 } from "./reno_model.js";
 import { ChartView, GalleryView } from "./reno_views.js";
+import { LOADER, followingWeight } from "./reno_weights.js";
 
 const EVENT = "reno.iteration";
 const LINE_HEIGHT = 16;
@@ -154,6 +159,64 @@ function ensureViews(node) {
 }
 
 const typeOf = (node) => node?.comfyClass ?? node?.type;
+const widgetNamed = (node, name) => node?.widgets?.find((w) => w.name === name) ?? null;
+
+/** ReNO Load Reward: the user picked another reward; move an untouched weight to the new reward's. */
+function onRewardChanged(node, value) {
+  const previous = node.renoReward;
+  node.renoReward = value;
+  if (node.renoConfiguring) return; // a workflow being loaded: its weights stay as saved
+  const weight = widgetNamed(node, "weight");
+  const next = weight ? followingWeight(previous, value, weight.value) : null;
+  if (next === null) return;
+  weight.value = next;
+  weight.callback?.(next);
+  node.setDirtyCanvas?.(true, true);
+}
+
+function followWeights(node) {
+  const reward = widgetNamed(node, "reward");
+  if (!reward || reward.renoFollows) return;
+  reward.renoFollows = true;
+  node.renoReward = reward.value;
+  const callback = reward.callback;
+  reward.callback = function (value) {
+    const out = callback?.apply(this, arguments);
+    try {
+      onRewardChanged(node, reward.value ?? value);
+    } catch (e) {
+      console.warn("ReNO: could not update the weight", e);
+    }
+    return out;
+  };
+}
+
+/** Weights follow the reward on user changes only: not while a saved workflow (or a paste, an undo) configures the node. */
+function installWeightFollowing(nodeType) {
+  const proto = nodeType.prototype;
+  const configure = proto.configure;
+  if (typeof configure === "function") {
+    proto.configure = function () {
+      this.renoConfiguring = true;
+      try {
+        return configure.apply(this, arguments);
+      } finally {
+        this.renoConfiguring = false;
+        this.renoReward = widgetNamed(this, "reward")?.value;
+      }
+    };
+  }
+  const onNodeCreated = proto.onNodeCreated;
+  proto.onNodeCreated = function () {
+    const out = onNodeCreated?.apply(this, arguments);
+    try {
+      followWeights(this);
+    } catch (e) {
+      console.warn("ReNO: could not follow the reward weights", e);
+    }
+    return out;
+  };
+}
 
 function onIteration(detail) {
   const node = getNode(detail?.node);
@@ -250,6 +313,10 @@ app.registerExtension({
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
     const name = nodeData?.name;
+    if (name === LOADER) {
+      installWeightFollowing(nodeType);
+      return;
+    }
     if (!hasViews(name)) return;
     const proto = nodeType.prototype;
 
@@ -269,6 +336,8 @@ app.registerExtension({
           }
         } else if (name === PREVIEW) {
           // (ReNO Sampler (custom) has no UI output: its views come from the events alone)
+          const chain = chainLine(output?.reno_chart?.[0]?.chain);
+          this.renoSummaryLines = chain ? [chain] : [];
           const frames = framesFromImages(output?.images, model, 0, (route) => api.apiURL(route));
           const v = frames.length || model ? ensureViews(this) : this.renoViews;
           if (v) {
@@ -309,7 +378,7 @@ app.registerExtension({
       return onRemoved?.apply(this, arguments);
     };
 
-    if (!showsLiveRun(name)) return;
+    // the run's summary (ReNO Iteration Preview: the chain it ran) drawn under the node
     const onDrawForeground = proto.onDrawForeground;
     proto.onDrawForeground = function (ctx) {
       onDrawForeground?.apply(this, arguments);

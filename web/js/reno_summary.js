@@ -9,8 +9,25 @@ export function fmt(x) {
 }
 
 /**
+ * The sampling chain a run backpropagated through, from the `chain` of its `reno_summary` / `reno_chart`
+ * ({steps, sampler, scheduler, gradient, gradient_steps}): "4 steps · euler · exact", "8 steps · lcm · last k
+ * (k = 2)". null for anything that is not a chain.
+ */
+export function chainLine(chain) {
+  if (!chain || typeof chain !== "object") return null;
+  const steps = Number(chain.steps);
+  if (!Number.isInteger(steps) || steps < 1 || typeof chain.sampler !== "string" || typeof chain.gradient !== "string") {
+    return null;
+  }
+  const k = Number(chain.gradient_steps);
+  const gradient = chain.gradient !== "exact" && Number.isInteger(k) ? `${chain.gradient} (k = ${k})` : chain.gradient;
+  return `${steps} ${steps === 1 ? "step" : "steps"} · ${chain.sampler} · ${gradient}`;
+}
+
+/**
  * Lines describing a finished ReNO run, from the sampler's `reno_summary` UI output
- * ({iterations, best_iteration[], initial_loss[], best_loss[], rewards[], stop_reason}).
+ * ({iterations, best_iteration[], initial_loss[], best_loss[], rewards[], stop_reason, chain}): one line
+ * per image, then the chain ("4 steps · euler · exact"), then an early stop.
  * Returns [] for anything that is not a summary.
  */
 export function summaryLines(summary) {
@@ -23,6 +40,8 @@ export function summaryLines(summary) {
     const end = summary.best_loss?.[b];
     lines.push(`${prefix}best iteration ${best} of ${n} · loss ${fmt(start)} → ${fmt(end)}`);
   });
+  const chain = chainLine(summary.chain);
+  if (chain) lines.push(chain);
   if (summary.stop_reason) lines.push(`stopped: ${String(summary.stop_reason)}`);
   return lines;
 }
