@@ -29,6 +29,14 @@ class ReNOHistory:
         """Every iteration's preview as one ComfyUI IMAGE batch, iteration-major: (N*B, h, w, 3) float."""
         return torch.cat(self.previews, dim=0).float() / 255.0
 
+    def chain(self) -> dict:
+        """The sampling chain the run backpropagated through (from ``config``; a one-step run's defaults when
+        the history predates the chain)."""
+        c = self.config or {}
+        return {"steps": int(c.get("steps", 1)), "sampler": str(c.get("sampler", "euler")),
+                "scheduler": c.get("scheduler"), "gradient": str(c.get("gradient", "exact")),
+                "gradient_steps": int(c.get("gradient_steps", 1))}
+
     def chart(self) -> dict:
         """Per batch element: each reward's score, the weighted total and the loss at every iteration."""
         series = []
@@ -45,7 +53,7 @@ class ReNOHistory:
                 "best_iteration": self.best_iteration[b],
             })
         return {"iterations": self.iterations, "rewards": self.rewards, "series": series,
-                "stop_reason": self.stop_reason}
+                "stop_reason": self.stop_reason, "chain": self.chain()}
 
     def summary(self) -> dict:
         """A small JSON-able digest for the front end."""
@@ -57,4 +65,5 @@ class ReNOHistory:
             "best_loss": self.best_loss,
             "rewards": self.rewards,
             "stop_reason": self.stop_reason,
+            "chain": self.chain(),
         }

@@ -167,7 +167,7 @@ def run_tiny(engine, args) -> int:
     write_reward_root(Path(engine.folder_paths.get_folder_paths("reno_rewards")[0]), names)
     pack = pack_module(engine)
 
-    depth = args.depth if args.depth is not None else (0 if engine.is_legacy else 1)
+    depth = args.depth if args.depth is not None else 1
     model, vae = engine.call_node("ReNOTestTinySD", inference=True, transformer_depth=depth, context_dim=32, seed=0)
     (cond,) = engine.call_node("ReNOTestConditioning", inference=True, text=PROMPT, context_dim=32)
     (latent,) = engine.call_node("EmptyLatentImage", inference=True, width=size, height=size, batch_size=1)
@@ -539,10 +539,6 @@ def main(argv=None) -> int:
     if host is None:
         print("no ComfyUI engine found: set COMFYUI_PATH or run scripts/setup_env.sh")
         return 2
-    if full and host.is_legacy:
-        print(f"note: {host.describe()} is the 2024 engine: its UNet adds to activations in place, so ReNO (and the "
-              "UNet timed alone) copy the activations the backward pass needs: slower and more memory than on the "
-              "current ComfyUI (set COMFYUI_PATH to a checkout for representative figures)", flush=True)
     engine = comfy_host.boot_engine(host, [comfy_host.FIXTURE_PACK_DIR, comfy_host.PACK_DIR],
                                     Path(tempfile.mkdtemp(prefix="reno-bench-")), cpu=args.device != "cuda")
     if args.device == "cuda":

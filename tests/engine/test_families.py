@@ -172,7 +172,7 @@ def test_activation_copies_only_for_models_that_modify_activations_in_place(engi
     record.pop(inner, None)
     _, _, history = reno(engine, parts, stack, empty_latent(engine, parts), iterations=2, seed=2)
     assert history.iterations == 2 and history.records[0]["grad_norm"][0] > 0
-    in_place = parts["family"].startswith("flux") or (engine.is_legacy and parts["family"] in ("sd15", "sd21v", "sdxl"))
+    in_place = parts["family"].startswith("flux")
     assert record.get(inner, False) == in_place
 
 
@@ -212,9 +212,6 @@ def _pack_module(engine, rel: str):
 def test_copying_saved_activations_keeps_the_gradient(engine, families_module, family):
     """The bridge's saved-tensor copies (which make in-place models such as FLUX differentiable) change no
     gradient of a model that needs none."""
-    if engine.is_legacy:
-        pytest.skip(f"{engine.info}: its SD UNet updates activations in place, so there is no plain gradient to "
-                    "compare with (test_optimization covers it)")
     reason = families_module.family_unavailable(family)
     if reason:
         pytest.skip(reason)

@@ -192,7 +192,7 @@ def test_a_model_that_updates_activations_in_place_is_found_while_recomputing(en
     parts = fresh()
     got = run(engine, parts, stack, "checkpoint all")
     inner = parts["model"].model
-    if family == "sd15" and not engine.is_legacy:
+    if family == "sd15":
         pytest.skip(f"no in-place model on this engine without FLUX ({engine.info})")
     assert pack_module(engine).nodes.lifecycle._IN_PLACE.get(inner, False), "the in-place update was not detected"
     assert "_reno_copy_saved" not in inner.__dict__  # the pack's record, not an attribute on ComfyUI's model

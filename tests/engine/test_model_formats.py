@@ -32,8 +32,6 @@ NOTES: dict = {}
 
 @pytest.fixture(scope="module")
 def eng(engine):
-    if engine.is_legacy:
-        pytest.skip(f"{engine.info}: these core-node combinations are checked on the current engine only")
     missing = [f for f in EXTRA_NODES if not (engine.host.root / "comfy_extras" / f).is_file()]
     comfy_host.boot_engine(engine.host, (), extra_nodes=[f for f in EXTRA_NODES if f not in missing])
     return engine

@@ -1,15 +1,50 @@
-"""Every shipped workflow is a valid UI-format graph whose nodes exist and whose widget values fit."""
+"""Every shipped workflow is a valid UI-format graph whose nodes exist and whose widget values fit; converted
+to an API prompt (widget values by INPUT_TYPES order, as the frontend's graphToPrompt does) it passes the
+engine's own validate_prompt, and the few-step workflows run the sampling chain their model is made for."""
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 from pathlib import Path
 
+import comfy_host
 import pytest
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
 FRONTEND_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+#: core node modules the workflows use besides the conftest's (ModelSamplingDiscrete for LCM-LoRA)
+EXTRA_NODES = ("nodes_model_advanced.py",)
+#: the model-file inputs of the loaders the workflows use, and the model folder each lists
+MODEL_INPUTS = {"ckpt_name": "checkpoints", "unet_name": "diffusion_models", "lora_name": "loras",
+                "vae_name": "vae", "clip_name": "text_encoders", "clip_name1": "text_encoders",
+                "clip_name2": "text_encoders", "clip_name3": "text_encoders"}
+CHAIN = ("steps", "sampler_name", "scheduler", "gradient", "gradient_steps")
+#: what each few-step workflow's ReNO node must run (the model's own sampler, scheduler and steps)
+FEW_STEP = {
+    "reno_sdxl_lightning_4step.json": {"steps": 4, "sampler_name": "euler", "scheduler": "sgm_uniform", "cfg": 1.0,
+                                       "learning_rate": 10.0},
+    "reno_hyper_sd_8step_lora_sdxl.json": {"steps": 8, "sampler_name": "euler", "scheduler": "sgm_uniform",
+                                           "cfg": 1.0, "learning_rate": 10.0},
+    "reno_lcm_lora_sd15_4step.json": {"steps": 4, "sampler_name": "lcm", "scheduler": "sgm_uniform", "cfg": 1.0,
+                                      "learning_rate": 5.0},
+    "reno_flux_schnell_4step.json": {"steps": 4, "sampler_name": "euler", "scheduler": "simple", "cfg": 1.0,
+                                     "learning_rate": 5.0},
+    "reno_flux_schnell_1step_render_4.json": {"steps": 1, "sampler_name": "euler", "scheduler": "simple",
+                                              "cfg": 1.0, "learning_rate": 5.0},
+}
+PAPER_MIX = [("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01)]
+
+
+@pytest.fixture(scope="module")
+def wf_engine(engine):
+    """The engine with the extra core node modules the workflows use."""
+    extra = [f for f in EXTRA_NODES if (engine.host.root / "comfy_extras" / f).is_file()]
+    if extra:
+        comfy_host.boot_engine(engine.host, (), extra_nodes=extra)
+    return engine
 
 
 def widget_names(cls) -> list[tuple[str, bool]]:
@@ -54,16 +89,14 @@ def test_workflow_is_consistent_ui_format(path):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
-def test_workflow_nodes_exist_and_widget_values_fit(path, engine):
+def test_workflow_nodes_exist_and_widget_values_fit(path, wf_engine):
+    engine = wf_engine
     wf = json.loads(path.read_text())
     missing = []
     for n in wf["nodes"]:
         if n["type"] in FRONTEND_ONLY:
             continue
         cls = engine.nodes.NODE_CLASS_MAPPINGS.get(n["type"])
-        if cls is None and engine.is_legacy and not n["type"].startswith("ReNO"):
-            missing.append(n["type"])  # a core node newer than the 2024 engine
-            continue
         assert cls is not None, f"{path.name}: node type {n['type']} is not registered on {engine.info}"
         if n["type"].startswith("ReNO"):
             names = widget_names(cls)
@@ -87,3 +120,181 @@ def test_workflow_nodes_exist_and_widget_values_fit(path, engine):
                     assert isinstance(value, str)
     if missing:
         pytest.skip(f"{path.name}: core node type(s) {sorted(set(missing))} are not in {engine.info} (newer ComfyUI)")
+
+
+def to_api(wf: dict, engine) -> dict:
+    """The API prompt of a UI-format workflow: each widget value to its input by INPUT_TYPES order (a seed's
+    control_after_generate value skipped), each link to [source id, slot], a linked widget's own value dropped."""
+    prompt = {}
+    links = {lk[0]: lk for lk in wf["links"]}
+    for n in wf["nodes"]:
+        if n["type"] in FRONTEND_ONLY or n.get("mode", 0) != 0:
+            continue
+        cls = engine.nodes.NODE_CLASS_MAPPINGS[n["type"]]
+        inputs = {}
+        for (name, _), value in zip(widget_names(cls), n.get("widgets_values", [])):
+            if ":" not in name:
+                inputs[name] = value
+        for inp in n.get("inputs", []):
+            if inp.get("link") is not None:
+                lk = links[inp["link"]]
+                inputs[inp["name"]] = [str(lk[1]), lk[2]]
+        prompt[str(n["id"])] = {"class_type": n["type"], "inputs": inputs}
+    return prompt
+
+
+@contextlib.contextmanager
+def placeholder_models(engine, prompt: dict, root: Path):
+    """Empty files for the model names the prompt loads, in a temporary extra folder per model type, so that
+    validation (which checks each name against the folder's listing) sees them; removed afterwards."""
+    fp = engine.folder_paths
+    added = []
+    for node in prompt.values():
+        for name, value in node["inputs"].items():
+            folder = MODEL_INPUTS.get(name)
+            if folder is None or not isinstance(value, str) or folder not in fp.folder_names_and_paths:
+                continue
+            target = root / folder
+            target.mkdir(parents=True, exist_ok=True)
+            (target / value).touch()
+            if (folder, str(target)) not in added:
+                fp.add_model_folder_path(folder, str(target))
+                added.append((folder, str(target)))
+    try:
+        yield
+    finally:
+        for folder, path in added:
+            with contextlib.suppress(ValueError):
+                fp.folder_names_and_paths[folder][0].remove(path)
+        fp.filename_list_cache.clear() if hasattr(fp, "filename_list_cache") else None
+
+
+def _core_types_missing(wf: dict, engine) -> list[str]:
+    return sorted({n["type"] for n in wf["nodes"]
+                   if n["type"] not in FRONTEND_ONLY and n["type"] not in engine.nodes.NODE_CLASS_MAPPINGS})
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_api_prompt_passes_validation(path, wf_engine, tmp_path):
+    """What Queue would send for the shipped workflow (its model files present, empty) passes validate_prompt,
+    and every ReNO Sampler gets the sampling-chain inputs: the saved ones, or the defaults (one step, euler,
+    simple, exact) for a workflow saved before they existed."""
+    engine = wf_engine
+    wf = json.loads(path.read_text())
+    missing = _core_types_missing(wf, engine)
+    assert not missing, f"{path.name}: {missing} not registered on {engine.info}"
+    prompt = to_api(wf, engine)
+    with placeholder_models(engine, prompt, tmp_path):
+        ok, error, outputs, node_errors = engine.validate(prompt)
+    assert ok, f"{path.name}: {error}\n{json.dumps(node_errors, indent=1)[:3000]}"
+    assert outputs, f"{path.name}: no output node"
+    one_step = {"steps": 1, "sampler_name": "euler", "scheduler": "simple", "gradient": "exact", "gradient_steps": 1}
+    cls = engine.nodes.NODE_CLASS_MAPPINGS["ReNOSampler"]
+    optional = cls.INPUT_TYPES()["optional"]
+    signature = inspect.signature(cls.sample).parameters
+    for node in prompt.values():
+        if node["class_type"] != "ReNOSampler":
+            continue
+        if path.name in FEW_STEP:
+            assert set(CHAIN) <= set(node["inputs"]), f"{path.name}: the chain inputs are not saved"
+            continue
+        # saved before the chain existed: what is not in the prompt runs at the defaults, today's one step
+        for k in CHAIN:
+            got = node["inputs"].get(k, signature[k].default)
+            assert got == one_step[k] == optional[k][1]["default"], (path.name, k, got)
+
+
+def _reno_nodes(wf: dict, type_: str) -> list[dict]:
+    return [n for n in wf["nodes"] if n["type"] == type_]
+
+
+def _by_name(engine, node: dict) -> dict:
+    cls = engine.nodes.NODE_CLASS_MAPPINGS[node["type"]]
+    return {name: v for (name, _), v in zip(widget_names(cls), node["widgets_values"]) if ":" not in name}
+
+
+@pytest.mark.parametrize("name", sorted(FEW_STEP))
+def test_few_step_workflow_runs_its_models_chain(name, wf_engine):
+    """Each few-step workflow saves every ReNO Sampler widget (append-only: the saved values line up with
+    INPUT_TYPES order, so steps/sampler_name/scheduler land where the frontend puts them) with the model's own
+    sampler, scheduler, steps, cfg and learning rate, the paper's reward mix, and a Note naming its files."""
+    engine = wf_engine
+    path = next(p for p in WORKFLOWS if p.name == name)
+    wf = json.loads(path.read_text())
+    (reno,) = _reno_nodes(wf, "ReNOSampler")
+    cls = engine.nodes.NODE_CLASS_MAPPINGS["ReNOSampler"]
+    assert len(reno["widgets_values"]) == len(widget_names(cls)), "every ReNO Sampler widget saved"
+    values = _by_name(engine, reno)
+    want = FEW_STEP[name]
+    assert {k: values[k] for k in want} == want
+    assert values["gradient"] == "exact" and values["memory"] == "auto"
+    mix = [tuple(n["widgets_values"][:2]) for n in _reno_nodes(wf, "ReNORewardLoader")]
+    assert mix == PAPER_MIX
+    (note,) = _reno_nodes(wf, "Note")
+    text = note["widgets_values"][0]
+    assert "https://huggingface.co/" in text and "not measured yet" in text
+    for n in wf["nodes"]:
+        for key, value in _by_name(engine, n).items() if n["type"] not in FRONTEND_ONLY else ():
+            if key in MODEL_INPUTS and MODEL_INPUTS[key] != "text_encoders":
+                assert value in text, f"{name}: the Note does not name {value}"
+
+
+def test_lora_workflows_load_the_lora_as_their_makers_say(wf_engine):
+    """Hyper-SD 8-step LoRA at full strength (ByteDance fuses the SDXL LoRAs at scale 1); LCM-LoRA through
+    LoraLoader then ModelSamplingDiscrete(lcm) into ReNO, as ComfyUI runs LCM."""
+    engine = wf_engine
+    hyper = json.loads((WORKFLOWS[0].parent / "reno_hyper_sd_8step_lora_sdxl.json").read_text())
+    (lora,) = _reno_nodes(hyper, "LoraLoader")
+    assert _by_name(engine, lora) == {"lora_name": "Hyper-SDXL-8steps-lora.safetensors", "strength_model": 1.0,
+                                      "strength_clip": 1.0}
+    lcm = json.loads((WORKFLOWS[0].parent / "reno_lcm_lora_sd15_4step.json").read_text())
+    prompt = to_api(lcm, engine)
+    (reno,) = [n for n in prompt.values() if n["class_type"] == "ReNOSampler"]
+    sampling = prompt[reno["inputs"]["model"][0]]
+    assert sampling["class_type"] == "ModelSamplingDiscrete" and sampling["inputs"]["sampling"] == "lcm"
+    assert prompt[sampling["inputs"]["model"][0]]["class_type"] == "LoraLoader"
+
+
+def test_flux_render_workflow_renders_the_optimized_noise_at_4_steps(wf_engine):
+    """ReNO at 1 step; ReNO Noise -> SamplerCustomAdvanced (BasicGuider, KSamplerSelect euler, BasicScheduler
+    simple 4 steps, the same model and latent); both images saved."""
+    engine = wf_engine
+    wf = json.loads((WORKFLOWS[0].parent / "reno_flux_schnell_1step_render_4.json").read_text())
+    prompt = to_api(wf, engine)
+    (reno_id,) = [i for i, n in prompt.items() if n["class_type"] == "ReNOSampler"]
+    (host,) = [n for n in prompt.values() if n["class_type"] == "SamplerCustomAdvanced"]
+    src = {k: prompt[v[0]] for k, v in host["inputs"].items()}
+    assert src["noise"]["class_type"] == "ReNONoise" and src["noise"]["inputs"]["history"] == [reno_id, 2]
+    assert src["guider"]["class_type"] == "BasicGuider"
+    assert src["sampler"] == {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+    assert src["sigmas"]["class_type"] == "BasicScheduler"
+    assert {k: src["sigmas"]["inputs"][k] for k in ("scheduler", "steps", "denoise")} == {
+        "scheduler": "simple", "steps": 4, "denoise": 1.0}
+    reno = prompt[reno_id]["inputs"]
+    assert src["guider"]["inputs"]["model"] == reno["model"] == src["sigmas"]["inputs"]["model"]
+    assert host["inputs"]["latent_image"] == reno["latent_image"]
+    saved = [n for n in prompt.values() if n["class_type"] == "SaveImage"]
+    assert sorted(str(n["inputs"]["images"][0]) for n in saved) == sorted(
+        [reno_id, next(i for i, n in prompt.items() if n["class_type"] == "VAEDecode")])
+
+
+def test_hyper_sdxl_1step_runs_at_t_800(wf_engine):
+    """Hyper-SDXL 1-step goes through ReNO Sampler (custom) with sigmas [sigma(t=800), 0]: BasicScheduler (simple,
+    1 step) then SetFirstSigma; the model maps that sigma to exactly timestep 800."""
+    engine = wf_engine
+    wf = json.loads((WORKFLOWS[0].parent / "reno_hyper_sdxl_1step.json").read_text())
+    prompt = to_api(wf, engine)
+    (host,) = [n for n in prompt.values() if n["class_type"] == "SamplerCustomAdvanced"]
+    assert prompt[host["inputs"]["sampler"][0]]["class_type"] == "ReNOSamplerCustom"
+    first = prompt[host["inputs"]["sigmas"][0]]
+    assert first["class_type"] == "SetFirstSigma"
+    sched = prompt[first["inputs"]["sigmas"][0]]
+    assert sched["class_type"] == "BasicScheduler" and sched["inputs"]["steps"] == 1
+    import torch
+    from comfy.model_sampling import ModelSamplingDiscrete
+
+    ms = ModelSamplingDiscrete(None)  # SDXL's schedule: scaled_linear, 0.00085 to 0.012, 1000 steps
+    sigma = torch.tensor(float(first["inputs"]["sigma"]))
+    assert int(ms.timestep(sigma)) == 800
+    assert abs(float(sigma) - float(ms.sigma(torch.tensor(800.0)))) < 1e-5
+    assert _by_name(engine, next(n for n in wf["nodes"] if n["type"] == "ReNOSamplerCustom"))["learning_rate"] == 10.0

@@ -1,0 +1,400 @@
+"""ReNO beyond one step, measured through the real node path: reward gain, seconds per iteration, peak memory.
+
+    python scripts/bench_multistep.py [--size 256] [--iterations 20] [--counter-iterations 4]
+        [--rewards imagereward,hpsv2.1,pickscore,clipscore] [--rows "1-step,exact,drtune,last k,euler_ancestral exact"]
+
+A real ComfyUI engine (the host tests/comfy_host.py finds, booted headless on the CPU, as scripts/benchmark.py
+does) runs ReNO Sampler on the tiny embedded SD model (``ReNOTestTinySD``, transformer depth 1) with tiny reward
+checkpoints in their real formats (tests/tiny_rewards.py; the paper's weights 1, 5, 0.05, 0.01). Rows
+(``ROWS``): 1-step ReNO (``steps`` 1, today's default) and, at 4 steps with scheduler ``simple``, sampler
+``euler`` with each gradient policy of the chain (``exact``; ``drtune`` and ``last k`` with ``gradient_steps``
+1), plus ``euler_ancestral`` with ``exact``. ``memory`` is the node's default (``auto``); the plan it chose is
+printed with each row. Every row runs in a fresh subprocess (``--child``), one after another, so peaks and
+timings of one row never include another's.
+
+In each row's process, after the engine boots and the models and rewards are loaded:
+
+1. **warm-up**: ReNO Sampler with the row's settings for 2 iterations (first-call costs: kernels, text features);
+2. **timed run** (``--iterations``, default 20): ReNO Sampler, timed from the node's progress callbacks (the
+   reports for this run's ``iterations``). *s/iteration* is the median gap between consecutive reports,
+   leaving out the last gap (the last iteration only evaluates: no backward pass, no step), i.e. the median
+   over iterations 1 .. N-2, each one forward + backward + step. *Reward gain* is, from the run's history,
+   the weighted total Σ wᵢ·scoreᵢ at the best iteration (the node's ``best_iteration``) minus iteration 0's
+   (``iterations`` = 20 is the node input: 20 evaluated iterations, 19 optimizer steps).
+   *Peak RSS growth* (memory measure a) is the kernel's high-water mark of the process RSS during this run
+   (VmHWM, reset through ``/proc/self/clear_refs`` just before it) minus the RSS just before it (VmRSS); where
+   the reset is not possible, ``ru_maxrss`` after minus before (which the warm-up's own peak then hides: a
+   note says so). The child runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc serves every large tensor
+   from its own mapping and gives it back when freed; with glibc's default (a threshold that grows after
+   frees) a tensor freed in the warm-up stays resident and the next run's activations reuse it without
+   raising RSS, which hides exactly the growth measured here. It also runs with ``OMP_WAIT_POLICY=PASSIVE``:
+   on a CPU shared with other work, OpenMP threads that spin waiting for a descheduled peer made one 4-step
+   iteration take 12 s instead of 0.5 s (measured); passive waiting keeps the timings comparable.
+3. **counted run** (``--counter-iterations``, default 4): ReNO Sampler again, with a counter of the tensors
+   saved for backward (memory measure b), reported as the peak over the iterations after the first.
+
+What the saved-tensor counter counts (measure b). ``torch.autograd.graph.saved_tensors_hooks`` apply only the
+innermost pair of hooks: a counter installed around the run alone sees what the outer graph saves (the chain's
+linear updates, the VAE decoder, the rewards), but not what the chain's ``exact`` recomputation saves: each
+step's denoiser call runs under ``optimizer.memory.recompute_in_backward``'s own hooks, whose forward pack
+keeps nothing (it returns an index) and whose backward recomputation keeps the step's activations in its own
+table until each is used. Blocks the memory plan recomputes (and the plan's measuring pass, and the copying
+hook for in-place models) push their own hooks the same way. So for the counted run the script wraps every
+pack hook pushed by any ``saved_tensors_hooks`` (it patches ``saved_tensors_hooks.__enter__`` for the run, and
+restores it) and installs one outermost identity pack (``t.detach()``, autograd's own default saving) for what
+no other hook covers. Every tensor handed to *any* pack hook is seen exactly once, by the hook that autograd
+calls for it. The counter then tracks **storages, not tensors**: a storage is counted (once, however many
+tensors on it are saved) from the moment a tensor on it is first packed until the storage itself is freed (a
+``weakref.finalize`` on the storage object: PyTorch keeps one Python object per live storage, so it fires
+when the memory is released, whoever held it: the outer graph, recompute's table, or the forward pass that is
+still using an activation that recompute's forward pack dropped). Only tensors of the autograd graph are
+counted (``grad_fn`` set, or a leaf that requires grad: the noise); weights, buffers and constants (text
+features, conditioning, sigmas, the per-step noises) are leaves without grad and are never counted, as the
+pack's own ``ActivationProbe`` does. So the figure is *the peak bytes of activations that are, or were saved
+for backward and are still, alive at once*: for ``exact`` that includes one step's activations while the
+step is recomputed in the backward pass, and also the transient activations of each step's forward pass
+(alive while the forward still uses them, though recompute's pack does not keep them). Not counted: what is
+never handed to a pack hook (recompute's stash of each step's input latent, one small latent per step; the
+gradients themselves; the optimizer state; previews). The peak is taken over the windows between consecutive
+progress reports after the first (each window one iteration: its forward pass and its backward pass); the
+first window holds the memory plan's measuring pass and is left out.
+
+Prints the host, the command, the date and a markdown table (and ``--json`` writes the rows). The 1.3x target
+of the issue: ``exact`` at 4 steps within 1.3x of 1-step ReNO's peak; both memory ratios are reported as
+measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+PROMPT = "a red apple on a wooden table"
+WEIGHTS = {"imagereward": 1.0, "hpsv2.1": 5.0, "hpsv2": 5.0, "pickscore": 0.05, "clipscore": 0.01, "aesthetic": 0.5}
+DEFAULT_REWARDS = "imagereward,hpsv2.1,pickscore,clipscore"
+#: row name -> ReNO Sampler's chain inputs
+ROWS = {
+    "1-step": dict(steps=1, sampler_name="euler", gradient="exact", gradient_steps=1),
+    "exact": dict(steps=4, sampler_name="euler", gradient="exact", gradient_steps=1),
+    "drtune": dict(steps=4, sampler_name="euler", gradient="drtune", gradient_steps=1),
+    "last k": dict(steps=4, sampler_name="euler", gradient="last k", gradient_steps=1),
+    "euler_ancestral exact": dict(steps=4, sampler_name="euler_ancestral", gradient="exact", gradient_steps=1),
+}
+BASELINE = "1-step"
+WARMUP_ITERATIONS = 2
+CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_WAIT_POLICY": "PASSIVE"}
+RESULT_TAG = "BENCH_MULTISTEP_RESULT "
+
+
+# -- memory measure (a): process RSS ---------------------------------------------------------------------
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process's RSS (Linux: /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        m = re.search(rf"{field}:\s+(\d+)\s+kB", Path("/proc/self/status").read_text())
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+def ru_maxrss_bytes() -> int:
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+class RSSPeak:
+    """``with RSSPeak() as r: ...`` -> ``r.growth`` bytes: the run's peak RSS minus the RSS before it."""
+
+    def __enter__(self):
+        gc.collect()
+        self.resettable = reset_peak_rss() and _status_kib("VmHWM") is not None
+        self.before = (_status_kib("VmRSS") * 1024) if self.resettable else ru_maxrss_bytes()
+        return self
+
+    def __exit__(self, *exc):
+        peak = _status_kib("VmHWM") * 1024 if self.resettable else ru_maxrss_bytes()
+        self.growth = peak - self.before
+        self.method = "VmHWM - VmRSS" if self.resettable else "ru_maxrss after - before"
+
+
+# -- memory measure (b): tensors saved for backward, alive at once -----------------------------------------
+
+class SavedTensorCounter:
+    """Bytes of storages holding tensors handed to any saved-tensor pack hook, alive at once (module docstring)."""
+
+    def __init__(self):
+        self._alive: dict[int, int] = {}  # id(storage) -> bytes, while the storage lives
+        self._lock = threading.RLock()
+        self.alive_bytes = 0
+        self.peak = 0
+        self.windows: list[int] = []  # the peak of each window between marks
+        self.packed = 0
+
+    def saw(self, t) -> None:
+        if t.grad_fn is None and not t.requires_grad:
+            return  # weights, buffers, constants: not activations
+        storage = t.untyped_storage()
+        key = id(storage)
+        with self._lock:
+            self.packed += 1
+            if key in self._alive:
+                return
+            nbytes = storage.nbytes()
+            self._alive[key] = nbytes
+            self.alive_bytes += nbytes
+            self.peak = max(self.peak, self.alive_bytes)
+        weakref.finalize(storage, self._freed, key)
+
+    def _freed(self, key: int) -> None:
+        with self._lock:
+            self.alive_bytes -= self._alive.pop(key, 0)
+
+    def mark(self) -> None:
+        """Close the current window (at a progress report) and start the next at what is alive now."""
+        with self._lock:
+            self.windows.append(self.peak)
+            self.peak = self.alive_bytes
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Every pack hook pushed by any ``saved_tensors_hooks`` reports to the counter first; one outermost
+        identity pack covers what no other hook does. Restored on exit."""
+        import torch
+
+        hooks = torch.autograd.graph.saved_tensors_hooks
+        original = hooks.__enter__
+        counter = self
+
+        def enter(self_):
+            pack = self_.pack_hook
+
+            def counted(t):
+                counter.saw(t)
+                return pack(t)
+
+            torch._C._autograd._push_saved_tensors_default_hooks(counted, self_.unpack_hook)
+
+        hooks.__enter__ = enter
+        try:
+            with hooks(lambda t: t.detach(), lambda t: t):
+                yield self
+        finally:
+            hooks.__enter__ = original
+
+
+# -- one row, in its own process -------------------------------------------------------------------------
+
+def weighted_total(history, index: int) -> float:
+    record = history.records[index]
+    return sum(r["weight"] * record["scores"][r["label"]][0] for r in history.rewards)
+
+
+def run_child(args) -> int:
+    import comfy_host
+    import torch
+    from tiny_rewards import write_reward_root
+
+    row = ROWS[args.child]
+    host = comfy_host.find_host()
+    if host is None:
+        print("no ComfyUI engine found: set COMFYUI_PATH or run scripts/setup_env.sh")
+        return 2
+    engine = comfy_host.boot_engine(host, [comfy_host.FIXTURE_PACK_DIR, comfy_host.PACK_DIR],
+                                    Path(tempfile.mkdtemp(prefix="reno-bench-multistep-")), cpu=True)
+    names = args.reward_names
+    write_reward_root(Path(engine.folder_paths.get_folder_paths("reno_rewards")[0]), names)
+    model, vae = engine.call_node("ReNOTestTinySD", inference=True, transformer_depth=args.depth, context_dim=32,
+                                  seed=0)
+    (cond,) = engine.call_node("ReNOTestConditioning", inference=True, text=PROMPT, context_dim=32)
+    (latent,) = engine.call_node("EmptyLatentImage", inference=True, width=args.size, height=args.size, batch_size=1)
+    stack = None
+    for name in names:
+        (stack,) = engine.call_node("ReNORewardLoader", inference=True, reward=name, weight=WEIGHTS[name], rewards=stack)
+
+    def reno(iterations, on_progress):
+        def progress(event):
+            if event.total == iterations:
+                on_progress()
+
+        with engine.progress_callback(progress):
+            out = engine.call_node("ReNOSampler", inference=True, model=model, positive=cond, negative=cond, vae=vae,
+                                   latent_image=latent, rewards=stack, prompt=PROMPT, seed=0, iterations=iterations,
+                                   learning_rate=5.0, cfg=1.0, regularization=0.01, grad_clip=0.1, **row)
+        return out["result"][2]
+
+    reno(WARMUP_ITERATIONS, lambda: None)
+
+    stamps: list[float] = []
+    with RSSPeak() as rss:
+        start = time.perf_counter()
+        history = reno(args.iterations, lambda: stamps.append(time.perf_counter()))
+        wall = time.perf_counter() - start
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])][:-1]  # the last iteration has no backward pass
+    best = history.best_iteration[0]
+
+    counter = SavedTensorCounter()
+    gc.collect()
+    with counter.installed():
+        reno(args.counter_iterations, counter.mark)
+    windows = counter.windows[1:]  # the first holds the memory plan's measuring pass
+
+    result = {
+        "row": args.child, **row,
+        "gain": weighted_total(history, best) - weighted_total(history, 0),
+        "total_0": weighted_total(history, 0), "best_iteration": best, "records": len(history.records),
+        "s_per_iteration": statistics.median(gaps) if gaps else wall / args.iterations, "gaps": len(gaps),
+        "wall": wall, "rss_growth": rss.growth, "rss_method": rss.method,
+        "saved_peak": max(windows) if windows else None, "saved_windows": counter.windows,
+        "memory_plan": (history.config or {}).get("memory", ""),
+        "sigmas": (history.config or {}).get("sigmas"),
+        "host": engine.info, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    }
+    print(RESULT_TAG + json.dumps(result), flush=True)
+    return 0
+
+
+# -- the parent: one subprocess per row, then the table ----------------------------------------------------
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=256, help="image side in pixels (default 256; multiple of 8)")
+    ap.add_argument("--iterations", type=int, default=20, help="ReNO iterations of the timed run (default 20)")
+    ap.add_argument("--counter-iterations", type=int, default=4,
+                    help="ReNO iterations of the run with the saved-tensor counter (default 4)")
+    ap.add_argument("--rewards", default=DEFAULT_REWARDS)
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma list of: {', '.join(ROWS)}")
+    ap.add_argument("--depth", type=int, default=1, help="tiny UNet transformer depth (default 1)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON to this file")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    args.reward_names = [n.strip() for n in args.rewards.split(",") if n.strip()]
+    bad = [n for n in args.reward_names if n not in WEIGHTS]
+    if bad or not args.reward_names:
+        ap.error(f"--rewards: unknown {', '.join(bad) or '(none)'}; choose from {', '.join(WEIGHTS)}")
+    args.row_names = [n.strip() for n in args.rows.split(",") if n.strip()]
+    bad = [n for n in args.row_names if n not in ROWS]
+    if bad or not args.row_names:
+        ap.error(f"--rows: unknown {', '.join(bad) or '(none)'}; choose from {', '.join(ROWS)}")
+    if args.child is not None and args.child not in ROWS:
+        ap.error(f"--child: unknown row {args.child!r}")
+    if args.iterations < 3:
+        ap.error("--iterations must be at least 3 (s/iteration is the median gap between iterations with a backward "
+                 "pass; the last iteration has none)")
+    if args.counter_iterations < 3:
+        ap.error("--counter-iterations must be at least 3 (the first window holds the measuring pass)")
+    if args.size < 8 or args.size % 8:
+        ap.error("--size must be a positive multiple of 8")
+    return args
+
+
+def child_command(args, row: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--child", row, "--size", str(args.size),
+            "--iterations", str(args.iterations), "--counter-iterations", str(args.counter_iterations),
+            "--rewards", ",".join(args.reward_names), "--depth", str(args.depth)]
+
+
+def run_row(args, row: str) -> dict:
+    env = {**os.environ, **CHILD_ENV}
+    start = time.perf_counter()
+    proc = subprocess.run(child_command(args, row), capture_output=True, text=True, env=env, cwd=ROOT)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"row {row!r} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    result = json.loads(lines[-1][len(RESULT_TAG):])
+    result["process_seconds"] = time.perf_counter() - start
+    return result
+
+
+def mib(n) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f}"
+
+
+def ratio(n, base) -> str:
+    return "-" if n is None or not base else f"{n / base:.2f}x"
+
+
+def table(rows: list[dict], iterations: int) -> str:
+    base = next((r for r in rows if r["row"] == BASELINE), None)
+    rss0 = base["rss_growth"] if base else None
+    saved0 = base["saved_peak"] if base else None
+    lines = [
+        f"| row | steps | sampler | gradient (k) | reward gain ({iterations} it.) | best it. | s/iteration "
+        "| peak RSS growth (MiB) | vs 1-step | peak saved for backward (MiB) | vs 1-step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        gradient = r["gradient"] + (f" ({r['gradient_steps']})" if r["gradient"] != "exact" else "")
+        lines.append(
+            f"| {r['row']} | {r['steps']} | {r['sampler_name']} | {gradient} | {r['gain']:+.3f} | {r['best_iteration']} "
+            f"| {r['s_per_iteration']:.3f} | {mib(r['rss_growth'])} | {ratio(r['rss_growth'], rss0)} "
+            f"| {mib(r['saved_peak'])} | {ratio(r['saved_peak'], saved0)} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child is not None:
+        return run_child(args)
+    import comfy_host
+
+    if comfy_host.find_host() is None:
+        print("no ComfyUI engine found: set COMFYUI_PATH or run scripts/setup_env.sh")
+        return 2
+    env = f"COMFYUI_PATH={shlex.quote(os.environ['COMFYUI_PATH'])} " if os.environ.get("COMFYUI_PATH") else ""
+    print(f"command: {env}{shlex.join(['python', 'scripts/bench_multistep.py', *sys.argv[1:]])}")
+    print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='minutes')}; "
+          f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}", flush=True)
+    rows = []
+    for name in args.row_names:
+        r = run_row(args, name)
+        rows.append(r)
+        print(f"  {name}: gain {r['gain']:+.3f} (iteration 0 total {r['total_0']:.3f}, best {r['best_iteration']}), "
+              f"{r['s_per_iteration']:.3f} s/iteration (median of {r['gaps']}), RSS growth {mib(r['rss_growth'])} MiB, "
+              f"saved peak {mib(r['saved_peak'])} MiB (windows {[round(w / 2**20, 1) for w in r['saved_windows']]}); "
+              f"plan: {r['memory_plan']}; {r['process_seconds']:.0f} s", flush=True)
+    first = rows[0]
+    print(f"\nhost: {first['host']}; torch {first['torch']}; {first['threads']} threads; {args.size}x{args.size}, tiny "
+          f"SD UNet transformer depth {args.depth}; rewards {', '.join(f'{n} ({WEIGHTS[n]:g})' for n in args.reward_names)}"
+          f"; memory auto; RSS: {first['rss_method']} (children with "
+          + " ".join(f"{k}={v}" for k, v in CHILD_ENV.items()) + ")\n")
+    print(table(rows, args.iterations))
+    base = next((r for r in rows if r["row"] == BASELINE), None)
+    exact = next((r for r in rows if r["row"] == "exact"), None)
+    if base and exact:
+        print(f"\nexact at 4 steps vs 1-step ReNO: peak RSS growth {ratio(exact['rss_growth'], base['rss_growth'])}, "
+              f"peak saved for backward {ratio(exact['saved_peak'], base['saved_peak'])} (target: within 1.3x)")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
