@@ -112,7 +112,12 @@ try {
       } catch (e) {
         problems.push(`graphToPrompt failed: ${e}`);
       }
-      return { nodes: nodes.length, types: nodes.map((n) => n.type), problems, loaders, api };
+      // every node's box as drawn (title bar included), once the DOM widgets have fitted their nodes
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const title = window.LiteGraph.NODE_TITLE_HEIGHT ?? 30;
+      const boxes = nodes.map((n) => ({ id: n.id, type: n.type, x: n.pos[0], y: n.pos[1] - title, w: n.size[0],
+                                        h: n.size[1] + title }));
+      return { nodes: nodes.length, types: nodes.map((n) => n.type), problems, loaders, api, boxes };
     }, wf);
     if (shots) {
       await page.evaluate(() => {

@@ -179,9 +179,8 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
 
     with urllib.request.urlopen(server["url"] + "object_info", timeout=30) as resp:
         object_info = json.load(resp)
-    # Every shipped workflow loads with known node types and no node errors. The 2024 engine predates some
-    # core nodes (SamplerCustomAdvanced, guiders, TripleCLIPLoader...): there, and only for core types, a
-    # missing type (and the error flag it brings) is reported, not failed; ReNO's own nodes must always load.
+    # Every shipped workflow loads with known node types, no node errors and no node hidden under another.
+    overlapping: list = []
     for wf in workflows:
         got = r["workflows"][wf.name]
         problems = got["problems"]
@@ -189,8 +188,10 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
         assert any(t.startswith("ReNOSampler") for t in got["types"]), (wf.name, got["types"])
         saved = {n["id"]: n["widgets_values"][:2] for n in json.loads(wf.read_text())["nodes"] if n["type"] == "ReNORewardLoader"}
         assert {x["id"]: [x["reward"], x["weight"]] for x in got["loaders"]} == saved, (wf.name, got["loaders"])
+        overlapping += _overlaps(wf.name, got["boxes"])
         _check_one_prompt_source(wf.name, got["api"])
         _check_reno_widgets(wf, got["api"], object_info)
+    assert not overlapping, f"overlapping nodes (workflow, id, type, id, type): {overlapping}"
 
     _check_thumbnails(workflows, r.get("templates"), shots)
     _check_weights(r["weights"])
@@ -248,6 +249,20 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
 
     _check_custom_sampler(r["custom"])
     assert custom_shot.is_file() and custom_shot.stat().st_size > 10_000
+
+
+def _overlaps(name: str, boxes: list) -> list:
+    """The pairs of nodes of a shipped workflow that overlap as the frontend draws them (title bars and fitted DOM
+    widgets included): a node hidden under another is a widget the user cannot see."""
+    overlaps = []
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            if a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"] and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"]:
+                overlaps.append((a["id"], a["type"], b["id"], b["type"]))
+    if os.environ.get("RENO_DUMP_BOXES"):  # for laying the workflows out again
+        Path(os.environ["RENO_DUMP_BOXES"]).mkdir(parents=True, exist_ok=True)
+        (Path(os.environ["RENO_DUMP_BOXES"]) / f"{name}.boxes.json").write_text(json.dumps(boxes))
+    return [(name, *pair) for pair in overlaps]
 
 
 def _check_views(v, iterations: int, what: str) -> None:
