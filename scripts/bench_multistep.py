@@ -87,6 +87,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchmark import reset_peak_rss  # noqa: E402  (the node-path benchmark's RSS high-water reset)
 
 PROMPT = "a red apple on a wooden table"
 WEIGHTS = {"imagereward": 1.0, "hpsv2.1": 5.0, "hpsv2": 5.0, "pickscore": 0.05, "clipscore": 0.01, "aesthetic": 0.5}
@@ -106,16 +108,6 @@ RESULT_TAG = "BENCH_MULTISTEP_RESULT "
 
 
 # -- memory measure (a): process RSS ---------------------------------------------------------------------
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's high-water mark of this process's RSS (Linux: /proc/self/clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
 
 def _status_kib(field: str) -> int | None:
     try:
