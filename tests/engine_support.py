@@ -34,5 +34,21 @@ def depth_for(engine) -> int:
     return 1
 
 
+def reward_stack(engine, rewards, files=None):
+    """Tiny reward checkpoints (``files``: reward names, default those of ``rewards``) written into the engine's
+    models/reno_rewards folder, then ReNO Load Reward chained over ``rewards`` [(name, weight), ...] as a workflow
+    does; returns the RENO_REWARDS stack."""
+    from pathlib import Path
+
+    from tiny_rewards import write_reward_root
+
+    root = Path(engine.folder_paths.get_folder_paths("reno_rewards")[0])
+    write_reward_root(root, list(files) if files is not None else [name for name, _ in rewards])
+    stack = None
+    for name, weight in rewards:
+        (stack,) = engine.call_node("ReNORewardLoader", inference=True, reward=name, weight=weight, rewards=stack)
+    return stack
+
+
 def reno_prompt(engine, **kwargs):
     return reno_api_prompt(prompt=PROMPT_TEXT, transformer_depth=depth_for(engine), **kwargs)

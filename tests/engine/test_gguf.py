@@ -26,6 +26,7 @@ from pathlib import Path
 import comfy_host
 import pytest
 import torch
+from engine_support import reward_stack
 
 gguf = pytest.importorskip("gguf", reason="the PyPI package gguf (llama.cpp's GGUF reader/writer) is not installed: "
                                           "pip install 'gguf>=0.13'")
@@ -62,15 +63,9 @@ def build_sd15_unet(fixture, seed: int = 0):
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def reward_stack(engine):
-    from tiny_rewards import write_reward_root
-
-    write_reward_root(Path(engine.folder_paths.get_folder_paths("reno_rewards")[0]), [name for name, _ in REWARDS])
-    stack = None
-    for name, weight in REWARDS:
-        (stack,) = engine.call_node("ReNORewardLoader", inference=True, reward=name, weight=weight, rewards=stack)
-    return stack
+@pytest.fixture(scope="module", name="reward_stack")
+def reward_stack_fixture(engine):
+    return reward_stack(engine, REWARDS)
 
 
 @pytest.fixture(scope="module")

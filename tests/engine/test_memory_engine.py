@@ -9,11 +9,9 @@ memory is short asks ComfyUI to make room and recomputes everything.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from engine_support import PROMPT_TEXT, fixture_families, pack_module
+from engine_support import PROMPT_TEXT, fixture_families, pack_module, reward_stack
 
 MODES = ["no checkpointing", "checkpoint rewards", "checkpoint rewards + VAE", "checkpoint all", "auto"]
 REWARDS = (("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01))
@@ -27,13 +25,9 @@ def pack(engine):
 
 @pytest.fixture(scope="module")
 def stack(engine):
-    from tiny_rewards import ALL_REWARDS, write_reward_root
+    from tiny_rewards import ALL_REWARDS
 
-    write_reward_root(Path(engine.folder_paths.get_folder_paths("reno_rewards")[0]), ALL_REWARDS)
-    out = None
-    for name, weight in REWARDS:
-        (out,) = engine.call_node("ReNORewardLoader", inference=True, reward=name, weight=weight, rewards=out)
-    return out
+    return reward_stack(engine, REWARDS, ALL_REWARDS)
 
 
 def run(engine, parts, stack, memory, side=64):

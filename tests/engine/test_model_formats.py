@@ -16,7 +16,7 @@ from pathlib import Path
 import comfy_host
 import pytest
 import torch
-from engine_support import PROMPT_TEXT, depth_for
+from engine_support import PROMPT_TEXT, depth_for, reward_stack
 
 TOL = 1e-4
 SEED = 3
@@ -39,13 +39,9 @@ def eng(engine):
 
 @pytest.fixture(scope="module")
 def stack(eng):
-    from tiny_rewards import ALL_REWARDS, write_reward_root
+    from tiny_rewards import ALL_REWARDS
 
-    write_reward_root(Path(eng.folder_paths.get_folder_paths("reno_rewards")[0]), ALL_REWARDS)
-    out = None
-    for name, weight in REWARDS:
-        (out,) = eng.call_node("ReNORewardLoader", inference=True, reward=name, weight=weight, rewards=out)
-    return out
+    return reward_stack(eng, REWARDS, ALL_REWARDS)
 
 
 @pytest.fixture(scope="module")

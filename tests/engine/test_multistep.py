@@ -9,11 +9,9 @@ steps, reproduces ReNO's latent exactly. (d) The history records the chain.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from engine_support import PROMPT_TEXT, fixture_families, pack_module
+from engine_support import PROMPT_TEXT, fixture_families, pack_module, reward_stack
 
 SAMPLERS = ["euler", "euler_ancestral", "lcm", "dpmpp_2m", "ddpm"]
 STEPS = 4
@@ -23,13 +21,7 @@ ERRORS: dict = {}
 
 @pytest.fixture(scope="module")
 def stack(engine):
-    from tiny_rewards import write_reward_root
-
-    write_reward_root(Path(engine.folder_paths.get_folder_paths("reno_rewards")[0]), ("pickscore", "clipscore"))
-    out = None
-    for name, weight in (("pickscore", 1.0), ("clipscore", 0.5)):
-        (out,) = engine.call_node("ReNORewardLoader", inference=True, reward=name, weight=weight, rewards=out)
-    return out
+    return reward_stack(engine, (("pickscore", 1.0), ("clipscore", 0.5)))
 
 
 def build(engine, family):
