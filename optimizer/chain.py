@@ -122,6 +122,9 @@ class ChainSpec:
             raise ValueError(f"ChainSpec: unknown sampler {self.sampler!r}; the differentiable chain has "
                              f"{', '.join(SAMPLERS)}")
         _check_sigmas(self.sigmas)
+        # the sigmas on the host, once: every branch of a step is decided on them, so running the chain costs no
+        # device-to-host synchronization per step (the arithmetic uses the device sigmas, as ComfyUI's samplers do)
+        object.__setattr__(self, "host_sigmas", self.sigmas.detach().to("cpu"))
         if self.step_noises is not None:
             if len(self.step_noises) != self.steps:
                 raise ValueError(f"ChainSpec.step_noises: {len(self.step_noises)} entries for {self.steps} steps; "
@@ -137,8 +140,8 @@ class ChainSpec:
 
     def noise_steps(self) -> list[bool]:
         """For each step, whether it adds fresh noise (where ComfyUI's sampler calls its noise sampler)."""
-        return [_draws_noise(self.sampler, self.sigmas[i], self.sigmas[i + 1], self.flow, self.eta)
-                for i in range(self.steps)]
+        host = self.host_sigmas
+        return [_draws_noise(self.sampler, host[i], host[i + 1], self.flow, self.eta) for i in range(self.steps)]
 
 
 def _check_sigmas(sigmas) -> None:
@@ -156,7 +159,9 @@ def _ancestral_step(sigma_from: Tensor, sigma_to: Tensor, eta: float = 1.0):
     """``get_ancestral_step`` of k-diffusion: the sigma to step down to and the noise to add back."""
     if not eta:
         return sigma_to, 0.0
-    sigma_up = min(sigma_to, eta * (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5)
+    up = eta * (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5
+    # k-diffusion's min(), without a host synchronization for device tensors (the same value)
+    sigma_up = torch.minimum(sigma_to, up) if isinstance(up, torch.Tensor) else min(sigma_to, up)
     sigma_down = (sigma_to ** 2 - sigma_up ** 2) ** 0.5
     return sigma_down, sigma_up
 
@@ -244,10 +249,12 @@ def run_chain(denoise: Denoiser, x: Tensor, spec: ChainSpec, policy: GradientPol
     noises = _checked_noises(spec, x)
     scaling = spec.noise_scaling or _default_noise_scaling(spec.flow)
     s_in = x.new_ones([x.shape[0]])
+    host = spec.host_sigmas
     old_denoised = None
     denoised = x
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        last_zero = bool(host[i + 1] == 0)  # decided on the host copy: no synchronization
         denoised = _call_denoiser(denoise, x, sigma * s_in, policy, i, steps)
         if callback is not None:
             callback(i, x, denoised)
@@ -255,17 +262,18 @@ def run_chain(denoise: Denoiser, x: Tensor, spec: ChainSpec, policy: GradientPol
         if spec.sampler == "euler":
             x = x + _to_d(x, sigma, denoised) * (sigma_next - sigma)
         elif spec.sampler == "euler_ancestral":
-            x = _euler_ancestral_rf(x, denoised, sigma, sigma_next, noise, spec) if spec.flow else \
-                _euler_ancestral(x, denoised, sigma, sigma_next, noise, spec)
+            x = _euler_ancestral_rf(x, denoised, sigma, sigma_next, noise, spec, last_zero) if spec.flow else \
+                _euler_ancestral(x, denoised, sigma, sigma_next, noise, spec,
+                                 bool(_ancestral_step(host[i], host[i + 1], spec.eta)[0] == 0))
         elif spec.sampler == "lcm":
             x = denoised
-            if sigma_next > 0:
+            if not last_zero:
                 x = scaling(sigma_next, noise, x)
         elif spec.sampler == "dpmpp_2m":
-            x = _dpmpp_2m(x, denoised, old_denoised, sigmas, i)
+            x = _dpmpp_2m(x, denoised, old_denoised, sigmas, i, last_zero)
             old_denoised = denoised
         else:  # ddpm
-            x = _ddpm(x, denoised, sigma, sigma_next, noise)
+            x = _ddpm(x, denoised, sigma, sigma_next, noise, last_zero)
     return x, denoised
 
 
@@ -287,17 +295,17 @@ def _checked_noises(spec: ChainSpec, x: Tensor) -> list[Tensor | None]:
     return out
 
 
-def _euler_ancestral(x, denoised, sigma, sigma_next, noise, spec: ChainSpec):
-    sigma_down, sigma_up = _ancestral_step(sigma, sigma_next, spec.eta)
-    if sigma_down == 0:
+def _euler_ancestral(x, denoised, sigma, sigma_next, noise, spec: ChainSpec, down_zero: bool):
+    if down_zero:
         return denoised
+    sigma_down, sigma_up = _ancestral_step(sigma, sigma_next, spec.eta)
     x = x + _to_d(x, sigma, denoised) * (sigma_down - sigma)
     return x + noise * spec.s_noise * sigma_up
 
 
-def _euler_ancestral_rf(x, denoised, sigma, sigma_next, noise, spec: ChainSpec):
+def _euler_ancestral_rf(x, denoised, sigma, sigma_next, noise, spec: ChainSpec, last_zero: bool):
     """``sample_euler_ancestral_RF``: the ancestral Euler step of rectified-flow (CONST) models."""
-    if sigma_next == 0:
+    if last_zero:
         return denoised
     eta = spec.eta
     downstep_ratio = 1 + (sigma_next / sigma - 1) * eta
@@ -312,12 +320,12 @@ def _euler_ancestral_rf(x, denoised, sigma, sigma_next, noise, spec: ChainSpec):
     return x
 
 
-def _dpmpp_2m(x, denoised, old_denoised, sigmas, i):
+def _dpmpp_2m(x, denoised, old_denoised, sigmas, i, last_zero: bool):
     """``sample_dpmpp_2m``: DPM-Solver++(2M), in log-sigma time ``t = -log(sigma)``."""
     t, t_next = sigmas[i].log().neg(), sigmas[i + 1].log().neg()
     h = t_next - t
     ratio = t_next.neg().exp() / t.neg().exp()
-    if old_denoised is None or sigmas[i + 1] == 0:
+    if old_denoised is None or last_zero:
         return ratio * x - (-h).expm1() * denoised
     h_last = t - sigmas[i - 1].log().neg()
     r = h_last / h
@@ -325,7 +333,7 @@ def _dpmpp_2m(x, denoised, old_denoised, sigmas, i):
     return ratio * x - (-h).expm1() * denoised_d
 
 
-def _ddpm(x, denoised, sigma, sigma_next, noise):
+def _ddpm(x, denoised, sigma, sigma_next, noise, last_zero: bool):
     """``sample_ddpm`` (``generic_step_sampler`` + ``DDPMSampler_step``), out of place."""
     eps = (x - denoised) / sigma
     x_vp = x / torch.sqrt(1.0 + sigma ** 2.0)
@@ -333,8 +341,7 @@ def _ddpm(x, denoised, sigma, sigma_next, noise):
     alpha_cumprod_prev = 1 / ((sigma_next * sigma_next) + 1)
     alpha = alpha_cumprod / alpha_cumprod_prev
     mu = (1.0 / alpha).sqrt() * (x_vp - (1 - alpha) * eps / (1 - alpha_cumprod).sqrt())
-    if sigma_next > 0:
+    if not last_zero:  # sigmas are never negative: > 0 and != 0 are the same test
         mu = mu + ((1 - alpha) * (1. - alpha_cumprod_prev) / (1. - alpha_cumprod)).sqrt() * noise
-    if sigma_next != 0:
         mu = mu * torch.sqrt(1.0 + sigma_next ** 2.0)
     return mu
