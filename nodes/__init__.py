@@ -9,10 +9,12 @@ import folder_paths
 from ..reward_loaders import FOLDER_NAME, set_search_path_provider
 from .custom_sampler_node import ReNOSamplerCustom
 from .noise_node import ReNONoise
+from .preference_routes import register as _register_preference_routes
 from .preview_node import ReNOIterationPreview
 from .reward_nodes import ReNORewardLoader
 from .sampler_node import ReNOSampler
 from .score_node import ReNOScoreImages
+from .train_preference_node import ReNOTrainPreferenceReward
 
 
 def _register_model_folder() -> None:
@@ -24,6 +26,7 @@ def _register_model_folder() -> None:
 
 
 _register_model_folder()
+_register_preference_routes()  # the gallery's preference picks (POST /reno/preferences/mark, ...)
 
 NODE_CLASS_MAPPINGS = {
     "ReNORewardLoader": ReNORewardLoader,
@@ -32,6 +35,7 @@ NODE_CLASS_MAPPINGS = {
     "ReNOIterationPreview": ReNOIterationPreview,
     "ReNOScoreImages": ReNOScoreImages,
     "ReNONoise": ReNONoise,
+    "ReNOTrainPreferenceReward": ReNOTrainPreferenceReward,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -41,4 +45,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ReNOIterationPreview": "ReNO Iteration Preview",
     "ReNOScoreImages": "ReNO Score Images",
     "ReNONoise": "ReNO Noise",
+    "ReNOTrainPreferenceReward": "ReNO Train Preference Reward",
 }

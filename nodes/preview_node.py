@@ -45,6 +45,6 @@ class ReNOIterationPreview:
 
     def preview(self, history):
         return {
-            "ui": {"images": save_previews(history), "reno_chart": [history.chart()]},
+            "ui": {"images": save_previews(history), "reno_chart": [history.chart()], "reno_prompt": [history.prompt]},
             "result": (history.images(),),
         }

@@ -14,6 +14,8 @@ from ..reward_loaders import (
     load_reward,
     reward_fingerprint,
 )
+from ..reward_loaders.custom import list_custom_rewards
+from ..reward_loaders.paths import search_dirs
 from .inputs import finite_input
 from .settings import downloads_allowed
 
@@ -64,7 +66,17 @@ def reward_patcher(model):
 
 
 def _reward_help() -> str:
-    return "\n".join(f"{name}: {spec.description} (paper weight {spec.paper_weight:g})" for name, spec in REWARDS.items())
+    return "\n".join(
+        [f"{name}: {spec.description} (paper weight {spec.paper_weight:g})" for name, spec in REWARDS.items()]
+        + ["custom/<name>: a reward folder of your own, models/reno_rewards/custom/<name>/ with a reward.json "
+           "(an ImageReward-format checkpoint or a CLIPModel folder)"]
+    )
+
+
+def reward_choices() -> list[str]:
+    """The combo: the built-in rewards in their order, then ``custom/<name>`` for every custom reward folder now
+    present (read each time, so a refresh of the browser shows new folders)."""
+    return list(AVAILABLE_REWARDS) + list_custom_rewards(search_dirs())
 
 
 class ReNORewardLoader:
@@ -82,7 +94,7 @@ class ReNORewardLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "reward": (list(AVAILABLE_REWARDS), {"tooltip": "Which reward model to load.\n" + _reward_help()}),
+                "reward": (reward_choices(), {"tooltip": "Which reward model to load.\n" + _reward_help()}),
                 "weight": ("FLOAT", {
                     "default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01,
                     "tooltip": "How much this reward counts in the objective: ReNO minimizes "
@@ -115,7 +127,7 @@ def load_into_stack(reward: str, weight: float, rewards=None, gradient_checkpoin
                           "0 turns this reward off, a negative weight pushes its score down; the widget allows -100 to 100")
     try:
         model = load_reward(reward, download=downloads_allowed())
-    except RewardLoadError as e:
+    except (RewardLoadError, ValueError) as e:  # ValueError: an unknown or invalid reward name
         raise RuntimeError(str(e)) from None
     reward_patcher(model)
     return tuple(rewards or ()) + (WeightedReward(reward, weight, model, gradient_checkpointing),)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .guards import check_model_and_vae, with_oom_advice
 from .inputs import chain_input, chain_settings, finite_input, reno_config, reno_input
 from .memory import AUTO, MEMORY_INPUT
+from .preview_node import save_previews
 from .run import reno_sample
 
 CATEGORY = "sampling/ReNO"
@@ -74,5 +75,7 @@ class ReNOSampler:
             cfg, node_id=unique_id, continue_from=continue_from, memory=memory, steps=int(steps), scheduler=scheduler,
             chain=chain,
         )
-        return {"ui": {"reno_summary": [history.summary()], "reno_chart": [history.chart()]},
+        # reno_images/reno_prompt: the gallery's images as temp files and their prompt, for preference picks
+        return {"ui": {"reno_summary": [history.summary()], "reno_chart": [history.chart()],
+                       "reno_images": save_previews(history, "reno_sampler"), "reno_prompt": [history.prompt]},
                 "result": (latent, image, history)}

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import comfy.model_management
+import folder_paths
 import torch
+from PIL import Image
 
 from ..reward_loaders import RewardEnsemble, comfy_to_bchw
 from .guards import with_oom_advice
@@ -39,6 +43,20 @@ def score_images(images: torch.Tensor, rewards, prompt: str) -> tuple[list[float
     return totals, "\n".join([f'prompt: "{prompt}"', header, *rows, *footer]), per_reward
 
 
+def save_scored(images: torch.Tensor, prefix: str = "reno_score") -> list[dict]:
+    """Each scored image as a temp PNG (shown in the node's gallery, where it can be marked preferred/rejected)."""
+    folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
+        prefix, folder_paths.get_temp_directory(), images.shape[2], images.shape[1])
+    os.makedirs(folder, exist_ok=True)
+    files = []
+    for b, image in enumerate(images):
+        name = f"{filename}_{counter:05}_{b}.png"
+        pixels = (image[..., :3].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        Image.fromarray(pixels).save(os.path.join(folder, name), compress_level=1)
+        files.append({"filename": name, "subfolder": subfolder, "type": "temp", "iteration": b})
+    return files
+
+
 class ReNOScoreImages:
     DESCRIPTION = (
         "Scores every image of a batch with the connected reward stack: one FLOAT per image "
@@ -66,4 +84,6 @@ class ReNOScoreImages:
 
     def score(self, images, rewards, prompt):
         totals, report, _ = with_oom_advice("ReNO Score Images", score_images, images, rewards, prompt)
-        return {"ui": {"text": [report]}, "result": (totals, report)}
+        # images/reno_scores/reno_prompt: the node's gallery, for preference picks
+        return {"ui": {"text": [report], "images": save_scored(images), "reno_scores": totals, "reno_prompt": [prompt]},
+                "result": (totals, report)}

@@ -52,6 +52,16 @@ EXPECTED_LAYOUT = (
     "blip.visual_encoder.*, blip.text_encoder.*, blip.vision_proj.*, blip.text_proj.*, mlp.layers.*"
 )
 SOURCE_HINT = "https://huggingface.co/THUDM/ImageReward (ImageReward.pt, med_config.json)"
+DDP_PREFIX = "module."  # torch.save(ddp_model.state_dict()) puts it before every key
+# parts of BLIP that the score never runs: a training checkpoint (IterComp's) may carry them; they are left out
+UNUSED_PREFIXES = (
+    "blip.vision_proj.", "blip.text_proj.", "blip.itm_head.", "blip.visual_encoder_m.", "blip.text_encoder_m.",
+    "blip.vision_proj_m.", "blip.text_proj_m.", "blip.text_decoder.", "blip.temp", "blip.image_queue",
+    "blip.text_queue", "blip.idx_queue", "blip.ptr_queue", "blip.queue_ptr",
+)
+# where a reward in ImageReward's format may borrow med_config.json and the BERT tokenizer (they are the same
+# files for every such model): its own folder first, then these folders of every reno_rewards root
+SUPPORT_FOLDERS = ("imagereward", "itercomp_attribute", "itercomp_spatial", "itercomp_nonspatial")
 
 
 @dataclass(frozen=True)
@@ -298,12 +308,13 @@ class BlipTextEncoder(nn.Module):
 class BlipPretrain(nn.Module):
     """The ``blip`` part of ImageReward: ViT, BERT encoder and the two contrastive projections."""
 
-    def __init__(self, vision: VisionConfig, text: TextConfig, proj_dim: int = PROJ_DIM):
+    def __init__(self, vision: VisionConfig, text: TextConfig, proj_dim: int | None = PROJ_DIM):
         super().__init__()
         self.visual_encoder = BlipVisionTransformer(vision)
         self.text_encoder = BlipTextEncoder(text)
-        self.vision_proj = nn.Linear(vision.width, proj_dim)  # unused by the score
-        self.text_proj = nn.Linear(text.hidden_size, proj_dim)  # unused by the score
+        if proj_dim:  # unused by the score; kept so that ImageReward.pt loads strictly (None: left out)
+            self.vision_proj = nn.Linear(vision.width, proj_dim)
+            self.text_proj = nn.Linear(text.hidden_size, proj_dim)
 
 
 class RewardHead(nn.Module):
@@ -344,7 +355,7 @@ class ImageRewardModel(RewardModel):
 
     def __init__(self, vision: VisionConfig = DEFAULT_VISION, text: TextConfig = DEFAULT_TEXT,
                  head_dims: tuple[int, ...] | None = None, tokenizer=None, name: str = "imagereward",
-                 offset: float = 2.0, source: str = "", max_length: int = MAX_LENGTH, proj_dim: int = PROJ_DIM):
+                 offset: float = 2.0, source: str = "", max_length: int = MAX_LENGTH, proj_dim: int | None = PROJ_DIM):
         super().__init__()
         if text.encoder_width != vision.width:
             text = replace(text, encoder_width=vision.width)  # as BLIP does: encoder_width = vision width
@@ -403,19 +414,22 @@ def _show(keys, n: int = 6) -> str:
     return shown + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
-def _read_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
+def _read_state_dict(path: Path, name: str, source_hint: str = SOURCE_HINT,
+                     strip_ddp: bool = False) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors (``torch.load(weights_only=True)``); with ``strip_ddp``, keys saved from a
+    DistributedDataParallel-wrapped model lose their leading ``module.``."""
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise RewardLoadError(
             f"{name}: refused to load {path}: it is not plain tensor data and would need to run code to "
             f"unpickle ({str(e).splitlines()[0] if str(e) else type(e).__name__}). Expected {EXPECTED_LAYOUT}. "
-            f"Get the original file from {SOURCE_HINT}."
+            f"Get the original file from {source_hint}."
         ) from e
     except Exception as e:  # noqa: BLE001 - truncated zip, EOF, not a torch file: one actionable message
         raise RewardLoadError(
             f"{name}: could not read {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
-            f"The file is truncated, corrupt or not a torch checkpoint; re-download it from {SOURCE_HINT}."
+            f"The file is truncated, corrupt or not a torch checkpoint; re-download it from {source_hint}."
         ) from e
     if not isinstance(obj, dict):
         raise RewardLoadError(f"{name}: {path} holds a {type(obj).__name__}; expected {EXPECTED_LAYOUT}.")
@@ -431,12 +445,34 @@ def _read_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
             f"{name}: {path} is not a dict of tensors (non-tensor entries: {_show(non_tensor)}).{hint} "
             f"Expected {EXPECTED_LAYOUT}."
         )
+    if strip_ddp:
+        obj = _strip_ddp_prefix(obj, path, name)
     if not any(str(k).startswith("blip.") for k in obj):
         raise RewardLoadError(
             f"{name}: {path} has none of ImageReward's keys (its {len(obj)} keys start with {_show(sorted(obj), 4)}); "
             f"it is a checkpoint of another model (e.g. HPS / open_clip or an aesthetic head). Expected {EXPECTED_LAYOUT}."
         )
     return obj
+
+
+def _strip_ddp_prefix(state: dict, path: Path, name: str) -> dict:
+    """``module.blip.x`` -> ``blip.x`` (a state dict of a DDP-wrapped model); keys without the prefix stay."""
+    out: dict = {}
+    for key, value in state.items():
+        short = key[len(DDP_PREFIX):] if str(key).startswith(DDP_PREFIX) else key
+        if short in out:
+            raise RewardLoadError(
+                f"{name}: {path} holds both {short!r} and {DDP_PREFIX + short!r}: two copies of the same weight, "
+                "with and without the DistributedDataParallel prefix. Re-save the checkpoint with one of them."
+            )
+        out[short] = value
+    return out
+
+
+def unused_by_score(key: str) -> bool:
+    """Whether ``key`` belongs to a part of BLIP that ImageReward's score never runs (its contrastive
+    projections, momentum encoders, queues, ITM head, decoder), which a training checkpoint may carry."""
+    return key.startswith(UNUSED_PREFIXES)
 
 
 def _need(state: dict, keys: list[str], path: Path, name: str, what: str) -> None:
@@ -464,7 +500,8 @@ def _block_count(state: dict, prefix: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def vision_config_from_state(state: dict, path: Path, sidecar: Path | None, name: str) -> VisionConfig:
+def vision_config_from_state(state: dict, path: Path, sidecar: Path | None, name: str,
+                             source_hint: str = SOURCE_HINT) -> VisionConfig:
     """ViT sizes from tensor shapes; head count from ``vision_config.json`` (default: ViT-L/16's 16)."""
     p = VISION_PREFIX
     _need(state, [p + "cls_token", p + "pos_embed", p + "patch_embed.proj.weight", p + "blocks.0.mlp.fc1.weight"],
@@ -503,7 +540,7 @@ def vision_config_from_state(state: dict, path: Path, sidecar: Path | None, name
                 raise RewardLoadError(
                     f"{name}: the ViT in {path} has {inferred}, not ImageReward's ViT-L/16 {default}, and there is no "
                     f"{VISION_CONFIG_FILE} beside it to say so. The file is incomplete or another model's; re-download "
-                    f"it from {SOURCE_HINT} (or describe the ViT in {VISION_CONFIG_FILE})."
+                    f"it from {source_hint} (or describe the ViT in {VISION_CONFIG_FILE})."
                 )
             heads = DEFAULT_VISION.heads
         else:
@@ -583,10 +620,10 @@ def head_dims_from_state(state: dict, path: Path, name: str) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def _load_tokenizer(folder: Path, name: str):
+def _load_tokenizer(tok_dir: Path, name: str):
     from transformers import BertTokenizer
 
-    tok_dir = folder / TOKENIZER_DIR
+    tok_dir = Path(tok_dir)
     try:
         tokenizer = BertTokenizer.from_pretrained(str(tok_dir), local_files_only=True, do_lower_case=True)
     except Exception as e:  # noqa: BLE001 - turned into an actionable message
@@ -600,36 +637,93 @@ def _load_tokenizer(folder: Path, name: str):
     return tokenizer
 
 
-def load_imagereward_folder(folder: Path, name: str = "imagereward", offset: float = 2.0) -> ImageRewardModel:
-    """Build ImageReward from ``folder`` (ImageReward.pt, med_config.json, tokenizer/, optional vision_config.json).
+# -- med_config.json and the tokenizer, from the reward's folder or a sibling one -----------------------------
 
-    Strict: every key of the checkpoint must be used and every weight present, with the shapes the
-    configs give. Float32 on the CPU, frozen, in eval mode.
+TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json")
+
+
+def support_folders(folder: Path, roots=None) -> list[Path]:
+    """``folder``, then ``<root>/<f>`` for each of SUPPORT_FOLDERS in every root (existing ones, no repeats)."""
+    out: list[Path] = []
+    for candidate in [Path(folder)] + [Path(root) / f for root in (roots or ()) for f in SUPPORT_FOLDERS]:
+        if candidate.is_dir() and all(candidate.resolve() != c.resolve() for c in out):
+            out.append(candidate)
+    return out
+
+
+def find_med_config(folder: Path, roots=None) -> Path | None:
+    """The ``med_config.json`` for the reward in ``folder``: its own, else that of the ``imagereward`` (or an
+    IterComp) folder of a reno_rewards root; None when there is none."""
+    return next((f / MED_CONFIG_FILE for f in support_folders(folder, roots) if (f / MED_CONFIG_FILE).is_file()), None)
+
+
+def find_bert_tokenizer(folder: Path, roots=None) -> Path | None:
+    """The BERT tokenizer folder (``tokenizer/`` with vocab.txt and tokenizer_config.json) for the reward in
+    ``folder``: its own, else that of the ``imagereward`` (or an IterComp) folder; None when there is none."""
+    for f in support_folders(folder, roots):
+        if all((f / TOKENIZER_DIR / n).is_file() for n in TOKENIZER_FILES):
+            return f / TOKENIZER_DIR
+    return None
+
+
+def _borrowed(folder: Path, found: Path | None, what: str, name: str) -> None:
+    if found is not None and Path(folder).resolve() not in found.resolve().parents:
+        log.info("ReNO: %s: no %s in %s; using %s", name, what, folder, found)
+
+
+# -- building -------------------------------------------------------------------------------------------
+
+def load_imagereward(checkpoint: Path, med_config: Path, tokenizer_dir: Path, *, name: str = "imagereward",
+                     offset: float = 2.0, source: str = "", vision_config: Path | None = None,
+                     training_checkpoint: bool = False, source_hint: str = SOURCE_HINT) -> ImageRewardModel:
+    """Build ImageReward from its checkpoint, ``med_config.json``, BERT tokenizer folder and optional
+    ``vision_config.json``.
+
+    Strict: every weight the score uses must be in the checkpoint, with the shapes the configs give, and
+    every key of the checkpoint must be used. ``training_checkpoint=True`` reads the state dict of a model
+    trained with ImageReward's code (IterComp's reward models, a custom reward): the ``module.`` prefix of
+    a DDP-wrapped model is stripped, and keys of BLIP parts the score never runs (``blip.vision_proj``,
+    ``blip.text_proj``, momentum encoders, ...) are left out, named in one log line; any other extra key
+    is still an error. Float32 on the CPU, frozen, in eval mode.
     """
-    folder = Path(folder)
-    path, med_path = folder / CHECKPOINT_FILE, folder / MED_CONFIG_FILE
+    path, med_path = Path(checkpoint), Path(med_config)
     for needed in (path, med_path):
         if not needed.is_file():
-            raise RewardLoadError(f"{name}: {needed} is missing (get it from {SOURCE_HINT})")
+            raise RewardLoadError(f"{name}: {needed} is missing (get it from {source_hint})")
     with torch.inference_mode(False):
-        state = _read_state_dict(path, name)
-        vision = vision_config_from_state(state, path, folder / VISION_CONFIG_FILE, name)
+        state = _read_state_dict(path, name, source_hint, strip_ddp=training_checkpoint)
+        unused: list[str] = []
+        if training_checkpoint:
+            unused = [k for k in state if unused_by_score(str(k))]
+            state = {k: v for k, v in state.items() if k not in set(unused)}
+        vision = vision_config_from_state(state, path, vision_config, name, source_hint)
         text = text_config_from_med(_read_json(med_path, name), med_path, vision.width, name)
         _check_text_against_state(text, state, path, med_path, name)
         head = head_dims_from_state(state, path, name)
-        _need(state, ["blip.vision_proj.weight"], path, name, "projection size")
-        proj_dim = int(state["blip.vision_proj.weight"].shape[0])
-        tokenizer = _load_tokenizer(folder, name)
+        if training_checkpoint:
+            proj_dim = None
+        else:
+            _need(state, ["blip.vision_proj.weight"], path, name, "projection size")
+            proj_dim = int(state["blip.vision_proj.weight"].shape[0])
+        tokenizer = _load_tokenizer(tokenizer_dir, name)
         if len(tokenizer) != text.vocab_size:
             raise RewardLoadError(
-                f"{name}: the tokenizer in {folder / TOKENIZER_DIR} has {len(tokenizer)} tokens with BLIP's [DEC] and "
+                f"{name}: the tokenizer in {tokenizer_dir} has {len(tokenizer)} tokens with BLIP's [DEC] and "
                 f"[ENC] added, but {path} embeds {text.vocab_size} "
                 f"({TEXT_PREFIX}embeddings.word_embeddings.weight). Use bert-base-uncased's vocab.txt."
             )
+
+        def build():
+            return ImageRewardModel(vision, text, head, tokenizer=tokenizer, name=name, offset=offset,
+                                    source=source or str(path.parent), proj_dim=proj_dim)
+
         with torch.device("meta"):  # no random init of weights that are overwritten right away
-            model = ImageRewardModel(vision, text, head, tokenizer=tokenizer, name=name, offset=offset,
-                                     source=str(folder), proj_dim=proj_dim)
+            model = build()
         expected = model.state_dict()
+        position_ids = TEXT_PREFIX + "embeddings.position_ids"
+        if training_checkpoint and position_ids not in state and position_ids in expected:
+            # a buffer newer BERT code no longer saves: it is always 0..max_positions-1
+            state[position_ids] = torch.arange(expected[position_ids].shape[-1]).unsqueeze(0)
         missing = [k for k in expected if k not in state]
         unexpected = [k for k in state if k not in expected]
         wrong = [f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}"
@@ -642,8 +736,11 @@ def load_imagereward_folder(folder: Path, name: str = "imagereward", offset: flo
                 f"{name}: {path} does not match ImageReward's architecture "
                 f"(ViT {vision.width}x{vision.layers}, BERT {text.hidden_size}x{text.layers} from {med_path.name}): "
                 + "; ".join(parts) + ". It is incomplete or a checkpoint of another model; re-download it from "
-                + SOURCE_HINT + "."
+                + source_hint + "."
             )
+        if unused:
+            log.info("ReNO: %s: %d key(s) of %s are not used by the score and were left out: %s",
+                     name, len(unused), path, ", ".join(map(str, unused)))
         converted = {
             k: (v.long() if not expected[k].is_floating_point() else v.float()).contiguous() for k, v in state.items()
         }
@@ -651,7 +748,105 @@ def load_imagereward_folder(folder: Path, name: str = "imagereward", offset: flo
         try:
             model.load_state_dict(converted, strict=True, assign=True)
         except TypeError:  # torch < 2.1 has no assign=: build the weights on the CPU and copy into them
-            model = ImageRewardModel(vision, text, head, tokenizer=tokenizer, name=name, offset=offset,
-                                     source=str(folder), proj_dim=proj_dim)
+            model = build()
             model.load_state_dict(converted, strict=True)
     return model.eval().requires_grad_(False)
+
+
+def load_imagereward_folder(folder: Path, name: str = "imagereward", offset: float = 2.0) -> ImageRewardModel:
+    """Build ImageReward from ``folder`` (ImageReward.pt, med_config.json, tokenizer/, optional vision_config.json).
+
+    Strict: every key of the checkpoint must be used and every weight present, with the shapes the
+    configs give. Float32 on the CPU, frozen, in eval mode.
+    """
+    folder = Path(folder)
+    return load_imagereward(folder / CHECKPOINT_FILE, folder / MED_CONFIG_FILE, folder / TOKENIZER_DIR, name=name,
+                            offset=offset, source=str(folder), vision_config=folder / VISION_CONFIG_FILE)
+
+
+def load_imagereward_format(folder: Path, checkpoint: Path, roots=None, *, name: str, offset: float,
+                            source_hint: str) -> ImageRewardModel:
+    """A reward trained with ImageReward's code (IterComp's, a custom one): ``checkpoint`` (plain or
+    DDP-prefixed state dict) with ``vision_config.json`` from ``folder``, and ``med_config.json`` + the
+    BERT tokenizer from ``folder`` or, when it has none, from the ``imagereward`` (or an IterComp) folder
+    of a reno_rewards root."""
+    folder = Path(folder)
+    med, tok = find_med_config(folder, roots), find_bert_tokenizer(folder, roots)
+    if med is None or tok is None:
+        lacks = " and ".join(w for w, f in ((MED_CONFIG_FILE, med), (f"{TOKENIZER_DIR}/ (vocab.txt, "
+                             "tokenizer_config.json)", tok)) if f is None)
+        raise RewardLoadError(
+            f"{name}: {lacks} missing: put {'them' if med is None and tok is None else 'it'} in {folder}, or install "
+            f"the imagereward reward (its folder's {MED_CONFIG_FILE} and {TOKENIZER_DIR}/ are used). "
+            f"{MED_CONFIG_FILE} comes from https://huggingface.co/THUDM/ImageReward, the tokenizer files "
+            "from https://huggingface.co/bert-base-uncased."
+        )
+    _borrowed(folder, med, MED_CONFIG_FILE, name)
+    _borrowed(folder, tok, "BERT tokenizer", name)
+    return load_imagereward(checkpoint, med, tok, name=name, offset=offset, source=str(folder),
+                            vision_config=folder / VISION_CONFIG_FILE, training_checkpoint=True,
+                            source_hint=source_hint)
+
+
+# -- IterComp's three composition-aware reward models --------------------------------------------------------
+
+ITERCOMP_REPO = "comin/IterComp"
+ITERCOMP_PAGE = "https://huggingface.co/comin/IterComp/tree/main/reward_models"
+# Accepted file names per reward (the published names could not be verified here): the first that exists in
+# the folder is used; failing all, a folder holding exactly one .pt/.pth file uses that one (IterComp's training
+# script saves 'best_lr=<lr>.pt').
+ITERCOMP_CHECKPOINTS = {
+    "itercomp_attribute": ("attribute.pt", "attribute_binding.pt", "reward_attribute.pt", "attribute_reward.pt",
+                           "itercomp_attribute.pt", "ImageReward.pt"),
+    "itercomp_spatial": ("spatial.pt", "spatial_relationship.pt", "reward_spatial.pt", "spatial_reward.pt",
+                         "itercomp_spatial.pt", "ImageReward.pt"),
+    "itercomp_nonspatial": ("nonspatial.pt", "non_spatial.pt", "non_spatial_relationship.pt", "reward_nonspatial.pt",
+                            "nonspatial_reward.pt", "itercomp_nonspatial.pt", "ImageReward.pt"),
+}
+ITERCOMP_ROLES = {
+    "itercomp_attribute": "attribute-binding (color, shape, texture)",
+    "itercomp_spatial": "spatial-relationship",
+    "itercomp_nonspatial": "non-spatial-relationship",
+}
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+
+
+def find_itercomp_checkpoint(folder: Path, reward: str) -> Path | None:
+    """IterComp reward ``reward``'s checkpoint in ``folder``: the first of its accepted names, else the only
+    .pt/.pth file there; None when there is none (or several, none with an accepted name)."""
+    folder = Path(folder)
+    for n in ITERCOMP_CHECKPOINTS[reward]:
+        if (folder / n).is_file():
+            return folder / n
+    candidates = _checkpoint_files(folder)
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def _checkpoint_files(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in Path(folder).iterdir()
+                      if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.is_file() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def itercomp_hint(reward: str) -> str:
+    """Where IterComp reward ``reward``'s checkpoint comes from and under which names it is accepted."""
+    return (f"IterComp's {ITERCOMP_ROLES[reward]} reward model: download it by hand from the reward_models folder of "
+            f"https://huggingface.co/{ITERCOMP_REPO} ({ITERCOMP_PAGE}); it is not downloaded automatically. Any one "
+            f".pt file in the folder is used, whatever its name (or name it {ITERCOMP_CHECKPOINTS[reward][0]})")
+
+
+def load_itercomp_folder(folder: Path, reward: str, offset: float = 2.0, roots=None) -> ImageRewardModel:
+    """IterComp's reward ``reward`` (itercomp_attribute / itercomp_spatial / itercomp_nonspatial) from ``folder``:
+    an exact ImageReward clone saved from a DDP-wrapped model (see ``load_imagereward_format``)."""
+    folder = Path(folder)
+    checkpoint = find_itercomp_checkpoint(folder, reward)
+    if checkpoint is None:
+        several = _checkpoint_files(folder)
+        what = (f"several .pt files ({', '.join(p.name for p in several)}) and none named "
+                f"{' or '.join(ITERCOMP_CHECKPOINTS[reward])}; keep only the right one" if several
+                else "no checkpoint")
+        raise RewardLoadError(f"{reward}: {folder} has {what}. It needs {itercomp_hint(reward)}.")
+    return load_imagereward_format(folder, checkpoint, roots, name=reward, offset=offset,
+                                   source_hint=f"{ITERCOMP_PAGE} (the {ITERCOMP_ROLES[reward]} model)")

@@ -15,6 +15,14 @@ from . import paths
 from .base import RewardModel
 from .download import STAGING, DownloadError, Source, clean_stale_staging, downloads_enabled, fetch
 from .errors import RewardFilesMissing
+from .imagereward import (
+    ITERCOMP_CHECKPOINTS,
+    ITERCOMP_REPO,
+    find_bert_tokenizer,
+    find_itercomp_checkpoint,
+    find_med_config,
+    itercomp_hint,
+)
 from .stamps import file_stamps
 
 log = logging.getLogger(__name__)
@@ -42,11 +50,15 @@ class FileNeed:
 
     ``local(folder, roots)``, when given, finds a local copy elsewhere (the same CLIP tokenizer that the
     host or another reward has): then the file is neither required in the folder nor downloaded.
+    ``fetchable=False``: never downloaded (its exact public name is not known); ``hint`` then says in the
+    missing-file message where to get it by hand.
     """
 
     names: tuple[str, ...]
     source: Source
     local: Callable[[Path, list[Path]], object] | None = None
+    fetchable: bool = True
+    hint: str | None = None
 
     def present(self, folder: Path) -> bool:
         return any((folder / n).is_file() for n in self.names)
@@ -104,6 +116,31 @@ def _aesthetic(folder: Path, roots: list[Path] | None = None) -> RewardModel:
     from .aesthetic import load_aesthetic_folder
 
     return load_aesthetic_folder(folder, "aesthetic", 10.0)
+
+
+def _itercomp(name: str) -> Callable[..., RewardModel]:
+    def build(folder: Path, roots: list[Path] | None = None) -> RewardModel:
+        from .imagereward import load_itercomp_folder
+
+        return load_itercomp_folder(folder, name, 2.0, roots)
+
+    return build
+
+
+def _itercomp_files(name: str) -> tuple[FileNeed, ...]:
+    # the checkpoint by hand (its published name is not verified: any accepted name, or the folder's only .pt);
+    # med_config.json and the BERT tokenizer are ImageReward's: borrowed from the imagereward folder when it has them
+    return (
+        FileNeed(ITERCOMP_CHECKPOINTS[name], Source(ITERCOMP_REPO), local=lambda f, r: find_itercomp_checkpoint(f, name),
+                 fetchable=False, hint=itercomp_hint(name)),
+        FileNeed(("med_config.json",), Source(IMAGEREWARD), local=find_med_config,
+                 hint=f"from {Source(IMAGEREWARD).page}, or the imagereward folder's copy is used"),
+        FileNeed(("tokenizer/vocab.txt",), Source(BERT_BASE, "vocab.txt"), local=find_bert_tokenizer,
+                 hint=f"from {Source(BERT_BASE).page}, or the imagereward folder's tokenizer/ is used"),
+        FileNeed(("tokenizer/tokenizer_config.json",), Source(BERT_BASE, "tokenizer_config.json"),
+                 local=find_bert_tokenizer, hint=f"from {Source(BERT_BASE).page}, or the imagereward folder's "
+                 "tokenizer/ is used"),
+    )
 
 
 def _local_clip_tokenizer(folder: Path, roots: list[Path]):
@@ -182,6 +219,31 @@ REWARDS: dict[str, RewardSpec] = {
         ),
         build=_aesthetic,
     ),
+    "itercomp_attribute": RewardSpec(
+        name="itercomp_attribute",
+        offset=2.0,
+        paper_weight=1.0,
+        description="IterComp attribute-binding reward (ImageReward architecture trained on composition rankings "
+                    "of color, shape, texture): normalized reward",
+        files=_itercomp_files("itercomp_attribute"),
+        build=_itercomp("itercomp_attribute"),
+    ),
+    "itercomp_spatial": RewardSpec(
+        name="itercomp_spatial",
+        offset=2.0,
+        paper_weight=1.0,
+        description="IterComp spatial-relationship reward (ImageReward architecture): normalized reward",
+        files=_itercomp_files("itercomp_spatial"),
+        build=_itercomp("itercomp_spatial"),
+    ),
+    "itercomp_nonspatial": RewardSpec(
+        name="itercomp_nonspatial",
+        offset=2.0,
+        paper_weight=1.0,
+        description="IterComp non-spatial-relationship reward (ImageReward architecture): normalized reward",
+        files=_itercomp_files("itercomp_nonspatial"),
+        build=_itercomp("itercomp_nonspatial"),
+    ),
 }
 
 # the loader node's combo lists these, in this order
@@ -189,9 +251,14 @@ AVAILABLE_REWARDS = tuple(REWARDS)
 
 
 def _candidate_folder(name: str, roots: list[Path]) -> Path:
-    """The folder that holds the most of the reward's files (else the first root's)."""
+    """The folder that holds the most of the reward's files (then: that has the most of them at hand, e.g. an
+    IterComp checkpoint under another name; else the first root's)."""
     spec = _spec(name)
-    return max((root / name for root in roots), key=lambda f: sum(n.present(f) for n in spec.files))
+
+    def held(f: Path) -> tuple[int, int]:
+        return sum(n.present(f) for n in spec.files), sum(n.satisfied(f, roots) for n in spec.files)
+
+    return max((root / name for root in roots), key=held)
 
 
 def _complete_folder(name: str, roots: list[Path]) -> Path | None:
@@ -205,6 +272,10 @@ def _complete_folder(name: str, roots: list[Path]) -> Path | None:
 
 def locate(name: str, extra_dirs: Iterable[str | os.PathLike] = ()) -> Path:
     """The folder holding every file of reward ``name``, or a RewardFilesMissing naming what to do."""
+    if is_custom(name):
+        from .custom import locate_custom
+
+        return locate_custom(name, paths.search_dirs(extra_dirs))
     spec = _spec(name)
     roots = paths.search_dirs(extra_dirs)
     folder = _complete_folder(name, roots)
@@ -218,7 +289,8 @@ def locate(name: str, extra_dirs: Iterable[str | os.PathLike] = ()) -> Path:
     folder = _candidate_folder(name, roots)
     lines = [
         f"reward '{name}' is missing files in {folder}:",
-        *(f"  - {' or '.join(n.names)}  (from {n.source.page})" for n in spec.files if not n.satisfied(folder, roots)),
+        *(f"  - {n.names[0]}  ({n.hint})" if n.hint else f"  - {' or '.join(n.names)}  (from {n.source.page})"
+          for n in spec.files if not n.satisfied(folder, roots)),
         f"Put them in that folder ({paths.FOLDER_NAME} folders searched: {', '.join(str(r) for r in roots)}).",
     ]
     raise RewardFilesMissing("\n".join(lines))
@@ -253,6 +325,8 @@ def ensure_files(name: str, extra_dirs: Iterable[str | os.PathLike] = (), downlo
     ``download=None`` follows the environment (``RENO_DOWNLOADS``, ``HF_HUB_OFFLINE``). First, in every
     folder of this reward, the staging that killed downloads left behind is removed.
     """
+    if is_custom(name):  # never downloaded
+        return locate(name, extra_dirs)
     roots = paths.search_dirs(extra_dirs)
     _clean_staging(name, roots)
     try:
@@ -261,6 +335,12 @@ def ensure_files(name: str, extra_dirs: Iterable[str | os.PathLike] = (), downlo
         allowed = downloads_enabled() if download is None else download
         if not roots:
             raise
+        manual = [n for n in _spec(name).files if not n.fetchable and not n.satisfied(_candidate_folder(name, roots), roots)]
+        if manual:  # nothing is downloaded while a file that must come by hand is missing
+            raise RewardFilesMissing(
+                f"{missing}\nNothing was downloaded: {' and '.join(n.names[0] for n in manual)} must be put in "
+                f"{_candidate_folder(name, roots)} by hand first (the other files are then downloaded if missing)."
+            ) from None
         if not allowed:
             raise RewardFilesMissing(
                 f"{missing}\nAutomatic downloads are turned off (environment variable RENO_DOWNLOADS, "
@@ -288,10 +368,17 @@ def load_reward(name: str, extra_dirs: Iterable[str | os.PathLike] = (), downloa
     not reload it and replacing, adding or deleting a file does.
     Built outside inference mode, so its weights can take part in autograd.
     """
-    spec = _spec(name)
     folder = ensure_files(name, extra_dirs, download)
-    key = (name, str(folder.resolve()), file_stamps(folder))
     roots = paths.search_dirs(extra_dirs)  # where the HPS rewards may borrow the CLIP tokenizer
+    if is_custom(name):
+        from .custom import custom_stamps, load_custom_reward
+
+        key = (name, str(folder.resolve()), custom_stamps(folder, roots))
+        build: Callable[[], RewardModel] = lambda: load_custom_reward(folder, roots)  # noqa: E731
+    else:
+        spec = _spec(name)
+        key = (name, str(folder.resolve()), file_stamps(folder))
+        build = lambda: spec.build(folder, roots)  # noqa: E731
     with _lock:
         model = _cache.get(key)
         if model is None:
@@ -299,7 +386,7 @@ def load_reward(name: str, extra_dirs: Iterable[str | os.PathLike] = (), downloa
             for k in [k for k in _cache if k[0] == name and k[1] == key[1]]:
                 del _cache[k]  # an older version of the same files
             with torch.inference_mode(False):
-                model = spec.build(folder, roots).eval().requires_grad_(False)
+                model = build().eval().requires_grad_(False)
             _cache[key] = model
     return model
 
@@ -309,8 +396,18 @@ def clear_cache() -> None:
         _cache.clear()
 
 
+def is_custom(name: str) -> bool:
+    """Whether ``name`` names a custom reward folder (``custom/<name>``)."""
+    from .custom import PREFIX
+
+    return isinstance(name, str) and name.startswith(PREFIX)
+
+
 def _spec(name: str) -> RewardSpec:
     try:
         return REWARDS[name]
     except KeyError:
-        raise ValueError(f"unknown reward '{name}': choose one of {', '.join(REWARDS)}") from None
+        raise ValueError(
+            f"unknown reward '{name}': choose one of {', '.join(REWARDS)}, or custom/<name> for a folder "
+            f"{paths.FOLDER_NAME}/custom/<name>/ with a reward.json"
+        ) from None

@@ -51,6 +51,10 @@ def reward_fingerprint(name: str, extra_dirs: Iterable[str | os.PathLike] = ()) 
     from . import paths, registry
     from .errors import RewardFilesMissing
 
+    if registry.is_custom(name):  # custom/<name>: its folder and the files it borrows
+        from .custom import custom_fingerprint
+
+        return custom_fingerprint(name, paths.search_dirs(extra_dirs))
     spec = registry.REWARDS.get(name)
     if spec is None:
         raise ValueError(f"unknown reward '{name}': choose one of {', '.join(registry.REWARDS)}")

@@ -33,4 +33,7 @@ python -m pip install -q -c .venv/constraints.txt -r .venv/comfyui-requirements.
 python -m pip install -q --no-deps spandrel
 # The reference implementation the HPS tests compare against (imported behind a test-only torchvision stand-in).
 python -m pip install -q --no-deps "open_clip_torch==3.3.0"
+# The optional diffusers extra (generators/diffusers_pipelines.py), also listed in requirements-dev.txt: under the
+# torch constraint, so it can never replace torch (it requires none itself).
+python -m pip install -q -c .venv/constraints.txt "diffusers>=0.30"
 touch "$stamp"

@@ -343,6 +343,81 @@ try {
     return out;
   }, PREVIEW_ID);
 
+  // 3b. Preference picks (dataset setting "browser_picks"), with the real mouse and keyboard: on the preview node
+  // iteration 0 preferred by the P key over the gallery, iteration 1 rejected by its ✕ button; on the sampler
+  // iteration 0 (the same picture as the preview's iteration 0: its record is replaced, and the preview shows
+  // the new one) preferred by its ✓ button; iteration 2 rejected by the X key, then cleared by Backspace over the
+  // gallery while the node is selected (the node must stay: the key is ours there).
+  step("preference picks");
+  const galleryState = (id) => page.evaluate((nid) => {
+    const g = window.app.graph.getNodeById(nid)?.renoViews?.gallery;
+    if (!g) return null;
+    const d = g.root.dataset;
+    const frame = g.current();
+    return { id: (frame && g.marking?.entry(frame)?.id) ?? null, iteration: d.iteration, mark: d.mark ?? "", pending: d.markPending ?? "", error: d.markError ?? "",
+      badge: g.badge.textContent, title: g.preferButton.title, frameTitle: g.frame.title,
+      preferActive: g.preferButton.classList.contains("active"), rejectActive: g.rejectButton.classList.contains("active"),
+      buttons: g.markButtons.style.display !== "none" && !g.preferButton.disabled };
+  }, id);
+  const showFrame = (id, index) => page.evaluate(({ nid, k }) => {
+    const g = window.app.graph.getNodeById(nid).renoViews.gallery;
+    g.pause();
+    g.show(k);
+  }, { nid: id, k: index });
+  const settled = (id, mark) => page.waitForFunction(({ nid, m }) => {
+    const d = window.app.graph.getNodeById(nid)?.renoViews?.gallery?.root?.dataset;
+    return d && d.markPending !== "true" && (d.mark === m || d.markError === "true");
+  }, { nid: id, m: mark }, { timeout: 15000 }).catch(() => step(`node ${id}: the mark did not settle on '${mark}'`));
+  const hover = async (id) => {
+    const box = await page.evaluate((nid) => {
+      const r = window.app.graph.getNodeById(nid).renoViews.gallery.frame.getBoundingClientRect();
+      return { x: r.left + r.width / 2, y: r.top + r.height / 2 };
+    }, id);
+    await page.mouse.move(box.x, box.y);
+  };
+  const clickButton = async (id, which) => {
+    const handle = await page.evaluateHandle(({ nid, w }) => window.app.graph.getNodeById(nid).renoViews.gallery[w],
+      { nid: id, w: which });
+    await handle.asElement().click();
+  };
+  result.preferences = {};
+  await page.evaluate(async () => {
+    await window.app.extensionManager?.setting?.set?.("ReNO.Preferences.Dataset", "browser_picks");
+  });
+  await showFrame(PREVIEW_ID, 0);
+  result.preferences.before = await galleryState(PREVIEW_ID);
+  await hover(PREVIEW_ID);
+  await page.keyboard.press("p");
+  await settled(PREVIEW_ID, "preferred");
+  result.preferences.previewKey = await galleryState(PREVIEW_ID);
+  await showFrame(PREVIEW_ID, 1);
+  await clickButton(PREVIEW_ID, "rejectButton");
+  await settled(PREVIEW_ID, "rejected");
+  result.preferences.previewButton = await galleryState(PREVIEW_ID);
+  await showFrame(PREVIEW_ID, 0);
+  result.preferences.previewBack = await galleryState(PREVIEW_ID);
+  await showFrame(SAMPLER_ID, 0);
+  await clickButton(SAMPLER_ID, "preferButton");
+  await settled(SAMPLER_ID, "preferred");
+  result.preferences.samplerMarked = await galleryState(SAMPLER_ID);
+  result.preferences.previewRelinked = await galleryState(PREVIEW_ID);
+  await showFrame(SAMPLER_ID, 2);
+  await hover(SAMPLER_ID);
+  await page.keyboard.press("x");
+  await settled(SAMPLER_ID, "rejected");
+  result.preferences.samplerKey = await galleryState(SAMPLER_ID);
+  await page.evaluate((sid) => {
+    const n = window.app.graph.getNodeById(sid);
+    window.app.canvas.selectNode?.(n);
+  }, SAMPLER_ID);
+  await hover(SAMPLER_ID);
+  await page.keyboard.press("Backspace");
+  await settled(SAMPLER_ID, "");
+  result.preferences.samplerCleared = await galleryState(SAMPLER_ID);
+  result.preferences.samplerStillThere = await page.evaluate((sid) => Boolean(window.app.graph.getNodeById(sid)), SAMPLER_ID);
+  await page.evaluate(() => window.app.canvas.deselectAllNodes?.());
+  await showFrame(PREVIEW_ID, 1);
+
   // 4. Safety: the prompt is text only; nothing of ours is serialized.
   step("checks");
   result.safety = await page.evaluate(() => ({

@@ -10,7 +10,8 @@ older workflow saved fewer), loads and queues
 tests/browser/reno_tiny_workflow.json (6 iterations on the tiny model, the ReNO prompt an HTML
 injection attempt), and reports the gallery/chart state and the summary lines (the sampling chain, e.g.
 "1 step · euler · exact") of the sampler and the preview node, a hover,
-a scrub and play/pause, the serialized workflow, and a screenshot; then loads and queues
+a scrub and play/pause, preference picks (two images marked with the mouse and keyboard, one marked and
+cleared; the records checked on disk), the serialized workflow, and a screenshot; then loads and queues
 tests/browser/reno_tiny_custom_workflow.json (ReNO Sampler (custom) run by SamplerCustomAdvanced with
 RandomNoise, CFGGuider and SDTurboScheduler on the same tiny model), twice: 6 iterations, then, after a
 scrub back to iteration 0, 3 iterations, and reports the custom node's views after each run (not on
@@ -226,6 +227,8 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
     assert it["playing"] == "true" and it["paused"] == "false" and it["afterPlay"] != "0", it
     assert it["bestShown"] == run["preview"]["gallery"]["best"], it
 
+    _check_preferences(r["preferences"], server["base"])
+
     # The prompt is only ever text.
     s = r["safety"]
     assert s.get("xss") is None, "the ReNO prompt was executed as HTML"
@@ -249,6 +252,39 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
 
     _check_custom_sampler(r["custom"])
     assert custom_shot.is_file() and custom_shot.stat().st_size > 10_000
+
+
+def _check_preferences(p, base: Path) -> None:
+    """Two images marked on the preview (P over its gallery, its ✕ button); the sampler's iteration 0 (the same
+    picture as the preview's) marked by its ✓ button, replacing the preview's record (the preview shows it);
+    its iteration 2 marked by X and cleared by Backspace (node selected): the records in the user's dataset."""
+    assert p["before"]["buttons"] and p["before"]["mark"] == "" and "P or +" in p["before"]["title"], p["before"]
+    assert p["previewKey"]["mark"] == "preferred" and p["previewKey"]["badge"] == "✓ preferred", p["previewKey"]
+    assert p["previewKey"]["preferActive"] and not p["previewKey"]["error"], p["previewKey"]
+    assert p["previewButton"]["mark"] == "rejected" and p["previewButton"]["rejectActive"], p["previewButton"]
+    assert p["previewBack"]["mark"] == "preferred", p["previewBack"]  # each image keeps its own mark
+    assert p["samplerMarked"]["mark"] == "preferred", p["samplerMarked"]
+    assert p["previewRelinked"]["mark"] == "preferred" and p["previewRelinked"]["id"] == p["samplerMarked"]["id"], p
+    assert p["samplerKey"]["mark"] == "rejected" and p["samplerKey"]["badge"] == "✕ rejected", p["samplerKey"]
+    assert p["samplerCleared"]["mark"] == "" and p["samplerCleared"]["badge"] == "", p["samplerCleared"]
+    assert p["samplerStillThere"], "Backspace over the gallery deleted the selected node"
+
+    folder = base / "user" / "default" / "reno_preferences" / "browser_picks"
+    lines = [json.loads(x) for x in (folder / "records.jsonl").read_text().splitlines()]
+    records = [x for x in lines if not x.get("deleted")]
+    tombstones = [x["id"] for x in lines if x.get("deleted")]
+    assert [(x["mark"], x["source"]["node"]) for x in records] == [
+        ("preferred", "ReNOIterationPreview"), ("rejected", "ReNOIterationPreview"), ("preferred", "ReNOSampler"),
+        ("rejected", "ReNOSampler")], lines
+    first, second, third, fourth = records
+    assert tombstones == [first["id"], fourth["id"]], lines  # replaced by the sampler's mark; cleared
+    assert third["image"] == first["image"] and third["id"] == p["samplerMarked"]["id"], records
+    assert [x["source"]["filename"].rsplit("_", 2)[-2] for x in records] == ["i000", "i001", "i000", "i002"], records
+    assert {x["prompt"] for x in records} == {XSS}, records  # the prompt the images were made for, as text
+    assert second["compared_with"] == [first["id"]] and third["compared_with"] == [second["id"]], records
+    for x in (second, third):
+        assert (folder / x["image"]).read_bytes().startswith(b"\x89PNG"), x
+    assert not (folder / fourth["image"]).exists()  # no live record names it
 
 
 def _overlaps(name: str, boxes: list) -> list:

@@ -9,6 +9,12 @@
 //   summary is drawn from them.
 // * ReNO Iteration Preview: the gallery from its `images` UI output and the chart from `reno_chart`, and
 //   the sampling chain of the run ("4 steps · euler · exact", from the chart's `chain`) under the node.
+// * ReNO Score Images: a gallery of the scored images (from its `images` UI output), no chart.
+// * Preference picks (reno_preferences.js): on ReNO Sampler, ReNO Iteration Preview and ReNO Score Images the
+//   image the gallery shows can be marked preferred / rejected (✓ / ✕ buttons, or P/+, X/−, 0/Backspace with
+//   the pointer over the gallery); each mark is a record in the user's dataset on the server (setting
+//   ReNO.Preferences.Dataset), clearing it deletes the record. The UI outputs carry the images' /view
+//   references (ReNO Sampler: `reno_images`) and the prompt (`reno_prompt`).
 //
 // * ReNO Load Reward: picking another reward moves a weight still at the previous reward's suggested
 //   weight to the new reward's (reno_weights.js); loaded workflows keep their weights.
@@ -19,9 +25,13 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { chainLine, summaryLines } from "./reno_summary.js";
 import {
-  CUSTOM_SAMPLER, PREVIEW, SAMPLER, chartFromHistory, chartFromRun, finishRun, framesFromImages, framesFromRun,
-  hasViews, reduceIteration, runEnded, showsLiveRun, startsNewRun, summaryOfRun,
+  CUSTOM_SAMPLER, PREVIEW, SAMPLER, SCORE, chartFromHistory, chartFromRun, finishRun, framesFromImages, framesFromRun,
+  hasViews, reduceIteration, runEnded, showsLiveRun, startsNewRun, summaryOfRun, withImageRefs,
 } from "./reno_model.js";
+import {
+  DATASET_SETTING, DEFAULT_DATASET, datasetName, deleteBody, imageKey, markBody, marksImages, nextMark, planChange,
+  relink, settle,
+} from "./reno_preferences.js";
 import { ChartView, GalleryView } from "./reno_views.js";
 import { LOADER, followingWeight } from "./reno_weights.js";
 
@@ -62,6 +72,15 @@ const SETTINGS = [
     type: "boolean",
     defaultValue: true,
     onChange: () => applySettings(),
+  },
+  {
+    id: DATASET_SETTING,
+    name: "ReNO: preference dataset (where gallery marks are saved)",
+    tooltip:
+      "The images you mark preferred / rejected in the ReNO galleries are saved in user/<you>/reno_preferences/<name>/ " +
+      "on the server (letters, digits, - _ . ; up to 64 characters). GET /reno/preferences/export?dataset=<name> downloads it.",
+    type: "text",
+    defaultValue: DEFAULT_DATASET,
   },
 ];
 
@@ -109,9 +128,11 @@ function applySettings() {
     const v = node.renoViews;
     if (!v) continue;
     v.gallery.setImageHeight(imageHeight);
-    v.showChart = showChart;
-    v.chart.root.style.display = showChart ? "" : "none";
-    if (showChart) v.chart.draw();
+    if (v.chart) {
+      v.showChart = showChart;
+      v.chart.root.style.display = showChart ? "" : "none";
+      if (showChart) v.chart.draw();
+    }
     fit(node);
   }
 }
@@ -132,8 +153,8 @@ function addWidget(node, name, view, heightOf) {
   return widget;
 }
 
-/** The node's gallery and chart, created on first use; null where the frontend has no DOM widgets. */
-function ensureViews(node) {
+/** The node's gallery and chart (`withChart`), created on first use; null where the frontend has no DOM widgets. */
+function ensureViews(node, { withChart = true } = {}) {
   if (node.renoViews !== undefined) return node.renoViews;
   if (typeof node.addDOMWidget !== "function") {
     node.renoViews = null;
@@ -142,11 +163,13 @@ function ensureViews(node) {
   }
   try {
     const gallery = new GalleryView({ imageHeight: Number(setting("ReNO.PreviewSize", 256)) || 256 });
-    const chart = new ChartView();
+    const chart = withChart ? new ChartView() : null;
     const v = { gallery, chart, showChart: setting("ReNO.ShowChart", true) !== false };
     v.galleryWidget = addWidget(node, "reno_gallery", gallery, () => gallery.preferredHeight());
-    v.chartWidget = addWidget(node, "reno_chart", chart, () => (v.showChart ? chart.preferredHeight() : 0));
-    chart.root.style.display = v.showChart ? "" : "none";
+    if (chart) {
+      v.chartWidget = addWidget(node, "reno_chart", chart, () => (v.showChart ? chart.preferredHeight() : 0));
+      chart.root.style.display = v.showChart ? "" : "none";
+    }
     node.renoViews = v;
     liveNodes.add(node);
     fit(node);
@@ -216,6 +239,81 @@ function installWeightFollowing(nodeType) {
     }
     return out;
   };
+}
+
+/** Redraw a node's gallery (its marks changed). */
+function refreshMarks(node) {
+  node.renoViews?.gallery.update();
+  node.setDirtyCanvas?.(true, true);
+}
+
+/** Send the change a mark action asks for on `frame` of `node`, and show the answer. */
+async function requestMark(node, frame, action, toggle) {
+  const key = imageKey(frame.ref);
+  const marks = node.renoMarks;
+  const entry = marks.get(key);
+  if (entry?.pending) return; // one request per image at a time
+  const plan = planChange(entry, nextMark(entry?.mark, action, { toggle }));
+  if (!plan) return;
+  const dataset = plan.kind === "delete" ? entry.dataset : datasetName(setting(DATASET_SETTING, DEFAULT_DATASET));
+  if (!dataset) {
+    marks.set(key, { ...entry, pending: false, error: `the setting '${DATASET_SETTING}' is not a valid dataset name ` +
+      "(letters, digits, - _ . ; up to 64 characters)" });
+    refreshMarks(node);
+    return;
+  }
+  marks.set(key, { ...entry, pending: true, error: null });
+  refreshMarks(node);
+  let response;
+  try {
+    const body = plan.kind === "mark"
+      ? markBody({ ref: frame.ref, prompt: node.renoPrompt, mark: plan.mark, dataset, node: typeOf(node) })
+      : deleteBody({ ids: plan.ids, dataset });
+    const r = await api.fetchApi(`/reno/preferences/${plan.kind}`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    let json = null;
+    try {
+      json = await r.json();
+    } catch {
+      // not JSON: the status says enough
+    }
+    response = { ok: r.ok, status: r.status, json };
+  } catch (e) {
+    response = { ok: false, status: 0, json: { error: String(e?.message ?? e) } };
+  }
+  const settled = { ...settle(entry, plan, response) };
+  settled.dataset = settled.id ? (plan.kind === "mark" ? dataset : entry?.dataset) : null;
+  marks.set(key, settled);
+  if (!response.ok) console.warn(`ReNO: the preference mark was not saved: ${settled.error ?? response.status}`);
+  // The same image shown by another gallery (the sampler's and the preview's are the same pictures): the server
+  // replaced (a new mark) or deleted its record; show that there too.
+  if (response.ok) {
+    const ids = plan.kind === "mark" ? response.json?.replaced : response.json?.deleted;
+    for (const other of liveNodes) {
+      if (other.renoMarks && relink(other.renoMarks, ids, plan.kind === "mark" ? settled : null)) refreshMarks(other);
+    }
+  }
+  refreshMarks(node);
+}
+
+/** The node's gallery takes marks on the frames that have a saved image (and a prompt). New images: no marks yet. */
+function installMarking(node, prompt) {
+  const v = node.renoViews;
+  if (!v) return;
+  node.renoPrompt = typeof prompt === "string" ? prompt : null;
+  node.renoMarks = new Map();
+  v.gallery.setMarking({
+    entry: (f) => (f.ref ? node.renoMarks.get(imageKey(f.ref)) : undefined),
+    blocked: (f) => {
+      if (!f.ref) return "Marks are available when the run has ended (its images are saved then)";
+      if (node.renoPrompt === null) return "No prompt came with these images: run the workflow again";
+      return "";
+    },
+    mark: (f, action, toggle) => {
+      requestMark(node, f, action, toggle).catch((e) => console.warn("ReNO: could not mark the image", e));
+    },
+  });
 }
 
 function onIteration(detail) {
@@ -317,7 +415,7 @@ app.registerExtension({
       installWeightFollowing(nodeType);
       return;
     }
-    if (!hasViews(name)) return;
+    if (!hasViews(name) && !marksImages(name)) return;
     const proto = nodeType.prototype;
 
     const onExecuted = proto.onExecuted;
@@ -332,7 +430,8 @@ app.registerExtension({
             v.chart.setModel(model);
             const run = this.renoRun;
             const frames = framesFromRun(run).map((f) => ({ ...f, total: model.total[f.iteration] ?? f.total }));
-            v.gallery.setFrames(frames, { iterations: model.iterations, best: model.best });
+            v.gallery.setFrames(withImageRefs(frames, output?.reno_images), { iterations: model.iterations, best: model.best });
+            installMarking(this, output?.reno_prompt?.[0]);
           }
         } else if (name === PREVIEW) {
           // (ReNO Sampler (custom) has no UI output: its views come from the events alone)
@@ -343,6 +442,18 @@ app.registerExtension({
           if (v) {
             v.gallery.setFrames(frames, { iterations: model?.iterations ?? frames.length, best: model?.best ?? null });
             v.chart.setModel(model);
+            installMarking(this, output?.reno_prompt?.[0]);
+            fit(this);
+          }
+        } else if (name === SCORE) {
+          const scores = Array.isArray(output?.reno_scores) ? output.reno_scores : [];
+          const frames = framesFromImages(output?.images, { total: scores }, 0, (route) => api.apiURL(route))
+            .map((f) => ({ ...f, label: "image" }));
+          const v = frames.length ? ensureViews(this, { withChart: false }) : this.renoViews;
+          if (v) {
+            const best = frames.reduce((b, f) => (f.total !== null && (b === null || f.total > b.total) ? f : b), null);
+            v.gallery.setFrames(frames, { iterations: frames.length, best: best?.iteration ?? null });
+            installMarking(this, output?.reno_prompt?.[0]);
             fit(this);
           }
         }
@@ -372,7 +483,7 @@ app.registerExtension({
     const onRemoved = proto.onRemoved;
     proto.onRemoved = function () {
       this.renoViews?.gallery.destroy();
-      this.renoViews?.chart.destroy();
+      this.renoViews?.chart?.destroy();
       liveNodes.delete(this);
       customRuns.delete(this);
       return onRemoved?.apply(this, arguments);

@@ -8,6 +8,7 @@ import { fmt } from "./reno_summary.js";
 export const SAMPLER = "ReNOSampler";
 export const CUSTOM_SAMPLER = "ReNOSamplerCustom";
 export const PREVIEW = "ReNOIterationPreview";
+export const SCORE = "ReNOScoreImages"; // a gallery of the scored images (no chart), for preference picks
 
 /** Whether nodes of `type` show the live run of the `reno.iteration` events that name them. */
 export function showsLiveRun(type) {
@@ -255,6 +256,7 @@ export function framesFromImages(images, model, batch = 0, toURL = (route) => ro
     iteration,
     total: num(model?.total?.[iteration]),
     src: toURL(viewRoute(img)),
+    ref: { filename: img.filename, subfolder: String(img.subfolder ?? ""), type: String(img.type ?? "temp") },
   }));
 }
 
@@ -263,10 +265,24 @@ export function framesFromRun(run) {
   return (run?.frames ?? []).filter((f) => f.src).map((f) => ({ iteration: f.iteration, total: f.total, src: f.src }));
 }
 
-/** The caption under the gallery image. */
+/** The caption under the gallery image (`frame.label` names what the frames are: "iteration" by default). */
 export function caption(frame, iterations, best) {
   if (!frame) return "";
   const n = Math.max(iterations || 0, frame.iteration + 1);
   const mark = best === frame.iteration ? " · ★ best" : "";
-  return `iteration ${frame.iteration} of ${n} · weighted total ${fmt(frame.total)}${mark}`;
+  const label = typeof frame.label === "string" ? frame.label : "iteration";
+  return `${label} ${frame.iteration} of ${n} · weighted total ${fmt(frame.total)}${mark}`;
+}
+
+/** Sampler frames with the /view references of the saved images (`reno_images`, batch element `batch`). */
+export function withImageRefs(frames, images, batch = 0) {
+  const refs = new Map();
+  for (const img of Array.isArray(images) ? images : []) {
+    if (!img || typeof img !== "object" || typeof img.filename !== "string") continue;
+    if ((count(img.batch_index) ?? 0) !== batch || count(img.iteration) === null) continue;
+    refs.set(count(img.iteration), {
+      filename: img.filename, subfolder: String(img.subfolder ?? ""), type: String(img.type ?? "temp"),
+    });
+  }
+  return frames.map((f) => (refs.has(f.iteration) ? { ...f, ref: refs.get(f.iteration) } : f));
 }

@@ -4,13 +4,25 @@ import { fmt } from "./reno_summary.js";
 import {
   caption, hoverLines, iterationAtX, niceTicks, normalize, valueRange, xOfIteration,
 } from "./reno_model.js";
+import { KEY_HINT, PREFERRED, REJECTED, actionForKey, markView } from "./reno_preferences.js";
 
 const STYLE_ID = "reno-views-style";
 const CSS = `
 .reno-view { box-sizing: border-box; font: 11px sans-serif; color: #ddd; overflow: hidden; }
 .reno-gallery { display: flex; flex-direction: column; gap: 3px; }
-.reno-gallery-frame { flex: 1 1 auto; min-height: 0; display: flex; align-items: center; justify-content: center;
-  background: #111; border-radius: 4px; overflow: hidden; }
+.reno-gallery-frame { position: relative; flex: 1 1 auto; min-height: 0; display: flex; align-items: center;
+  justify-content: center; background: #111; border-radius: 4px; overflow: hidden; box-sizing: border-box;
+  border: 2px solid transparent; }
+.reno-gallery[data-mark="preferred"] .reno-gallery-frame { border-color: #66bb6a; }
+.reno-gallery[data-mark="rejected"] .reno-gallery-frame { border-color: #ef5350; }
+.reno-mark-badge { position: absolute; top: 4px; left: 4px; padding: 1px 6px; border-radius: 3px; font-weight: bold;
+  pointer-events: none; background: rgba(0,0,0,0.7); }
+.reno-mark-badge:empty { display: none; }
+.reno-gallery[data-mark="preferred"] .reno-mark-badge { color: #a5d6a7; }
+.reno-gallery[data-mark="rejected"] .reno-mark-badge { color: #ef9a9a; }
+.reno-gallery[data-mark-error="true"] .reno-mark-badge { color: #ffcc80; }
+.reno-gallery-controls button.reno-mark-preferred.active { background: #2e7d32; border-color: #66bb6a; }
+.reno-gallery-controls button.reno-mark-rejected.active { background: #c62828; border-color: #ef5350; }
 .reno-gallery-frame img { width: 100%; height: 100%; object-fit: contain; }
 .reno-gallery-empty { color: #888; font-style: italic; }
 .reno-gallery-controls { display: flex; align-items: center; gap: 4px; flex: 0 0 auto; }
@@ -51,7 +63,31 @@ function isolate(element) {
   }
 }
 
-/** Scrubbable gallery: image, play/pause, slider with the best iteration marked, caption. */
+// The gallery under the pointer (or focused) gets the mark keys; one listener for the whole page, in the capture
+// phase so that the canvas never sees a key we handle (Backspace would delete the selected node).
+let hoveredGallery = null;
+let keysInstalled = false;
+
+function editable(target) {
+  const tag = target?.tagName;
+  return tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT" || Boolean(target?.isContentEditable);
+}
+
+function installMarkKeys() {
+  if (keysInstalled || typeof window === "undefined") return;
+  keysInstalled = true;
+  window.addEventListener("keydown", (e) => {
+    const g = hoveredGallery;
+    if (!g || !g.marking || editable(e.target) || e.repeat) return;
+    const action = actionForKey(e.key, { ctrl: e.ctrlKey, meta: e.metaKey, alt: e.altKey });
+    if (!action || !g.canMark()) return;
+    e.preventDefault();
+    e.stopImmediatePropagation();
+    g.markCurrent(action, false);
+  }, true);
+}
+
+/** Scrubbable gallery: image, play/pause, slider with the best iteration marked, caption, preference marks. */
 export class GalleryView {
   constructor({ imageHeight = 256, fps = 4 } = {}) {
     installStyle();
@@ -71,7 +107,9 @@ export class GalleryView {
     this.img.alt = "ReNO iteration";
     this.img.draggable = false;
     this.placeholder = el("span", "reno-gallery-empty", "no iterations yet");
-    this.frame.append(this.placeholder);
+    this.badge = el("span", "reno-mark-badge", "");
+    this.frame.append(this.placeholder, this.badge);
+    this.marking = null; // {entry(frame), mark(frame, action, toggle), blocked(frame) -> why not, "" when it can}
 
     const controls = el("div", "reno-gallery-controls");
     this.playButton = el("button", "reno-play", "▶");
@@ -99,11 +137,52 @@ export class GalleryView {
     this.bestMark = el("div", "reno-gallery-best");
     this.bestMark.title = "best iteration";
     track.append(this.slider, this.bestMark);
-    controls.append(this.playButton, track, this.bestButton);
+    this.preferButton = el("button", "reno-mark-preferred", "✓");
+    this.rejectButton = el("button", "reno-mark-rejected", "✕");
+    this.preferButton.addEventListener("click", () => this.markCurrent(PREFERRED, true));
+    this.rejectButton.addEventListener("click", () => this.markCurrent(REJECTED, true));
+    this.markButtons = el("span", "reno-mark-buttons");
+    this.markButtons.style.display = "none";
+    this.markButtons.append(this.preferButton, this.rejectButton);
+    controls.append(this.playButton, track, this.bestButton, this.markButtons);
     this.captionEl = el("div", "reno-caption", "");
     this.root.append(this.frame, controls, this.captionEl);
     isolate(controls);
+    this.root.tabIndex = -1; // focusable by a click, so the keys also work on the gallery last clicked
+    const enter = () => {
+      hoveredGallery = this;
+    };
+    const leave = () => {
+      if (hoveredGallery === this && document.activeElement !== this.root) hoveredGallery = null;
+    };
+    this.root.addEventListener("pointerenter", enter);
+    this.root.addEventListener("pointerleave", leave);
+    this.root.addEventListener("focus", enter);
+    this.root.addEventListener("blur", leave);
     this.update();
+  }
+
+  /** Let the artist mark the frames (see reno_preferences.js); null turns the marks off. */
+  setMarking(marking) {
+    this.marking = marking ?? null;
+    if (this.marking) installMarkKeys();
+    this.update();
+  }
+
+  current() {
+    return this.frames.length && this.index >= 0 ? this.frames[this.index] : null;
+  }
+
+  canMark() {
+    const f = this.current();
+    return Boolean(this.marking && f && !this.marking.blocked(f));
+  }
+
+  /** Mark the frame shown: `action` preferred / rejected / clear; `toggle` (a button) clears an active mark. */
+  markCurrent(action, toggle = false) {
+    const f = this.current();
+    if (!this.canMark()) return;
+    this.marking.mark(f, action, toggle);
   }
 
   /** Height the node should give the widget (CSS px). */
@@ -165,6 +244,31 @@ export class GalleryView {
 
   destroy() {
     this.pause();
+    if (hoveredGallery === this) hoveredGallery = null;
+  }
+
+  updateMarks(frame) {
+    const m = this.marking;
+    this.markButtons.style.display = m ? "" : "none";
+    if (!m) {
+      this.badge.textContent = "";
+      for (const key of ["mark", "markError", "markPending"]) this.root.dataset[key] = "";
+      return;
+    }
+    const why = frame ? m.blocked(frame) : "No image to mark yet";
+    const entry = frame && !why ? m.entry(frame) : undefined;
+    const view = markView(entry, { enabled: !why, reason: why });
+    this.badge.textContent = view.badge;
+    this.root.dataset.mark = view.state;
+    this.root.dataset.markError = view.error ?? "";
+    this.root.dataset.markPending = entry?.pending ? "true" : "";
+    for (const [button, mark, label] of [[this.preferButton, PREFERRED, "preferred"], [this.rejectButton, REJECTED,
+      "rejected"]]) {
+      button.disabled = Boolean(why) || Boolean(entry?.pending);
+      button.classList.toggle("active", view.state === mark);
+      button.title = why ? view.title : `Mark ${label}, a second click clears (keys: ${KEY_HINT}). ${view.title}`;
+    }
+    this.frame.title = view.title;
   }
 
   update() {
@@ -188,6 +292,7 @@ export class GalleryView {
     this.root.dataset.frames = String(n);
     this.root.dataset.iteration = frame ? String(frame.iteration) : "";
     this.root.dataset.best = this.best === null ? "" : String(this.best);
+    this.updateMarks(frame);
   }
 }
 

