@@ -11,10 +11,16 @@ import pytest
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).resolve().parents[1]
+COMFY_TOP_LEVEL = ("comfy", "comfy_extras", "comfy_execution", "comfy_api", "folder_paths", "server", "nodes",
+                   "execution", "latent_preview")  # ComfyUI's top-level modules
+RUNNER_MODULES = ("batch", "cli", "diffusers_hook", "engine", "layouts", "prompts", "ray_actor", "ray_backend",
+                  "worker", "workflow")
 
 
 def test_pack_imports_cleanly_without_comfyui(tmp_path):
-    """Outside ComfyUI the pack registers no nodes and its library folders work on their own."""
+    """Outside ComfyUI the pack registers no nodes and its library folders work on their own; the diffusers
+    generators and every batch-runner module import without ComfyUI (the runner boots it only in
+    ``engine.boot_engine``) and without their optional extras (diffusers, Ray)."""
     link = tmp_path / "reno"
     link.symlink_to(ROOT, target_is_directory=True)
     code = (
@@ -24,7 +30,11 @@ def test_pack_imports_cleanly_without_comfyui(tmp_path):
         "assert reno.NODE_CLASS_MAPPINGS == {} and reno.WEB_DIRECTORY == './web/js'\n"
         "from reno.optimizer import ReNOConfig, optimize_noise\n"
         "from reno.reward_loaders import AVAILABLE_REWARDS\n"
+        "import reno.generators\n"
+        f"for m in {RUNNER_MODULES!r}: importlib.import_module('reno.runner.' + m)\n"
         "assert 'folder_paths' not in sys.modules and 'comfy' not in sys.modules\n"
+        f"assert not [m for m in sys.modules if m.split('.')[0] in {COMFY_TOP_LEVEL!r}], sorted(sys.modules)\n"
+        "assert 'diffusers' not in sys.modules and 'ray' not in sys.modules  # optional extras, imported lazily\n"
         "print('ok', AVAILABLE_REWARDS)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
@@ -33,11 +43,29 @@ def test_pack_imports_cleanly_without_comfyui(tmp_path):
     assert proc.stdout.startswith("ok")
 
 
+def comfy_imports(text: str, top_level_only: bool = False) -> list[str]:
+    indent = "" if top_level_only else r"\s*"
+    names = "|".join(COMFY_TOP_LEVEL)
+    return re.findall(rf"^{indent}(?:import|from)\s+(?:{names})\b.*$", text, re.M)
+
+
 def test_library_folders_never_import_comfyui():
-    for folder in ("optimizer", "reward_loaders"):
+    for folder in ("optimizer", "reward_loaders", "generators"):
         for path in (ROOT / folder).rglob("*.py"):
-            text = path.read_text()
-            assert not re.search(r"^\s*(import|from)\s+(comfy|folder_paths|server|nodes|execution)\b", text, re.M), path
+            assert not comfy_imports(path.read_text()), path
+
+
+def test_runner_imports_comfyui_only_inside_the_engine_boot():
+    """The batch runner also runs where ComfyUI is not importable (--diffusers, the Ray driver): only
+    runner/engine.py imports ComfyUI, and only inside functions (after boot_engine put it on sys.path)."""
+    found = sorted(p.stem for p in (ROOT / "runner").glob("*.py") if p.stem != "__init__")
+    assert found == sorted(RUNNER_MODULES), "update RUNNER_MODULES"
+    for path in (ROOT / "runner").glob("*.py"):
+        text = path.read_text()
+        if path.name == "engine.py":
+            assert comfy_imports(text) and not comfy_imports(text, top_level_only=True), path
+        else:
+            assert not comfy_imports(text), path
 
 
 def test_requirements_are_floors_without_torch_or_the_fragile_wheels():
@@ -114,14 +142,16 @@ def test_each_workflow_has_the_thumbnail_the_frontend_asks_for():
 
 def test_front_end_suggested_weights_are_the_paper_weights():
     """web/js/reno_weights.js (the weight a ReNO Load Reward takes when the user picks a reward) holds the
-    registry's paper weights, except aesthetic (off in the paper's mix): 1.0 when chosen; and the node's default
+    registry's paper weights for every registry reward, except aesthetic (off in the paper's mix): 1.0 when chosen
+    (custom/<name> rewards have none: the front end keeps their weight); and the node's default
     weight (1.0) is the suggestion for its default reward, the first in the combo."""
     from reno_pack.reward_loaders import AVAILABLE_REWARDS, REWARDS
 
     text = (ROOT / "web" / "js" / "reno_weights.js").read_text(encoding="utf-8")
     table = re.search(r"SUGGESTED_WEIGHTS = Object\.freeze\(\{(.*?)\}\)", text, re.S).group(1)
     js = {k: float(v) for k, v in re.findall(r'"?([\w.]+)"?:\s*([-0-9.]+)', table)}
-    assert set(js) >= {"imagereward", "hpsv2.1", "hpsv2", "pickscore", "clipscore", "aesthetic"}, js
+    missing = sorted(set(REWARDS) - set(js))
+    assert not missing, f"web/js/reno_weights.js SUGGESTED_WEIGHTS lacks registry rewards {missing}: add them"
     for name, weight in js.items():
         assert name in REWARDS, f"reno_weights.js knows a reward the registry lacks: {name}"
         assert weight == (REWARDS[name].paper_weight or 1.0), (name, weight, REWARDS[name].paper_weight)

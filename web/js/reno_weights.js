@@ -1,13 +1,14 @@
 // ReNO Load Reward: the weight that follows the chosen reward (pure logic, no DOM, no ComfyUI imports).
 //
 // Each reward has a suggested weight: the paper's mix (ImageReward 1, HPSv2/HPSv2.1 5, PickScore 0.05,
-// CLIPScore 0.01). The aesthetic predictor is off in the paper's mix (weight 0); chosen in a loader it is
+// CLIPScore 0.01), and 1 for the IterComp rewards (ImageReward-format models, same score scale). The aesthetic predictor is off in the paper's mix (weight 0); chosen in a loader it is
 // meant to count, so its suggested weight is 1.0 (its rating, about 1-10, spreads over images about as much
 // as ImageReward's normalized score, whose weight is 1). When the user picks another reward and the weight
 // still is the previous reward's suggested weight (never edited), the weight becomes the new reward's;
-// a weight the user typed is kept. Loading a saved workflow never changes a weight (reno.js only reacts
+// a weight the user typed is kept, and so is any weight when either reward has no suggestion (a custom/<name>
+// reward: its scale is the user's to know). Loading a saved workflow never changes a weight (reno.js only reacts
 // to changes after a node is configured). tests/test_package.py holds this table equal to the Python
-// registry's paper weights.
+// registry's paper weights, one entry per registry reward.
 
 export const LOADER = "ReNORewardLoader";
 
@@ -18,6 +19,9 @@ export const SUGGESTED_WEIGHTS = Object.freeze({
   pickscore: 0.05,
   clipscore: 0.01,
   aesthetic: 1.0,
+  itercomp_attribute: 1.0,
+  itercomp_spatial: 1.0,
+  itercomp_nonspatial: 1.0,
 });
 
 /** The suggested weight of `reward`, or null for a reward this table does not know. */
