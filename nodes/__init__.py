@@ -14,6 +14,7 @@ from .preview_node import ReNOIterationPreview
 from .reward_nodes import ReNORewardLoader
 from .sampler_node import ReNOSampler
 from .score_node import ReNOScoreImages
+from .train_lora_node import ReNORewardLoRATrainer
 from .train_preference_node import ReNOTrainPreferenceReward
 
 
@@ -35,6 +36,7 @@ NODE_CLASS_MAPPINGS = {
     "ReNOIterationPreview": ReNOIterationPreview,
     "ReNOScoreImages": ReNOScoreImages,
     "ReNONoise": ReNONoise,
+    "ReNORewardLoRATrainer": ReNORewardLoRATrainer,
     "ReNOTrainPreferenceReward": ReNOTrainPreferenceReward,
 }
 
@@ -45,5 +47,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ReNOIterationPreview": "ReNO Iteration Preview",
     "ReNOScoreImages": "ReNO Score Images",
     "ReNONoise": "ReNO Noise",
+    "ReNORewardLoRATrainer": "ReNO Train Reward LoRA",
     "ReNOTrainPreferenceReward": "ReNO Train Preference Reward",
 }

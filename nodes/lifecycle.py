@@ -388,28 +388,9 @@ class ReNORun:
         if not torch.any(noise != 0):
             raise ValueError("ReNO optimizes the initial noise, but the noise is all zeros: turn add_noise on "
                              "(SamplerCustom) or use RandomNoise, not DisableNoise (SamplerCustomAdvanced).")
-        self._steps = len(sigmas) - 1
-        self.model_wrap = model_wrap
-        self.inner = model_wrap.inner_model
-        self.model_sampling = self.inner.model_sampling
-        self.max_denoise = max_denoise
-        self._copying = _IN_PLACE.get(self.inner, False)
-        patchers = self._load(model_wrap)
+        patchers = self._begin(model_wrap, sigmas, max_denoise)
         with torch.inference_mode(False), torch.enable_grad():
-            schedule = as_normal(sigmas).clone()
-            latent = as_normal(latent_image).clone() if latent_image is not None else torch.zeros_like(noise)
-            start = as_normal(noise).clone()
-            self._inputs = _Inputs(
-                sigmas=schedule,
-                sigma=schedule[0],
-                sigma_last=schedule[-1],
-                latent=latent,
-                mask=as_normal(denoise_mask).clone() if denoise_mask is not None else None,
-                start=start,
-                args=_with_normal_conds(extra_args),
-                spec=self._chain_spec(schedule, start, latent, extra_args.get("seed")),
-            )
-            self.ensemble.prepare()  # text features once per prompt (no gradients: inference weights are fine)
+            self._take_inputs(sigmas, extra_args, noise, latent_image, denoise_mask)
             plan = self._plan(patchers)
             previews: list[torch.Tensor] = []
             retry = False
@@ -434,6 +415,34 @@ class ReNORun:
                 samples = self.model_sampling.inverse_noise_scaling(self._inputs.sigma_last, x_final)
         return RunResult(result=result, samples=samples, x0=x0, sigma=float(self._inputs.sigma),
                          sigmas=[float(v) for v in self._inputs.sigmas], previews=previews, memory=plan.summary)
+
+    def _begin(self, model_wrap, sigmas, max_denoise: bool) -> list:
+        """The start of step 1: what the sampling call runs on; ComfyUI loads the model, the VAE and the rewards."""
+        self._steps = len(sigmas) - 1
+        self.model_wrap = model_wrap
+        self.inner = model_wrap.inner_model
+        self.model_sampling = self.inner.model_sampling
+        self.max_denoise = max_denoise
+        self._copying = _IN_PLACE.get(self.inner, False)
+        return self._load(model_wrap)
+
+    def _take_inputs(self, sigmas, extra_args, noise, latent_image, denoise_mask) -> None:
+        """The run's own normal-tensor copies of the call's inputs, the chain's spec and the text features (under
+        ``inference_mode(False)``)."""
+        schedule = as_normal(sigmas).clone()
+        latent = as_normal(latent_image).clone() if latent_image is not None else torch.zeros_like(noise)
+        start = as_normal(noise).clone()
+        self._inputs = _Inputs(
+            sigmas=schedule,
+            sigma=schedule[0],
+            sigma_last=schedule[-1],
+            latent=latent,
+            mask=as_normal(denoise_mask).clone() if denoise_mask is not None else None,
+            start=start,
+            args=_with_normal_conds(extra_args),
+            spec=self._chain_spec(schedule, start, latent, extra_args.get("seed")),
+        )
+        self.ensemble.prepare()  # text features once per prompt (no gradients: inference weights are fine)
 
     def _chain_spec(self, sigmas: torch.Tensor, start: torch.Tensor, latent: torch.Tensor, seed) -> ChainSpec:
         """The sampler over ``sigmas``; a stochastic sampler's per-step noises are drawn once, for the seed, exactly

@@ -98,6 +98,33 @@ class GradientPolicy:
 
 
 @dataclass(frozen=True)
+class StepGradients:
+    """A per-step gradient choice, for training rollouts (``optimizer.reward_training``) that pick their steps.
+
+    ``attached``: the steps whose denoiser call builds a graph (output attached: gradient to the parameters);
+    every other step runs without autograd. ``detach_input``: every call's input is detached (DRTune), so the
+    gradient reaches earlier latents only through the sampler's linear updates. ``skip(sigma)``: the denoiser's
+    skip coefficient (x0 = skip(sigma) * x + c_out * network; ComfyUI's ``model_sampling.calculate_denoised(sigma,
+    0, 1)``: 1 for ε and flow models, ``sigma_data² / (sigma² + sigma_data²)`` for v-prediction): with it a
+    detached call keeps its skip term attached, so what is held fixed is the *network's* output (DRTune's
+    ``eps = net(x_t.detach())``), not the whole x0 prediction. ``recompute``/``copy_saved`` as in
+    ``GradientPolicy``.
+    """
+
+    attached: frozenset[int]
+    detach_input: bool = False
+    recompute: bool = True
+    copy_saved: bool = False
+    skip: Callable[[Tensor], Tensor] | None = None
+
+    def input_attached(self, step: int, steps: int) -> bool:
+        return not self.detach_input
+
+    def output_attached(self, step: int, steps: int) -> bool:
+        return step in self.attached
+
+
+@dataclass(frozen=True)
 class ChainSpec:
     """One sampling run: the sampler, its sigmas, its per-step noises and the model's kind.
 
@@ -221,38 +248,48 @@ def _default_noise_scaling(flow: bool) -> NoiseScaling:
     return lambda sigma, noise, latent: noise * sigma + latent  # EPS / V_PREDICTION, max_denoise False
 
 
-def _call_denoiser(denoise: Denoiser, x: Tensor, sigma: Tensor, policy: GradientPolicy, step: int,
+def _call_denoiser(denoise: Denoiser, x: Tensor, sigma: Tensor, policy: GradientPolicy | StepGradients, step: int,
                    steps: int) -> Tensor:
     inp = x if policy.input_attached(step, steps) else x.detach()
     if not policy.output_attached(step, steps):
         with torch.no_grad():  # the output is detached: nothing of this call is needed for backward
-            return denoise(inp, sigma)
-    if policy.recompute and torch.is_grad_enabled():
-        return recompute_in_backward(denoise, inp, sigma, copy_saved=policy.copy_saved)
-    return denoise(inp, sigma)
+            out = denoise(inp, sigma)
+    elif policy.recompute and torch.is_grad_enabled():
+        out = recompute_in_backward(denoise, inp, sigma, copy_saved=policy.copy_saved)
+    else:
+        out = denoise(inp, sigma)
+    skip = getattr(policy, "skip", None)
+    if skip is not None and inp is not x and x.requires_grad:  # the network's output fixed, its skip term attached
+        out = out + _append_dims(skip(sigma).to(x.dtype), x.ndim) * (x - inp)
+    return out
 
 
-def run_chain(denoise: Denoiser, x: Tensor, spec: ChainSpec, policy: GradientPolicy | None = None,
-              callback: Callable[[int, Tensor, Tensor], None] | None = None) -> tuple[Tensor, Tensor]:
+def run_chain(denoise: Denoiser, x: Tensor, spec: ChainSpec, policy: GradientPolicy | StepGradients | None = None,
+              callback: Callable[[int, Tensor, Tensor], None] | None = None, stop: int | None = None
+              ) -> tuple[Tensor, Tensor]:
     """Run ``spec``'s sampler from the noise-scaled latent ``x``; returns ``(x_final, x0_last)``.
 
     ``x_final`` is the sampler's result (before ``inverse_noise_scaling``); ``x0_last`` the denoiser's
     prediction at the last step (what a reward can score when the chain stops above sigma 0).
     ``callback(step, x, denoised)``, if given, sees each step's input latent and prediction, as ComfyUI's
     sampler callbacks do. Gradients follow ``policy`` (default ``GradientPolicy()``: exact, recomputed).
+    ``stop`` (1 .. steps) runs only the first ``stop`` steps (an early-stopped rollout: ``x0_last`` is the
+    prediction of step ``stop - 1``); the steps' arithmetic is that of the full schedule.
     """
     policy = GradientPolicy() if policy is None else policy
     if not isinstance(x, torch.Tensor) or x.ndim < 1:
         raise ValueError("run_chain: x must be a batched latent tensor (B, ...), the noise-scaled start")
     sigmas = spec.sigmas.to(x.device)
     steps = spec.steps
+    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= steps):
+        raise ValueError(f"run_chain: stop must be a step count in 1..{steps}, got {stop!r}")
     noises = _checked_noises(spec, x)
     scaling = spec.noise_scaling or _default_noise_scaling(spec.flow)
     s_in = x.new_ones([x.shape[0]])
     host = spec.host_sigmas
     old_denoised = None
     denoised = x
-    for i in range(steps):
+    for i in range(steps if stop is None else stop):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         last_zero = bool(host[i + 1] == 0)  # decided on the host copy: no synchronization
         denoised = _call_denoiser(denoise, x, sigma * s_in, policy, i, steps)

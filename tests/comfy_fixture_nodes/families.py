@@ -168,5 +168,34 @@ class ReNOTestTinyFamily:
                 family_conditioning(family, text), family_conditioning(family, negative_text))
 
 
-NODE_CLASS_MAPPINGS = {"ReNOTestTinyFamily": ReNOTestTinyFamily}
-NODE_DISPLAY_NAME_MAPPINGS = {"ReNOTestTinyFamily": "ReNO Test Tiny Family (testing)"}
+class TinyTextEncoder:
+    """A test stand-in for ComfyUI's CLIP object (the real one is a 123M-parameter CLIP-L at the least): the two
+    methods CLIP Text Encode calls, giving the family's pseudo conditioning of ``family_conditioning``."""
+
+    def __init__(self, family: str):
+        self.family = family
+
+    def tokenize(self, text: str):
+        return {"text": str(text)}
+
+    def encode_from_tokens_scheduled(self, tokens, unprojected=False, add_dict=None, show_pbar=True):
+        return family_conditioning(self.family, tokens["text"])
+
+
+class ReNOTestTinyCLIP:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"family": (list(FAMILIES), {"default": "sd15"})}}
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "build"
+    CATEGORY = "ReNO/testing"
+    DESCRIPTION = "A tiny pseudo text encoder (CLIP Text Encode works with it) matching ReNO Test Tiny Family."
+
+    def build(self, family="sd15"):
+        return (TinyTextEncoder(family),)
+
+
+NODE_CLASS_MAPPINGS = {"ReNOTestTinyFamily": ReNOTestTinyFamily, "ReNOTestTinyCLIP": ReNOTestTinyCLIP}
+NODE_DISPLAY_NAME_MAPPINGS = {"ReNOTestTinyFamily": "ReNO Test Tiny Family (testing)",
+                              "ReNOTestTinyCLIP": "ReNO Test Tiny CLIP (testing)"}

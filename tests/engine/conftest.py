@@ -53,7 +53,7 @@ ENGINE_PACK_DIRS += third_party_packs()
 #: Built-in comfy_extras node modules to load as well (SamplerCustom/SamplerCustomAdvanced, guiders,
 #: schedulers, the String (Multiline) primitive: the ReNO Sampler (custom) tests and the workflows use them).
 #: Files this engine's ComfyUI lacks (nodes_sd3.py on the 2024 engine) are left out.
-ENGINE_EXTRA_NODES: list[str] = ["nodes_custom_sampler.py", "nodes_sd3.py", "nodes_primitive.py"]
+ENGINE_EXTRA_NODES: list[str] = ["nodes_custom_sampler.py", "nodes_sd3.py", "nodes_primitive.py", "nodes_train.py"]
 
 _NO_HOST = (
     "no ComfyUI host: set COMFYUI_PATH to a ComfyUI checkout, install this pack in "

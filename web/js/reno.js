@@ -23,9 +23,9 @@
 // textContent), and the gallery/chart widgets are not serialized (nothing goes into widgets_values).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { chainLine, summaryLines } from "./reno_summary.js";
+import { chainLine, summaryLines, trainingLines } from "./reno_summary.js";
 import {
-  CUSTOM_SAMPLER, PREVIEW, SAMPLER, SCORE, chartFromHistory, chartFromRun, finishRun, framesFromImages, framesFromRun,
+  CUSTOM_SAMPLER, PREVIEW, SAMPLER, SCORE, TRAINER, chartFromHistory, chartFromRun, finishRun, framesFromImages, framesFromRun, framesFromTraining,
   hasViews, reduceIteration, runEnded, showsLiveRun, startsNewRun, summaryOfRun, withImageRefs,
 } from "./reno_model.js";
 import {
@@ -443,6 +443,21 @@ app.registerExtension({
             v.gallery.setFrames(frames, { iterations: model?.iterations ?? frames.length, best: model?.best ?? null });
             v.chart.setModel(model);
             installMarking(this, output?.reno_prompt?.[0]);
+            fit(this);
+          }
+        } else if (name === TRAINER) {
+          // live: each training step's image and the curves (events); done: the held-out image per evaluation
+          const training = output?.reno_training?.[0];
+          this.renoSummaryLines = trainingLines(training);
+          const frames = framesFromTraining(output?.images, training, (route) => api.apiURL(route));
+          const v = frames.length || model ? ensureViews(this) : this.renoViews;
+          if (v) {
+            if (model) v.chart.setModel(model);
+            if (frames.length) {
+              const best = frames.reduce((b, f) => (f.total !== null && (b === null || f.total > b.total) ? f : b), null);
+              v.gallery.setFrames(frames, { iterations: Number(training?.steps) + 1 || frames.length,
+                                            best: best?.iteration ?? null });
+            }
             fit(this);
           }
         } else if (name === SCORE) {

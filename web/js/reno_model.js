@@ -9,10 +9,11 @@ export const SAMPLER = "ReNOSampler";
 export const CUSTOM_SAMPLER = "ReNOSamplerCustom";
 export const PREVIEW = "ReNOIterationPreview";
 export const SCORE = "ReNOScoreImages"; // a gallery of the scored images (no chart), for preference picks
+export const TRAINER = "ReNORewardLoRATrainer"; // live training steps, then the held-out images per evaluation
 
 /** Whether nodes of `type` show the live run of the `reno.iteration` events that name them. */
 export function showsLiveRun(type) {
-  return type === SAMPLER || type === CUSTOM_SAMPLER;
+  return type === SAMPLER || type === CUSTOM_SAMPLER || type === TRAINER;
 }
 
 /** Whether nodes of `type` get the gallery and chart widgets. */
@@ -285,4 +286,19 @@ export function withImageRefs(frames, images, batch = 0) {
     });
   }
   return frames.map((f) => (refs.has(f.iteration) ? { ...f, ref: refs.get(f.iteration) } : f));
+}
+
+/**
+ * Gallery frames of a finished LoRA training: the held-out prompt's image at each evaluation (`images`, tagged
+ * with their `step`) with the held-out reward of that evaluation (`training.evaluations`: [[step, reward], ...]).
+ */
+export function framesFromTraining(images, training, toURL = (route) => route) {
+  const evaluations = Array.isArray(training?.evaluations) ? training.evaluations : [];
+  const reward = new Map(evaluations.filter((e) => Array.isArray(e)).map(([step, r]) => [count(step), num(r)]));
+  return framesFromImages(images, null, 0, toURL)
+    .map((f, k) => {
+      const step = count(images?.[k]?.step) ?? f.iteration;
+      return { ...f, iteration: step, label: "held-out image, step", total: reward.get(step) ?? null };
+    })
+    .sort((a, b) => a.iteration - b.iteration);
 }

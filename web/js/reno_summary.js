@@ -45,3 +45,20 @@ export function summaryLines(summary) {
   if (summary.stop_reason) lines.push(`stopped: ${String(summary.stop_reason)}`);
   return lines;
 }
+
+/**
+ * Lines under ReNO Train Reward LoRA after training, from its `reno_training` UI output ({method, steps,
+ * held_out_before, held_out_after, best_step, stop_reason}): "alignprop · 200 steps · held-out reward 0.12 → 0.31".
+ */
+export function trainingLines(t) {
+  if (!t || typeof t !== "object" || typeof t.method !== "string") return [];
+  const steps = Number(t.steps);
+  let line = `${t.method} · ${Number.isInteger(steps) ? steps : "?"} ${steps === 1 ? "step" : "steps"}`;
+  if (typeof t.held_out_before === "number" && typeof t.held_out_after === "number") {
+    line += ` · held-out reward ${fmt(t.held_out_before)} → ${fmt(t.held_out_after)}`;
+  }
+  const lines = [line];
+  if (Number.isInteger(t.best_step)) lines.push(`kept the LoRA of step ${t.best_step} (best held-out reward)`);
+  if (t.stop_reason) lines.push(`stopped: ${String(t.stop_reason)}`);
+  return lines;
+}
