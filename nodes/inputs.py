@@ -59,8 +59,8 @@ _CHAIN_SPECS = {
         "default": "exact",
         "tooltip": "How the reward's gradient reaches the noise through several steps.\n"
                    "exact: through every step (each step recomputed in the backward pass: about one step's memory).\n"
-                   "drtune: the model's input detached at every step but the last gradient_steps (DRTune): cheaper, "
-                   "approximate, the gradient flows through the sampler's updates.\n"
+                   "drtune: the network's input detached at every step but the last gradient_steps (DRTune: its output "
+                   "held fixed there): cheaper, approximate, the gradient flows through the sampler's updates.\n"
                    "last k: only the last gradient_steps model outputs carry gradient (AlignProp's truncation).",
     }),
     "gradient_steps": ("INT", {

@@ -119,6 +119,13 @@ def preview_image(images: torch.Tensor, max_side: int) -> torch.Tensor:
     return (images.clamp(0, 1) * 255).round().to(torch.uint8).movedim(1, -1).cpu()
 
 
+def skip_coefficient(model_sampling, sigma: torch.Tensor) -> torch.Tensor:
+    """c_skip(sigma) of ComfyUI's denoiser, x0 = c_skip * x + c_out * network: ``calculate_denoised(sigma, 0, 1)``
+    (1 for ε and flow models, sigma_data² / (sigma² + sigma_data²) for v-prediction, 0 for x0 models)."""
+    ones = torch.ones(sigma.shape[0], 1, 1, 1, dtype=torch.float32, device=sigma.device)
+    return model_sampling.calculate_denoised(sigma.float(), torch.zeros_like(ones), ones).reshape(sigma.shape[0])
+
+
 def saved_activations_copied():
     """Autograd saves a copy of each activation the model's backward needs (only for models found to need it).
 
@@ -152,10 +159,12 @@ class ChainSettings:
     gradient: str = "exact"
     k: int = 1
 
-    def policy(self, steps: int, copy_saved: bool, measuring: bool = False) -> GradientPolicy:
+    def policy(self, steps: int, copy_saved: bool, measuring: bool = False, skip=None) -> GradientPolicy:
         # several steps recompute each step's activations in backward (about one step's memory, not K steps');
-        # one step keeps the block-level choice of the memory plan; the measuring pass sees what a step keeps
-        return GradientPolicy(self.gradient, self.k, recompute=steps > 1 and not measuring, copy_saved=copy_saved)
+        # one step keeps the block-level choice of the memory plan; the measuring pass sees what a step keeps.
+        # ``skip``: the model's c_skip(sigma), so drtune holds the network's output fixed (DRTune's definition)
+        return GradientPolicy(self.gradient, self.k, recompute=steps > 1 and not measuring, copy_saved=copy_saved,
+                              skip=skip)
 
 
 @dataclass(frozen=True)
@@ -286,7 +295,8 @@ class ReNORun:
                 with step_probe([x]):
                     return plain(x, sigma)
 
-        policy = self.chain.policy(self._steps, copying, measuring)
+        ms = self.model_sampling
+        policy = self.chain.policy(self._steps, copying, measuring, skip=lambda sigma: skip_coefficient(ms, sigma))
         with part(memory.MODEL), saved_activations_copied() if copying else contextlib.nullcontext():
             x = self.model_sampling.noise_scaling(inp.sigma, noise, inp.latent, self.max_denoise)
             x_final, x0 = run_chain(denoise, x, inp.spec, policy)

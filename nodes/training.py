@@ -49,6 +49,7 @@ from .lifecycle import (
     decode_with_grad,
     preview_image,
     saved_activations_copied,
+    skip_coefficient,
 )
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ class RewardRollout(ReNORun):
                 x = self.model_sampling.noise_scaling(inp.sigma, noise, inp.latent, self.max_denoise)
                 ms = self.model_sampling
                 latent = run_rollout(denoise, x, inp.spec, rollout, recompute=self._steps > 1,
-                                     copy_saved=self._copying, skip=lambda sigma: _skip_coefficient(ms, sigma))
+                                     copy_saved=self._copying, skip=lambda sigma: skip_coefficient(ms, sigma))
             out = self.model_sampling.inverse_noise_scaling(inp.sigma_last, latent) if rollout.target == "final" \
                 else latent
             image = decode_with_grad(self.vae, self.inner.process_latent_out(out))
@@ -224,12 +225,6 @@ class RewardRollout(ReNORun):
         self.outcome = RolloutOutcome(float(loss.detach()), {k: float(v.detach().mean()) for k, v in scores.items()},
                                       preview_image(image.detach(), PREVIEW_SIZE))
         return latent.detach()
-
-
-def _skip_coefficient(model_sampling, sigma: torch.Tensor) -> torch.Tensor:
-    """c_skip(sigma) of ComfyUI's denoiser: ``calculate_denoised(sigma, 0, 1)`` (1 for ε and flow models)."""
-    ones = torch.ones(sigma.shape[0], 1, 1, 1, dtype=torch.float32, device=sigma.device)
-    return model_sampling.calculate_denoised(sigma.float(), torch.zeros_like(ones), ones).reshape(sigma.shape[0])
 
 
 @dataclass

@@ -34,8 +34,10 @@ Gradient policies (``GradientPolicy``), defined by which paths carry gradient:
 * ``last_k`` (AlignProp's truncation): the denoiser's *output* is detached before the last ``k`` steps (those
   calls run without autograd: no gradient to the parameters either); the latents stay attached.
 
-For a start-noise gradient ``drtune`` and ``last_k`` agree (both drop the denoiser's Jacobian before the last
-``k`` steps); they differ for the parameters' gradients.
+Without a ``skip`` coefficient (``GradientPolicy.skip``) a detached ``drtune`` step holds its whole x0 prediction
+fixed, so for a start-noise gradient ``drtune`` and ``last_k`` agree; with the denoiser's skip coefficient (what the
+ReNO nodes pass: ComfyUI's x0 is ``c_skip * x + c_out * network``) the skip term stays attached and the network's
+output is what is held fixed, DRTune's ``eps = net(x.detach())``. They always differ for the parameters' gradients.
 """
 
 from __future__ import annotations
@@ -70,13 +72,16 @@ class GradientPolicy:
     steps that keep the denoiser's Jacobian (``drtune``) or output (``last_k``); 0 keeps none, ``k`` at least
     the step count is ``exact``. ``recompute``: each denoiser call that builds a graph recomputes its
     activations in the backward pass (keep it on unless the caller checkpoints inside the denoiser itself).
-    ``copy_saved``: for denoisers that update activations in place (see ``recompute_in_backward``).
+    ``copy_saved``: for denoisers that update activations in place (see ``recompute_in_backward``). ``skip``: the
+    denoiser's skip coefficient, for ``drtune``: with it a detached step holds the *network's* output fixed (DRTune's
+    ``eps = net(x.detach())``; see ``StepGradients``), without it the step's whole x0 prediction.
     """
 
     mode: str = "exact"
     k: int = 1
     recompute: bool = True
     copy_saved: bool = False
+    skip: Callable[[Tensor], Tensor] | None = None  # the denoiser's skip coefficient (see StepGradients)
 
     def __post_init__(self):
         mode = str(self.mode).strip().lower()

@@ -229,3 +229,25 @@ def test_bad_training_settings_are_named(bad):
     with pytest.raises(ValueError) as e:
         TrainConfig(**{"method": "alignprop", **bad})
     assert any(word in str(e.value) for word in ("method", *bad))
+
+
+def test_reno_drtune_policy_with_the_skip_coefficient_is_the_papers_noise_gradient():
+    """GradientPolicy("drtune", k, skip=...) (what ReNO Sampler runs): eps = net(x.detach()) before the last k steps
+    and the full step after, so the start noise's gradient flows through the sampler's linear updates with the
+    network's output held fixed."""
+    from optimizer.chain import GradientPolicy
+
+    net = ToyNet()
+    x = start().requires_grad_(True)
+    out, _ = run_chain(net.denoise, x, SPEC, GradientPolicy("drtune", 1, skip=ONE))
+    (-score(out)).sum().backward()
+    got = x.grad.clone()
+
+    ref = start().requires_grad_(True)
+    z = ref
+    for i in range(STEPS):
+        s, s_next = SIGMAS[i], SIGMAS[i + 1]
+        eps = net.eps(z if i == STEPS - 1 else z.detach(), s.expand(z.shape[0]))
+        z = z + eps * (s_next - s)
+    (-score(z)).sum().backward()
+    torch.testing.assert_close(got, ref.grad, rtol=1e-5, atol=1e-6)
