@@ -182,3 +182,11 @@ def test_out_of_memory_gives_the_packs_advice_and_leaves_the_model_as_it_was(eng
 def test_bad_inputs_are_named(engine, sd, stack, kw, match):
     with pytest.raises(ValueError, match=match):
         trainer(engine, sd, stack, **kw)
+
+
+def test_a_host_without_comfyuis_weight_adapters_is_told_which_version_it_needs(engine, sd, stack, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "comfy.weight_adapter", None)  # as on ComfyUI before 0.3.41
+    with pytest.raises(RuntimeError, match=r"ComfyUI 0\.3\.41 or newer"):
+        trainer(engine, sd, stack, training_steps=1, held_out="")

@@ -295,9 +295,12 @@ export function withImageRefs(frames, images, batch = 0) {
 export function framesFromTraining(images, training, toURL = (route) => route) {
   const evaluations = Array.isArray(training?.evaluations) ? training.evaluations : [];
   const reward = new Map(evaluations.filter((e) => Array.isArray(e)).map(([step, r]) => [count(step), num(r)]));
+  const stepOf = new Map((Array.isArray(images) ? images : [])
+    .filter((img) => img && typeof img === "object" && typeof img.filename === "string")
+    .map((img) => [img.filename, count(img.step)]));
   return framesFromImages(images, null, 0, toURL)
-    .map((f, k) => {
-      const step = count(images?.[k]?.step) ?? f.iteration;
+    .map((f) => {
+      const step = stepOf.get(f.ref.filename) ?? f.iteration;
       return { ...f, iteration: step, label: "held-out image, step", total: reward.get(step) ?? null };
     })
     .sort((a, b) => a.iteration - b.iteration);
