@@ -85,8 +85,9 @@ class Adapters:
             m.requires_grad_(False)
 
     def state(self) -> dict[str, torch.Tensor]:
-        """A detached copy, in the core LORA_MODEL format (what Save LoRA Weights writes)."""
-        return {k: v.detach().clone().contiguous() for k, v in self.lora.items()}
+        """A detached CPU copy, in the core LORA_MODEL format (what Save LoRA Weights writes; Load LoRA Model moves
+        the patches to the model's device itself)."""
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.lora.items()}
 
 
 def attach_adapters(model, rank: int, existing: dict | None = None, algorithm: str = "LoRA", seed: int = 0) -> Adapters:

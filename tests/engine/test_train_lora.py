@@ -130,22 +130,21 @@ def test_training_is_deterministic_for_a_seed(engine, sd, stack):
 
 def test_cancel_mid_training_leaves_the_model_unpatched_and_the_next_run_works(engine, sd, stack):
     import comfy.model_management
-    import comfy.utils
 
     base = ksampler(engine, sd["model"], sd["clip"])
     seen = []
 
-    def hook(value, total, preview, prompt_id=None, node_id=None):
-        seen.append(value)
-        if value == 2:
-            engine.interrupt()
+    def on_progress(event):
+        if event.total == 50:
+            seen.append(event.value)
+            if event.value == 2:
+                engine.interrupt()
 
-    comfy.utils.set_progress_bar_global_hook(hook)
     try:
-        with pytest.raises(comfy.model_management.InterruptProcessingException):
+        with engine.progress_callback(on_progress), \
+                pytest.raises(comfy.model_management.InterruptProcessingException):
             trainer(engine, sd, stack, training_steps=50, held_out="")
     finally:
-        comfy.utils.set_progress_bar_global_hook(None)
         engine.reset_interrupt()
     assert seen == [1, 2]  # stopped within the step after Cancel
     # nothing of the adapters is left on the shared model
