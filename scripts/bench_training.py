@@ -12,7 +12,7 @@ sd15, transformer depth 1, its pseudo text encoder) with tiny reward checkpoints
 (tests/tiny_rewards.py), on the CPU. With ``--checkpoint``: CheckpointLoaderSimple's model, CLIP and VAE from
 ``--models-dir`` and the reward files in its ``reno_rewards`` folder, on the GPU when there is one.
 
-Rows are ``method:sampler_steps`` (k = 1, euler, scheduler simple, rank 8, batch 1, memory auto, no held-out
+Rows are ``method:sampler_steps[:k]`` (k default 1; euler, scheduler simple, rank 8, batch 1, memory auto, no held-out
 prompts). Each row runs in its own subprocess: a 1-step warm-up run of the trainer, then the timed run of
 ``--steps`` steps. *s/step* is the median gap between the trainer's consecutive progress reports (one report per
 optimizer step: the rollout's forward pass, its backward pass into the LoRA and the AdamW step). *Peak memory*
@@ -44,7 +44,7 @@ from bench_multistep import CHILD_ENV, RSSPeak  # noqa: E402
 
 PROMPTS = "a red cube on a blue sphere\na cat in a wizard hat\nthree apples in a bowl\na lighthouse in a storm"
 WEIGHTS = {"imagereward": 1.0, "hpsv2.1": 5.0, "hpsv2": 5.0, "pickscore": 0.05, "clipscore": 0.01, "aesthetic": 1.0}
-DEFAULT_ROWS = "alignprop:1,drtune:1,refl:1,alignprop:4,drtune:4,refl:4"
+DEFAULT_ROWS = "alignprop:1,drtune:1,refl:1,alignprop:4,drtune:4,refl:4,alignprop:4:4,drtune:4:4"
 RESULT_TAG = "BENCH_TRAINING_RESULT "
 
 
@@ -52,7 +52,7 @@ def run_child(args) -> int:
     import comfy_host
     import torch
 
-    method, steps = args.child.split(":")
+    method, steps, k = (args.child.split(":") + ["1"])[:3]
     host = comfy_host.find_host()
     if host is None:
         print("no ComfyUI engine found: set COMFYUI_PATH or run scripts/setup_env.sh")
@@ -89,7 +89,7 @@ def run_child(args) -> int:
                 "ReNORewardLoRATrainer", inference=True, model=model, clip=clip, vae=vae, rewards=stack,
                 prompts=PROMPTS, method=method, training_steps=steps_, learning_rate=1e-4, rank=8, batch_size=1,
                 grad_accumulation=1, sampler_steps=int(steps), sampler_name="euler", scheduler="simple", cfg=1.0,
-                k=1, seed=0, held_out="", width=args.size, height=args.size)
+                k=int(k), seed=0, held_out="", width=args.size, height=args.size)
         return out["result"][2]
 
     train(1, lambda: None)
@@ -110,7 +110,8 @@ def run_child(args) -> int:
             wall = time.perf_counter() - start
         peak, how, device = rss.growth, rss.method, f"CPU ({os.cpu_count()} cores)"
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    result = {"row": args.child, "method": method, "sampler_steps": int(steps), "records": len(history.records),
+    result = {"row": args.child, "method": method, "sampler_steps": int(steps), "k": int(k),
+              "records": len(history.records),
               "s_per_step": statistics.median(gaps) if gaps else wall / args.steps, "gaps": len(gaps), "wall": wall,
               "peak": peak, "peak_method": how, "device": device, "host": engine.info, "torch": torch.__version__,
               "threads": torch.get_num_threads(), "loss_first": history.records[0]["loss"][0],
@@ -123,7 +124,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=64, help="image side in pixels (default 64; multiple of 8)")
     ap.add_argument("--steps", type=int, default=6, help="training steps of the timed run (default 6, at least 3)")
-    ap.add_argument("--rows", default=DEFAULT_ROWS, help="comma list of method:sampler_steps")
+    ap.add_argument("--rows", default=DEFAULT_ROWS, help="comma list of method:sampler_steps[:k]")
     ap.add_argument("--rewards", default="aesthetic,pickscore")
     ap.add_argument("--checkpoint", default=None, help="a checkpoint in --models-dir/checkpoints (full-size run)")
     ap.add_argument("--models-dir", default=None, help="the ComfyUI models folder holding it and reno_rewards/")
@@ -137,9 +138,11 @@ def parse_args(argv=None):
         ap.error(f"--rewards: unknown {', '.join(bad) or '(none)'}; choose from {', '.join(WEIGHTS)}")
     args.row_names = [r.strip() for r in args.rows.split(",") if r.strip()]
     for r in args.row_names:
-        method, _, steps = r.partition(":")
-        if method not in ("alignprop", "drtune", "refl") or not steps.isdigit() or int(steps) < 1:
-            ap.error(f"--rows: {r!r} is not method:sampler_steps (alignprop, drtune or refl; steps >= 1)")
+        method, steps, *rest = r.split(":") + [""]
+        k = rest[0] or "1"
+        if (method not in ("alignprop", "drtune", "refl") or not steps.isdigit() or int(steps) < 1
+                or not k.isdigit() or int(k) < 1 or len(r.split(":")) > 3):
+            ap.error(f"--rows: {r!r} is not method:sampler_steps[:k] (alignprop, drtune or refl; steps, k >= 1)")
     if args.steps < 3:
         ap.error("--steps must be at least 3 (s/step is a median of the gaps between steps)")
     if args.size < 8 or args.size % 8:
@@ -170,14 +173,14 @@ def run_row(args, row: str) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    base = {r["sampler_steps"]: r for r in rows if r["method"] == "alignprop"}
-    lines = ["| method | sampler steps | s/training step | vs alignprop | peak memory (MiB) | vs alignprop |",
-             "|---|---|---|---|---|---|"]
+    base = {r["sampler_steps"]: r for r in rows if r["method"] == "alignprop" and r["k"] == 1}
+    lines = ["| method | sampler steps | k | s/training step | vs alignprop (k 1) | peak memory (MiB) | vs alignprop (k 1) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         b = base.get(r["sampler_steps"])
         time_ratio = f"{r['s_per_step'] / b['s_per_step']:.2f}x" if b else "-"
         mem_ratio = f"{r['peak'] / b['peak']:.2f}x" if b and b["peak"] > 0 else "-"
-        lines.append(f"| {r['method']} | {r['sampler_steps']} | {r['s_per_step']:.3f} | {time_ratio} "
+        lines.append(f"| {r['method']} | {r['sampler_steps']} | {r['k']} | {r['s_per_step']:.3f} | {time_ratio} "
                      f"| {r['peak'] / 2**20:.1f} | {mem_ratio} |")
     return "\n".join(lines)
 
