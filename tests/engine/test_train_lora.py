@@ -189,3 +189,15 @@ def test_a_host_without_comfyuis_weight_adapters_is_told_which_version_it_needs(
     monkeypatch.setitem(sys.modules, "comfy.weight_adapter", None)  # as on ComfyUI before 0.3.41
     with pytest.raises(RuntimeError, match=r"ComfyUI 0\.3\.41 or newer"):
         trainer(engine, sd, stack, training_steps=1, held_out="")
+
+
+def test_an_existing_lora_of_another_model_is_refused_by_name(engine, sd, stack):
+    bogus = {"diffusion_model.not_a_layer.lora_up.weight": torch.zeros(4, 4),
+             "diffusion_model.not_a_layer.lora_down.weight": torch.zeros(4, 4)}
+    with pytest.raises(ValueError, match="another model family"):
+        trainer(engine, sd, stack, training_steps=1, held_out="", existing_lora=bogus)
+    _, lora, _ = trainer(engine, sd, stack, training_steps=1, held_out="")["result"]
+    key = next(k for k in lora if k.endswith(".diff_b"))
+    wrong = {**lora, key: torch.zeros(lora[key].numel() + 1)}
+    with pytest.raises(ValueError, match="another model"):
+        trainer(engine, sd, stack, training_steps=1, held_out="", existing_lora=wrong)
