@@ -62,6 +62,8 @@ CHAIN_DEFAULTS = {"memory": "auto", "steps": 1, "sampler_name": "euler", "schedu
 UPDATE_DOCS = os.environ.get("RENO_UPDATE_DOCS") == "1"  # write the thumbnails and docs/browser_screenshot.png
 
 
+TRAINER = "ReNORewardLoRATrainer"
+
 def _requirements() -> tuple[Path, Path]:
     node = shutil.which("node")
     if node is None:
@@ -186,7 +188,7 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
         got = r["workflows"][wf.name]
         problems = got["problems"]
         assert got["nodes"] > 0 and not problems, (wf.name, got)
-        assert any(t.startswith("ReNOSampler") for t in got["types"]), (wf.name, got["types"])
+        assert any(t.startswith("ReNOSampler") or t == TRAINER for t in got["types"]), (wf.name, got["types"])
         saved = {n["id"]: n["widgets_values"][:2] for n in json.loads(wf.read_text())["nodes"] if n["type"] == "ReNORewardLoader"}
         assert {x["id"]: [x["reward"], x["weight"]] for x in got["loaders"]} == saved, (wf.name, got["loaders"])
         overlapping += _overlaps(wf.name, got["boxes"])
@@ -356,6 +358,11 @@ def _check_one_prompt_source(name: str, api: dict) -> None:
     """In the API prompt a shipped workflow queues, ReNO's prompt and the positive CLIP Text Encode's text are
     the same link to one String primitive, so the text is typed once."""
     renos = [n for n in api.values() if n["class_type"] in ("ReNOSampler", "ReNOSamplerCustom")]
+    trainers = [n for n in api.values() if n["class_type"] == TRAINER]
+    if trainers and not renos:  # the LoRA trainer encodes its own prompt list (one per line) and held-out prompts
+        for t in trainers:
+            assert str(t["inputs"]["prompts"]).strip() and str(t["inputs"].get("held_out", "")).strip(), (name, t)
+        return
     assert renos, (name, "no ReNO sampler in the API prompt")
     positives = [n["inputs"]["positive"] for n in api.values() if "positive" in n["inputs"]]
     encoders = [api[str(link[0])] for link in positives if isinstance(link, list) and str(link[0]) in api]
@@ -394,7 +401,7 @@ def _check_reno_widgets(wf: Path, api: dict, object_info: dict) -> None:
     its position in widgets_values (INPUT_TYPES order, append-only), and the appended inputs a workflow saved
     before them lacks their defaults (an old workflow keeps running one step)."""
     for n in json.loads(wf.read_text())["nodes"]:
-        if n["type"] not in ("ReNOSampler", "ReNOSamplerCustom"):
+        if n["type"] not in ("ReNOSampler", "ReNOSamplerCustom", TRAINER):
             continue
         names = _widget_inputs(object_info[n["type"]])
         saved = dict(zip(names, n["widgets_values"]))
