@@ -235,6 +235,14 @@ try {
       const d = n?.renoViews?.gallery?.root?.dataset;
       seen.live.push({ frames: Number(d?.frames ?? -1), shown: d?.iteration ?? null,
         summary: n?.renoSummaryLines?.length ?? 0 });
+      // a preference mark made while the run is live (iteration 1 rejected): queued, sent when the run ends
+      const lm = window.__renoLiveMark;
+      if (lm && !lm.done && e.detail.iteration === 1 && n?.renoViews?.gallery?.marking) {
+        const g = n.renoViews.gallery;
+        g.markCurrent("rejected", false);
+        window.__renoLiveMark = { done: true, iteration: g.root.dataset.iteration, badge: g.badge.textContent,
+          mark: g.root.dataset.mark ?? "" };
+      }
     });
     api.addEventListener("execution_error", (e) => window.__renoSeen.errors.push(e.detail));
     api.addEventListener("execution_success", () => { window.__renoSeen.done = true; });
@@ -306,7 +314,16 @@ try {
   const demo = JSON.parse(fs.readFileSync(args.demo, "utf8"));
   await page.evaluate((data) => window.app.loadGraphData(data), demo);
   await place(0.85, [70, 60]);
+  await page.evaluate(async () => {  // the live mark below goes to its own dataset
+    await window.app.extensionManager?.setting?.set?.("ReNO.Preferences.Dataset", "browser_live");
+    window.__renoLiveMark = { done: false };
+  });
   const seen = await queueAndWatch("demo", { seedNode: SAMPLER_ID, seedWidget: "seed", waitNode: PREVIEW_ID });
+  await page.waitForFunction((sid) => {
+    const d = window.app.graph.getNodeById(sid)?.renoViews?.gallery?.root?.dataset;
+    return !window.__renoLiveMark?.done || (d && d.markPending !== "true");
+  }, SAMPLER_ID, { timeout: 15000 }).catch(() => step("the live mark did not settle"));
+  result.liveMark = await page.evaluate(() => window.__renoLiveMark);
   const views = await view([SAMPLER_ID, PREVIEW_ID]);
   result.run = {
     events: seen.events.map((e) => e.iteration), liveFrames: seen.live.map((x) => x.frames), errors: seen.errors,

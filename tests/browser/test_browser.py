@@ -229,7 +229,7 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
     assert it["playing"] == "true" and it["paused"] == "false" and it["afterPlay"] != "0", it
     assert it["bestShown"] == run["preview"]["gallery"]["best"], it
 
-    _check_preferences(r["preferences"], server["base"])
+    _check_preferences({**r["preferences"], "live": r.get("liveMark")}, server["base"])
 
     # The prompt is only ever text.
     s = r["safety"]
@@ -270,6 +270,14 @@ def _check_preferences(p, base: Path) -> None:
     assert p["samplerKey"]["mark"] == "rejected" and p["samplerKey"]["badge"] == "✕ rejected", p["samplerKey"]
     assert p["samplerCleared"]["mark"] == "" and p["samplerCleared"]["badge"] == "", p["samplerCleared"]
     assert p["samplerStillThere"], "Backspace over the gallery deleted the selected node"
+
+    # marked while the run was live (iteration 1 rejected): shown as queued, saved when the run ended
+    live = p["live"]
+    assert live and live.get("done") and live["mark"] == "rejected" and "saved when the run ends" in live["badge"], live
+    live_folder = base / "user" / "default" / "reno_preferences" / "browser_live"
+    live_records = [json.loads(x) for x in (live_folder / "records.jsonl").read_text().splitlines()]
+    assert [(x["mark"], x["source"]["node"], x["source"]["filename"].rsplit("_", 2)[-2]) for x in live_records] == [
+        ("rejected", "ReNOSampler", "i001")], live_records
 
     folder = base / "user" / "default" / "reno_preferences" / "browser_picks"
     lines = [json.loads(x) for x in (folder / "records.jsonl").read_text().splitlines()]

@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import {
   CLEAR, DEFAULT_DATASET, PREFERRED, REJECTED, actionForKey, datasetName, deleteBody, imageKey, imageRef, markBody,
   markCounts, markView, marksImages, nextMark, planChange, relink, settle,
+  queuedMarks,
 } from "../../web/js/reno_preferences.js";
 import { caption, framesFromImages, withImageRefs } from "../../web/js/reno_model.js";
 
@@ -130,4 +131,22 @@ test("relink: entries of records the server replaced take the new record; delete
   assert.equal(relink(marks, [], null), 0);
   assert.equal(relink(marks, undefined, null), 0);
   assert.equal(relink(null, [ID], null), 0);
+});
+
+test("marks made during a live run are queued per iteration and sent for the frames saved when it ends", () => {
+  const queued = new Map([[3, "rejected"], [0, "preferred"], [7, "preferred"], [5, null]]);
+  const frames = [
+    { iteration: 0, ref: { filename: "a_i000.png", subfolder: "", type: "temp" } },
+    { iteration: 3, ref: { filename: "a_i003.png", subfolder: "", type: "temp" } },
+    { iteration: 5, ref: { filename: "a_i005.png", subfolder: "", type: "temp" } },
+    { iteration: 7 }, // no saved image: dropped
+  ];
+  const out = queuedMarks(queued, frames);
+  assert.deepEqual(out.map(({ frame, mark }) => [frame.iteration, mark]), [[0, "preferred"], [3, "rejected"]]);
+  assert.deepEqual(queuedMarks(null, frames), []);
+  assert.deepEqual(queuedMarks(queued, undefined), []);
+  const view = markView({ mark: "preferred", queued: true });
+  assert.equal(view.state, "preferred");
+  assert.match(view.badge, /saved when the run ends/);
+  assert.match(view.title, /saved when the run ends/);
 });

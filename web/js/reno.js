@@ -30,7 +30,7 @@ import {
 } from "./reno_model.js";
 import {
   DATASET_SETTING, DEFAULT_DATASET, datasetName, deleteBody, imageKey, markBody, marksImages, nextMark, planChange,
-  relink, settle,
+  queuedMarks, relink, settle,
 } from "./reno_preferences.js";
 import { ChartView, GalleryView } from "./reno_views.js";
 import { LOADER, followingWeight } from "./reno_weights.js";
@@ -316,6 +316,36 @@ function installMarking(node, prompt) {
   });
 }
 
+/**
+ * During a live ReNO Sampler run the images are not saved yet: marks are queued per iteration, shown as such, and
+ * sent when the run ends (`flushQueuedMarks`); a run that fails or is cancelled saves none of them.
+ */
+function installLiveMarking(node) {
+  const v = node.renoViews;
+  if (!v) return;
+  node.renoQueued = new Map();
+  node.renoMarks = new Map();
+  v.gallery.setMarking({
+    entry: (f) => (node.renoQueued.has(f.iteration) ? { mark: node.renoQueued.get(f.iteration), queued: true } : undefined),
+    blocked: () => "",
+    mark: (f, action, toggle) => {
+      const next = nextMark(node.renoQueued.get(f.iteration), action, { toggle });
+      if (next) node.renoQueued.set(f.iteration, next);
+      else node.renoQueued.delete(f.iteration);
+      refreshMarks(node);
+    },
+  });
+}
+
+/** Send the marks queued during the run, now that its frames have saved images. */
+function flushQueuedMarks(node) {
+  const queued = node.renoQueued;
+  node.renoQueued = null;
+  for (const { frame, mark } of queuedMarks(queued, node.renoViews?.gallery.frames)) {
+    requestMark(node, frame, mark, false).catch((e) => console.warn("ReNO: could not mark the image", e));
+  }
+}
+
 function onIteration(detail) {
   const node = getNode(detail?.node);
   const type = typeOf(node);
@@ -327,6 +357,7 @@ function onIteration(detail) {
   const v = ensureViews(node);
   if (!v) return;
   if (fresh) v.gallery.setFrames([]); // a new run: follow it from its first frame, even after a scrub
+  if (type === SAMPLER && (fresh || !node.renoQueued)) installLiveMarking(node);
   const run = node.renoRun;
   const hadFrames = v.gallery.frames.length > 0;
   v.gallery.setFrames(framesFromRun(run), { iterations: run.iterations, best: run.best, live: true });
@@ -431,7 +462,10 @@ app.registerExtension({
             const run = this.renoRun;
             const frames = framesFromRun(run).map((f) => ({ ...f, total: model.total[f.iteration] ?? f.total }));
             v.gallery.setFrames(withImageRefs(frames, output?.reno_images), { iterations: model.iterations, best: model.best });
+            const queued = this.renoQueued;
             installMarking(this, output?.reno_prompt?.[0]);
+            this.renoQueued = queued;
+            flushQueuedMarks(this);
           }
         } else if (name === PREVIEW) {
           // (ReNO Sampler (custom) has no UI output: its views come from the events alone)

@@ -122,8 +122,27 @@ export function markView(entry, { enabled = true, reason = "" } = {}) {
   let title = `Mark this image for your preference dataset (${KEY_HINT}, with the pointer over the gallery)`;
   if (entry?.pending) title = "saving the mark…";
   if (entry?.error) title = `the mark was not saved: ${entry.error}`;
+  if (entry?.queued && mark) {
+    return { badge: `${badge} (saved when the run ends)`, state: mark,
+      title: `Marked during the run: saved when the run ends and its images are written (${KEY_HINT})`, error: "" };
+  }
   return { badge: entry?.pending ? "saving…" : entry?.error ? `${badge} (not saved)`.trim() : badge, state: mark ?? "",
     title, error: entry?.error ? "true" : "" };
+}
+
+/**
+ * Marks made during a live run (`queued`: iteration -> mark), matched to the finished run's frames that have a
+ * saved image: [{frame, mark}] in iteration order, to send then. Iterations without a saved image are dropped.
+ */
+export function queuedMarks(queued, frames) {
+  if (!queued?.entries || !Array.isArray(frames)) return [];
+  const out = [];
+  for (const [iteration, mark] of [...queued.entries()].sort((a, b) => a[0] - b[0])) {
+    if (mark !== PREFERRED && mark !== REJECTED) continue;
+    const frame = frames.find((f) => f?.iteration === iteration && f.ref);
+    if (frame) out.push({ frame, mark });
+  }
+  return out;
 }
 
 /** How many of the marks are each mark (for a node's summary). */
