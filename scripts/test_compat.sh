@@ -19,4 +19,6 @@ if [ ! -f "$stamp" ]; then
 fi
 python -c "import transformers, huggingface_hub; print('compatibility run: transformers', transformers.__version__, '/ huggingface_hub', huggingface_hub.__version__)"
 python -m pytest tests/test_optimizer.py tests/test_rewards.py tests/test_imagereward.py tests/test_hps.py \
-  tests/test_aesthetic.py tests/test_download.py tests/test_reliability.py tests/test_hardening.py tests/test_chain.py "$@"
+  tests/test_aesthetic.py tests/test_download.py tests/test_reliability.py tests/test_hardening.py tests/test_chain.py \
+  tests/test_itercomp.py tests/test_custom_rewards.py tests/test_preferences.py tests/test_preference_training.py \
+  tests/test_reward_training.py "$@"
