@@ -51,6 +51,7 @@ from .lifecycle import (
     saved_activations_copied,
     skip_coefficient,
 )
+from .run import model_sampling_of
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ class RewardRollout(ReNORun):
             else:  # e.g. an x0-predicting model whose trained steps all came after the stop: nothing to learn here
                 log.debug("ReNO Train Reward LoRA: rollout %s carries no gradient", rollout)
         self.outcome = RolloutOutcome(float(loss.detach()), {k: float(v.detach().mean()) for k, v in scores.items()},
-                                      preview_image(image.detach(), PREVIEW_SIZE))
+                                      preview_image(image.detach(), PREVIEW_SIZE) if self.request.preview else None)
         return latent.detach()
 
 
@@ -266,8 +267,7 @@ def empty_latent(model, width: int, height: int) -> torch.Tensor:
 
 
 def trainer_sigmas(model, sampling: Sampling) -> torch.Tensor:
-    return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), sampling.scheduler,
-                                           sampling.steps).cpu()
+    return comfy.samplers.calculate_sigmas(model_sampling_of(model), sampling.scheduler, sampling.steps).cpu()
 
 
 def held_out_reward(patcher, vae, rewards, prompts: PromptSet, negative, sampling: Sampling, seed: int,

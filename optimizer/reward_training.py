@@ -165,6 +165,7 @@ class RolloutRequest:
     noise_seed: int
     rollout: Rollout
     loss_scale: float
+    preview: bool = True  # the step shows this rollout's image (only its first rollout's is kept)
 
 
 @dataclass
@@ -266,18 +267,16 @@ def train(parameters: Sequence[torch.nn.Parameter], rollout: Callable[[RolloutRe
             request = RolloutRequest(step, order[(step - 1) * per_step + j],
                                      int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
                                      draw_rollout(config.method, config.sampler_steps, config.k, generator),
-                                     1.0 / per_step)
+                                     1.0 / per_step, preview=j == 0)
             outcome = rollout(request)
             losses.append(outcome.loss)
             for label, v in outcome.scores.items():
                 sums[label] = sums.get(label, 0.0) + v
             if preview is None:
                 preview = outcome.preview
-        grads = [p.grad for p in params if p.grad is not None]
-        grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) \
-            if grads else 0.0
-        if config.grad_clip > 0 and grads:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        # one pass over the gradients: the pre-clipping norm (recorded) and the clipping itself
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(
+            params, config.grad_clip if config.grad_clip > 0 else float("inf")))
         optimizer.step()
         held = evaluation(step) if (step % config.eval_every == 0 or step == config.steps) else None
         record = StepRecord(step, sum(losses) / len(losses), {k: v / per_step for k, v in sums.items()}, grad_norm,

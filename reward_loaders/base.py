@@ -15,6 +15,9 @@ from .preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
 log = logging.getLogger(__name__)
 
 
+#: prompts whose text features a reward keeps (a LoRA training set cycles through all of its prompts)
+TEXT_CACHE_SIZE = 256
+
 class RewardModel(nn.Module):
     """Base class of every reward.
 
@@ -133,9 +136,12 @@ class RewardModel(nn.Module):
         if feats is None or stale or feats.device != self.param_device():
             with torch.no_grad(), self._text_towers_on_device():
                 feats = self.encode_text(clean_prompt(prompt, self.name))
-            if len(self._text_cache) > 32:
-                self._text_cache.clear()
+            self._text_cache.pop(prompt, None)
+            while len(self._text_cache) >= TEXT_CACHE_SIZE:  # evict the least recently used prompt, not all of them
+                self._text_cache.pop(next(iter(self._text_cache)))
             self._text_cache[prompt] = feats
+        else:
+            self._text_cache[prompt] = self._text_cache.pop(prompt)  # most recently used last
         return feats
 
     def forward(self, images: torch.Tensor, prompt: str) -> torch.Tensor:

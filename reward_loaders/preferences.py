@@ -22,6 +22,7 @@ next append closes with a newline first. Earlier records are never touched.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -176,18 +177,27 @@ def _write_image(images: str, image_bytes: bytes) -> str:
     final = os.path.join(images, name)
     if os.path.isfile(final) and os.path.getsize(final) == len(image_bytes):
         return name
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=images)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with _replacing(final, ".tmp-", ".png") as tmp:
+        with open(tmp, "wb") as f:
             f.write(image_bytes)
             f.flush()
             os.fsync(f.fileno())
+    return name
+
+
+@contextlib.contextmanager
+def _replacing(final: str, prefix: str, suffix: str):
+    """A temporary file beside ``final`` for the block to write; renamed onto ``final`` when the block ends, removed
+    when it fails (``final`` is then untouched)."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=os.path.dirname(os.path.abspath(final)))
+    os.close(fd)
+    try:
+        yield tmp
         os.replace(tmp, final)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return name
 
 
 def _clean_source(source) -> dict:
@@ -300,21 +310,13 @@ def export_dataset(root, dataset: str, dest_path) -> str:
     records = read_records(root, dataset)
     dest = os.fspath(dest_path)
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-export-", suffix=".zip", dir=os.path.dirname(os.path.abspath(dest)))
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
-            z.writestr(f"{dataset}/{RECORDS}", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-            for image in sorted({r["image"] for r in records}):
-                name = os.path.basename(image)
-                src = os.path.join(folder, IMAGES, name)
-                if image == f"{IMAGES}/{name}" and os.path.isfile(src):
-                    z.write(src, f"{dataset}/{IMAGES}/{name}", compress_type=zipfile.ZIP_STORED)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with _replacing(dest, ".tmp-export-", ".zip") as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr(f"{dataset}/{RECORDS}", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        for image in sorted({r["image"] for r in records}):
+            name = os.path.basename(image)
+            src = os.path.join(folder, IMAGES, name)
+            if image == f"{IMAGES}/{name}" and os.path.isfile(src):
+                z.write(src, f"{dataset}/{IMAGES}/{name}", compress_type=zipfile.ZIP_STORED)
     return dest
 
 

@@ -313,16 +313,22 @@ def child_command(args, row: str) -> list[str]:
             "--rewards", ",".join(args.reward_names), "--depth", str(args.depth)]
 
 
-def run_row(args, row: str) -> dict:
+def run_child_row(command: list[str], row: str, tag: str) -> dict:
+    """Run one row's child process (with CHILD_ENV) and return the JSON it printed after ``tag``, plus its
+    ``process_seconds``; a failed child stops the benchmark with its output."""
     env = {**os.environ, **CHILD_ENV}
     start = time.perf_counter()
-    proc = subprocess.run(child_command(args, row), capture_output=True, text=True, env=env, cwd=ROOT)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(tag)]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"row {row!r} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    result = json.loads(lines[-1][len(RESULT_TAG):])
+    result = json.loads(lines[-1][len(tag):])
     result["process_seconds"] = time.perf_counter() - start
     return result
+
+
+def run_row(args, row: str) -> dict:
+    return run_child_row(child_command(args, row), row, RESULT_TAG)
 
 
 def mib(n) -> str:

@@ -31,7 +31,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_multistep import CHILD_ENV, RSSPeak  # noqa: E402
+from bench_multistep import RSSPeak, run_child_row  # noqa: E402
 
 PROMPTS = "a red cube on a blue sphere\na cat in a wizard hat\nthree apples in a bowl\na lighthouse in a storm"
 WEIGHTS = {"imagereward": 1.0, "hpsv2.1": 5.0, "hpsv2": 5.0, "pickscore": 0.05, "clipscore": 0.01, "aesthetic": 1.0}
@@ -161,15 +160,7 @@ def child_command(args, row: str) -> list[str]:
 
 
 def run_row(args, row: str) -> dict:
-    start = time.perf_counter()
-    proc = subprocess.run(child_command(args, row), capture_output=True, text=True, env={**os.environ, **CHILD_ENV},
-                          cwd=ROOT)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"row {row!r} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    result = json.loads(lines[-1][len(RESULT_TAG):])
-    result["process_seconds"] = time.perf_counter() - start
-    return result
+    return run_child_row(child_command(args, row), row, RESULT_TAG)
 
 
 def table(rows: list[dict]) -> str:

@@ -24,18 +24,11 @@ from reno_pack.generators import (  # noqa: E402
 )
 from reno_pack.optimizer import ReNOConfig  # noqa: E402
 from reno_pack.reward_loaders import RewardEnsemble, WeightedReward, load_reward  # noqa: E402
-from tiny_diffusers import KINDS, SIZE, save_tiny_pipeline  # noqa: E402
+from tiny_diffusers import KINDS, SIZE, one_thread, save_tiny_pipeline  # noqa: E402, F401 (one_thread: a fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPT = "a red cat on the mat"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread (two threads on two shared cores mostly wait for each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

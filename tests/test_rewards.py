@@ -181,6 +181,27 @@ def test_text_features_are_computed_once_per_prompt(reward_root, monkeypatch):
     assert calls == ["a new prompt"]
 
 
+def test_a_training_set_of_many_prompts_keeps_its_text_features(reward_root, monkeypatch):
+    """A LoRA training run cycles through its prompts: each is encoded once, not again on every visit (the cache
+    evicts the least recently used prompt, and only beyond TEXT_CACHE_SIZE)."""
+    from reward_loaders.base import TEXT_CACHE_SIZE
+
+    model = load_reward("pickscore", [reward_root])
+    model._text_cache.clear()
+    calls = []
+    original = type(model).encode_text
+    monkeypatch.setattr(type(model), "encode_text", lambda self, p: (calls.append(p), original(self, p))[1])
+    prompts = [f"prompt {i}" for i in range(40)]
+    for _ in range(3):
+        for p in prompts:
+            model.text_features(p)
+    assert calls == prompts
+    for i in range(TEXT_CACHE_SIZE):
+        model.text_features(f"other {i}")
+    model.text_features(prompts[-1])  # evicted: the oldest go first
+    assert calls[-1] == prompts[-1] and len(model._text_cache) == TEXT_CACHE_SIZE
+
+
 def test_empty_stack_is_refused():
     with pytest.raises(ValueError, match="ReNO Load Reward"):
         RewardEnsemble([], PROMPT)

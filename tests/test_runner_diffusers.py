@@ -8,11 +8,12 @@ import importlib
 import json
 
 import pytest
-import torch
 
 pytest.importorskip("diffusers", reason="diffusers is an optional extra: pip install 'diffusers>=0.30'")
 
-from tiny_diffusers import SIZE, save_tiny_pipeline  # noqa: E402
+from tiny_diffusers import SIZE, one_thread, save_tiny_pipeline  # noqa: E402, F401 (one_thread: a fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 from tiny_rewards import write_reward_root  # noqa: E402
 
 cli = importlib.import_module("reno_pack.runner.cli")
@@ -23,15 +24,6 @@ GENEVAL = [
 ]
 SEEDS = (0, 3)
 WEIGHTS = {"clipscore": 1.0, "pickscore": 0.5}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread (two threads on two shared cores mostly wait for each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

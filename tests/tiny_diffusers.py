@@ -13,6 +13,7 @@ import string
 from pathlib import Path
 
 import diffusers
+import pytest
 import torch
 from tiny_rewards import write_clip_tokenizer
 from transformers import (
@@ -117,3 +118,13 @@ def save_tiny_pipeline(kind: str, tmp: Path) -> Path:
     tmp = Path(tmp)
     tiny_pipeline(kind, tmp).save_pretrained(str(tmp / "pipe"))
     return tmp / "pipe"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread (two threads on two shared cores mostly wait for each other); test
+    modules import it and make it autouse with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
