@@ -134,7 +134,7 @@ def train_node(model, clip, vae, rewards, prompts, method, training_steps, learn
         raise ValueError(f"{NODE}: scheduler {scheduler!r} is not one of this ComfyUI's schedulers")
     check_mode(memory)
     check_model_and_vae(model, vae)
-    make_ensemble(rewards, texts[0], NODE)  # no reward connected: the same message as the samplers'
+    reward_info = reward_info_of(make_ensemble(rewards, texts[0], NODE))  # no reward: the samplers' message
     cfg = finite_input(NODE, "cfg", cfg, "1.0 = no guidance, for turbo models")
     lr = finite_input(NODE, "learning_rate", learning_rate, "the LoRA's AdamW step size, e.g. 1e-4")
     config = TrainConfig(method=method, steps=int(training_steps), learning_rate=lr, batch_size=int(batch_size),
@@ -145,7 +145,6 @@ def train_node(model, clip, vae, rewards, prompts, method, training_steps, learn
     held_set = encode_prompts(clip, held_texts) if held_texts else None
     negative = encode_prompts(clip, [""]).conds[0]
 
-    reward_info = reward_info_of(make_ensemble(rewards, texts[0], NODE))
     info = reward_info + ([{"label": HELD_OUT, "name": HELD_OUT, "weight": 0.0, "offset": 0.0}] if held_set else [])
     pbar = comfy.utils.ProgressBar(config.steps, node_id=unique_id)
     held_previews: list[torch.Tensor] = []
