@@ -11,8 +11,9 @@ preference-reward trainer writes) or a transformers ``CLIPModel`` folder (scored
      "held_out_accuracy": {"before": 0.61, "after": 0.74}}                                  # optional
 
 Other keys are allowed and ignored. For "imagereward" the folder also holds ``med_config.json`` and
-``tokenizer/`` (``vocab.txt``, ``tokenizer_config.json``) as the ``imagereward`` folder does; when it does not,
-those of the ``imagereward`` (or an IterComp) folder of a reno_rewards root are used. The checkpoint may be a
+``tokenizer/`` (``vocab.txt``, ``tokenizer_config.json``) and optionally ``vision_config.json`` as the
+``imagereward`` folder does; when it does not, those of the ``imagereward`` (or an IterComp) folder of a
+reno_rewards root are used. The checkpoint may be a
 plain state dict or one saved from a DDP-wrapped model (``module.`` keys). Nothing is ever downloaded.
 """
 
@@ -170,12 +171,13 @@ def read_config(folder: Path, reward: str = "") -> dict:
 
 
 def _support_files(folder: Path, config: dict, roots) -> list[Path]:
-    """The files borrowed from another folder (med_config.json, the tokenizer): their stamps count too."""
+    """The files borrowed from another folder (med_config.json, the tokenizer, vision_config.json): their stamps
+    count too."""
     if config.get("format") != "imagereward":
         return []
-    from .imagereward import TOKENIZER_FILES, find_bert_tokenizer, find_med_config
+    from .imagereward import TOKENIZER_FILES, find_bert_tokenizer, find_borrowed_vision_configs, find_med_config
 
-    out = []
+    out = [] if (Path(folder) / "vision_config.json").is_file() else find_borrowed_vision_configs(folder, roots)
     med, tok = find_med_config(folder, roots), find_bert_tokenizer(folder, roots)
     if med is not None:
         out.append(med)

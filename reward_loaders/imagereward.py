@@ -501,8 +501,14 @@ def _block_count(state: dict, prefix: str) -> int:
 
 
 def vision_config_from_state(state: dict, path: Path, sidecar: Path | None, name: str,
-                             source_hint: str = SOURCE_HINT) -> VisionConfig:
-    """ViT sizes from tensor shapes; head count from ``vision_config.json`` (default: ViT-L/16's 16)."""
+                             source_hint: str = SOURCE_HINT, borrowed: tuple[Path, ...] = ()) -> VisionConfig:
+    """ViT sizes from tensor shapes; head count from ``vision_config.json`` (default: ViT-L/16's 16).
+
+    ``sidecar`` is the checkpoint's own ``vision_config.json``: a size in it that the tensors contradict is an
+    error. When it is absent, the first of ``borrowed`` (another folder's, e.g. the ``imagereward`` folder's for a
+    fine-tune of ImageReward) whose sizes agree with the tensors gives the head count; one that disagrees
+    describes another ViT and is passed over.
+    """
     p = VISION_PREFIX
     _need(state, [p + "cls_token", p + "pos_embed", p + "patch_embed.proj.weight", p + "blocks.0.mlp.fc1.weight"],
           path, name, "ViT sizes")
@@ -533,6 +539,21 @@ def vision_config_from_state(state: dict, path: Path, sidecar: Path | None, name
                 )
         if "heads" in side:
             heads = int(side["heads"])
+    else:
+        for other in borrowed:
+            if not Path(other).is_file():
+                continue
+            side = _read_json(Path(other), name)
+            differ = {k: side[k] for k, v in inferred.items() if k in side and int(side[k]) != v}
+            if differ:
+                log.info("ReNO: %s: %s describes another ViT (%s; %s has %s); not used", name, other, differ, path,
+                         inferred)
+                continue
+            if "heads" in side:
+                heads = int(side["heads"])
+                log.info("ReNO: %s: no %s beside %s; using %s (%d heads)", name, VISION_CONFIG_FILE, path, other,
+                         heads)
+                break
     if heads is None:
         if width == DEFAULT_VISION.width:
             default = {k: getattr(DEFAULT_VISION, k) for k in inferred}
@@ -666,6 +687,14 @@ def find_bert_tokenizer(folder: Path, roots=None) -> Path | None:
     return None
 
 
+def find_borrowed_vision_configs(folder: Path, roots=None) -> list[Path]:
+    """The ``vision_config.json`` files of the ``imagereward`` (or IterComp) folders that a reward in ``folder``
+    without its own may take its ViT head count from (the first whose sizes fit the checkpoint is used)."""
+    own = Path(folder).resolve()
+    return [f / VISION_CONFIG_FILE for f in support_folders(folder, roots)
+            if f.resolve() != own and (f / VISION_CONFIG_FILE).is_file()]
+
+
 def _borrowed(folder: Path, found: Path | None, what: str, name: str) -> None:
     if found is not None and Path(folder).resolve() not in found.resolve().parents:
         log.info("ReNO: %s: no %s in %s; using %s", name, what, folder, found)
@@ -675,9 +704,10 @@ def _borrowed(folder: Path, found: Path | None, what: str, name: str) -> None:
 
 def load_imagereward(checkpoint: Path, med_config: Path, tokenizer_dir: Path, *, name: str = "imagereward",
                      offset: float = 2.0, source: str = "", vision_config: Path | None = None,
-                     training_checkpoint: bool = False, source_hint: str = SOURCE_HINT) -> ImageRewardModel:
+                     training_checkpoint: bool = False, source_hint: str = SOURCE_HINT,
+                     borrowed_vision_configs: tuple[Path, ...] = ()) -> ImageRewardModel:
     """Build ImageReward from its checkpoint, ``med_config.json``, BERT tokenizer folder and optional
-    ``vision_config.json``.
+    ``vision_config.json`` (or, without one, a fitting one of ``borrowed_vision_configs``).
 
     Strict: every weight the score uses must be in the checkpoint, with the shapes the configs give, and
     every key of the checkpoint must be used. ``training_checkpoint=True`` reads the state dict of a model
@@ -696,7 +726,8 @@ def load_imagereward(checkpoint: Path, med_config: Path, tokenizer_dir: Path, *,
         if training_checkpoint:
             unused = [k for k in state if unused_by_score(str(k))]
             state = {k: v for k, v in state.items() if k not in set(unused)}
-        vision = vision_config_from_state(state, path, vision_config, name, source_hint)
+        vision = vision_config_from_state(state, path, vision_config, name, source_hint,
+                                          tuple(borrowed_vision_configs))
         text = text_config_from_med(_read_json(med_path, name), med_path, vision.width, name)
         _check_text_against_state(text, state, path, med_path, name)
         head = head_dims_from_state(state, path, name)
@@ -767,9 +798,9 @@ def load_imagereward_folder(folder: Path, name: str = "imagereward", offset: flo
 def load_imagereward_format(folder: Path, checkpoint: Path, roots=None, *, name: str, offset: float,
                             source_hint: str) -> ImageRewardModel:
     """A reward trained with ImageReward's code (IterComp's, a custom one): ``checkpoint`` (plain or
-    DDP-prefixed state dict) with ``vision_config.json`` from ``folder``, and ``med_config.json`` + the
-    BERT tokenizer from ``folder`` or, when it has none, from the ``imagereward`` (or an IterComp) folder
-    of a reno_rewards root."""
+    DDP-prefixed state dict) with ``med_config.json``, the BERT tokenizer and ``vision_config.json`` (the ViT's
+    head count) from ``folder`` or, when it has none, from the ``imagereward`` (or an IterComp) folder of a
+    reno_rewards root (a borrowed ``vision_config.json`` only where its sizes fit the checkpoint)."""
     folder = Path(folder)
     med, tok = find_med_config(folder, roots), find_bert_tokenizer(folder, roots)
     if med is None or tok is None:
@@ -785,7 +816,8 @@ def load_imagereward_format(folder: Path, checkpoint: Path, roots=None, *, name:
     _borrowed(folder, tok, "BERT tokenizer", name)
     return load_imagereward(checkpoint, med, tok, name=name, offset=offset, source=str(folder),
                             vision_config=folder / VISION_CONFIG_FILE, training_checkpoint=True,
-                            source_hint=source_hint)
+                            source_hint=source_hint,
+                            borrowed_vision_configs=tuple(find_borrowed_vision_configs(folder, roots)))
 
 
 # -- IterComp's three composition-aware reward models --------------------------------------------------------

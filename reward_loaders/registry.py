@@ -129,7 +129,8 @@ def _itercomp(name: str) -> Callable[..., RewardModel]:
 
 def _itercomp_files(name: str) -> tuple[FileNeed, ...]:
     # the checkpoint by hand (its published name is not verified: any accepted name, or the folder's only .pt);
-    # med_config.json and the BERT tokenizer are ImageReward's: borrowed from the imagereward folder when it has them
+    # med_config.json, the BERT tokenizer and vision_config.json are ImageReward's: borrowed from the imagereward
+    # folder when it has them
     return (
         FileNeed(ITERCOMP_CHECKPOINTS[name], Source(ITERCOMP_REPO), local=lambda f, r: find_itercomp_checkpoint(f, name),
                  fetchable=False, hint=itercomp_hint(name)),

@@ -5,6 +5,7 @@ state dict of a ``DistributedDataParallel``-wrapped ImageReward, so every key st
 and the keys the score never uses (``blip.vision_proj``, ``blip.text_proj``) are in the file too.
 """
 
+import json
 import logging
 import shutil
 
@@ -151,3 +152,41 @@ def test_a_checkpoint_under_another_name_in_a_second_root_is_where_the_rest_goes
     with pytest.raises(registry.DownloadError):
         load_reward("itercomp_spatial", [first, second], download=True)
     assert fetched == [(second / "itercomp_spatial", "med_config.json")]
+
+
+def test_the_imagereward_folders_vision_config_is_borrowed_with_the_rest(tmp_path):
+    """Issue 20 §4: an IterComp folder with no vision_config.json takes the ViT head count from the imagereward
+    folder, as it takes med_config.json and the tokenizer; the same weights then score the same."""
+    ir = write_tiny_imagereward(tmp_path / "imagereward", seed=3, vision_width=64, vision_heads=4)
+    assert json.loads((ir / "vision_config.json").read_text())["heads"] == 4  # not the width // 64 = 1 guessed
+    state = torch.load(ir / "ImageReward.pt", weights_only=True)
+    (tmp_path / "itercomp_spatial").mkdir()
+    torch.save({"module." + k: v for k, v in state.items()}, tmp_path / "itercomp_spatial" / "spatial.pt")
+    assert not (tmp_path / "itercomp_spatial" / "vision_config.json").exists()
+    clear_cache()
+    try:
+        itercomp = load_reward("itercomp_spatial", [tmp_path], download=False)
+        imagereward = load_reward("imagereward", [tmp_path], download=False)
+        assert itercomp.vision_config.heads == imagereward.vision_config.heads == 4
+        x = images()
+        # same weights, same architecture, same code path: bit-identical scores
+        torch.testing.assert_close(scores(itercomp, x), scores(imagereward, x), rtol=0, atol=0)
+    finally:
+        clear_cache()
+
+
+def test_a_borrowed_vision_config_of_another_vit_is_passed_over_and_an_own_one_wins(tmp_path):
+    write_tiny_imagereward(tmp_path / "imagereward", seed=3, vision_width=64, vision_heads=4)
+    other = write_tiny_imagereward(tmp_path / "other", seed=4, vision_width=128, vision_heads=8)
+    state = torch.load(other / "ImageReward.pt", weights_only=True)
+    folder = tmp_path / "itercomp_attribute"
+    folder.mkdir()
+    torch.save({"module." + k: v for k, v in state.items()}, folder / "attribute.pt")
+    clear_cache()
+    try:
+        # imagereward's sidecar says width 64; this ViT is 128 wide: not its description, so not an error either
+        assert load_reward("itercomp_attribute", [tmp_path], download=False).vision_config.heads == 128 // 64
+        shutil.copy(other / "vision_config.json", folder / "vision_config.json")
+        assert load_reward("itercomp_attribute", [tmp_path], download=False).vision_config.heads == 8
+    finally:
+        clear_cache()
