@@ -236,6 +236,51 @@ def test_drtune_and_last_k_share_the_noise_gradient_but_not_the_parameter_gradie
     assert all(float(g.abs().max()) > 0 for g in dr0[1])
 
 
+class EpsToy(nn.Module):
+    """An ε-prediction model as ComfyUI wraps one: x0 = x − σ·net(x, σ) (skip coefficient 1), net an MLP."""
+
+    def __init__(self, hidden=16, seed=0):
+        super().__init__()
+        self.net = ToyDenoiser(hidden, seed)
+
+    def forward(self, x, sigma):
+        return x - sigma.reshape(-1, *[1] * (x.ndim - 1)) * self.net(x, sigma)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("output", ["x_final", "x0_last"])
+def test_euler_eps_last_k_noise_gradient_is_drtunes_scaled_by_the_sigma_ratio(k, output):
+    """Euler on an ε-model: a `last k` step before the last k has Jacobian σ_{i+1}/σ_i (its x0 held fixed), a
+    `drtune` step has Jacobian 1 (its ε held fixed, the skip term attached): the two noise gradients have the same
+    direction and differ by the factor σ_{N−k}/σ_0 exactly (BENCHMARKS' lower `last k` gain is a smaller step)."""
+    steps = 4
+    sigmas = schedule(steps, 0.0, False)
+    model = EpsToy()
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn((2, *SHAPE), generator=gen, dtype=torch.float64) * float(sigmas[0])
+    weight = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    spec = ChainSpec("euler", sigmas)
+    pick = 0 if output == "x_final" else 1
+
+    def noise_grad(mode):
+        v = x.clone().requires_grad_()
+        policy = GradientPolicy(mode, k, skip=lambda s: torch.ones_like(s))  # ε-model: c_skip = 1
+        (run_chain(model, v, spec, policy)[pick] * weight).sum().backward()
+        return v.grad
+
+    dr, lk = noise_grad("drtune"), noise_grad("last_k")
+    ratio = float(sigmas[steps - k] / sigmas[0])
+    cosine = float((dr * lk).sum() / (dr.norm() * lk.norm()))
+    eps = torch.finfo(torch.float64).eps
+    # float64 rounding through 4 steps of a 16-wide MLP: a few hundred eps relative, nothing near 1e-6
+    assert abs(cosine - 1.0) <= 256 * eps
+    assert float(lk.norm() / dr.norm()) == pytest.approx(ratio, rel=256 * eps)
+    torch.testing.assert_close(lk, ratio * dr, rtol=0, atol=256 * eps * float(dr.abs().max()))
+    assert ratio < 0.2  # σ from 14.6 down to 0.03 in 4 steps: a real factor (0.0094..0.13), not rounding
+    ex = noise_grad("exact")
+    assert float((ex - dr).abs().max()) > 1e-3 * float(dr.abs().max())  # the truncation is not the exact gradient
+
+
 # -- memory -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "euler_ancestral"])
