@@ -49,7 +49,7 @@ from ..optimizer import IterationRecord, ReNOConfig, ReNOResult, optimize_noise
 from ..optimizer.chain import ChainSpec, GradientPolicy, draw_step_noises, run_chain
 from ..optimizer.memory import INPLACE_MESSAGE, ActivationProbe, ComponentProfile, recompute_wrapper, wrap_blocks
 from ..reward_loaders import RewardEnsemble
-from . import memory
+from . import host, memory
 from .autograd import as_normal, channels_last_weights, normal_tensors
 from .foreign import control_modules
 from .inpaint import denoise_with_mask
@@ -226,6 +226,7 @@ class ReNORun:
 
         patcher = self.model_patcher or getattr(model_wrap, "model_patcher", None)
         rewards = [reward_patcher(r.model) for r in self.ensemble.rewards]
+        self._patcher = patcher
         patchers = ([patcher] if patcher is not None else []) + [self.vae.patcher] + rewards
         comfy.model_management.load_models_gpu(patchers)
         self.device = getattr(patcher, "load_device", None) or comfy.model_management.get_torch_device()
@@ -258,6 +259,7 @@ class ReNORun:
         ``block_wrapper`` (the measuring pass) wraps every block instead of the plan's recomputation.
         """
         with contextlib.ExitStack() as stack:
+            stack.enter_context(host.training_mode())  # the host's differentiable paths (in_training)
             stack.enter_context(normal_tensors(self._foreign_modules()))  # a. zero-copy normal tensors
             if plan.channels_last:  # b. the decoder's convolutions in NHWC
                 stack.enter_context(channels_last_weights([self.vae.first_stage_model]))
@@ -322,16 +324,16 @@ class ReNORun:
         else:
             profiles = self._measure()
             device = self.device
-            budget = memory.free_bytes(device)
+            budget = memory.free_bytes(device, self._patcher)
             plan = memory.plan_checkpointing(profiles, budget, forced)
             if plan.recompute - forced or not plan.fits:
                 # recomputing costs time on every iteration: first let ComfyUI unload the other models it caches
                 if memory.unload_other_models(patchers, memory.estimate_peak(profiles, forced), device):
-                    budget = memory.free_bytes(device)
+                    budget = memory.free_bytes(device, self._patcher)
                     plan = memory.plan_checkpointing(profiles, budget, forced)
             if not plan.fits:
                 memory.make_room(patchers, [r.model for r in self.ensemble.rewards], plan.estimated_peak, device)
-                budget = memory.free_bytes(device)
+                budget = memory.free_bytes(device, self._patcher)
                 plan = memory.plan_checkpointing(profiles, budget, forced)
             recompute = plan.recompute
             summary = "auto: " + memory.summarize(plan, profiles, budget)
@@ -352,10 +354,10 @@ class ReNORun:
             measured.append((ph * pw, self._measure(crop=(ph, pw))))
         profiles = memory.extrapolate_profiles(measured, h * w)
         device = self.device
-        budget = memory.free_bytes(device)
+        budget = memory.free_bytes(device, self._patcher)
         leanest = memory.plan_checkpointing(profiles, budget, forced, allowed=None)
         if not leanest.fits and memory.unload_other_models(patchers, leanest.estimated_peak, device):
-            budget = memory.free_bytes(device)
+            budget = memory.free_bytes(device, self._patcher)
             leanest = memory.plan_checkpointing(profiles, budget, forced, allowed=None)
         log.info("ReNO memory preflight (%dx%d latent): %s", w, h, memory.summarize(leanest, profiles, budget))
         if not leanest.fits:
@@ -407,6 +409,9 @@ class ReNORun:
             try:
                 result = self._optimize(plan, previews)
             except RuntimeError as e:
+                refusal = host.kernel_error(e)
+                if refusal is not None:
+                    raise refusal from None
                 if plan.copy_saved or INPLACE_MESSAGE not in str(e):
                     raise
                 retry = True  # outside the except block, so the failed attempt's traceback and tensors are gone
@@ -461,7 +466,8 @@ class ReNORun:
         noises = None
         if self.chain.sampler in ("euler_ancestral", "lcm", "ddpm"):
             x = self.model_sampling.noise_scaling(sigmas[0], start.to(latent.dtype), latent, self.max_denoise)
-            noises = draw_step_noises(x, self.chain.sampler, sigmas, seed, flow=flow)
+            noises = draw_step_noises(x, self.chain.sampler, sigmas, seed, flow=flow,
+                                      noise_sampler=host.step_noise_sampler(x, seed))
         ms = self.model_sampling
         return ChainSpec(self.chain.sampler, sigmas, noises, flow=flow,
                          noise_scaling=lambda sigma, n, x: ms.noise_scaling(sigma, n, x))

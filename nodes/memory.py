@@ -31,6 +31,7 @@ from ..optimizer.memory import (
     fits,
     plan_checkpointing,
 )
+from . import host
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,10 @@ def forced_components(mode: str, reward_labels: list[str], loader_checkpointed: 
     return forced, set()
 
 
-def free_bytes(device: torch.device) -> int:
-    """Memory ReNO's activations may use on ``device``: free memory plus what torch caches unused."""
-    return int(comfy.model_management.get_free_memory(device))
+def free_bytes(device: torch.device, patcher=None) -> int:
+    """Memory ReNO's activations may use on ``device``: free memory plus what torch caches unused, plus (with
+    dynamic VRAM) what the memory manager can reclaim: ``host.free_memory``, the patcher's figure where it has one."""
+    return host.free_memory(device, patcher)
 
 
 def activation_request(peak: int) -> int:

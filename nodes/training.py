@@ -38,7 +38,7 @@ from ..optimizer.reward_training import (
     train,
 )
 from ..reward_loaders import RewardEnsemble
-from . import memory
+from . import host, memory
 from .bridge import ReNOComfySampler
 from .inpaint import denoise_with_mask
 from .lifecycle import (
@@ -187,6 +187,9 @@ class RewardRollout(ReNORun):
             try:
                 x = self._backward(plan)
             except RuntimeError as e:
+                refusal = host.kernel_error(e)
+                if refusal is not None:
+                    raise refusal from None
                 if self._copying or INPLACE_MESSAGE not in str(e):
                     raise
                 x = None

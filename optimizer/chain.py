@@ -210,7 +210,8 @@ def _draws_noise(sampler: str, sigma: Tensor, sigma_next: Tensor, flow: bool, et
 
 
 def draw_step_noises(x: Tensor, sampler: str, sigmas: Tensor, seed: int | None, *, flow: bool = False,
-                     eta: float = 1.0) -> list[Tensor | None]:
+                     eta: float = 1.0, noise_sampler: Callable[[Tensor, Tensor], Tensor] | None = None
+                     ) -> list[Tensor | None]:
     """The fresh noise of each step, drawn exactly as ComfyUI's sampler draws it for ``seed``.
 
     ComfyUI's ``KSampler``/``SamplerCustom*`` put the seed in ``extra_args["seed"]``; the stochastic samplers
@@ -219,19 +220,28 @@ def draw_step_noises(x: Tensor, sampler: str, sigmas: Tensor, seed: int | None, 
     noise-scaled start latent; the whole batch shares the generator). Without a seed the global RNG is used,
     as ComfyUI does. Returns one entry per step (None where the step adds none); deterministic samplers get
     all None.
+
+    ``noise_sampler``: a ``(sigma, sigma_next) -> noise`` callable to draw with instead (``seed`` is then unused): the
+    host's own ``default_noise_sampler(x, seed)``, which the ReNO nodes pass, so the draws stay KSampler's whatever the
+    host version does (ComfyUI 0.33 seeds it with ``seed + 1`` on the CPU). Without it this function is the host-free
+    reference draw (ComfyUI 0.3.75's).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"draw_step_noises: unknown sampler {sampler!r}; the differentiable chain has "
                          f"{', '.join(SAMPLERS)}")
     _check_sigmas(sigmas)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=x.device)
-        generator.manual_seed(int(seed))
+    if noise_sampler is None:
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=x.device)
+            generator.manual_seed(int(seed))
+
+        def noise_sampler(sigma, sigma_next):
+            return torch.randn(x.size(), dtype=x.dtype, layout=x.layout, device=x.device, generator=generator)
     out: list[Tensor | None] = []
     for i in range(int(sigmas.shape[0]) - 1):
         if sampler in STOCHASTIC_SAMPLERS and _draws_noise(sampler, sigmas[i], sigmas[i + 1], flow, eta):
-            out.append(torch.randn(x.size(), dtype=x.dtype, layout=x.layout, device=x.device, generator=generator))
+            out.append(noise_sampler(sigmas[i], sigmas[i + 1]))
         else:
             out.append(None)
     return out

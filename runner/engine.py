@@ -168,10 +168,17 @@ def find_host() -> Host | None:
 
 
 # --------------------------------------------------------------------------------------------
-# torchvision stand-in (test-only)
+# torchvision / torchaudio stand-ins (test and headless-engine only)
 # --------------------------------------------------------------------------------------------
 
-_TV_SUBMODULES = ("transforms", "transforms.functional", "transforms.v2", "models", "ops", "ops.misc", "io", "utils")
+#: Submodules each stand-in provides (what ComfyUI imports at module load), and transformers' cached probes that
+#: must be evaluated (-> False) before the stand-in appears.
+_STANDINS = {
+    "torchvision": (("transforms", "transforms.functional", "transforms.v2", "models", "ops", "ops.misc", "io",
+                     "utils"), ("is_torchvision_available", "is_torchvision_v2_available")),
+    # ComfyUI >= 0.17 imports torchaudio at startup (comfy/sd.py -> LTX audio VAE, #13486): checked on 0.33.0
+    "torchaudio": (("transforms", "functional", "compliance", "compliance.kaldi", "io"), ("is_torchaudio_available",)),
+}
 
 
 class _MissingMeta(type):
@@ -183,62 +190,72 @@ class _MissingMeta(type):
         return _missing(f"{cls._qualname}.{name}")
 
     def __repr__(cls) -> str:
-        return f"<torchvision stand-in {cls._qualname}>"
+        return f"<stand-in {cls._qualname}>"
 
 
 def _missing(qualname: str) -> type:
-    """A placeholder for any torchvision attribute: a class (so modules can subclass it, as
+    """A placeholder for any attribute of a stood-in module: a class (so modules can subclass it, as
     open_clip subclasses ``ToTensor``) that fails loudly only when an instance is used."""
+    package = qualname.split(".", 1)[0]
 
     def __init__(self, *args, **kwargs):
         pass
 
     def __call__(self, *args, **kwargs):
         raise RuntimeError(
-            f"{qualname}: torchvision is not installed; this is the test-only stand-in "
-            "from tests/comfy_host.py, which only lets ComfyUI and reference libraries import"
+            f"{qualname}: {package} is not installed; this is the pack's stand-in for headless engines and tests "
+            f"(runner/engine.py), which only lets ComfyUI and reference libraries import. Install {package} to use it."
         )
 
     return _MissingMeta(qualname.rsplit(".", 1)[-1], (), {"_qualname": qualname, "__init__": __init__,
                                                           "__call__": __call__})
 
 
-_TorchvisionMissing = _missing
-
-
-class _TorchvisionStandInModule(types.ModuleType):
+class _StandInModule(types.ModuleType):
     def __getattr__(self, name: str):
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
-        return _TorchvisionMissing(f"{self.__name__}.{name}")
+        return _missing(f"{self.__name__}.{name}")
 
 
-def _torchvision_really_available() -> bool:
-    mod = sys.modules.get("torchvision")
+def _really_available(package: str) -> bool:
+    mod = sys.modules.get(package)
     if mod is not None:
         return not getattr(mod, "__reno_test_standin__", False)
     try:
-        return importlib.util.find_spec("torchvision") is not None
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         return False
+    if spec is None:
+        return False
+    try:  # installed but broken (PyPI's CUDA torchaudio on CPU torch: its native library does not load)
+        importlib.import_module(package)
+    except Exception as exc:  # noqa: BLE001 - any import failure means "not usable"
+        log.info("%s is installed but does not import (%s): using the stand-in", package, exc)
+        for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+            del sys.modules[name]
+        return False
+    return True
 
 
-def install_torchvision_standin() -> bool:
-    """Put a test-only ``torchvision`` into ``sys.modules`` when the real one is not importable.
+def install_standin(package: str) -> bool:
+    """Put a stand-in ``package`` (``torchvision`` or ``torchaudio``) into ``sys.modules`` when the real one is not
+    importable; returns True if the stand-in is (now) installed.
 
-    Both engines ``import torchvision`` at module load (Stable Cascade / Cosmos / ACE code paths
-    that the tests never run). transformers probes ``importlib.util.find_spec("torchvision")`` and
-    must keep seeing it absent, so its lru-cached ``is_torchvision_available()`` is evaluated
-    (-> False) *before* the stand-in appears. Returns True if the stand-in is (now) installed."""
-    existing = sys.modules.get("torchvision")
+    ComfyUI imports both at module load for model families ReNO never runs (0.3.75: torchvision; 0.33: torchaudio
+    too). Real ComfyUI installs have both; this is for the tests and headless engines on CPU-only machines, where
+    PyPI's builds of them do not import. transformers probes ``importlib.util.find_spec`` and must keep seeing the
+    package absent, so its lru-cached ``is_*_available()`` is evaluated (-> False) *before* the stand-in appears."""
+    submodules, probes = _STANDINS[package]
+    existing = sys.modules.get(package)
     if existing is not None:
         return bool(getattr(existing, "__reno_test_standin__", False))
-    if _torchvision_really_available():
+    if _really_available(package):
         return False
-    try:  # warm transformers' cached probes while torchvision is still absent
+    try:  # warm transformers' cached probes while the package is still absent
         from transformers.utils import import_utils as _tiu
 
-        for probe in ("is_torchvision_available", "is_torchvision_v2_available"):
+        for probe in probes:
             fn = getattr(_tiu, probe, None)
             if fn is not None:
                 fn()
@@ -246,7 +263,7 @@ def install_torchvision_standin() -> bool:
         pass
 
     def make(name: str, is_pkg: bool) -> types.ModuleType:
-        mod = _TorchvisionStandInModule(name, "test-only torchvision stand-in (tests/comfy_host.py)")
+        mod = _StandInModule(name, f"{package} stand-in (runner/engine.py; the real {package} is not importable)")
         mod.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=is_pkg)
         mod.__file__ = None
         mod.__reno_test_standin__ = True
@@ -254,13 +271,13 @@ def install_torchvision_standin() -> bool:
             mod.__path__ = []
         return mod
 
-    root = make("torchvision", True)
-    sys.modules["torchvision"] = root
-    for sub in _TV_SUBMODULES:
+    root = make(package, True)
+    sys.modules[package] = root
+    for sub in submodules:
         parts = sub.split(".")
         parent = root
         for i, part in enumerate(parts):
-            full = "torchvision." + ".".join(parts[: i + 1])
+            full = package + "." + ".".join(parts[: i + 1])
             mod = sys.modules.get(full)
             if mod is None:
                 mod = make(full, True)
@@ -268,6 +285,16 @@ def install_torchvision_standin() -> bool:
             object.__setattr__(parent, part, mod)
             parent = mod
     return True
+
+
+def install_torchvision_standin() -> bool:
+    """``install_standin("torchvision")``."""
+    return install_standin("torchvision")
+
+
+def install_torchaudio_standin() -> bool:
+    """``install_standin("torchaudio")``."""
+    return install_standin("torchaudio")
 
 
 # --------------------------------------------------------------------------------------------
@@ -489,6 +516,21 @@ _ENGINE: Engine | None = None
 _BOOT_LOCK = threading.RLock()
 
 
+def executor_cache_args(args) -> dict:
+    """``cache_args`` for ``execution.PromptExecutor`` from ComfyUI's parsed ``args``, with numbers where the host's
+    executor reads numbers. The engine runs the executor's default (classic) cache, which reads none of them; the
+    RAM-pressure bookkeeping of 0.33 reads ``"ram"`` and ``"ram_inactive"`` at every prompt all the same.
+
+    Checked on: 0.3.75 (``--cache-ram`` a float; reads ``lru``, ``ram``) and 0.33.0 (``--cache-ram`` a list of up to
+    two GB figures since #13802; ``execute`` does ``int(cache_args["ram"] * 1024**3)`` and the same for
+    ``"ram_inactive"``); 0.38's ``execution.py`` reads the same keys."""
+    ram = getattr(args, "cache_ram", 0) or 0
+    ram = list(ram) if isinstance(ram, (list, tuple)) else [ram]
+    return {"lru": int(getattr(args, "cache_lru", 0) or 0),
+            "ram": float(ram[0]) if ram else 0.0,
+            "ram_inactive": float(ram[1]) if len(ram) > 1 else 0.0}
+
+
 class Engine:
     """A booted, process-global ComfyUI engine. Create with ``boot_engine``."""
 
@@ -500,6 +542,7 @@ class Engine:
         self.previews: list = []
         self.packs: dict[str, dict] = {}  # name -> {"path", "link", "module"}
         self.torchvision_standin = False
+        self.torchaudio_standin = False
         self._progress_callbacks: list[Callable[[ProgressEvent], Any]] = []
         self._executor = None
         self._last_executor = None
@@ -790,7 +833,7 @@ class Engine:
         if "cache_args" in inspect.signature(cls.__init__).parameters:  # 0.3.7x: main.py always passes them
             from comfy.cli_args import args
 
-            return cls(self.server, cache_args={"lru": getattr(args, "cache_lru", 0), "ram": getattr(args, "cache_ram", 0)})
+            return cls(self.server, cache_args=executor_cache_args(args))
         return cls(self.server)
 
     def execute(
@@ -944,9 +987,9 @@ def boot_engine(
     ``models_dir``: where ComfyUI's model folders point: ``WORKDIR_MODELS`` (default: ``<workdir>/models``, the
     engine's own ``--base-directory`` way), a folder, or ``None`` to keep the engine's models folder.
     ``extra_model_paths``: ``extra_model_paths.yaml`` files to load (ComfyUI's ``--extra-model-paths-config``).
-    ``torchvision_standin``: when the real torchvision is not importable, put a stand-in into ``sys.modules`` so
-    ComfyUI imports (it imports torchvision at module load for model families ReNO never runs); ``False`` leaves
-    torchvision alone (ComfyUI then fails to import without it).
+    ``torchvision_standin``: when the real torchvision or torchaudio is not importable, put a stand-in into
+    ``sys.modules`` so ComfyUI imports (it imports them at module load for model families ReNO never runs; 0.33 imports
+    torchaudio too); ``False`` leaves both alone (ComfyUI then fails to import without them).
 
     A second call returns the same engine (same host and workdir required) after loading any
     packs not loaded yet. Raises ``PackImportError`` if a pack fails to import."""
@@ -993,6 +1036,7 @@ def boot_engine(
 
         engine = (engine_class or Engine)(host, workdir)
         engine.torchvision_standin = install_torchvision_standin() if torchvision_standin else False
+        engine.torchaudio_standin = install_torchaudio_standin() if torchvision_standin else False
 
         if root in sys.path:
             sys.path.remove(root)

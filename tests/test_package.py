@@ -117,7 +117,8 @@ def frontend_thumbnail_ext() -> str:
     found, url_builder = set(), False
     for js in assets.glob("*.js"):
         text = js.read_text(encoding="utf-8", errors="replace")
-        found |= set(re.findall(r'mediaSubtype:\s*"(\w+)",\s*(?:description:\s*\w+,\s*)?sourceModule:', text))
+        # 1.32.9 quotes with "…", 1.49.6 with `…` (minifier change)
+        found |= set(re.findall(r'mediaSubtype:\s*["`\'](\w+)["`\'],\s*(?:description:\s*\w+,\s*)?sourceModule:', text))
         url_builder |= bool(re.search(r'`/workflow_templates/\$\{\w+\}/\$\{\w+\.name\}`', text))
     assert url_builder, f"the frontend in {assets} no longer builds /workflow_templates/<module>/<name> URLs"
     assert len(found) == 1, f"custom-node template image types in the frontend: {found}"

@@ -76,11 +76,23 @@ def _unet_config(family: str, depth: int) -> dict:
                                             "params": {"in_features": CONTEXT_DIM, "out_features": 64}},
                 "pos_embed_scaling_factor": None, "x_block_self_attn_layers": []}
     if family in ("flux", "flux_schnell"):
-        return {"image_model": "flux", "guidance_embed": family == "flux", "in_channels": 16, "out_channels": 16,
-                "patch_size": 2, "vec_in_dim": POOLED_DIM, "context_in_dim": CONTEXT_DIM, "hidden_size": 32,
-                "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [4, 6, 6],
-                "theta": 10000, "qkv_bias": True}
+        config = {"image_model": "flux", "guidance_embed": family == "flux", "in_channels": 16, "out_channels": 16,
+                  "patch_size": 2, "vec_in_dim": POOLED_DIM, "context_in_dim": CONTEXT_DIM, "hidden_size": 32,
+                  "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [4, 6, 6],
+                  "theta": 10000, "qkv_bias": True}
+        if _flux_param("txt_ids_dims"):  # required since #11030 (0.33: FLUX.1's detection gives [])
+            config["txt_ids_dims"] = []
+        return config
     raise ValueError(f"unknown family {family!r}")
+
+
+def _flux_param(name: str) -> bool:
+    """Whether the host's ``FluxParams`` has the field ``name`` (the engine's config schema, read, not guessed)."""
+    import dataclasses
+
+    from comfy.ldm.flux.model import FluxParams
+
+    return any(f.name == name for f in dataclasses.fields(FluxParams))
 
 
 def build_family_model(family: str, transformer_depth: int = 1, seed: int = 0):

@@ -5,8 +5,8 @@ no update (a plain forward pass) run as a ``comfy.samplers.Sampler`` through ``c
 equals ComfyUI's ``KSampler`` node with the same sampler, scheduler, steps, seed and cfg 1.0, to 1e-5 on the
 latent. The Sampler drives the model as ComfyUI's KSAMPLER does: start ``noise_scaling(sigmas[0], noise,
 latent, max_denoise)``, x0 from ``model_wrap(x, sigma * s_in, model_options=..., seed=...)``, result through
-``inverse_noise_scaling(sigmas[-1], x)``; the ancestral noises are ``draw_step_noises`` for
-``extra_args["seed"]`` (ComfyUI's ``default_noise_sampler``). The max errors are printed as a table (pytest -s).
+``inverse_noise_scaling(sigmas[-1], x)``; the ancestral noises are ``draw_step_noises`` drawn with the host's own
+``default_noise_sampler(x, extra_args["seed"])`` (0.33 seeds it with ``seed + 1`` on the CPU). The max errors are printed as a table (pytest -s).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class ChainSampler:
 
     @staticmethod
     def make(sampler_name: str, policy: GradientPolicy, seen: dict):
+        import comfy.k_diffusion.sampling
         import comfy.model_sampling
         import comfy.samplers
 
@@ -60,7 +61,9 @@ class ChainSampler:
                 ms = model_wrap.inner_model.model_sampling
                 flow = isinstance(ms, comfy.model_sampling.CONST)
                 x = ms.noise_scaling(sigmas[0], noise, latent_image, self.max_denoise(model_wrap, sigmas))
-                noises = draw_step_noises(x, sampler_name, sigmas, extra_args.get("seed"), flow=flow)
+                seed = extra_args.get("seed")
+                noises = draw_step_noises(x, sampler_name, sigmas, seed, flow=flow,
+                                          noise_sampler=comfy.k_diffusion.sampling.default_noise_sampler(x, seed=seed))
                 spec = ChainSpec(sampler_name, sigmas, noises, flow=flow)
                 options, seed = extra_args.get("model_options", {}), extra_args.get("seed")
 

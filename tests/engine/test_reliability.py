@@ -237,12 +237,23 @@ def test_a_run_leaves_nothing_on_comfyuis_objects(fresh_engine, pack, memory):
     flags = {(k, n): (t.requires_grad, t.is_inference())
              for k, m in modules.items() for n, t in [*m.named_parameters(), *m.named_buffers()]}
     model_attrs = set(parts["model"].__dict__)
+    # what ComfyUI's own sampling call rewrites on its objects at every call is not the run's doing (0.33 sets
+    # ``latent_shapes`` on the model per call): found by a plain KSampler call, the baseline, not by name
+    engine.call_node("KSampler", inference=True, model=parts["model"], seed=0, steps=1, cfg=1.0, sampler_name="euler",
+                     scheduler="simple", positive=parts["positive"], negative=parts["negative"],
+                     latent_image=parts["latent_image"], denoise=1.0)
+    host_rewrites = {(k, name, n) for (k, name), (keys, values) in attributes.items()
+                     for mod in [modules[k].get_submodule(name) if name else modules[k]]
+                     for n, v in mod.__dict__.items() if not n.startswith("_") and values.get(n, id(v)) != id(v)}
+    attributes = {key: (keys, {n: i for n, i in values.items() if (*key, n) not in host_rewrites})
+                  for key, (keys, values) in attributes.items()}
     run(engine, parts, iterations=3, memory=memory)
     assert_restored(modules, before)
     for (k, name), (keys, values) in attributes.items():
         mod = modules[k].get_submodule(name) if name else modules[k]
         assert set(mod.__dict__) == keys, f"{k}:{name} gained or lost {set(mod.__dict__) ^ keys}"
-        assert {n: id(v) for n, v in mod.__dict__.items() if not n.startswith("_")} == values, f"{k}:{name} changed"
+        now = {n: id(v) for n, v in mod.__dict__.items() if not n.startswith("_") and (k, name, n) not in host_rewrites}
+        assert now == values, f"{k}:{name} changed"
     for k, m in modules.items():
         for n, t in [*m.named_parameters(), *m.named_buffers()]:
             assert (t.requires_grad, t.is_inference()) == flags[(k, n)], f"{k}:{n} flags changed"

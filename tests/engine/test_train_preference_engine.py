@@ -38,7 +38,10 @@ def test_the_executor_trains_saves_and_reports_progress(fresh_engine, setup):
     meta = json.loads((folder / "reward.json").read_text())
     assert meta["pairs"] == 12 and meta["training"]["held_out_pairs"] == 1
     steps = meta["training"]["steps"]
-    assert [e.value for e in res.progress if e.total == steps] == list(range(1, steps + 1))
+    # every step reports, but hosts may throttle what reaches the client (0.33: #11504 sends the first, the last and
+    # then at most one update per 100 ms): the sent values climb step by step to the last one
+    values = [e.value for e in res.progress if e.total == steps]
+    assert values[0] == 1 and values[-1] == steps and values == sorted(set(values))
     report = res.ui_outputs[NODE_ID]["text"][0]
     assert "custom/engine-run" in report and str(folder) in report
     # ReNO Load Reward offers it (after a refresh: INPUT_TYPES is read again) and loads it
@@ -54,9 +57,17 @@ def test_the_executor_trains_saves_and_reports_progress(fresh_engine, setup):
 
 def test_cancel_leaves_no_folder(fresh_engine, setup):
     engine = fresh_engine
-    engine.add_progress_callback(lambda e: engine.interrupt() if e.value == 2 and e.total == 6 else None)
+    cancelled_at = []
+
+    def cancel(e):  # Cancel at the first step the host reports (0.33 throttles the others: see above)
+        if e.total == 6 and not cancelled_at:
+            cancelled_at.append(e.value)
+            engine.interrupt()
+
+    engine.add_progress_callback(cancel)
     res = engine.execute(prompt("engine-cancelled", epochs=2))
     assert not res.success and res.interrupted
-    assert [e.value for e in res.progress if e.total == 6] == [1, 2]
+    values = [e.value for e in res.progress if e.total == 6]
+    assert cancelled_at == [1] and values == [1]  # no step reported after the one Cancel came at
     assert not (setup / "custom" / "engine-cancelled").exists()
     assert not [p for p in (setup / "custom").iterdir() if p.name.startswith(".")] if (setup / "custom").is_dir() else True
