@@ -9,26 +9,36 @@ Files in the output folder:
 * ``run.json``: the workflow's hash, the layout and seeds, so a resumed run refuses a different workflow.
 
 An item is finished when its JSON line and its image(s) both exist; re-running the same command skips those.
+Each file is written to a temporary name, flushed to disk (``fsync``) and renamed into place, and the folder is
+flushed after the rename; a result line is flushed before it counts: an item that says done survives a power cut.
+An item whose files cannot be written (a full disk, a name the file system refuses) is a failed item in
+``failures.jsonl``; the run goes on.
+
+One run at a time per output folder: a run holds an exclusive lock on ``<out>/.reno-batch.lock`` (``flock``;
+the file holds its PID) and a second run on the same folder stops at once, naming that PID.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .layouts import image_path, side_files
+from .layouts import image_path, name_max, side_files
 from .prompts import read_prompt_file
 from .workflow import Job, workflow_sha256
 
 EXIT_OK, EXIT_FAILURES, EXIT_INTERRUPTED = 0, 1, 130
+LOCK_FILE = ".reno-batch.lock"
 VOLATILE_KEYS = ("seconds", "node_seconds", "worker")  # differ between runs of the same item
 
 
@@ -82,11 +92,12 @@ class Output:
         self.failures_path = self.out / "failures.jsonl"
         self.failures: list[dict] = []
         self._lock = threading.Lock()
+        self.max_name = name_max(self.out)
 
     # -- items --------------------------------------------------------------------------------
     def paths(self, item: dict, role: str) -> str:
         return image_path(self.cfg.layout, role, index=item["index"], seed=item["seed"], prompt=item["prompt"],
-                          position=item["position"], n_seeds=len(self.cfg.seeds))
+                          position=item["position"], n_seeds=len(self.cfg.seeds), max_name=self.max_name)
 
     def roles(self) -> list[str]:
         return ["best", "initial"] if self.cfg.save_initial else ["best"]
@@ -110,7 +121,10 @@ class Output:
         rec = results.get((item["index"], item["seed"]))
         if rec is None:
             return False
-        return all((self.out / self.paths(item, role)).is_file() for role in self.roles())
+        try:
+            return all((self.out / self.paths(item, role)).is_file() for role in self.roles())
+        except (OSError, ValueError):  # a name this file system refuses: the item is not done, it runs (and fails)
+            return False
 
     def write_item(self, item: dict, outcome: dict) -> dict:
         rec = dict(outcome["result"])
@@ -127,6 +141,8 @@ class Output:
             rec["worker"] = outcome["worker"]
         with self._lock, self.results_path.open("a", encoding="utf-8") as f:  # the line last: it marks done
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         return rec
 
     def fail(self, record: dict) -> None:
@@ -159,10 +175,74 @@ class Output:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """``path`` holds ``data`` or its old content, also after a power cut: a temporary file (a short name of its own,
+    so a name at the file system's limit still works) written and ``fsync``ed, renamed onto ``path``, then the
+    folder ``fsync``ed so that the rename itself is on disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=".reno-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name == "nt":  # Windows cannot open a folder as a file; NTFS journals the rename itself
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- one run per output folder ------------------------------------------------------------------
+
+
+try:  # POSIX
+    import fcntl
+
+    def _try_lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError (EWOULDBLOCK) when another run holds it
+
+except ImportError:  # Windows
+    import msvcrt
+
+    def _try_lock(fd: int) -> None:
+        os.lseek(fd, 1 << 20, os.SEEK_SET)  # a byte past the PID text, which others still read
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+
+
+@contextlib.contextmanager
+def lock_output(out: Path):
+    """Hold the output folder's lock for the block (released when the process ends, however it ends). Another run
+    holding it: SystemExit naming its PID, before anything in the folder is touched."""
+    path = Path(out) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            _try_lock(fd)
+        except OSError:
+            try:
+                holder = path.read_text(encoding="utf-8").strip() or "?"
+            except OSError:
+                holder = "?"
+            raise SystemExit(
+                f"reno-batch: {out} is in use by another reno-batch run (PID {holder}); wait for it to end (or stop "
+                "it), or use another --out folder") from None
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 # -- summary ----------------------------------------------------------------------------------
@@ -270,6 +350,11 @@ def run_batch(cfg: BatchConfig, *, dispatch=None) -> int:
     """Run a batch; returns the exit code (0 all done, 1 some lines/items failed, 130 stopped by Ctrl-C).
     ``dispatch(todo, on_outcome, stop)``: the backend (default: this process, or Ray with ``cfg.ray``)."""
     output = Output(cfg)
+    with lock_output(output.out):
+        return _run_locked(cfg, output, dispatch)
+
+
+def _run_locked(cfg: BatchConfig, output: Output, dispatch) -> int:
     output.check_run()
     if output.failures_path.exists():
         output.failures_path.unlink()  # failures.jsonl is this run's
@@ -287,15 +372,18 @@ def run_batch(cfg: BatchConfig, *, dispatch=None) -> int:
     def on_outcome(item: dict, outcome: dict) -> None:
         nonlocal failed
         if outcome.get("ok"):
-            rec = output.write_item(item, outcome)
-            results[(item["index"], item["seed"])] = rec
-            progress.update(rec)
-        else:
-            failed += 1
-            output.fail({"kind": "item", "index": item["index"], "line": item["line"], "prompt": item["prompt"],
-                         "seed": item["seed"], "error": outcome.get("error", "?"),
-                         "traceback": outcome.get("traceback")})
-            progress.update(None)
+            try:
+                rec = output.write_item(item, outcome)
+            except (OSError, ValueError) as e:  # a full disk, a name the file system refuses: this item fails
+                outcome = {"ok": False, "error": f"could not write its files in {output.out}: {type(e).__name__}: {e}"}
+            else:
+                results[(item["index"], item["seed"])] = rec
+                progress.update(rec)
+                return
+        failed += 1
+        output.fail({"kind": "item", "index": item["index"], "line": item["line"], "prompt": item["prompt"],
+                     "seed": item["seed"], "error": outcome.get("error", "?"), "traceback": outcome.get("traceback")})
+        progress.update(None)
 
     if dispatch is None:
         if cfg.ray:

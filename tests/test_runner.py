@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +147,125 @@ def test_missing_ray_gives_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(SystemExit, match=r'pip install "ray\[default\]"'):
         ray_backend.import_ray()
+
+
+# -- output folder: long names, write errors, one run at a time, durable writes (issue 20 §2) -----------------
+
+CHINESE = ("一只红色的猫坐在蓝色的椅子上旁边有一张绿色的桌子" * 5)[:100]  # 100 characters, 300 bytes of UTF-8
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16  # the runner stores the bytes it is given
+
+
+def fake_config(tmp_path, lines, layout="t2i-compbench", seeds=(0,)):
+    pf = tmp_path / "prompts.txt"
+    pf.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return batch.BatchConfig(job=None, prompt_file=pf, out=tmp_path / "out", seeds=list(seeds), layout=layout,
+                             progress=False)
+
+
+def fake_dispatch(ran=None, during=None):
+    """A backend that makes every item at once (no engine): scores and the PNG bytes above."""
+
+    def dispatch(cfg, todo, on_outcome, stop):
+        for item in todo:
+            if ran is not None:
+                ran.append(item["prompt"])
+            if during is not None:
+                during(item)
+            on_outcome(item, {"ok": True, "images": {"best": PNG}, "result": {
+                "index": item["index"], "line": item["line"], "prompt": item["prompt"], "seed": item["seed"],
+                "initial": {"r": 0.0, "total": 0.0}, "best": {"r": 1.0, "total": 1.0}, "seconds": 0.01}})
+
+    return dispatch
+
+
+def test_a_long_non_latin_prompt_is_cut_to_the_file_systems_byte_limit_on_a_character_boundary(tmp_path):
+    assert len(CHINESE) == 100 and len(CHINESE.encode()) == 300
+    limit = layouts.name_max(tmp_path)
+    assert limit == (os.pathconf(tmp_path, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255)
+    kw = dict(index=0, seed=0, position=0, n_seeds=1)
+    for max_name in (limit, 64, 20):
+        name = layouts.image_path("t2i-compbench", "best", prompt=CHINESE, max_name=max_name, **kw).split("/")[-1]
+        stem = name[: -len("_000000.png")]
+        assert len(name.encode()) <= max_name and CHINESE.startswith(stem) and stem, (max_name, name)
+        assert len(stem.encode()) > max_name - len("_000000.png") - 3  # cut at most one 3-byte character short
+    # what fits keeps the name it always had (T2I-CompBench reads the prompt back; a resumed run finds its files)
+    assert layouts.image_path("t2i-compbench", "best", prompt="a red/blue cube ", **kw) == "samples/a red blue cube_000000.png"
+    ascii_long = "a" * 230  # the 200-character cut as before
+    assert layouts.image_path("t2i-compbench", "best", prompt=ascii_long, **kw) == f"samples/{'a' * 200}_000000.png"
+    assert "?" in layouts.image_path("t2i-compbench", "best", prompt="cat \ud800 dog", **kw)  # no name holds it
+
+    cfg = fake_config(tmp_path, [CHINESE, "a green bench", CHINESE + "也是"])
+    assert batch.run_batch(cfg, dispatch=fake_dispatch()) == batch.EXIT_OK
+    names = sorted(p.name for p in (cfg.out / "samples").iterdir())
+    assert len(names) == 3 and all(len(n.encode()) <= limit for n in names), names
+    results = [json.loads(x) for x in (cfg.out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(cfg.out / r["image"]).read_bytes() for r in results] == [PNG] * 3
+    assert not (cfg.out / "failures.jsonl").exists() or not (cfg.out / "failures.jsonl").read_text()
+
+
+def test_a_file_the_file_system_refuses_is_a_failed_item_and_the_run_and_its_resume_go_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(batch, "name_max", lambda folder: 1000)  # a file system that says more than it takes
+    cfg = fake_config(tmp_path, ["a green bench", CHINESE, "a red apple"])
+    ran = []
+    assert batch.run_batch(cfg, dispatch=fake_dispatch(ran)) == batch.EXIT_FAILURES
+    assert ran == ["a green bench", CHINESE, "a red apple"]  # the items after the bad one were made
+    (fail,) = [json.loads(x) for x in (cfg.out / "failures.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert fail["kind"] == "item" and fail["line"] == 2 and "could not write its files" in fail["error"]
+    assert "File name too long" in fail["error"] or "ENAMETOOLONG" in fail["error"] or "36" in fail["error"], fail
+    assert sorted(p.name for p in (cfg.out / "samples").iterdir()) == ["a green bench_000000.png",
+                                                                       "a red apple_000002.png"]
+    assert not [p for p in (cfg.out / "samples").iterdir() if p.name.startswith(".")]  # no temporary file left
+    # resume: only the failed item runs again, and fails again, cleanly (also with a result line naming it)
+    with (cfg.out / "results.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"index": 1, "seed": 0, "initial": {}, "best": {}}) + "\n")
+    ran.clear()
+    assert batch.run_batch(cfg, dispatch=fake_dispatch(ran)) == batch.EXIT_FAILURES
+    assert ran == [CHINESE]
+
+
+def test_a_second_run_on_the_same_output_folder_stops_and_names_the_pid_holding_it(tmp_path):
+    cfg = fake_config(tmp_path, ["a green bench", "a red apple"], layout="plain")
+    second = []
+
+    def during(item):  # while the first run holds the folder, the same command starts again
+        if not second:
+            with pytest.raises(SystemExit) as e:
+                batch.run_batch(cfg, dispatch=fake_dispatch())
+            second.append(str(e.value.code))
+
+    assert batch.run_batch(cfg, dispatch=fake_dispatch(during=during)) == batch.EXIT_OK
+    assert second and f"in use by another reno-batch run (PID {os.getpid()})" in second[0], second
+    lines = (cfg.out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # the refused run wrote nothing: no duplicate result lines
+    assert (cfg.out / batch.LOCK_FILE).read_text().strip() == str(os.getpid())
+    ran = []
+    assert batch.run_batch(cfg, dispatch=fake_dispatch(ran)) == batch.EXIT_OK and ran == []  # released at the end
+
+
+def test_each_file_is_fsynced_before_its_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync", "dir" if stat.S_ISDIR(st.st_mode) else "file", st.st_ino))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.stat(src).st_ino, str(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(batch.os, "fsync", fsync)
+    monkeypatch.setattr(batch.os, "replace", replace)
+    target = tmp_path / "sub" / "result.png"
+    batch._write_atomic(target, b"data")
+    assert target.read_bytes() == b"data"
+    (_, kind, ino), (op, moved, dst), (_, dkind, dino) = events
+    assert (kind, op, moved, dst) == ("file", "replace", ino, str(target)) and ino == target.stat().st_ino
+    assert (dkind, dino) == ("dir", (tmp_path / "sub").stat().st_ino)
+    # the result line that marks an item done is flushed to disk too
+    events.clear()
+    cfg = fake_config(tmp_path, ["a cat"], layout="plain")
+    assert batch.run_batch(cfg, dispatch=fake_dispatch()) == batch.EXIT_OK
+    results_ino = (cfg.out / "results.jsonl").stat().st_ino
+    assert ("fsync", "file", results_ino) in events
