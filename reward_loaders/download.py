@@ -12,6 +12,18 @@ process (host, pid, boot). A download killed outright (``kill -9``, a power cut)
 ``clean_stale_staging`` removes them when the reward is next loaded, once their process is gone (or
 nothing in them has changed for a day), and never touches a live download's.
 
+Progress and cancel: ``fetch`` calls a ``progress(phase, done, total)`` callback before the first byte,
+after every chunk read (``read1``: as soon as bytes arrive, at most ``CHUNK``), before verifying and once
+the file is in place. The callback may raise to stop the download (the ComfyUI layer raises the host's
+interruption there when the user presses Cancel): the staging is removed, nothing is put under the final
+name, and that very exception propagates (it is never wrapped in ``DownloadError``). This module never
+imports ComfyUI; the callback is how the host's progress bar and cancel reach it.
+
+Hub files are fetched here too (a metadata request through ``huggingface_hub``, then a plain streamed GET of
+the resolve URL at the commit it names, following redirects only as ``check_url`` allows), so both kinds of
+source report progress and stop the same way on every ``huggingface_hub`` version. A connection that drops
+mid-file is resumed (``Range``) up to ``RESUMES`` times when the server answers with the missing part.
+
 Downloads are on unless ``RENO_DOWNLOADS`` is ``0``/``false``/``off`` or ``HF_HUB_OFFLINE`` is set
 (the ComfyUI layer adds its own setting).
 """
@@ -20,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -30,6 +43,7 @@ import socket
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +60,28 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 STALE_AFTER_S = 24 * 3600
 # staging that no lock owns (a kill between two steps, an older version of the pack) after this long
 ORPHAN_AFTER_S = 3600
+# the most bytes read (and reported) at a time; a slow connection reports each smaller piece as it arrives
+CHUNK = 1 << 20
+# a transfer that drops mid-file is resumed this many times (when the server honours Range)
+RESUMES = 3
+TIMEOUT_S = 60
+
+#: ``progress(phase, done, total)``: phase "download" (before the first byte, then after every chunk), "verify"
+#: (the size and hash check of the complete file), "done" (the file is in place). ``total`` is None while unknown.
+Progress = Callable[[str, int, "int | None"], None]
+
+
+@dataclass(frozen=True)
+class DownloadProgress:
+    """Where the downloads of one reward stand: what ``ensure_files`` tells its ``progress`` callback."""
+
+    reward: str  # the reward's name, e.g. "pickscore"
+    file: str  # the file's name in the reward folder
+    index: int  # 1-based, among the files this call downloads
+    count: int  # how many files this call downloads
+    phase: str  # "download", "verify" or "done" (see ``Progress``)
+    done: int  # bytes of this file received so far
+    total: int | None  # bytes of this file (None while unknown)
 
 
 class DownloadError(RewardLoadError):
@@ -136,8 +172,8 @@ def _verify(path: Path, what: str, size: int | None, etag: str | None = None, sh
             raise DownloadError(f"{what}: git hash {got} does not match the published {etag}; the file is corrupted")
 
 
-def _fetch_hub(src: Source, name: str, staging: Path) -> Path:
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+def _fetch_hub(src: Source, name: str, staging: Path, progress: Progress | None = None) -> Path:
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     endpoint = _hub_endpoint()
     filename = src.filename or Path(name).name
@@ -145,10 +181,12 @@ def _fetch_hub(src: Source, name: str, staging: Path) -> Path:
     meta = get_hf_file_metadata(hf_hub_url(src.repo, filename, revision=src.revision, endpoint=endpoint),
                                 endpoint=endpoint)
     log.info("ReNO: downloading %s (%s bytes) from %s", what, meta.size, endpoint)
-    path = Path(hf_hub_download(src.repo, filename, revision=meta.commit_hash or src.revision, local_dir=staging,
-                                endpoint=endpoint, force_download=True))
-    _verify(path, what, meta.size, etag=meta.etag)
-    return path
+    url = hf_hub_url(src.repo, filename, revision=meta.commit_hash or src.revision, endpoint=endpoint)
+    part = staging / (Path(name).name + ".incomplete")
+    _stream(url, part, meta.size, what, progress, trusted=endpoint)
+    _report(progress, "verify", part.stat().st_size, meta.size)
+    _verify(part, what, meta.size, etag=meta.etag)
+    return part
 
 
 def check_url(url: str) -> None:
@@ -186,28 +224,106 @@ _NETLOC = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 
 
 class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow a redirect only to a URL that passes ``check_url`` (no downgrade from https to http)."""
+    """Follow a redirect only to a URL that passes ``check_url`` (no downgrade from https to http), or to the
+    ``trusted`` origin (scheme, host and port of the Hub endpoint the user chose: a plain-http mirror may
+    redirect within itself)."""
+
+    def __init__(self, trusted: str | None = None):
+        super().__init__()
+        self.trusted = _origin(trusted) if trusted else None
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
-        check_url(newurl)
+        if self.trusted is None or _origin(newurl) != self.trusted:
+            check_url(newurl)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def _fetch_url(src: Source, name: str, staging: Path) -> Path:
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+class _Stopped(Exception):  # noqa: N818 - carries the exception a progress callback raised, to re-raise it as is
+    def __init__(self, error: BaseException):
+        super().__init__(repr(error))
+        self.error = error
+
+
+def _report(progress: Progress | None, phase: str, done: int, total: int | None) -> None:
+    if progress is None:
+        return
+    try:
+        progress(phase, done, total)
+    except Exception as e:  # the caller stops the download: re-raised unchanged by fetch
+        raise _Stopped(e) from e
+
+
+def _content_range_start(value: str | None) -> int | None:
+    m = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*", value or "")
+    return int(m.group(1)) if m else None
+
+
+def _stream(url: str, part: Path, size: int | None, what: str, progress: Progress | None,
+            trusted: str | None = None) -> int | None:
+    """GET ``url`` into ``part``, reporting each chunk; returns the size (known, or learned from
+    ``Content-Length``). Never writes more than ``size`` bytes. A connection that drops mid-file is resumed
+    with ``Range`` (up to ``RESUMES`` times) when the server answers 206 from the byte asked for; otherwise
+    the transfer is incomplete."""
+    opener = urllib.request.build_opener(_CheckedRedirects(trusted))
+    received, resumes = 0, 0
+    with open(part, "wb") as out:
+        while True:
+            request = urllib.request.Request(url)
+            if received:
+                request.add_header("Range", f"bytes={received}-")
+            try:
+                with opener.open(request, timeout=TIMEOUT_S) as response:
+                    if received and (response.status != 206
+                                     or _content_range_start(response.headers.get("Content-Range")) != received):
+                        raise DownloadError(f"{what}: the connection dropped after {received} bytes and the server "
+                                            "cannot resume it; the transfer was incomplete",
+                                            f"the connection dropped after {received} bytes; the transfer was "
+                                            "incomplete")
+                    if not received:
+                        if size is None:
+                            length = response.headers.get("Content-Length")
+                            size = int(length) if length and length.isdigit() else None
+                        _report(progress, "download", 0, size)
+                    read = getattr(response, "read1", response.read)
+                    while chunk := read(CHUNK):
+                        if size is not None and received + len(chunk) > size:  # never more than the source promised
+                            raise DownloadError(f"{what}: the server sent more than the {size} bytes the source says",
+                                                f"the server sent more than {size} bytes")
+                        out.write(chunk)
+                        received += len(chunk)
+                        _report(progress, "download", received, size)
+                    if size is not None and received < size:  # the server closed the connection early
+                        raise http.client.IncompleteRead(b"", size - received)
+                return size
+            except (http.client.IncompleteRead, ConnectionError, TimeoutError) as e:
+                if not received:
+                    raise
+                if resumes >= RESUMES:
+                    raise DownloadError(f"{what}: the connection dropped after {received} of {size} bytes "
+                                        f"({_one_line(e)}); the transfer was incomplete",
+                                        f"the connection dropped after {received} of {size} bytes; the transfer "
+                                        "was incomplete") from e
+                resumes += 1
+                log.warning("ReNO: %s: the connection dropped after %d bytes (%s); resuming (%d of %d)", what,
+                            received, _one_line(e), resumes, RESUMES)
+                out.flush()
+
+
+def _fetch_url(src: Source, name: str, staging: Path, progress: Progress | None = None) -> Path:
     check_url(str(src.url))
     part = staging / (Path(name).name + ".incomplete")
     log.info("ReNO: downloading %s", src.url)
-    opener = urllib.request.build_opener(_CheckedRedirects())
-    with opener.open(str(src.url), timeout=60) as response, open(part, "wb") as out:
-        expected = response.headers.get("Content-Length")
-        size = src.size if src.size is not None else (int(expected) if expected and expected.isdigit() else None)
-        received = 0
-        for chunk in iter(lambda: response.read(1 << 20), b""):
-            received += len(chunk)
-            if size is not None and received > size:  # never more than the source promised
-                raise DownloadError(f"{src.url}: the server sent more than the {size} bytes the source says",
-                                    f"the server sent more than {size} bytes")
-            out.write(chunk)
+    size = _stream(str(src.url), part, src.size, str(src.url), progress)
+    _report(progress, "verify", part.stat().st_size, size)
     _verify(part, str(src.url), size, sha256=src.sha256)
     return part
 
@@ -341,11 +457,13 @@ def clean_stale_staging(folder: Path) -> list[Path]:
     return removed
 
 
-def fetch(src: Source, folder: Path, name: str) -> Path:
+def fetch(src: Source, folder: Path, name: str, progress: Progress | None = None) -> Path:
     """Download ``src`` to ``folder/name`` atomically; returns the final path.
 
     The transfer stages in ``folder/.reno-download/<token>/`` (owned by ``<token>.lock``), which is
     removed whatever happens, unless the process itself dies (see ``clean_stale_staging``).
+    ``progress`` (see ``Progress``) is told every chunk; an exception it raises stops the download and is
+    re-raised unchanged, with nothing left behind.
     """
     folder.mkdir(parents=True, exist_ok=True)
     target = _safe_target(folder, name)
@@ -356,9 +474,13 @@ def fetch(src: Source, folder: Path, name: str) -> Path:
     try:
         _write_lock(lock)
         work.mkdir()
-        path = _fetch_hub(src, name, work) if src.repo else _fetch_url(src, name, work)
+        path = _fetch_hub(src, name, work, progress) if src.repo else _fetch_url(src, name, work, progress)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, target)
+    except _Stopped as stopped:
+        log.info("ReNO: the download of %s was stopped (%s); nothing of it was kept", name,
+                 _one_line(stopped.error))
+        raise stopped.error from None
     except DownloadError:
         raise
     except Exception as e:  # noqa: BLE001 - network, HTTP and disk errors become one clear message
@@ -370,7 +492,16 @@ def fetch(src: Source, folder: Path, name: str) -> Path:
             lock.unlink()
         with contextlib.suppress(OSError):
             staging.rmdir()
+    size = target.stat().st_size
+    _report_done(progress, size)
     return target
+
+
+def _report_done(progress: Progress | None, size: int) -> None:
+    try:
+        _report(progress, "done", size, size)
+    except _Stopped as stopped:  # the file is complete and in place: a stop now only ends what follows
+        raise stopped.error from None
 
 
 def _one_line(e: BaseException) -> str:

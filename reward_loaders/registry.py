@@ -13,7 +13,15 @@ import torch
 
 from . import paths
 from .base import RewardModel
-from .download import STAGING, DownloadError, Source, clean_stale_staging, downloads_enabled, fetch
+from .download import (
+    STAGING,
+    DownloadError,
+    DownloadProgress,
+    Source,
+    clean_stale_staging,
+    downloads_enabled,
+    fetch,
+)
 from .errors import RewardFilesMissing
 from .imagereward import (
     ITERCOMP_CHECKPOINTS,
@@ -320,11 +328,22 @@ def _clean_staging(name: str, roots: list[Path]) -> None:
             clean_stale_staging(folder)
 
 
-def ensure_files(name: str, extra_dirs: Iterable[str | os.PathLike] = (), download: bool | None = None) -> Path:
+def _file_progress(progress, reward: str, file: str, index: int, count: int):
+    """``fetch``'s ``progress(phase, done, total)`` for one file, as ``DownloadProgress`` for ``progress``."""
+    if progress is None:
+        return None
+    return lambda phase, done, total: progress(DownloadProgress(reward, file, index, count, phase, done, total))
+
+
+def ensure_files(name: str, extra_dirs: Iterable[str | os.PathLike] = (), download: bool | None = None,
+                 progress: Callable[[DownloadProgress], None] | None = None) -> Path:
     """``locate``, downloading the missing files first when downloads are allowed.
 
     ``download=None`` follows the environment (``RENO_DOWNLOADS``, ``HF_HUB_OFFLINE``). First, in every
-    folder of this reward, the staging that killed downloads left behind is removed.
+    folder of this reward, the staging that killed downloads left behind is removed. ``progress`` is told
+    where each download stands (``DownloadProgress``) before its first byte, after every chunk, before the
+    check and once the file is in place; an exception it raises stops the download, leaves nothing behind
+    and propagates as it is (the files already complete stay).
     """
     if is_custom(name):  # never downloaded
         return locate(name, extra_dirs)
@@ -348,12 +367,14 @@ def ensure_files(name: str, extra_dirs: Iterable[str | os.PathLike] = (), downlo
                 "HF_HUB_OFFLINE, or the ReNO setting in ComfyUI)."
             ) from None
         folder = _candidate_folder(name, roots)
-        for need in _spec(name).files:
-            if not need.satisfied(folder, roots):
-                try:
-                    fetch(need.source, folder, need.names[0])
-                except DownloadError as e:
-                    raise _download_failed(name, folder, roots, need, e) from e
+        todo = [need for need in _spec(name).files if not need.satisfied(folder, roots)]
+        for index, need in enumerate(todo, 1):
+            if need.satisfied(folder, roots):
+                continue
+            try:
+                fetch(need.source, folder, need.names[0], _file_progress(progress, name, need.names[0], index, len(todo)))
+            except DownloadError as e:
+                raise _download_failed(name, folder, roots, need, e) from e
         return locate(name, extra_dirs)
 
 
@@ -361,15 +382,16 @@ _cache: dict[tuple, RewardModel] = {}
 _lock = threading.Lock()
 
 
-def load_reward(name: str, extra_dirs: Iterable[str | os.PathLike] = (), download: bool | None = None) -> RewardModel:
+def load_reward(name: str, extra_dirs: Iterable[str | os.PathLike] = (), download: bool | None = None,
+                progress: Callable[[DownloadProgress], None] | None = None) -> RewardModel:
     """Load (or return the cached) reward model ``name``, float32 on the CPU.
 
-    Missing files are downloaded first when allowed (see ``ensure_files``). Cached by folder and the
+    Missing files are downloaded first when allowed (see ``ensure_files``, which gets ``progress``). Cached by folder and the
     stamps of its files (``file_stamps``: size, modification time, inode), so re-running a workflow does
     not reload it and replacing, adding or deleting a file does.
     Built outside inference mode, so its weights can take part in autograd.
     """
-    folder = ensure_files(name, extra_dirs, download)
+    folder = ensure_files(name, extra_dirs, download, progress)
     roots = paths.search_dirs(extra_dirs)  # where the HPS rewards may borrow the CLIP tokenizer
     if is_custom(name):
         from .custom import custom_stamps, load_custom_reward

@@ -4,8 +4,10 @@
 "LFS" files, git blob SHA-1 for small ones) and ``Content-Length``; ``GET`` sends the bytes. Per file,
 a mode makes the transfer fail the ways real ones do: ``interrupt`` (the connection drops halfway),
 ``corrupt`` (right length, wrong bytes), ``slow`` (a first chunk at once, then a trickle: a download that
-is still running when a test kills it), ``redirect:<url>`` (a 302 to another URL). ``/raw/{name}`` serves
-plain-URL files. Only 127.0.0.1.
+is still running when a test kills it), ``redirect:<url>`` (a 302 to another URL), ``interrupt-once`` (the
+first GET drops halfway, later ones send what they ask for), ``norange`` (the first GET drops halfway, then 200
+with the whole file, as servers that ignore Range do). In ``ok`` and ``interrupt-once`` modes a
+``Range: bytes=N-`` request is answered with 206 and the rest of the file; ``interrupt`` drops every time. ``/raw/{name}`` serves plain-URL files. Only 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -101,10 +103,19 @@ class FakeHub:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                gets = sum(1 for m, k in hub.requests if m == "GET" and k == key)
+                start = self._range_start()
+                if start is not None and mode in ("ok", "interrupt-once") and 0 < start < len(data):
+                    self.send_response(206)
+                    self._headers(key, data[start:])
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                    self.end_headers()
+                    self.wfile.write(data[start:])
+                    return
                 self.send_response(200)
                 self._headers(key, data)
                 self.end_headers()
-                if mode == "interrupt":
+                if mode == "interrupt" or (mode in ("interrupt-once", "norange") and gets == 1):
                     self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()
                     self.close_connection = True
@@ -115,6 +126,12 @@ class FakeHub:
                     self._trickle(data)
                     return
                 self.wfile.write(data)
+
+            def _range_start(self):
+                value = self.headers.get("Range") or ""
+                if value.startswith("bytes=") and value.endswith("-") and value[6:-1].isdigit():
+                    return int(value[6:-1])
+                return None
 
             def _trickle(self, data):
                 try:

@@ -385,3 +385,101 @@ def test_a_wrong_aesthetic_file_is_refused_by_its_pin(hub, tmp_path, size, messa
     with pytest.raises(DownloadError, match=message):
         fetch(src, tmp_path, "sac+logos+ava1-l14-linearMSE.pth")
     assert not (tmp_path / "sac+logos+ava1-l14-linearMSE.pth").exists()
+
+
+# -- progress and cancel ------------------------------------------------------------------------------
+
+class HostInterrupt(Exception):
+    """Stands for the host's interruption (ComfyUI's InterruptProcessingException): any exception will do."""
+
+
+def test_progress_is_reported_per_file_in_order_with_the_right_totals(hub, reward_root, tmp_path):
+    serve_pickscore(hub, reward_root)
+    seen = []
+    folder = ensure_files("pickscore", [tmp_path / "r"], download=True, progress=seen.append)
+    sizes = {name: (reward_root / "pickscore" / name).stat().st_size for name in PICKSCORE_FILES}
+    assert [p.file for p in seen if p.phase == "done"] == list(PICKSCORE_FILES)  # the registry's order
+    for index, name in enumerate(PICKSCORE_FILES, 1):
+        mine = [p for p in seen if p.file == name]
+        assert {(p.reward, p.index, p.count) for p in mine} == {("pickscore", index, 5)}
+        assert {p.total for p in mine} == {sizes[name]}, name  # the published size, known from the first report
+        phases = [p.phase for p in mine]
+        assert phases == ["download"] * (len(phases) - 2) + ["verify", "done"] and len(phases) >= 4, phases
+        done = [p.done for p in mine]
+        assert done[0] == 0 and done == sorted(done) and done[-3:] == [sizes[name]] * 3, (name, done)
+        assert (folder / name).stat().st_size == sizes[name]
+    files = [p.file for p in seen]
+    assert files == sorted(files, key=PICKSCORE_FILES.index)  # one file after the other, never interleaved
+
+
+def test_a_big_file_reports_more_than_once_as_bytes_arrive(hub, tmp_path):
+    data = os.urandom(3 * dl.CHUNK + 12345)
+    url = hub.add_raw("big.pth", data, mode="slow")
+    hub.slow_chunk, hub.slow_delay = 256 * 1024, 0.01
+    seen = []
+    fetch(Source(url=url, sha256=hashlib.sha256(data).hexdigest()), tmp_path, "big.pth",
+          lambda phase, done, total: seen.append((phase, done, total)))
+    downloads = [d for phase, d, t in seen if phase == "download"]
+    assert len(downloads) >= 5 and downloads == sorted(downloads) and downloads[-1] == len(data)
+    assert {t for _, _, t in seen} == {len(data)}  # Content-Length: the total is known before the first byte
+    assert max(b - a for a, b in zip(downloads, downloads[1:])) <= dl.CHUNK
+    assert seen[-2:] == [("verify", len(data), len(data)), ("done", len(data), len(data))]
+
+
+def test_cancel_mid_file_leaves_nothing_and_raises_the_callers_exception(hub, reward_root, tmp_path):
+    serve_pickscore(hub, reward_root, {(PICKSCORE, "model.safetensors"): "slow"})
+    root = tmp_path / "reno_rewards"
+    folder = root / "pickscore"
+    seen = []
+
+    def progress(p):
+        seen.append(p)
+        if p.file == "model.safetensors" and 0 < p.done < p.total:
+            raise HostInterrupt("cancel pressed")
+
+    with pytest.raises(HostInterrupt, match="cancel pressed"):  # the very exception: not a DownloadError
+        ensure_files("pickscore", [root], download=True, progress=progress)
+    stopped = seen[-1]
+    assert stopped.file == "model.safetensors" and 0 < stopped.done < stopped.total  # it was mid-file
+    assert (folder / "config.json").is_file()  # the file completed before the cancel stays
+    assert not (folder / "model.safetensors").exists()
+    assert not (folder / ".reno-download").exists()
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json"]  # no partial file under any name
+    assert not [p for p in root.rglob("*") if p.suffix == ".incomplete"]
+    # a later run downloads what is missing (the cancelled file from its start)
+    hub.set_mode(PICKSCORE, "model.safetensors", "ok")
+    assert ensure_files("pickscore", [root], download=True) == folder
+    assert (folder / "model.safetensors").read_bytes() == (reward_root / "pickscore" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("phase", ["download", "verify"])
+def test_cancel_before_the_first_byte_or_during_the_check_keeps_nothing(hub, tmp_path, phase):
+    data = b"w" * 5000
+    url = hub.add_raw("head.pth", data)
+
+    def progress(p, done, total):
+        if p == phase:
+            raise HostInterrupt(p)
+
+    with pytest.raises(HostInterrupt):
+        fetch(Source(url=url, sha256=hashlib.sha256(data).hexdigest()), tmp_path, "head.pth", progress)
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_a_dropped_connection_is_resumed_where_the_server_allows_it(hub, reward_root, tmp_path):
+    serve_pickscore(hub, reward_root, {(PICKSCORE, "model.safetensors"): "interrupt-once"})
+    seen = []
+    folder = ensure_files("pickscore", [tmp_path / "r"], download=True, progress=seen.append)
+    want = (reward_root / "pickscore" / "model.safetensors").read_bytes()
+    assert (folder / "model.safetensors").read_bytes() == want
+    gets = [k for m, k in hub.requests if m == "GET" and k.endswith("/model.safetensors")]
+    assert len(gets) == 2  # the dropped one and one resume
+    done = [p.done for p in seen if p.file == "model.safetensors"]
+    assert done == sorted(done) and done[-1] == len(want)  # never reported backwards
+    # a server that ignores Range: the transfer is incomplete, nothing is kept
+    serve_pickscore(hub, reward_root, {(PICKSCORE, "model.safetensors"): "norange"})
+    hub.requests.clear()
+    with pytest.raises(DownloadError, match="incomplete"):
+        ensure_files("pickscore", [tmp_path / "other"], download=True)
+    assert not (tmp_path / "other" / "pickscore" / "model.safetensors").exists()
+    assert not (tmp_path / "other" / "pickscore" / ".reno-download").exists()
