@@ -2,7 +2,8 @@
 
 * ``POST /reno/preferences/mark``  ``{"prompt", "image": {"filename", "subfolder", "type"}, "mark", "dataset",
   "node"}`` → ``{"record", "replaced"}`` (the ids of earlier marks of the same image and prompt it replaced)
-* ``GET  /reno/preferences?dataset=NAME`` → ``{"dataset", "records", "pairs"}``
+* ``GET  /reno/preferences?dataset=NAME`` → ``{"dataset", "records", "pairs"}`` (``pairs``: how many the trainer
+  derives from the marks, at most ``PAIRS_PER_PROMPT`` per prompt)
 * ``GET  /reno/preferences/datasets`` → ``{"datasets"}``
 * ``GET  /reno/preferences/export?dataset=NAME`` → a zip (records.jsonl + images)
 * ``POST /reno/preferences/delete``  ``{"dataset", "ids": [...]}`` → ``{"deleted"}``
@@ -10,9 +11,17 @@
 Records live in the requesting user's folder (ComfyUI's user manager resolves the ``comfy-user`` header; in
 single-user mode that is ``user/default``), so a user sees and deletes only their own. Every input is checked:
 dataset names are safe folder names, image references resolve inside ComfyUI's output/temp/input folders,
-bodies are at most 64 KiB, images 50 MiB, prompts 10k characters. Errors are JSON ``{"error": "..."}`` with
-HTTP 400 (bad input), 403 (unknown user, a path outside the allowed folders), 404 (no such image, dataset or
-record) or 413 (too large).
+bodies are at most 64 KiB (and JSON nested at most as deep as Python's parser goes: deeper is a 400), images
+50 MiB and 67.1 megapixels (``preferences.MAX_PIXELS``, 8192 x 8192, checked from the header before decoding),
+prompts 10k characters. Errors are JSON ``{"error": "..."}`` with HTTP 400 (bad input), 403 (unknown user, a path
+outside the allowed folders), 404 (no such image, dataset or record) or 413 (too large).
+
+The server's event loop serves every route and the websocket: reading, decoding and converting an image,
+and reading a dataset's records, run in a worker thread (``asyncio.to_thread``), never on the loop.
+
+What ``--multi-user`` protects: ComfyUI has no authentication; the ``comfy-user`` header names a user, it does
+not prove one. Per-user folders keep honest users' marks apart; anyone who can reach the server can send any
+user's id (and read or write that user's files through ComfyUI's own ``/userdata`` route too).
 """
 
 from __future__ import annotations
@@ -85,6 +94,8 @@ async def _json_body(request) -> dict:
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise RouteError(400, "request body is not JSON") from None
+    except RecursionError:  # "[[[[..." deeper than the parser's recursion limit
+        raise RouteError(400, "request body is JSON nested too deeply") from None
     if not isinstance(body, dict):
         raise RouteError(400, "request body must be a JSON object")
     return body
@@ -126,13 +137,17 @@ def resolve_image(ref) -> str:
 
 
 def png_bytes(path: str) -> bytes:
-    """The image file as PNG data (PNGs as they are; other formats converted); RouteError(400) if not an image."""
+    """The image file as PNG data (PNGs as they are; other formats converted); RouteError(400) if not an image,
+    RouteError(413) if it has more than ``store.MAX_PIXELS`` pixels (read from the header: nothing is decoded).
+    Blocking work: call it in a worker thread."""
     with open(path, "rb") as f:
         data = f.read()
     from PIL import Image
 
+    name = os.path.basename(path)
     try:
         with Image.open(io.BytesIO(data)) as im:
+            store.check_pixels(*im.size, what=f"{name!r}")
             im.verify()
         if data.startswith(store.PNG_SIGNATURE):
             return data
@@ -140,8 +155,13 @@ def png_bytes(path: str) -> bytes:
             out = io.BytesIO()
             im.convert("RGBA" if "A" in im.getbands() else "RGB").save(out, format="PNG")
             return out.getvalue()
+    except store.PreferenceError as e:
+        raise RouteError(413, str(e)) from None
+    except Image.DecompressionBombError:  # PIL's own limit (twice its 89.5 megapixels), met reading the header
+        raise RouteError(413, f"{name!r} has more than {store.MAX_PIXELS / 1e6:.1f} megapixels; scale it down "
+                              "first") from None
     except Exception:
-        raise RouteError(400, f"{os.path.basename(path)!r} is not an image ComfyUI can read") from None
+        raise RouteError(400, f"{name!r} is not an image ComfyUI can read") from None
 
 
 async def mark(request):
@@ -156,9 +176,8 @@ async def mark(request):
         raise RouteError(400, "'mark' must be 'preferred' or 'rejected' (to clear a mark, delete its record)")
     node = body.get("node") if body.get("node") in NODES else ""
     ref = body.get("image")
-    path = resolve_image(ref)
     root = user_root(request)
-    data = png_bytes(path)
+    data = await asyncio.to_thread(lambda: png_bytes(resolve_image(ref)))  # file work off the event loop
     fields = {"prompt": prompt, "mark": body["mark"],
               "source": {"node": node, "filename": ref["filename"], "subfolder": ref.get("subfolder", ""),
                          "type": ref.get("type", "output")}}
@@ -167,14 +186,20 @@ async def mark(request):
     return web.json_response({"dataset": dataset, "record": record, "replaced": replaced})
 
 
+def _listing(root: str, dataset: str) -> dict:
+    records = store.read_records(root, dataset)
+    return {"dataset": dataset, "records": records, "pairs": store.pair_count(records)}
+
+
 async def list_records(request):
     dataset = _dataset(request.rel_url.query.get("dataset"))
-    records = store.read_records(user_root(request), dataset)
-    return web.json_response({"dataset": dataset, "records": records, "pairs": len(store.pairs(records))})
+    root = user_root(request)
+    return web.json_response(await asyncio.to_thread(_listing, root, dataset))
 
 
 async def list_datasets(request):
-    return web.json_response({"datasets": store.list_datasets(user_root(request))})
+    root = user_root(request)
+    return web.json_response({"datasets": await asyncio.to_thread(store.list_datasets, root)})
 
 
 async def export(request):

@@ -3,8 +3,11 @@
 Plain torch (no ComfyUI import). The recipe is ImageReward's / IterComp's reward training, reduced to what a
 small personal dataset needs:
 
-- **Pairs**: each (preferred, rejected) pair of images of the same prompt, read from the preference store
-  (``reward_loaders.preferences``: ``<user dir>/reno_preferences/<dataset>/records.jsonl``).
+- **Pairs**: (preferred, rejected) pairs of images of the same prompt, derived from the marks of the preference
+  store (``reward_loaders.preferences``: ``<user dir>/reno_preferences/<dataset>/records.jsonl``): every
+  combination up to ``preferences.PAIRS_PER_PROMPT`` per prompt, past it a sample drawn from the seed. A record's
+  image is read only through the store's resolver (a file of the dataset's own ``images/`` folder); images over
+  ``preferences.MAX_PIXELS`` are refused before they are decoded.
 - **Loss**: the pairwise ranking loss ``-log sigmoid(r_preferred - r_rejected)`` on the reward head's raw output
   (before ImageReward's fixed normalization, which only rescales it), averaged over a mini-batch of pairs.
 - **Frozen layers** (``freeze_fraction``, IterComp's and ImageReward's ``fix_rate``, default 0.7): with ``k_t =
@@ -148,10 +151,13 @@ def list_datasets(user_root: Path) -> list[str]:
     return preferences.list_datasets(user_root)
 
 
-def load_preference_pairs(user_root: Path, dataset: str) -> tuple[list[PreferencePair], list[str]]:
+def load_preference_pairs(user_root: Path, dataset: str, seed: int = 0) -> tuple[list[PreferencePair], list[str]]:
     """The pairs of ``<user_root>/reno_preferences/<dataset>`` whose two image files exist, and a line for each
-    pair left out (a missing image).
+    pair left out (a missing image). ``seed`` draws the pairs of a prompt with more marks than
+    ``preferences.PAIRS_PER_PROMPT`` pairs' worth.
 
+    Records whose image is not a file of the dataset's ``images/`` folder (an absolute path, ``..``, a link out)
+    are never read: they are left out as if absent, and said to be, with the same words whatever exists outside.
     Raises PreferenceTrainingError when there is no such dataset, when it has no pair, or when no pair's images exist.
     """
     try:
@@ -165,16 +171,24 @@ def load_preference_pairs(user_root: Path, dataset: str) -> tuple[list[Preferenc
             f"no preference dataset {dataset!r} in {base} ({'datasets there: ' + ', '.join(known) if known else 'none yet'}). "
             f"Mark images as preferred/rejected first (the marks are recorded in {base}/<dataset>/{RECORDS_FILE}), "
             "then refresh the page (R) to update the dataset list.")
-    records = preferences.read_records(user_root, dataset)
-    raw = preferences.pairs(records)
+    refused: list[str] = []
+    records = preferences.read_records(user_root, dataset, refused=refused)
+    ignored = ""
+    if refused:
+        ignored = (f"; {len(refused)} record(s) ignored: their image is not a file of the dataset's "
+                   f"{preferences.IMAGES}/ folder (e.g. record {refused[0]})")
+        log.warning("ReNO: preference dataset %r%s", dataset, ignored)
+    raw = preferences.pairs(records, seed=int(seed))
     if not raw:
         marks = [r.get("mark") for r in records]
         raise PreferenceTrainingError(
             f"the preference dataset {dataset!r} ({folder / RECORDS_FILE}) has no pair to learn from "
-            f"({marks.count('preferred')} preferred and {marks.count('rejected')} rejected image(s)): {NO_PAIR_HINT}.")
+            f"({marks.count('preferred')} preferred and {marks.count('rejected')} rejected image(s){ignored}): "
+            f"{NO_PAIR_HINT}.")
+    resolve = preferences.image_resolver(folder)
     pairs, skipped = [], []
     for good, bad in raw:
-        files = [folder / str(record.get("image", "")) for record in (good, bad)]
+        files = [Path(resolve(record["image"])) for record in (good, bad)]  # every record read resolves
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
             skipped.append(f"pair {good.get('id')} > {bad.get('id')}: missing {', '.join(missing)}")
@@ -251,12 +265,20 @@ def pairwise_loss(preferred: torch.Tensor, rejected: torch.Tensor) -> torch.Tens
 # -- data ---------------------------------------------------------------------------------------------------------
 
 def read_image(path: Path) -> torch.Tensor:
-    """(1, 3, H, W) float32 in [0, 1] from an image file (alpha dropped, grey expanded)."""
+    """(1, 3, H, W) float32 in [0, 1] from an image file (alpha dropped, grey expanded). An image of more than
+    ``preferences.MAX_PIXELS`` pixels is refused from its header, before it is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
+            preferences.check_pixels(*im.size, what=f"the image {path}")
             rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except preferences.PreferenceError as e:
+        raise PreferenceTrainingError(f"{e}, or remove its mark from the dataset") from None
+    except Image.DecompressionBombError as e:  # PIL's own limit, met while reading the header
+        raise PreferenceTrainingError(f"the image {path} is too large to read ({e}); at most "
+                                      f"{preferences.MAX_PIXELS / 1e6:.1f} megapixels: remove its mark from the "
+                                      "dataset") from None
     except (OSError, UnidentifiedImageError) as e:
         raise PreferenceTrainingError(f"could not read the image {path} ({type(e).__name__}: {e}); "
                                       "replace it, or remove its mark from the dataset") from e

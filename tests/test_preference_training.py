@@ -383,3 +383,67 @@ def test_an_itercomp_base_is_saved_in_imagereward_s_format(rewards_root, dataset
     assert json.loads((saved / "reward.json").read_text())["base_reward"] == "itercomp_attribute"
     load_imagereward_folder(saved)  # strict: every key of ImageReward.pt, nothing else
     assert result.steps == 6
+
+
+# -- issue 20 §2: the trainer reads a record's image only inside the dataset, and no huge image ----------------
+
+def test_a_record_naming_a_file_outside_the_dataset_is_never_read_and_the_error_is_the_same_either_way(tmp_path):
+    """A records.jsonl anyone wrote (ComfyUI's /userdata route): an absolute path to an existing image outside the
+    dataset is not trained on, and the error does not tell an existing outside file from a missing one."""
+    outside = tmp_path / "outside.png"
+    Image.fromarray(colour_image(WARM, 5)).save(outside)
+    messages = []
+    for target in (outside, tmp_path / "absent.png", "../../../outside.png"):
+        user = tmp_path / f"user{len(messages)}"
+        folder = user / "reno_preferences" / "ds"
+        (folder / "images").mkdir(parents=True)
+        Image.fromarray(colour_image(COOL, 6)).save(folder / "images" / "mine.png")
+        rows = [record("a cat", "images/mine.png", "rejected"), record("a cat", str(target), "preferred")]
+        (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        with pytest.raises(pt.PreferenceTrainingError) as e:
+            pt.load_preference_pairs(user, "ds")
+        messages.append(str(e.value).replace(str(user), "<user>").replace(rows[1]["id"], "<id>"))
+    assert messages[0] == messages[1] == messages[2], messages
+    assert "no pair to learn from" in messages[0] and "1 record(s) ignored" in messages[0]
+    assert "outside.png" not in messages[0] and "could not read" not in messages[0]
+
+
+def test_the_pairs_of_a_prompt_with_many_marks_are_bounded_and_drawn_from_the_seed(tmp_path, monkeypatch):
+    from reno_pack.reward_loaders import preferences
+
+    monkeypatch.setattr(preferences, "PAIRS_PER_PROMPT", 5)
+    user = tmp_path / "user"
+    write_dataset(user, "many", WARM, COOL, per_prompt=4, prompts=PROMPTS[:1])  # 16 combinations
+    a, _ = pt.load_preference_pairs(user, "many", seed=0)
+    b, _ = pt.load_preference_pairs(user, "many", seed=0)
+    c, _ = pt.load_preference_pairs(user, "many", seed=1)
+    assert len(a) == 5 and a == b and a != c
+    assert len({p.preferred for p in a}) == 4 and len({p.rejected for p in a}) == 4  # every mark used
+
+
+def bomb_jpeg(path: Path, width: int, height: int) -> Path:
+    """A tiny JPEG whose header claims ``width`` x ``height`` pixels (what a decompression bomb's header says)."""
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, format="JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")  # baseline frame header: length (2), precision (1), height (2), width (2)
+    data[sof + 5: sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL warns over 89.5 megapixels
+def test_read_image_refuses_an_image_over_the_pixel_cap_before_decoding_it(tmp_path, monkeypatch):
+    from reno_pack.reward_loaders import preferences
+
+    assert preferences.MAX_PIXELS == 8192 * 8192
+    with pytest.raises(pt.PreferenceTrainingError, match=r"12000 x 12000 pixels \(144\.0 megapixels\); at most 67\.1"):
+        pt.read_image(bomb_jpeg(tmp_path / "bomb.jpg", 12000, 12000))
+    small = tmp_path / "small.png"
+    Image.fromarray(colour_image(WARM, 1, size=32)).save(small)
+    assert pt.read_image(small).shape == (1, 3, 32, 32)
+    monkeypatch.setattr(preferences, "MAX_PIXELS", 32 * 32 - 1)  # the same check at a size cheap to decode
+    with pytest.raises(pt.PreferenceTrainingError, match="32 x 32 pixels"):
+        pt.read_image(small)

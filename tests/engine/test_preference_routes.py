@@ -98,7 +98,7 @@ def test_mark_list_export_delete_round_trip(routes, dirs):
     out = serve(routes, calls)
     assert out["a"][0] == 200 and out["b"][0] == 200 and out["jpeg"][0] == 200, out
     a, b = out["a"][1]["record"], out["b"][1]["record"]
-    assert a["mark"] == "preferred" and b["mark"] == "rejected" and b["compared_with"] == [a["id"]]
+    assert a["mark"] == "preferred" and b["mark"] == "rejected" and "compared_with" not in b  # pairs are derived
     assert a["source"] == {"node": "ReNOScoreImages", "filename": "img0.png", "subfolder": "reno_prefs_test",
                            "type": "temp"}
     folder = dirs["user"] / "default" / "reno_preferences" / "default"  # single-user mode: ComfyUI's user/default
@@ -257,3 +257,84 @@ def test_the_three_nodes_give_the_gallery_images_and_prompt_to_mark(engine, rout
                                                     "mark": "preferred", "node": "ReNOSampler"}))
     assert got[0] == 200 and got[1]["record"]["source"] == {"node": "ReNOSampler", **image}, got
     assert got[1]["dataset"] == "default" and got[1]["record"]["prompt"] == PROMPT_TEXT
+
+
+# -- issue 20 §2: image work and listing off the event loop, a pixel cap, deeply nested JSON --------------------
+
+def bomb_jpeg(path: Path, width: int, height: int) -> Path:
+    """A tiny JPEG whose header claims ``width`` x ``height`` pixels (a decompression bomb's header)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, format="JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")  # baseline frame header: length (2), precision (1), height (2), width (2)
+    data[sof + 5: sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL warns over 89.5 megapixels
+def test_an_image_over_the_pixel_cap_is_refused_from_its_header(routes, dirs):
+    bomb_jpeg(dirs["sub"] / "bomb.jpg", 12000, 12000)  # the 12000 x 12000 JPEG that froze the server
+    Image.new("1", (9000, 8000)).save(dirs["sub"] / "bomb.png")  # 72 megapixels in a few kB of PNG
+    got = serve(routes, lambda c: asyncio.gather(_post(c, "mark", mark_body(ref("bomb.jpg"))),
+                                                 _post(c, "mark", mark_body(ref("bomb.png")))))
+    assert [g[0] for g in got] == [413, 413], got
+    assert "12000 x 12000 pixels (144.0 megapixels); at most 67.1 megapixels" in got[0][1]["error"], got
+    assert "9000 x 8000 pixels" in got[1][1]["error"], got
+    assert not (dirs["user"] / "default" / "reno_preferences" / "default" / "images").exists() or not list(
+        (dirs["user"] / "default" / "reno_preferences" / "default" / "images").iterdir())
+
+
+def test_image_conversion_and_listing_run_off_the_event_loop(routes, dirs, monkeypatch):
+    """A slow conversion (a large JPEG) or a slow listing (a large dataset) must not hold up other routes: while
+    each is under way, GET /datasets answers."""
+    import time
+
+    slow = 1.0
+    real_png, real_read = routes.png_bytes, routes.store.read_records
+
+    def slow_png(path):
+        time.sleep(slow)  # blocking, as PIL's decode is
+        return real_png(path)
+
+    def slow_read(*args, **kwargs):
+        time.sleep(slow)
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(routes, "png_bytes", slow_png)
+    monkeypatch.setattr(routes.store, "read_records", slow_read)
+
+    async def calls(c):
+        done = []
+        t0 = time.perf_counter()
+
+        async def timed(name, request):
+            status, _ = await answer(await request)
+            done.append((name, status, time.perf_counter() - t0))
+
+        async def quick():
+            await asyncio.sleep(slow / 4)  # once the slow request is being served (the client shares the loop:
+            await timed("datasets", c.get(f"{PREFIX}/datasets"))  # a blocked loop delays this past `slow`)
+
+        await asyncio.gather(timed("mark", c.post(f"{PREFIX}/mark", json=mark_body())), quick())
+        t0 = time.perf_counter()
+        await asyncio.gather(timed("list", c.get(PREFIX, params={"dataset": "default"})), quick())
+        return done
+
+    done = serve(routes, calls)
+    assert [(name, status) for name, status, _ in done] == [("datasets", 200), ("mark", 200), ("datasets", 200),
+                                                           ("list", 200)], done
+    assert done[0][2] < 0.75 * slow <= slow <= done[1][2] and done[2][2] < 0.75 * slow <= slow <= done[3][2], done
+
+
+def test_deeply_nested_json_is_a_clear_400(routes, dirs):
+    deep = b'{"dataset": "default", "ids": ' + b"[" * 30000 + b"]" * 30000 + b"}"  # under 64 KiB
+
+    async def calls(c):
+        headers = {"Content-Type": "application/json"}
+        return [await answer(await c.post(f"{PREFIX}/{route}", data=deep, headers=headers))
+                for route in ("mark", "delete")]
+
+    got = serve(routes, calls)
+    assert [g[0] for g in got] == [400, 400], got
+    assert all("nested too deeply" in g[1]["error"] for g in got), got
