@@ -6,7 +6,8 @@ preference-reward trainer writes) or a transformers ``CLIPModel`` folder (scored
 
     {"format": "imagereward" | "clip",
      "checkpoint": "ImageReward.pt",          # imagereward only: the checkpoint's file name in the folder
-     "offset": 2.0,                           # optional: the c of c - score (default 2.0 imagereward, 100.0 clip)
+     "offset": 2.0,                           # optional: the c of c - score (default 2.0 imagereward, 100.0 clip;
+                                              #   a finite number of magnitude at most 1e6)
      "description": "...", "base_reward": "imagereward", "dataset": "...", "pairs": 1234,   # optional
      "held_out_accuracy": {"before": 0.61, "after": 0.74}}                                  # optional
 
@@ -34,6 +35,9 @@ FOLDER = "custom"  # <reno_rewards>/custom/<name>/
 CONFIG_FILE = "reward.json"
 FORMATS = ("imagereward", "clip")
 DEFAULT_OFFSETS = {"imagereward": 2.0, "clip": 100.0}
+# the official offsets are 2 to 100 (the scale of the scores); one far beyond makes weight * (offset - score)
+# overflow to inf in float32 (e.g. 1e308), which would surface later as "the reward was NaN/Inf... check the VAE"
+MAX_OFFSET = 1e6
 # a folder name: one path component of ordinary characters (no separators, no '..', not hidden)
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+\- ]{0,127}")
 EXAMPLE = '{"format": "imagereward", "checkpoint": "ImageReward.pt"} (or {"format": "clip"} for a CLIPModel folder)'
@@ -103,6 +107,15 @@ def locate_custom(reward: str, roots) -> Path:
     )
 
 
+def _shown(value) -> str:
+    """A JSON value for a message, cut short (a reward.json can hold anything)."""
+    try:
+        text = json.dumps(value)
+    except (RecursionError, ValueError, TypeError):  # nested deep: name its type
+        return f"a deeply nested JSON {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -125,6 +138,11 @@ def read_config(folder: Path, reward: str = "") -> dict:
         raise RewardLoadError(
             f"{label}: {path} is not valid JSON ({e}). Fix it: it must be one JSON object, e.g. {EXAMPLE}."
         ) from None
+    except RecursionError:
+        raise RewardLoadError(
+            f"{label}: {path} is JSON nested too deeply to read. Fix it: it must be one flat JSON object, e.g. "
+            f"{EXAMPLE}."
+        ) from None
 
     def bad(what: str) -> RewardLoadError:
         return RewardLoadError(f"{label}: {path}: {what}. Fix the file, e.g. {EXAMPLE}.")
@@ -133,35 +151,44 @@ def read_config(folder: Path, reward: str = "") -> dict:
         raise bad(f"it holds a JSON {type(data).__name__}, not an object")
     fmt = data.get("format")
     if fmt not in FORMATS:
-        shown = "no \"format\"" if "format" not in data else f"\"format\" is {json.dumps(fmt)}"
+        shown = "no \"format\"" if "format" not in data else f"\"format\" is {_shown(fmt)}"
         raise bad(f"{shown}; it must be one of {', '.join(json.dumps(f) for f in FORMATS)}")
     config = dict(data)
     offset = data.get("offset", DEFAULT_OFFSETS[fmt])
-    if not _number(offset):
-        raise bad(f"\"offset\" is {json.dumps(offset)}; it must be a finite number (default {DEFAULT_OFFSETS[fmt]})")
+    if not _number(offset) or abs(offset) > MAX_OFFSET:
+        raise bad(f"\"offset\" is {_shown(offset)}; it must be a finite number of magnitude at most {MAX_OFFSET:g} "
+                  f"(default {DEFAULT_OFFSETS[fmt]}: the official offsets are 2 to 100)")
     config["offset"] = float(offset)
     for key, (types, what) in OPTIONAL_TYPES.items():
         if key in data and data[key] is not None and (not isinstance(data[key], types) or isinstance(data[key], bool)):
-            raise bad(f"\"{key}\" is {json.dumps(data[key])}; it must be {what}")
+            raise bad(f"\"{key}\" is {_shown(data[key])}; it must be {what}")
     if isinstance(data.get("pairs"), int) and data["pairs"] < 0:
         raise bad(f"\"pairs\" is {data['pairs']}; it must not be negative")
     accuracy = data.get("held_out_accuracy")
     if isinstance(accuracy, dict):
         for key in ("before", "after"):
             if accuracy.get(key) is not None and not _number(accuracy[key]):  # null: not measured (no pair held out)
-                raise bad(f"\"held_out_accuracy\".\"{key}\" is {json.dumps(accuracy[key])}; it must be a number "
+                raise bad(f"\"held_out_accuracy\".\"{key}\" is {_shown(accuracy[key])}; it must be a number "
                           "or null")
     if fmt == "imagereward":
         checkpoint = data.get("checkpoint")
         found = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in (".pt", ".pth") and p.is_file())
         present = f" (.pt files in the folder: {', '.join(found)})" if found else " (there is no .pt file in the folder)"
         if not isinstance(checkpoint, str) or not checkpoint.strip():
-            raise bad(f"\"checkpoint\" is {'missing' if 'checkpoint' not in data else json.dumps(checkpoint)}; "
+            raise bad(f"\"checkpoint\" is {'missing' if 'checkpoint' not in data else _shown(checkpoint)}; "
                       f"it must name the checkpoint file in {folder}{present}")
-        target = (folder / checkpoint).resolve()
-        if Path(checkpoint).is_absolute() or folder.resolve() not in target.parents:
-            raise bad(f"\"checkpoint\" {json.dumps(checkpoint)} is not a file name inside {folder}")
-        if not target.is_file():
+        if "\x00" in checkpoint:
+            raise bad(f"\"checkpoint\" {_shown(checkpoint)} holds a NUL character (\\u0000), which no file name "
+                      f"can; it must name the checkpoint file in {folder}{present}")
+        try:
+            target = (folder / checkpoint).resolve()
+            inside = not Path(checkpoint).is_absolute() and folder.resolve() in target.parents
+            exists = inside and target.is_file()
+        except (OSError, ValueError) as e:  # a name the file system refuses (too long, ...)
+            raise bad(f"\"checkpoint\" {_shown(checkpoint)} cannot be a file name here ({type(e).__name__}: {e})") from None
+        if not inside:
+            raise bad(f"\"checkpoint\" {_shown(checkpoint)} is not a file name inside {folder}")
+        if not exists:
             raise RewardFilesMissing(
                 f"{label}: {path} names the checkpoint {json.dumps(checkpoint)}, but {folder / checkpoint} does not "
                 f"exist{present}. Put the file there or fix \"checkpoint\"."

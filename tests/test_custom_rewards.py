@@ -120,6 +120,14 @@ def test_names_that_leave_the_folder_are_refused(tmp_path, name):
     ('{"format": "imagereward", "checkpoint": "tuned.pt", "held_out_accuracy": {"before": "x"}}',
      '"held_out_accuracy"."before" is "x"'),
     ('{"format": "imagereward", "checkpoint": "tuned.pt", "description": 5}', '"description" is 5'),
+    # issue 20 §2: nesting past the parser's recursion limit, a NUL, an absurd offset, a name too long
+    ('{"format": "imagereward", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply to read"),
+    ('{"format": "imagereward", "checkpoint": "tuned\\u0000.pt"}', "holds a NUL character"),
+    ('{"format": "imagereward", "checkpoint": "tuned.pt", "offset": 1e308}', '"offset" is 1e+308; it must be a finite '
+                                                                             "number of magnitude at most 1e+06"),
+    ('{"format": "imagereward", "checkpoint": "tuned.pt", "offset": 1e309}', '"offset" is Infinity'),
+    ('{"format": "clip", "offset": -2e6}', '"offset" is -2000000.0; it must be a finite number of magnitude'),
+    ('{"format": "imagereward", "checkpoint": "' + "x" * 300 + '.pt"}', "cannot be a file name here"),
 ])
 def test_bad_reward_json_names_the_file_and_the_fix(root, text, expected):
     folder, _ = custom_imagereward(root)
