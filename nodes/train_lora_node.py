@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 CATEGORY = "ReNO/training"
 NODE = "ReNO Train Reward LoRA"
 HELD_OUT = "held-out"
+MIN_LEARNING_RATE = 1e-7  # the widget's minimum: a learning rate of 0 trains nothing, and TrainConfig refuses it
+# TrainConfig's fields named as the node's inputs, for its errors
+CONFIG_INPUTS = {"steps": "training_steps", "patience": "early_stop_patience", "learning_rate": "learning_rate",
+                 "batch_size": "batch_size", "grad_accumulation": "grad_accumulation", "sampler_steps": "sampler_steps",
+                 "k": "k", "eval_every": "eval_every", "method": "method", "seed": "seed"}
 
 _METHOD_TIP = (
     "alignprop: full rollouts, the gradient through the last K steps (K drawn in 1..k per rollout), reward on the "
@@ -67,8 +72,9 @@ class ReNORewardLoRATrainer:
                 "method": (list(METHODS), {"default": "alignprop", "tooltip": _METHOD_TIP}),
                 "training_steps": ("INT", {"default": 200, "min": 1, "max": 100000,
                                            "tooltip": "Optimizer steps (each batch_size x grad_accumulation rollouts)."}),
-                "learning_rate": ("FLOAT", {"default": 1e-4, "min": 0.0, "max": 1.0, "step": 1e-5, "round": 1e-7,
-                                            "tooltip": "AdamW learning rate of the LoRA."}),
+                "learning_rate": ("FLOAT", {"default": 1e-4, "min": MIN_LEARNING_RATE, "max": 1.0, "step": 1e-5,
+                                            "round": 1e-7,
+                                            "tooltip": "AdamW learning rate of the LoRA (> 0; 1e-4 is typical)."}),
                 "rank": ("INT", {"default": 8, "min": 1, "max": 128, "tooltip": "LoRA rank."}),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
                                        "tooltip": "Rollouts per step (each its own prompt and noise)."}),
@@ -133,13 +139,13 @@ def train_node(model, clip, vae, rewards, prompts, method, training_steps, learn
     if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
         raise ValueError(f"{NODE}: scheduler {scheduler!r} is not one of this ComfyUI's schedulers")
     check_mode(memory)
-    check_model_and_vae(model, vae)
-    reward_info = reward_info_of(make_ensemble(rewards, texts[0], NODE))  # no reward: the samplers' message
     cfg = finite_input(NODE, "cfg", cfg, "1.0 = no guidance, for turbo models")
     lr = finite_input(NODE, "learning_rate", learning_rate, "the LoRA's AdamW step size, e.g. 1e-4")
-    config = TrainConfig(method=method, steps=int(training_steps), learning_rate=lr, batch_size=int(batch_size),
-                         grad_accumulation=int(grad_accumulation), sampler_steps=int(sampler_steps), k=int(k),
-                         eval_every=int(eval_every), patience=int(early_stop_patience), seed=int(seed) % 2**63)
+    config = train_config(method=method, steps=int(training_steps), learning_rate=lr, batch_size=int(batch_size),
+                          grad_accumulation=int(grad_accumulation), sampler_steps=int(sampler_steps), k=int(k),
+                          eval_every=int(eval_every), patience=int(early_stop_patience), seed=int(seed) % 2**63)
+    check_model_and_vae(model, vae)
+    reward_info = reward_info_of(make_ensemble(rewards, texts[0], NODE))  # no reward: the samplers' message
     sampling = Sampling(int(sampler_steps), sampler_name, scheduler, cfg, int(width), int(height))
     train_set = encode_prompts(clip, texts)
     held_set = encode_prompts(clip, held_texts) if held_texts else None
@@ -175,6 +181,18 @@ def train_node(model, clip, vae, rewards, prompts, method, training_steps, learn
     if held_previews:
         ui["images"] = _held_out_files(held_previews, result)
     return {"ui": ui, "result": (trained, lora, history)}
+
+
+def train_config(**fields) -> TrainConfig:
+    """TrainConfig(**fields); its refusal (e.g. learning_rate 0 from a hand-edited API prompt) raised again naming
+    the node and the input, before any work."""
+    try:
+        return TrainConfig(**fields)
+    except ValueError as e:
+        message = str(e)
+        for field_name, input_name in CONFIG_INPUTS.items():
+            message = message.replace(f"TrainConfig.{field_name} ", f"{input_name} ")
+        raise ValueError(f"{NODE}: {message}") from None
 
 
 def history_record(record: StepRecord, reward_info: list[dict], held: float | None) -> dict:

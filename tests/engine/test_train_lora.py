@@ -183,6 +183,18 @@ def test_bad_inputs_are_named(engine, sd, stack, kw, match):
         trainer(engine, sd, stack, **kw)
 
 
+def test_a_learning_rate_of_zero_is_refused_by_the_widget_and_by_name(engine, sd, stack):
+    """The widget's minimum is above 0 (ComfyUI's validation refuses 0 in a prompt), and a direct call or a
+    prompt past validation gets an error naming the node and the input, before any work (issue 20 §2)."""
+    spec = engine.node_class("ReNORewardLoRATrainer").INPUT_TYPES()["required"]["learning_rate"][1]
+    assert spec["min"] > 0 and spec["default"] >= spec["min"]
+    for value, words in ((0.0, "must be > 0"), (-1e-4, "must be > 0"), (float("nan"), "must be a finite number")):
+        with pytest.raises(ValueError, match=rf"^ReNO Train Reward LoRA: learning_rate.*{words}"):
+            trainer(engine, sd, stack, learning_rate=value, model=None, vae=None)  # refused before model checks
+    with pytest.raises(ValueError, match=r"^ReNO Train Reward LoRA: training_steps must be a whole number >= 1"):
+        trainer(engine, sd, stack, training_steps=0, model=None, vae=None)
+
+
 def test_a_host_without_comfyuis_weight_adapters_is_told_which_version_it_needs(engine, sd, stack, monkeypatch):
     import sys
 
