@@ -10,7 +10,7 @@ from .lifecycle import ChainSettings, ReNORun, RunResult
 from .memory import AUTO, MEMORY_INPUT, check_mode
 from .run import PREVIEW_SIZE, check_result, iteration_reporter, make_ensemble, reward_info_of
 
-CATEGORY = "sampling/ReNO"
+CATEGORY = "ReNO/sampling"
 NODE_NAME = "ReNO Sampler (custom)"
 
 
@@ -58,6 +58,9 @@ class ReNOSamplerCustom:
         "the last sigma, for a second sampler to finish (the rewards score the last step's denoised prediction)."
     )
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = [  # the node search finds it by these too (older servers: web/js/reno_search.js)
+        "noise optimization", "reward sampler", "custom sampler", "optimize noise", "SamplerCustomAdvanced"
+    ]
     FUNCTION = "get_sampler"
     RETURN_TYPES = ("SAMPLER",)
     RETURN_NAMES = ("sampler",)

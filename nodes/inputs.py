@@ -15,7 +15,7 @@ _SPECS = {
     "vae": ("VAE", {"tooltip": "The VAE that decodes the latent; rewards score the decoded image."}),
     "rewards": ("RENO_REWARDS", {"tooltip": "The reward stack from ReNO Load Reward node(s)."}),
     "prompt": ("STRING", {
-        "multiline": True, "dynamicPrompts": False,
+        "default": "", "multiline": True, "dynamicPrompts": False,
         "tooltip": "The text the rewards score the image against (usually the positive prompt).",
     }),
     "iterations": ("INT", {

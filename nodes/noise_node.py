@@ -12,7 +12,7 @@ import torch
 
 from .history import ReNOHistory
 
-CATEGORY = "sampling/ReNO"
+CATEGORY = "ReNO/sampling"
 
 
 class OptimizedNoise:
@@ -42,6 +42,9 @@ class ReNONoise:
         "and steps it reproduces ReNO's result exactly."
     )
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = [  # the node search finds it by these too (older servers: web/js/reno_search.js)
+        "optimized noise", "reuse noise", "noise from history"
+    ]
     FUNCTION = "get_noise"
     RETURN_TYPES = ("NOISE",)
     RETURN_NAMES = ("noise",)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from .history import ReNOHistory
 
-CATEGORY = "sampling/ReNO"
+CATEGORY = "ReNO/sampling"
 
 
 def save_previews(history: ReNOHistory, prefix: str = "reno_iter") -> list[dict]:
@@ -33,6 +33,9 @@ class ReNOIterationPreview:
         "each reward's score over the iterations, with the best iteration marked."
     )
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = [  # the node search finds it by these too (older servers: web/js/reno_search.js)
+        "iteration gallery", "reward chart", "reward curve", "preview iterations"
+    ]
     FUNCTION = "preview"
     OUTPUT_NODE = True
     RETURN_TYPES = ("IMAGE",)

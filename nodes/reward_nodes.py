@@ -16,6 +16,7 @@ from ..reward_loaders import (
 )
 from ..reward_loaders.custom import list_custom_rewards
 from ..reward_loaders.paths import search_dirs
+from .download_progress import NodeDownloads
 from .inputs import finite_input
 from .settings import downloads_allowed
 
@@ -85,6 +86,10 @@ class ReNORewardLoader:
         "with its weight, to the reward stack that ReNO maximizes. Chain several loaders to combine rewards."
     )
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = [  # the node search finds it by these too (older servers: web/js/reno_search.js)
+        "reward model", "load reward", "pickscore", "imagereward", "hpsv2", "hps", "clipscore", "clip score",
+        "aesthetic score", "aesthetic predictor", "itercomp", "human preference"
+    ]
     FUNCTION = "load"
     RETURN_TYPES = ("RENO_REWARDS",)
     RETURN_NAMES = ("rewards",)
@@ -109,24 +114,28 @@ class ReNORewardLoader:
                                "memory, about a third slower. Turn on when ReNO runs out of memory.",
                 }),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},  # where a first use's download progress is shown
         }
 
     @classmethod
-    def IS_CHANGED(cls, reward, weight=None, rewards=None, gradient_checkpointing="off"):
+    def IS_CHANGED(cls, reward, weight=None, rewards=None, gradient_checkpointing="off", unique_id=None):
         """A fingerprint of the reward's files (folder, and each file's size, modification time and inode): ComfyUI
         runs the loader again, instead of serving its cached output, when a file is replaced, added or deleted."""
         return reward_fingerprint(reward)
 
-    def load(self, reward, weight, rewards=None, gradient_checkpointing="off"):
-        return (load_into_stack(reward, weight, rewards, gradient_checkpointing == "on"),)
+    def load(self, reward, weight, rewards=None, gradient_checkpointing="off", unique_id=None):
+        return (load_into_stack(reward, weight, rewards, gradient_checkpointing == "on", unique_id),)
 
 
-def load_into_stack(reward: str, weight: float, rewards=None, gradient_checkpointing: bool = False) -> tuple:
-    """The incoming stack with one more weighted reward (loaded, or downloaded first when allowed)."""
+def load_into_stack(reward: str, weight: float, rewards=None, gradient_checkpointing: bool = False,
+                    node_id=None) -> tuple:
+    """The incoming stack with one more weighted reward (loaded, or downloaded first when allowed: with the
+    download's progress on node ``node_id``, stopped by Cancel)."""
     weight = finite_input(f"ReNO Load Reward ({reward})", "weight", weight,
                           "0 turns this reward off, a negative weight pushes its score down; the widget allows -100 to 100")
     try:
-        model = load_reward(reward, download=downloads_allowed())
+        with NodeDownloads(node_id).reporting() as progress:
+            model = load_reward(reward, download=downloads_allowed(), progress=progress)
     except (RewardLoadError, ValueError) as e:  # ValueError: an unknown or invalid reward name
         raise RuntimeError(str(e)) from None
     reward_patcher(model)

@@ -8,7 +8,7 @@ from .memory import AUTO, MEMORY_INPUT
 from .preview_node import save_previews
 from .run import reno_sample
 
-CATEGORY = "sampling/ReNO"
+CATEGORY = "ReNO/sampling"
 
 
 class ReNOSampler:
@@ -18,6 +18,10 @@ class ReNOSampler:
         "Returns the best iteration (the plain one-step image is iteration 0, so the result never scores lower)."
     )
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = [  # the node search finds it by these too (older servers: web/js/reno_search.js)
+        "noise optimization", "reward noise optimization", "reward guidance", "optimize noise",
+        "test-time optimization", "inference-time scaling", "prompt adherence", "one-step sampler"
+    ]
     FUNCTION = "sample"
     RETURN_TYPES = ("LATENT", "IMAGE", "RENO_HISTORY")
     RETURN_NAMES = ("latent", "image", "history")

@@ -63,6 +63,10 @@ class ReNOScoreImages:
         "(the weighted sum of the rewards' native scores) and a per-reward report."
     )
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = [  # the node search finds it by these too (older servers: web/js/reno_search.js)
+        "score images", "rate images", "rank images", "reward score", "pickscore", "aesthetic score", "clip score",
+        "imagereward", "best of n"
+    ]
     FUNCTION = "score"
     OUTPUT_NODE = True  # shows its report even when nothing consumes the scores
     RETURN_TYPES = ("FLOAT", "STRING")
@@ -77,7 +81,7 @@ class ReNOScoreImages:
             "required": {
                 "images": ("IMAGE", {"tooltip": "The images to score (any size, any batch)."}),
                 "rewards": ("RENO_REWARDS", {"tooltip": "The reward stack from ReNO Load Reward node(s)."}),
-                "prompt": ("STRING", {"multiline": True, "dynamicPrompts": False,
+                "prompt": ("STRING", {"default": "", "multiline": True, "dynamicPrompts": False,
                                       "tooltip": "The text the images are scored against."}),
             }
         }

@@ -50,6 +50,9 @@ class ReNORewardLoRATrainer:
         "stops rising while the training reward still climbs, the model is learning to game the reward."
     )
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = [  # the node search finds it by these too (older servers: web/js/reno_search.js)
+        "reward fine-tuning", "train lora", "lora training", "alignprop", "drtune", "refl"
+    ]
     FUNCTION = "train"
     RETURN_TYPES = ("MODEL", "LORA_MODEL", "RENO_HISTORY")
     RETURN_NAMES = ("model", "lora", "history")
@@ -67,7 +70,7 @@ class ReNORewardLoRATrainer:
                 "clip": ("CLIP", {"tooltip": "Encodes the prompts (as CLIP Text Encode does)."}),
                 "vae": ("VAE", {"tooltip": "Decodes the rollouts' latents for the rewards."}),
                 "rewards": ("RENO_REWARDS", {"tooltip": "The reward stack (ReNO Load Reward nodes) to train for."}),
-                "prompts": ("STRING", {"multiline": True, "dynamicPrompts": False,
+                "prompts": ("STRING", {"default": "", "multiline": True, "dynamicPrompts": False,
                                        "tooltip": "Training prompts, one per line (blank lines are ignored)."}),
                 "method": (list(METHODS), {"default": "alignprop", "tooltip": _METHOD_TIP}),
                 "training_steps": ("INT", {"default": 200, "min": 1, "max": 100000,
@@ -96,7 +99,7 @@ class ReNORewardLoRATrainer:
             },
             "optional": {
                 "existing_lora": ("LORA_MODEL", {"tooltip": "Continue training this LoRA (e.g. an earlier trainer's)."}),
-                "held_out": ("STRING", {"multiline": True, "dynamicPrompts": False,
+                "held_out": ("STRING", {"default": "", "multiline": True, "dynamicPrompts": False,
                                         "tooltip": "Prompts never trained on, one per line: their reward is measured "
                                                    "every eval_every steps (the guard against reward hacking)."}),
                 "width": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8,

@@ -17,6 +17,7 @@ import torch
 from ..reward_loaders import REWARDS, RewardLoadError, paths
 from ..reward_loaders import preference_training as pt
 from ..reward_loaders.registry import ensure_files
+from .download_progress import NodeDownloads
 from .guards import with_oom_advice
 from .settings import downloads_allowed
 
@@ -74,7 +75,8 @@ def run_training(base_reward: str, dataset: str, name: str, epochs: int, learnin
                                freeze_fraction=float(freeze_fraction), seed=int(seed)).checked()
     name = pt.validate_name(name)
     pairs, skipped = pt.load_preference_pairs(user_root(), dataset)
-    folder = ensure_files(base_reward, download=downloads_allowed())
+    with NodeDownloads(node_id).reporting() as downloads:  # a first use downloads the base reward: progress, Cancel
+        folder = ensure_files(base_reward, download=downloads_allowed(), progress=downloads)
     rewards_root = folder.parent
     pt.check_free(rewards_root, name)  # before any work: an existing custom reward is never overwritten
 
@@ -118,6 +120,9 @@ class ReNOTrainPreferenceReward:
         "custom/<name>."
     )
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = [  # the node search finds it by these too (older servers: web/js/reno_search.js)
+        "train reward model", "preference learning", "fine-tune reward", "my taste", "personal reward"
+    ]
     FUNCTION = "train"
     OUTPUT_NODE = True  # it saves a reward: it runs even when nothing consumes its outputs
     RETURN_TYPES = ("STRING", "FLOAT")

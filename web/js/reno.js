@@ -18,11 +18,15 @@
 //
 // * ReNO Load Reward: picking another reward moves a weight still at the previous reward's suggested
 //   weight to the new reward's (reno_weights.js); loaded workflows keep their weights.
+// * Reward downloads (reno_download.js): while ReNO Load Reward (or ReNO Train Preference Reward) downloads
+//   missing reward files, a status line on that node says which file, bytes of its size, and how it ended
+//   (from the `reno.download` events; ComfyUI's progress bar on the node shows the same bytes).
 //
 // Nothing from a workflow, a prompt or the server is inserted as HTML (DOM built with createElement and
 // textContent), and the gallery/chart widgets are not serialized (nothing goes into widgets_values).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { DOWNLOAD_EVENT, DownloadStatus, STATUS_HEIGHT } from "./reno_download.js";
 import { chainLine, summaryLines, trainingLines } from "./reno_summary.js";
 import {
   CUSTOM_SAMPLER, PREVIEW, SAMPLER, SCORE, TRAINER, chartFromHistory, chartFromRun, finishRun, framesFromImages, framesFromRun, framesFromTraining,
@@ -32,10 +36,12 @@ import {
   DATASET_SETTING, DEFAULT_DATASET, datasetName, deleteBody, imageKey, markBody, marksImages, nextMark, planChange,
   queuedMarks, relink, settle,
 } from "./reno_preferences.js";
+import { addSearchAliases } from "./reno_search.js";
 import { ChartView, GalleryView } from "./reno_views.js";
 import { LOADER, followingWeight } from "./reno_weights.js";
 
 const EVENT = "reno.iteration";
+const PREFERENCE_TRAINER = "ReNOTrainPreferenceReward";
 const LINE_HEIGHT = 16;
 const MIN_WIDTH = 340;
 
@@ -179,6 +185,41 @@ function ensureViews(node, { withChart = true } = {}) {
     node.renoViews = null;
     return null;
   }
+}
+
+/** The download status line of `node`, created on the first `reno.download` event for it (never serialized). */
+function ensureDownloadStatus(node) {
+  if (node.renoDownload !== undefined) return node.renoDownload;
+  node.renoDownload = null;
+  if (typeof node.addDOMWidget !== "function") return null; // the progress bar still shows the bytes
+  try {
+    const view = new DownloadStatus();
+    addWidget(node, "reno_download", view, () => STATUS_HEIGHT);
+    node.renoDownload = view;
+    fit(node);
+  } catch (e) {
+    console.warn("ReNO: could not add the download status line", e);
+  }
+  return node.renoDownload;
+}
+
+function onDownload(detail) {
+  const node = getNode(detail?.node ?? executingId);
+  if (!node) return;
+  ensureDownloadStatus(node)?.show(detail);
+  node.setDirtyCanvas?.(true, true);
+}
+
+/** The 2024 frontend writes every widget's value into widgets_values: drop our trailing ones. */
+function trimOwnWidgetValues(proto) {
+  const onSerialize = proto.onSerialize;
+  proto.onSerialize = function (o) {
+    onSerialize?.apply(this, arguments);
+    const widgets = this.widgets ?? [];
+    let keep = widgets.length;
+    while (keep > 0 && widgets[keep - 1]?.serialize === false && String(widgets[keep - 1].name).startsWith("reno_")) keep--;
+    if (Array.isArray(o?.widgets_values) && o.widgets_values.length > keep) o.widgets_values.length = keep;
+  };
 }
 
 const typeOf = (node) => node?.comfyClass ?? node?.type;
@@ -414,12 +455,28 @@ app.registerExtension({
     }
   },
 
+  // Servers before 0.33 send no search_aliases: add ours, so the node search finds "pickscore", "noise optimization"...
+  addCustomNodeDefs(defs) {
+    try {
+      addSearchAliases(defs);
+    } catch (e) {
+      console.warn("ReNO: could not add the search aliases", e);
+    }
+  },
+
   setup() {
     api.addEventListener(EVENT, (e) => {
       try {
         onIteration(e?.detail);
       } catch (err) {
         console.warn("ReNO: could not show an iteration", err);
+      }
+    });
+    api.addEventListener(DOWNLOAD_EVENT, (e) => {
+      try {
+        onDownload(e?.detail);
+      } catch (err) {
+        console.warn("ReNO: could not show a download", err);
       }
     });
     api.addEventListener("executing", (e) => {
@@ -442,6 +499,7 @@ app.registerExtension({
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
     const name = nodeData?.name;
+    if (name === LOADER || name === PREFERENCE_TRAINER) trimOwnWidgetValues(nodeType.prototype); // download status
     if (name === LOADER) {
       installWeightFollowing(nodeType);
       return;
@@ -519,15 +577,7 @@ app.registerExtension({
       return onDrawBackground?.apply(this, arguments);
     };
 
-    // The 2024 frontend writes every widget's value into widgets_values: drop our trailing ones.
-    const onSerialize = proto.onSerialize;
-    proto.onSerialize = function (o) {
-      onSerialize?.apply(this, arguments);
-      const widgets = this.widgets ?? [];
-      let keep = widgets.length;
-      while (keep > 0 && widgets[keep - 1]?.serialize === false && String(widgets[keep - 1].name).startsWith("reno_")) keep--;
-      if (Array.isArray(o?.widgets_values) && o.widgets_values.length > keep) o.widgets_values.length = keep;
-    };
+    if (name !== PREFERENCE_TRAINER) trimOwnWidgetValues(proto);
 
     const onRemoved = proto.onRemoved;
     proto.onRemoved = function () {
