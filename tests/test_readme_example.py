@@ -1,8 +1,9 @@
 """The README's "Using the library without ComfyUI" example runs as written.
 
-The code block is taken from README.md and run verbatim in a subprocess, with the pack importable as ``reno``
-(a symlink, as the README says: clone it under an importable name) and ``RENO_REWARDS_DIR`` pointing at tiny
-reward checkpoints in the real formats (tests/tiny_rewards.py). Nothing is downloaded.
+The code block is taken from README.md and run verbatim in a subprocess, with the pack importable as ``reno`` the way
+the README says (``pip install -e``: tests/editable_install.py builds and unpacks that editable install) and
+``RENO_REWARDS_DIR`` pointing at tiny reward checkpoints in the real formats (tests/tiny_rewards.py). Nothing is
+downloaded.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from editable_install import editable_site, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Using the library without ComfyUI"
@@ -30,12 +31,12 @@ def readme_example() -> str:
 
 
 def run_example(tmp_path: Path, rewards_dir: Path) -> subprocess.CompletedProcess:
-    (tmp_path / "reno").symlink_to(ROOT, target_is_directory=True)
+    site = editable_site(tmp_path / "install")
     script = tmp_path / "example.py"
     script.write_text(readme_example(), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RENO_DOWNLOADS")}
-    env.update(PYTHONPATH=str(tmp_path), RENO_REWARDS_DIR=str(rewards_dir), HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+    env.update(RENO_REWARDS_DIR=str(rewards_dir), HF_HUB_OFFLINE="1")
+    return subprocess.run(run_script(site, script), cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
 
 
