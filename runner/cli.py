@@ -45,11 +45,27 @@ def _reward_spec(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"--reward {text}: write NAME:WEIGHT, e.g. hpsv2.1:5") from None
 
 
+DESCRIPTION = """\
+Run a ReNO workflow (ComfyUI's API format) or a diffusers one-step pipeline over a benchmark's prompts and seeds,
+headless, and write the images in the layout the benchmark's own evaluation reads (GenEval, T2I-CompBench, or plain
+folders), with one JSON line per item and a summary."""
+
+EPILOG = """examples:
+  reno-batch --workflow sd_turbo_api.json --prompts evaluation_metadata.jsonl --out runs/geneval
+  reno-batch --workflow sd_turbo_api.json --prompts color_val.txt --layout t2i-compbench --n-seeds 10 --out runs/color
+  reno-batch --diffusers models/sd-turbo --reward imagereward:1 --reward hpsv2.1:5 --prompts prompts.txt \\
+             --layout plain --out runs/plain
+  reno-batch ... --ray --workers 2       fan out over 2 Ray workers (one per GPU by default)
+
+The output folder is resumable: run the same command again to continue where it stopped.
+Exit codes: 0 every item done; 1 some prompt lines or items failed (listed in failures.jsonl), or another run
+holds --out; 2 bad arguments, workflow or prompt file, or no ComfyUI found; 130 stopped by Ctrl-C.
+More in the README, section "Benchmarks and batches"."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="reno-batch", description=__doc__.split("\n")[0],
-        epilog="Exit codes: 0 every item done; 1 some prompt lines or items failed (failures.jsonl); 130 stopped by "
-               "Ctrl-C (run the same command again to resume).")
+    p = argparse.ArgumentParser(prog="reno-batch", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--workflow", type=Path, help="a ReNO workflow in ComfyUI's API format (Workflow > Export (API))")
     src.add_argument("--diffusers", type=Path, metavar="FOLDER",
@@ -59,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "T2I-CompBench's category .txt, or a TSV with a Prompt column (PartiPrompts)")
     p.add_argument("--prompt-format", choices=FORMATS, default="auto", help="default: from the file extension")
     p.add_argument("--out", type=Path, required=True, help="output folder (resumable: re-run to continue)")
-    p.add_argument("--layout", choices=LAYOUTS, default="geneval")
+    p.add_argument("--layout", choices=LAYOUTS, default="geneval",
+                   help="where the images go: geneval images/<index>/samples/<seed>.png (default), t2i-compbench "
+                        "samples/<prompt>_<n>.png, plain images/<index>_<seed>.png")
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=parse_seeds, help="seeds per prompt, e.g. 0,1,2,3 or 0-3")
     seeds.add_argument("--n-seeds", type=int, help=f"seeds 0..N-1 per prompt (default {GENEVAL_SEEDS} for the geneval "
@@ -86,11 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--torchvision-standin", action="store_true",
                      help="let ComfyUI import without torchvision (a stand-in module; for CPU test machines)")
     dif = p.add_argument_group("diffusers (--diffusers)")
-    dif.add_argument("--reward", type=_reward_spec, action="append", default=[], metavar="NAME:WEIGHT")
+    dif.add_argument("--reward", type=_reward_spec, action="append", default=[], metavar="NAME:WEIGHT",
+                     help="a reward and its weight, e.g. hpsv2.1:5 (repeatable; the rewards are summed)")
     dif.add_argument("--rewards-dir", type=Path, help="folder holding the reward checkpoints (reno_rewards layout)")
-    dif.add_argument("--iterations", type=int)
-    dif.add_argument("--learning-rate", type=float)
-    dif.add_argument("--device")
+    dif.add_argument("--iterations", type=int, help="ReNO iterations per image (default 50)")
+    dif.add_argument("--learning-rate", type=float, help="step size on the noise (default 5; Hyper-SDXL 10)")
+    dif.add_argument("--device", help="torch device, e.g. cuda:1 (default: cuda when torch sees one, unless --cpu; else cpu)")
     ray = p.add_argument_group("Ray (pip install \"ray[default]\")")
     ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                      help="fan out with Ray: alone, a local cluster; 'auto' or ray://HOST:PORT to join one")

@@ -37,6 +37,7 @@ import {
   queuedMarks, relink, settle,
 } from "./reno_preferences.js";
 import { addSearchAliases } from "./reno_search.js";
+import { renoSettings } from "./reno_settings.js";
 import { ChartView, GalleryView } from "./reno_views.js";
 import { LOADER, followingWeight } from "./reno_weights.js";
 
@@ -45,50 +46,7 @@ const PREFERENCE_TRAINER = "ReNOTrainPreferenceReward";
 const LINE_HEIGHT = 16;
 const MIN_WIDTH = 340;
 
-const SETTINGS = [
-  {
-    id: "ReNO.AllowDownloads",
-    name: "ReNO: download missing reward models automatically",
-    tooltip: "When a reward's files are not in models/reno_rewards/, fetch them from their public sources.",
-    type: "boolean",
-    defaultValue: true,
-  },
-  {
-    id: "ReNO.TorchCompile",
-    name: "ReNO: compile the reward models with torch.compile",
-    tooltip:
-      "Faster iterations after a slow first run (each reward compiles once per image batch size, a minute or more). " +
-      "Needs a working torch.compile (Triton on NVIDIA GPUs, a C++ compiler on CPUs).",
-    type: "boolean",
-    defaultValue: false,
-  },
-  {
-    id: "ReNO.PreviewSize",
-    name: "ReNO: height of the iteration gallery image (px)",
-    tooltip: "Height of the image in the gallery of the ReNO Sampler and ReNO Iteration Preview nodes.",
-    type: "slider",
-    attrs: { min: 96, max: 768, step: 16 },
-    defaultValue: 256,
-    onChange: () => applySettings(),
-  },
-  {
-    id: "ReNO.ShowChart",
-    name: "ReNO: show the reward chart",
-    tooltip: "Chart each reward and the weighted total over the iterations on the ReNO nodes.",
-    type: "boolean",
-    defaultValue: true,
-    onChange: () => applySettings(),
-  },
-  {
-    id: DATASET_SETTING,
-    name: "ReNO: preference dataset (where gallery marks are saved)",
-    tooltip:
-      "The images you mark preferred / rejected in the ReNO galleries are saved in user/<you>/reno_preferences/<name>/ " +
-      "on the server (letters, digits, - _ . ; up to 64 characters). GET /reno/preferences/export?dataset=<name> downloads it.",
-    type: "text",
-    defaultValue: DEFAULT_DATASET,
-  },
-];
+const SETTINGS = renoSettings(() => applySettings());
 
 const liveNodes = new Set();
 const customRuns = new Set(); // ReNO Sampler (custom) nodes whose run is still live
