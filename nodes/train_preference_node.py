@@ -1,4 +1,14 @@
-"""ReNO Train Preference Reward: fine-tune an ImageReward-architecture reward on your preferred/rejected marks."""
+"""ReNO Train Preference Reward: fine-tune an ImageReward-architecture reward on your preferred/rejected marks.
+
+Whose marks: ComfyUI tells a node nothing about who queued the prompt (its hidden inputs are PROMPT, DYNPROMPT,
+EXTRA_PNGINFO, UNIQUE_ID, the comfy.org token/key and, from 0.33, COMFY_USAGE_SOURCE; the ``comfy-user`` header
+is read by the user manager of the routes and never copied into the prompt's ``extra_data``: checked on
+ComfyUI 0.3.75 and 0.33). So the dataset is named as the preference routes store it: a plain ``<dataset>`` is the
+default user's (``user/default``, where single-user ComfyUI records the marks), and under ``--multi-user`` each
+other user's datasets are offered as ``<user id>/<dataset>`` (``user/<user id>/reno_preferences/<dataset>``).
+ComfyUI has no authentication (the header is a label anyone can send): this keeps honest users' datasets apart,
+it protects nothing from a person who can reach the server.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +17,7 @@ import gc
 import logging
 import math
 import os
+import re
 from pathlib import Path
 
 import comfy.model_management
@@ -28,31 +39,69 @@ NODE = "ReNO Train Preference Reward"
 # the rewards of ImageReward's architecture (BLIP ViT + BERT + MLP head), in the combo's order, when registered
 IMAGEREWARD_FAMILY = ("imagereward", "itercomp_attribute", "itercomp_spatial", "itercomp_nonspatial")
 NO_DATASET = "(no preference dataset yet)"
+DEFAULT_USER = "default"
+# a ComfyUI user id as its user manager makes them ("<name>_<uuid>", name letters/digits/-/_), never a system user
+_USER_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 
 
 def base_rewards() -> list[str]:
     return [name for name in IMAGEREWARD_FAMILY if name in REWARDS] or ["imagereward"]
 
 
-def user_root() -> Path:
-    """The user folder whose preference marks are trained on: ComfyUI's ``user/default`` (the single user's, where
-    the gallery records the marks without multi-user mode; a prompt does not say which user queued it)."""
+def users_dir() -> Path:
+    """ComfyUI's user directory (``user/``: one folder per user)."""
     get_dir = getattr(folder_paths, "get_user_directory", None)
-    base = get_dir() if get_dir is not None else os.path.join(os.path.dirname(folder_paths.models_dir), "user")
-    return Path(base) / "default"
+    return Path(get_dir() if get_dir is not None else os.path.join(os.path.dirname(folder_paths.models_dir), "user"))
+
+
+def user_root(user: str = DEFAULT_USER) -> Path:
+    """A user's folder, whose ``reno_preferences/`` holds the marks the routes recorded for that user (ComfyUI's
+    ``user/default`` in single-user mode)."""
+    return users_dir() / user
 
 
 def preferences_root() -> Path:
     return user_root() / pt.PREFERENCES_DIR
 
 
-def dataset_choices() -> list[str]:
+def multi_user() -> bool:
     try:
-        found = pt.list_datasets(user_root())
+        from comfy.cli_args import args
+    except Exception:  # noqa: BLE001 - a host without ComfyUI's arguments: single user
+        return False
+    return bool(getattr(args, "multi_user", False))
+
+
+def _is_user_id(user: str) -> bool:
+    return bool(_USER_ID.fullmatch(user)) and not user.startswith("__") and user not in (".", "..")
+
+
+def dataset_location(dataset: str) -> tuple[Path, str]:
+    """(user folder, dataset name) of the node's ``dataset`` value: ``<dataset>`` is the default user's,
+    ``<user id>/<dataset>`` that user's (offered under ``--multi-user``). A ValueError names the node when the
+    user part is not a user folder (system users, ``__...``, included)."""
+    user, sep, name = str(dataset).partition("/")
+    if not sep:
+        return user_root(), str(dataset)
+    folder = user_root(user)
+    if not _is_user_id(user) or not folder.is_dir():
+        raise ValueError(f"{NODE}: dataset {str(dataset)[:120]!r}: {user[:60]!r} is not a user of this ComfyUI "
+                         f"(a folder of {users_dir()}); pick a dataset from the list (refresh the page: R)")
+    return folder, name
+
+
+def dataset_choices() -> list[str]:
+    """The default user's datasets, by name; under ``--multi-user`` also every other user's, as ``<user>/<name>``."""
+    found: list[str] = []
+    try:
+        found += pt.list_datasets(user_root())
+        if multi_user():
+            for entry in sorted(users_dir().iterdir()):
+                if entry.name != DEFAULT_USER and _is_user_id(entry.name) and entry.is_dir():
+                    found += [f"{entry.name}/{name}" for name in pt.list_datasets(entry)]
     except Exception as e:  # noqa: BLE001 - the node list must load even with an unreadable folder
-        log.warning("ReNO: could not list the preference datasets in %s: %s", preferences_root(), e)
-        found = []
-    return list(found) or [NO_DATASET]
+        log.warning("ReNO: could not list the preference datasets in %s: %s", users_dir(), e)
+    return found or [NO_DATASET]
 
 
 def _memory_estimate(model) -> int:
@@ -74,7 +123,8 @@ def run_training(base_reward: str, dataset: str, name: str, epochs: int, learnin
     config = pt.TrainingConfig(epochs=int(epochs), learning_rate=float(learning_rate),
                                freeze_fraction=float(freeze_fraction), seed=int(seed)).checked()
     name = pt.validate_name(name)
-    pairs, skipped = pt.load_preference_pairs(user_root(), dataset)
+    owner, dataset_name = dataset_location(dataset)
+    pairs, skipped = pt.load_preference_pairs(owner, dataset_name, seed=config.seed)
     with NodeDownloads(node_id).reporting() as downloads:  # a first use downloads the base reward: progress, Cancel
         folder = ensure_files(base_reward, download=downloads_allowed(), progress=downloads)
     rewards_root = folder.parent
@@ -141,7 +191,8 @@ class ReNOTrainPreferenceReward:
                     "tooltip": "The reward to start from (its files must be in models/reno_rewards/<reward>/)."}),
                 "dataset": (dataset_choices(), {
                     "tooltip": "The preference dataset: a folder of <ComfyUI user dir>/reno_preferences/ holding your "
-                               "preferred/rejected marks (records.jsonl). Refresh the page (R) after marking."}),
+                               "preferred/rejected marks (records.jsonl). Refresh the page (R) after marking. Under "
+                               "--multi-user another user's datasets are listed as <user id>/<dataset>."}),
                 "name": ("STRING", {
                     "default": "my-taste",
                     "tooltip": "The new reward's folder name (letters, digits, ' ', '.', '_', '-'): it is saved in "
@@ -165,10 +216,10 @@ class ReNOTrainPreferenceReward:
     @classmethod
     def IS_CHANGED(cls, base_reward, dataset, name, epochs=None, learning_rate=None, freeze_fraction=None, seed=None):
         """New marks in the dataset make the node run again (same inputs and same marks: ComfyUI's cached report)."""
-        path = preferences_root() / str(dataset) / pt.RECORDS_FILE
         try:
-            st = path.stat()
-        except OSError:
+            owner, name = dataset_location(dataset)
+            st = (owner / pt.PREFERENCES_DIR / name / pt.RECORDS_FILE).stat()
+        except (OSError, ValueError):
             return "absent"
         return f"{st.st_size}-{st.st_mtime_ns}"
 

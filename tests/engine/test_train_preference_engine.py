@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,43 @@ def test_cancel_leaves_no_folder(fresh_engine, setup):
     assert cancelled_at == [1] and values == [1]  # no step reported after the one Cancel came at
     assert not (setup / "custom" / "engine-cancelled").exists()
     assert not [p for p in (setup / "custom").iterdir() if p.name.startswith(".")] if (setup / "custom").is_dir() else True
+
+
+@pytest.fixture
+def other_users(engine):
+    users = Path(engine.folder_paths.get_user_directory())
+    yield users
+    for user in ("alice_1", "__system"):
+        shutil.rmtree(users / user, ignore_errors=True)
+
+
+def test_under_multi_user_each_users_datasets_are_offered_and_trained_on_by_name(fresh_engine, setup, other_users,
+                                                                                  monkeypatch):
+    """ComfyUI passes a node no user (the comfy-user header never reaches the prompt): under --multi-user the node
+    offers every user's datasets as <user id>/<dataset>, the way the routes store them, and trains on the one
+    named; a plain name stays the default user's; a system user or a path is refused by name (issue 20 §2)."""
+    from comfy.cli_args import args
+    from engine_support import pack_module
+
+    engine = fresh_engine
+    node = pack_module(engine).nodes.train_preference_node
+    users = other_users
+    write_dataset(users / "alice_1", "alice-taste", WARM, COOL, per_prompt=1, prompts=["a red apple"])
+    write_dataset(users / "__system", "hidden", WARM, COOL, per_prompt=1, prompts=["x"])
+    choices = lambda: engine.node_class("ReNOTrainPreferenceReward").INPUT_TYPES()["required"]["dataset"][0]  # noqa: E731
+    assert "alice_1/alice-taste" not in choices() and "engine-taste" in choices()  # single user: user/default only
+    monkeypatch.setattr(args, "multi_user", True)
+    offered = choices()
+    assert "alice_1/alice-taste" in offered and "engine-taste" in offered, offered
+    assert not [c for c in offered if c.startswith("__")], offered
+    assert node.dataset_location("alice_1/alice-taste") == (users / "alice_1", "alice-taste")
+    assert node.dataset_location("engine-taste") == (users / "default", "engine-taste")
+    for bad in ("__system/hidden", "../alice_1/alice-taste", "nobody/x", "/etc/x"):
+        with pytest.raises(ValueError, match="is not a user of this ComfyUI"):
+            node.dataset_location(bad)
+    p = prompt("alice-run", epochs=1)
+    p[NODE_ID]["inputs"]["dataset"] = "alice_1/alice-taste"
+    res = engine.execute(p)
+    res.raise_for_error()
+    meta = json.loads((setup / "custom" / "alice-run" / "reward.json").read_text())
+    assert meta["pairs"] == 1 and meta["dataset"] == "alice_1/alice-taste"  # alice's one pair, not default's 12
