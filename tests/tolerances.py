@@ -1,0 +1,70 @@
+"""Float tolerances derived from the dtype and the magnitudes compared (one place for the whole suite).
+
+Two computations of the same quantity in different orders (a batch against one item at a time, another kernel,
+a recomputed pass against a stored one, channels-last against contiguous) differ only by rounding. Each rounding
+is at most eps/2 relative to the value rounded, so the difference is bounded by ``k · eps(dtype) · M``: ``M`` the
+largest magnitude that went into the result (not only the result's own: a difference of two large numbers keeps
+their rounding), ``k`` the number of roundings that can pile up along the way (the depth of the computation and
+the length of its sums). ``k`` is chosen per comparison, with a one-line reason beside it, from what the two paths
+compute; it does not depend on the CPU's kernels (AVX2, AVX-512, AMX reorder sums but round the same way).
+
+A comparison of one code path with itself (same inputs, same kernels) is exact: ``rtol=0, atol=0``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS32 = torch.finfo(torch.float32).eps  # 1.19e-7
+EPS64 = torch.finfo(torch.float64).eps  # 2.22e-16
+
+
+def eps(dtype: torch.dtype) -> float:
+    """The machine epsilon of a floating dtype (the gap between 1 and the next representable number)."""
+    return float(torch.finfo(dtype).eps)
+
+
+def magnitude(*values) -> float:
+    """max |x| over every tensor (or number) given, in float64."""
+    out = 0.0
+    for v in values:
+        t = torch.as_tensor(v).detach()
+        if t.numel():
+            out = max(out, float(t.double().abs().max()))
+    return out
+
+
+def rounding_tol(k: float, dtype: torch.dtype, *values, scale: float | None = None) -> float:
+    """``k · eps(dtype) · M``: M is ``scale`` when given (the largest intermediate), else max |x| over ``values``."""
+    m = magnitude(*values) if scale is None else float(scale)
+    return k * eps(dtype) * m
+
+
+def assert_rounding_close(actual, expected, k: float, *, dtype: torch.dtype | None = None, scale: float | None = None,
+                          msg: str | None = None) -> None:
+    """``actual`` equals ``expected`` up to ``k`` roundings of ``dtype`` (default: the less precise of the two) at
+    the magnitude ``scale`` (default: max |x| of both); the message gives the error in those units."""
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    if dtype is None:
+        dtype = actual.dtype if eps(actual.dtype) >= eps(expected.dtype) else expected.dtype
+    tol = rounding_tol(k, dtype, actual, expected, scale=scale)
+    a, b = actual.detach().double().cpu(), expected.detach().double().cpu()
+    assert a.shape == b.shape, f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}"
+    assert bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all()), "non-finite values"
+    err = float((a - b).abs().max()) if a.numel() else 0.0
+    unit = eps(dtype) * (magnitude(a, b) if scale is None else float(scale))
+    if err > tol:
+        raise AssertionError(
+            f"{msg + ': ' if msg else ''}max |difference| {err:.3g} > {k:g} · eps({dtype}) · {tol / (k * eps(dtype)) if k else 0:.3g}"
+            f" = {tol:.3g} (the error is {err / unit if unit else float('inf'):.3g} roundings at that magnitude)"
+        )
+
+
+# -- the engine oracles: ReNO with one iteration (no update) against ComfyUI's own nodes on the same inputs --------
+
+#: the latent: the same model and sampler step, run under autograd (which may pick other kernels than inference
+#: mode does); a few roundings of the latent's magnitude (measured 0 on AVX2: the same kernels ran)
+ORACLE_LATENT_K = 16
+#: the image: ReNO decodes with the VAE's decoder module (channels-last on CPUs), VAE Decode through ComfyUI's
+#: wrapper (contiguous): ~20 conv/norm layers summed in other orders; measured <= 26 roundings of |image| <= 1
+ORACLE_IMAGE_K = 256
