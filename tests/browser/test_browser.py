@@ -449,7 +449,7 @@ def _write_pictures(workflows, shots: Path) -> None:
             rgb = im.convert("RGB")
             rgb.resize((THUMBNAIL_WIDTH, round(im.height * THUMBNAIL_WIDTH / im.width)), Image.LANCZOS).save(
                 wf.with_suffix(f".{THUMBNAIL_EXT}"), quality=88, optimize=True)
-            if wf.stem == "reno_sd_turbo":
+            if wf.stem == "ReNO 01 SD-Turbo (start here)":
                 rgb.save(ROOT / "docs" / "browser_screenshot.png", optimize=True)
 
 

@@ -12,9 +12,11 @@
 | ``sd3`` | ``supported_models.SD3`` (MMDiT, shift 3) | flow | SD3, 16 ch | cross-attn, ``pooled_output`` |
 | ``flux`` | ``supported_models.Flux`` (guidance-distilled, like FLUX.1-dev) | flow | Flux, 16 ch | cross-attn, ``pooled_output``, ``guidance`` |
 | ``flux_schnell`` | ``supported_models.FluxSchnell`` (no guidance embed) | flow | Flux, 16 ch | cross-attn, ``pooled_output`` |
+| ``z_image`` | ``supported_models.ZImage`` (Lumina2 / NextDiT, Z-Image modulation, shift 3) | flow | Flux, 16 ch | cross-attn of Qwen3-4B's width (2560), ``attention_mask`` |
 
 The VAE is a tiny SD-style ``AutoencoderKL`` (8x) with the family's latent channels, inside
-``comfy.sd.VAE``. Everything is float32 on the CPU, initialised deterministically from ``seed``.
+``comfy.sd.VAE``; for ``z_image`` it is FLUX's ``ae`` as ``comfy.sd.VAE`` builds it (an ``AutoencodingEngine``
+with the SD ``Encoder``/``Decoder``, no quant convs), tiny. Everything is float32 on the CPU, initialised deterministically from ``seed``.
 ``family_unavailable(family)`` says why the running engine cannot build a family (None when it can).
 """
 
@@ -25,6 +27,8 @@ import torch
 from . import _init_module_weights, build_tiny_model, text_to_context, tiny_unet_config
 
 CONTEXT_DIM = 32
+#: Z-Image's caption features: Qwen3-4B's hidden width (comfy/text_encoders/z_image.py, embedding_size=2560)
+QWEN3_4B_DIM = 2560
 POOLED_DIM = 32
 FLUX_GUIDANCE = 3.5
 
@@ -37,6 +41,7 @@ FAMILIES = {
     "sd3": ("SD3", 16),
     "flux": ("Flux", 16),
     "flux_schnell": ("FluxSchnell", 16),
+    "z_image": ("ZImage", 16),
 }
 
 
@@ -83,6 +88,15 @@ def _unet_config(family: str, depth: int) -> dict:
         if _flux_param("txt_ids_dims"):  # required since #11030 (0.33: FLUX.1's detection gives [])
             config["txt_ids_dims"] = []
         return config
+    if family == "z_image":
+        # Z-Image-Turbo's detected config (model_detection: dim 3840 -> 30 heads of 128, axes [32, 48, 48], theta
+        # 256, ffn 8/3, z_image_modulation, time_scale 1000, cap_pad_token -> pad to 32) at dim 256 (the adaLN
+        # input is min(dim, 256), so no smaller): 2 heads of 128, one layer and one refiner layer each
+        return {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 256, "cap_feat_dim": QWEN3_4B_DIM,
+                "n_layers": max(1, int(depth)), "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 2, "qk_norm": True,
+                "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512], "rope_theta": 256.0,
+                "ffn_dim_multiplier": 8.0 / 3.0, "z_image_modulation": True, "time_scale": 1000.0,
+                "pad_tokens_multiple": 32}
     raise ValueError(f"unknown family {family!r}")
 
 
@@ -126,7 +140,20 @@ def build_family_model(family: str, transformer_depth: int = 1, seed: int = 0):
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=offload)
 
 
+def _flux_ae(ddconfig: dict, embed_dim=None):
+    """FLUX's ``ae`` as ``comfy.sd.VAE`` builds it from its weights (no ``post_quant_conv``): the engine's own
+    ``AutoencodingEngine`` with the SD ``Encoder``/``Decoder`` and the diagonal Gaussian regularizer."""
+    from comfy.ldm.models.autoencoder import AutoencodingEngine
+
+    module = "comfy.ldm.modules.diffusionmodules.model"
+    return AutoencodingEngine(regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+                              encoder_config={"target": f"{module}.Encoder", "params": dict(ddconfig)},
+                              decoder_config={"target": f"{module}.Decoder", "params": dict(ddconfig)})
+
+
 def build_family_vae(family: str, seed: int = 0):
+    from unittest import mock
+
     import comfy.sd
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
@@ -134,6 +161,14 @@ def build_family_vae(family: str, seed: int = 0):
     ddconfig = {"double_z": True, "z_channels": channels, "resolution": 64, "in_channels": 3, "out_ch": 3,
                 "ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
     params = {"ddconfig": ddconfig, "embed_dim": channels}
+    if family == "z_image":  # the FLUX ae: comfy.sd.VAE's config path builds AutoencoderKL, so it is handed the ae
+        proto = _flux_ae(ddconfig)
+        _init_module_weights(proto, seed + 1_000_003, 0.04, {"decoder.conv_out.weight": 0.03})
+        sd = {k: v.detach().clone() for k, v in proto.state_dict().items()}
+        with mock.patch.object(comfy.sd, "AutoencoderKL", _flux_ae):
+            vae = comfy.sd.VAE(sd=sd, config={"params": params}, dtype=torch.float32)
+        vae.latent_channels = channels
+        return vae
     proto = AutoencoderKL(ddconfig=dict(ddconfig), embed_dim=channels)
     _init_module_weights(proto, seed + 1_000_003, 0.04, {"decoder.conv_out.weight": 0.03})
     sd = {k: v.detach().clone() for k, v in proto.state_dict().items()}
@@ -144,6 +179,9 @@ def build_family_vae(family: str, seed: int = 0):
 
 def family_conditioning(family: str, text: str):
     """``[[context, {extra keys}]]`` as the family's text encoders would make it."""
+    if family == "z_image":  # Qwen3-4B hidden states (layer -2) and their attention mask, no pooled output
+        ctx = text_to_context(text, QWEN3_4B_DIM)
+        return [[ctx, {"attention_mask": torch.ones(ctx.shape[:2], dtype=torch.long)}]]
     ctx = text_to_context(text, CONTEXT_DIM)
     pooled = text_to_context("pooled:" + str(text), POOLED_DIM, tokens=1)[:, 0]
     extra: dict = {}

@@ -24,15 +24,15 @@ MODEL_INPUTS = {"ckpt_name": "checkpoints", "unet_name": "diffusion_models", "lo
 CHAIN = ("steps", "sampler_name", "scheduler", "gradient", "gradient_steps")
 #: what each few-step workflow's ReNO node must run (the model's own sampler, scheduler and steps)
 FEW_STEP = {
-    "reno_sdxl_lightning_4step.json": {"steps": 4, "sampler_name": "euler", "scheduler": "sgm_uniform", "cfg": 1.0,
+    "ReNO 06 SDXL-Lightning, 4 steps.json": {"steps": 4, "sampler_name": "euler", "scheduler": "sgm_uniform", "cfg": 1.0,
                                        "learning_rate": 10.0},
-    "reno_hyper_sd_8step_lora_sdxl.json": {"steps": 8, "sampler_name": "euler", "scheduler": "sgm_uniform",
+    "ReNO 10 SDXL with the Hyper-SD 8-step LoRA.json": {"steps": 8, "sampler_name": "euler", "scheduler": "sgm_uniform",
                                            "cfg": 1.0, "learning_rate": 10.0},
-    "reno_lcm_lora_sd15_4step.json": {"steps": 4, "sampler_name": "lcm", "scheduler": "sgm_uniform", "cfg": 1.0,
+    "ReNO 11 SD 1.5 with LCM-LoRA, 4 steps.json": {"steps": 4, "sampler_name": "lcm", "scheduler": "sgm_uniform", "cfg": 1.0,
                                       "learning_rate": 5.0},
-    "reno_flux_schnell_4step.json": {"steps": 4, "sampler_name": "euler", "scheduler": "simple", "cfg": 1.0,
+    "ReNO 07 FLUX.1-schnell, 4 steps.json": {"steps": 4, "sampler_name": "euler", "scheduler": "simple", "cfg": 1.0,
                                      "learning_rate": 5.0},
-    "reno_flux_schnell_1step_render_4.json": {"steps": 1, "sampler_name": "euler", "scheduler": "simple",
+    "ReNO 08 FLUX.1-schnell, optimize at 1 step, render at 4.json": {"steps": 1, "sampler_name": "euler", "scheduler": "simple",
                                               "cfg": 1.0, "learning_rate": 5.0},
 }
 PAPER_MIX = [("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01)]
@@ -243,11 +243,11 @@ def test_lora_workflows_load_the_lora_as_their_makers_say(wf_engine):
     """Hyper-SD 8-step LoRA at full strength (ByteDance fuses the SDXL LoRAs at scale 1); LCM-LoRA through
     LoraLoader then ModelSamplingDiscrete(lcm) into ReNO, as ComfyUI runs LCM."""
     engine = wf_engine
-    hyper = json.loads((WORKFLOWS[0].parent / "reno_hyper_sd_8step_lora_sdxl.json").read_text())
+    hyper = json.loads((WORKFLOWS[0].parent / "ReNO 10 SDXL with the Hyper-SD 8-step LoRA.json").read_text())
     (lora,) = _reno_nodes(hyper, "LoraLoader")
     assert _by_name(engine, lora) == {"lora_name": "Hyper-SDXL-8steps-lora.safetensors", "strength_model": 1.0,
                                       "strength_clip": 1.0}
-    lcm = json.loads((WORKFLOWS[0].parent / "reno_lcm_lora_sd15_4step.json").read_text())
+    lcm = json.loads((WORKFLOWS[0].parent / "ReNO 11 SD 1.5 with LCM-LoRA, 4 steps.json").read_text())
     prompt = to_api(lcm, engine)
     (reno,) = [n for n in prompt.values() if n["class_type"] == "ReNOSampler"]
     sampling = prompt[reno["inputs"]["model"][0]]
@@ -259,7 +259,7 @@ def test_flux_render_workflow_renders_the_optimized_noise_at_4_steps(wf_engine):
     """ReNO at 1 step; ReNO Noise -> SamplerCustomAdvanced (BasicGuider, KSamplerSelect euler, BasicScheduler
     simple 4 steps, the same model and latent); both images saved."""
     engine = wf_engine
-    wf = json.loads((WORKFLOWS[0].parent / "reno_flux_schnell_1step_render_4.json").read_text())
+    wf = json.loads((WORKFLOWS[0].parent / "ReNO 08 FLUX.1-schnell, optimize at 1 step, render at 4.json").read_text())
     prompt = to_api(wf, engine)
     (reno_id,) = [i for i, n in prompt.items() if n["class_type"] == "ReNOSampler"]
     (host,) = [n for n in prompt.values() if n["class_type"] == "SamplerCustomAdvanced"]
@@ -282,7 +282,7 @@ def test_hyper_sdxl_1step_runs_at_t_800(wf_engine):
     """Hyper-SDXL 1-step goes through ReNO Sampler (custom) with sigmas [sigma(t=800), 0]: BasicScheduler (simple,
     1 step) then SetFirstSigma; the model maps that sigma to exactly timestep 800."""
     engine = wf_engine
-    wf = json.loads((WORKFLOWS[0].parent / "reno_hyper_sdxl_1step.json").read_text())
+    wf = json.loads((WORKFLOWS[0].parent / "ReNO 09 Hyper-SDXL, 1 step.json").read_text())
     prompt = to_api(wf, engine)
     (host,) = [n for n in prompt.values() if n["class_type"] == "SamplerCustomAdvanced"]
     assert prompt[host["inputs"]["sampler"][0]]["class_type"] == "ReNOSamplerCustom"
