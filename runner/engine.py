@@ -1027,8 +1027,11 @@ def boot_engine(
 
         clash = [m for m in ("comfy", "nodes", "execution", "folder_paths", "server") if m in sys.modules]
         for m in clash:
-            f = getattr(sys.modules[m], "__file__", None) or ""
-            if not os.path.abspath(f).startswith(root + os.sep):
+            mod = sys.modules[m]
+            # a namespace package (0.33's ``comfy`` once main.py imported it) has no __file__, only __path__
+            places = [getattr(mod, "__file__", None) or ""] + list(getattr(mod, "__path__", None) or [])
+            f = next((p for p in places if p), "")
+            if not any(p and os.path.abspath(p).startswith(root + os.sep) for p in places):
                 raise HostError(
                     f"module {m!r} is already imported from {f or '?'}; cannot boot ComfyUI at {root} "
                     "in this process"

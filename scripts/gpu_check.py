@@ -472,28 +472,6 @@ class _LogCapture(logging.Handler):
             self.lines.append(f"{record.levelname} {record.getMessage()}")
 
 
-@contextlib.contextmanager
-def _namespace_package_files(root: Path):
-    """``boot_engine`` refuses a host whose ``comfy`` module was imported from elsewhere, telling modules apart by
-    ``__file__``; ``comfy`` is a namespace package (no ``__file__``) and was imported by main.py from this very root.
-    For the duration of the boot call, give it the ``__file__`` of its folder. (A hook in runner/engine.py would be
-    cleaner: asked of the lead.)"""
-    patched = []
-    for name in ("comfy",):
-        mod = sys.modules.get(name)
-        paths = [Path(p).resolve() for p in getattr(mod, "__path__", [])] if mod is not None else []
-        if mod is not None and getattr(mod, "__file__", None) is None and paths \
-                and all(str(p).startswith(str(root.resolve()) + os.sep) for p in paths):
-            mod.__file__ = str(paths[0] / "__init__.py")
-            patched.append(mod)
-    try:
-        yield
-    finally:
-        for mod in patched:
-            with contextlib.suppress(AttributeError):
-                del mod.__file__
-
-
 def start_like_main(root: Path, flags: list[str], workdir: Path, engine_mod) -> dict:
     """Start the host as ``main.py`` does with ``flags`` (see the module doc), before torch is imported."""
     import importlib.metadata
@@ -751,9 +729,8 @@ def child_main(args) -> int:
             return 0
         import comfy.cli_args
 
-        with _namespace_package_files(host.root):
-            engine = engine_mod.boot_engine(host, [engine_mod.PACK_DIR], workdir / "engine",
-                                            cpu=bool(comfy.cli_args.args.cpu))
+        engine = engine_mod.boot_engine(host, [engine_mod.PACK_DIR], workdir / "engine",
+                                        cpu=bool(comfy.cli_args.args.cpu))
         run_mode(engine, args, report, name == REFERENCE)
         report["status"] = "ran"
     except BaseException as exc:  # noqa: BLE001 - the report says what went wrong
