@@ -90,3 +90,83 @@ def free_memory(device: torch.device, patcher=None) -> int:
         with contextlib.suppress(TypeError):
             return int(get(device))
     return int(comfy.model_management.get_free_memory(device))
+
+
+# -- attention in the gradient passes ----------------------------------------------------------------------------
+
+#: the host's unfused attention functions: what it picks on CPUs (and AMD/others without flags); each one is PyTorch's
+#: ``scaled_dot_product_attention`` up to float rounding, and slower in the backward pass that a ReNO run adds
+FALLBACK_ATTENTION = ("attention_split", "attention_sub_quad", "attention_basic")
+EXACT_DTYPES = (torch.float32, torch.float64)
+
+
+def _host_sdpa():
+    """The host's own PyTorch-SDPA attention for its diffusion models (``attention_pytorch``, registered as
+    "pytorch"), or None where the host has no ``optimized_attention_override`` to route it through.
+
+    0.3.75 and 0.33.0: ``comfy.ldm.modules.attention.get_attention_function("pytorch")``; every attention function is
+    wrapped by ``wrap_attn``, which hands the call to ``transformer_options["optimized_attention_override"](func, *args,
+    **kwargs)`` when the model options carry one (0.33 also passes tensor containers: unpacked before the override)."""
+    try:
+        import comfy.ldm.modules.attention as attention
+    except ImportError:
+        return None
+    get = getattr(attention, "get_attention_function", None)
+    if get is None or not hasattr(attention, "wrap_attn"):
+        return None
+    return get("pytorch", None)
+
+
+def gradient_attention_options(model_options: dict) -> tuple[dict, str]:
+    """(model options whose attention runs the host's PyTorch SDPA wherever the host would run one of its unfused
+    fallbacks in float32/float64, a description). The diffusion model's backward through SDPA is PyTorch's fused kernel
+    (on CPUs the flash kernel) instead of autograd through the split/sub-quadratic chunks; the result is the same up to
+    float rounding, which is why lower precisions (where the fallbacks may upcast) keep the host's choice. A fused
+    choice of the host (SDPA, xformers, flash) and an override already in the options (a node's or the user's) are
+    left as they are. ``model_options`` is never mutated."""
+    sdpa = _host_sdpa()
+    transformer_options = dict(model_options.get("transformer_options") or {})
+    if sdpa is None:
+        return model_options, "the host's (no attention override on this ComfyUI)"
+    if "optimized_attention_override" in transformer_options:
+        return model_options, "the host's (the model options already override it)"
+    import comfy.ldm.modules.attention as attention
+
+    default = getattr(getattr(attention, "optimized_attention", None), "__name__", "?")
+
+    def override(func, *args, **kwargs):
+        q = args[0] if args else kwargs.get("q")
+        if getattr(func, "__name__", "") in FALLBACK_ATTENTION and getattr(q, "dtype", None) in EXACT_DTYPES:
+            return sdpa(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    transformer_options["optimized_attention_override"] = override
+    what = ("PyTorch SDPA" if default in FALLBACK_ATTENTION else "the host's") + f" (host default {default})"
+    return {**model_options, "transformer_options": transformer_options}, what
+
+
+@contextlib.contextmanager
+def vae_sdpa(first_stage_model, dtype: torch.dtype):
+    """For the duration, the VAE's attention blocks that run the host's split attention (``normal_attention``: its
+    choice where PyTorch attention is not enabled for VAEs) run its ``pytorch_attention`` instead, in float32/float64
+    only (equal up to float rounding); restored on exit. Yields the number of blocks switched.
+
+    0.3.75 and 0.33.0: ``comfy.ldm.modules.diffusionmodules.model.AttnBlock`` keeps the function chosen at build time
+    (``vae_attention()``) in its ``optimized_attention`` attribute."""
+    try:
+        import comfy.ldm.modules.diffusionmodules.model as vae_model
+    except ImportError:
+        yield 0
+        return
+    slow, fast = getattr(vae_model, "normal_attention", None), getattr(vae_model, "pytorch_attention", None)
+    switched = []
+    try:
+        if slow is not None and fast is not None and dtype in EXACT_DTYPES and first_stage_model is not None:
+            for module in first_stage_model.modules():
+                if module.__dict__.get("optimized_attention") is slow:
+                    module.optimized_attention = fast
+                    switched.append(module)
+        yield len(switched)
+    finally:
+        for module in reversed(switched):
+            module.optimized_attention = slow

@@ -14,7 +14,11 @@
    a. every inference-mode parameter and buffer of the diffusion model, the models ComfyUI loaded with it
       (ControlNets, GLIGEN, model patches), the VAE and the rewards is swapped for a zero-copy normal
       tensor (autograd cannot save inference tensors for backward);
-   b. the VAE decoder's 4-D weights are swapped for channels-last copies (where that pays: settings);
+   b. the VAE decoder's 4-D weights are swapped for channels-last copies where the plan measured that it pays
+      (both layouts timed at the run's own shapes: ``_vae_layout``; ``RENO_CHANNELS_LAST=1/0`` forces one), and its
+      attention blocks that run the host's unfused split attention run the host's PyTorch SDPA in float32
+      (``host.vae_sdpa``; the diffusion model's attention likewise through the model options:
+      ``host.gradient_attention_options``; ``RENO_PYTORCH_ATTENTION=0`` keeps the host's);
    c. the blocks of each part the plan recomputes (diffusion model, VAE decoder, each reward) get a
       ``forward`` that recomputes their activations in the backward pass (``optimizer.memory``: the one
       gradient-checkpointing mechanism of the pack), with activation copies for models found to update
@@ -36,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,13 +52,22 @@ import torch.nn.functional as F
 
 from ..optimizer import IterationRecord, ReNOConfig, ReNOResult, optimize_noise
 from ..optimizer.chain import ChainSpec, GradientPolicy, draw_step_noises, run_chain
-from ..optimizer.memory import INPLACE_MESSAGE, ActivationProbe, ComponentProfile, recompute_wrapper, wrap_blocks
+from ..optimizer.memory import (
+    INPLACE_MESSAGE,
+    ActivationProbe,
+    ComponentProfile,
+    LayoutChoice,
+    choose_layout,
+    recompute_wrapper,
+    time_layouts,
+    wrap_blocks,
+)
 from ..reward_loaders import RewardEnsemble
 from . import host, memory
 from .autograd import as_normal, channels_last_weights, normal_tensors
 from .foreign import control_modules
 from .inpaint import denoise_with_mask
-from .settings import channels_last_vae
+from .settings import channels_last_forced, pytorch_attention
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +80,9 @@ _IN_PLACE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # sizes before any full-size pass, and refused when even recomputing everything cannot fit
 PREFLIGHT_AREA = 64 * 64
 PROBE_SIDES = (32, 24, 16)  # latent sides of the probes
+LAYOUT_SIDE = 32  # the VAE layouts are timed on at most this latent crop (256 px for 8x VAEs), batch 1
+# VAE decoders whose layouts were timed: decoder -> {(crop shape, dtype, device, plan): LayoutChoice}
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class ReNOMemoryError(RuntimeError):
@@ -175,6 +192,8 @@ class RunPlan:
     copy_saved: bool = False  # the diffusion model updates activations in place: copy what backward needs
     channels_last: bool = False  # the VAE decoder's convolutions run in NHWC
     summary: str = ""
+    sdpa: bool = False  # the VAE's unfused attention blocks run PyTorch SDPA (host.vae_sdpa)
+    layout: str = ""  # the VAE layout and why (measured times, or forced)
 
 
 @dataclass
@@ -188,6 +207,8 @@ class RunResult:
     sigmas: list[float] = field(default_factory=list)  # every sigma of the schedule the chain ran
     previews: list[torch.Tensor] = field(default_factory=list)  # per iteration: (B, h, w, 3) uint8
     memory: str = ""  # the plan's summary (what recomputed, the estimate when measured)
+    layout: str = ""  # the VAE decoder's layout and why (measured times, or forced)
+    attention: str = ""  # the attention the gradient passes run
 
 
 @dataclass
@@ -263,6 +284,8 @@ class ReNORun:
             stack.enter_context(normal_tensors(self._foreign_modules()))  # a. zero-copy normal tensors
             if plan.channels_last:  # b. the decoder's convolutions in NHWC
                 stack.enter_context(channels_last_weights([self.vae.first_stage_model]))
+            if plan.sdpa:  # the decoder's unfused attention as PyTorch SDPA
+                stack.enter_context(host.vae_sdpa(self.vae.first_stage_model, self._vae_dtype()))
             blocks = self._blocks()
             every_block = [b for part in blocks.values() for b in part]
             if block_wrapper is not None:
@@ -338,8 +361,52 @@ class ReNORun:
             recompute = plan.recompute
             summary = "auto: " + memory.summarize(plan, profiles, budget)
         log.info("ReNO memory: %s", summary)
-        return RunPlan(recompute=recompute, copy_saved=self._copying, channels_last=channels_last_vae(self.device),
-                       summary=summary)
+        layout = self._vae_layout(frozenset(recompute))
+        log.info("ReNO VAE decoder layout: %s; attention: %s", layout.describe(), self._attention)
+        return RunPlan(recompute=recompute, copy_saved=self._copying, channels_last=layout.channels_last,
+                       summary=summary, sdpa=self._sdpa, layout=layout.describe())
+
+    def _vae_dtype(self) -> torch.dtype:
+        return getattr(self.vae, "vae_dtype", None) or next(self.vae.first_stage_model.parameters()).dtype
+
+    def _vae_layout(self, recompute: frozenset) -> LayoutChoice:
+        """The VAE decoder's memory layout for this run: ``RENO_CHANNELS_LAST`` when set; else both layouts timed
+        (forward + backward of the decoder, as the run installs it: attention, recomputation) on the run's latent,
+        cropped to ``LAYOUT_SIDE`` and batch 1, on the run's device and dtype, and the faster taken
+        (``optimizer.memory.choose_layout``: channels-last only when clearly faster). Remembered per decoder and shape.
+
+        Channels-last is not always faster: on CPUs its convolutions gain at 256-512 channels, but GroupNorm's
+        backward in NHWC is slower, by more than the convolutions gain at small channel counts; GPUs differ again."""
+        forced = channels_last_forced()
+        if forced is not None:
+            return LayoutChoice(forced, reason="RENO_CHANNELS_LAST=" + ("1" if forced else "0"))
+        decoder = self.vae.first_stage_model
+        start = self._inputs.start
+        if start.dim() != 4 or not any(p.dim() == 4 for p in decoder.parameters()):
+            return LayoutChoice(False, reason="no 2-D convolutions to lay out")
+        crop = start[:1, :, :LAYOUT_SIDE, :LAYOUT_SIDE]
+        key = (tuple(crop.shape), self._vae_dtype(), str(self.device), recompute, self._sdpa)
+        known = _LAYOUTS.setdefault(decoder, {})
+        if key in known:
+            return known[key]
+        latent = self.inner.process_latent_out(crop.detach().to(self._inputs.latent.dtype))
+        device = self.device
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+        # on a CPU the process's CPU time (other programs on the machine cannot inflate it); elsewhere the wall clock
+        clock = time.process_time if device.type == "cpu" else time.perf_counter
+
+        def prepare(layout: str):
+            return self.installed(RunPlan(recompute, self._copying, layout == "channels-last", sdpa=self._sdpa))
+
+        def step():
+            v = latent.detach().clone().requires_grad_(True)
+            image = decode_with_grad(self.vae, v)
+            torch.autograd.grad(image, v, torch.ones_like(image))
+
+        seconds = time_layouts(prepare, step, sync=sync, clock=clock)
+        where = f"at a {crop.shape[-1]}x{crop.shape[-2]} latent" + (", CPU time" if device.type == "cpu" else "")
+        known[key] = choice = LayoutChoice(choose_layout(seconds), seconds, where=where)
+        return choice
 
     def _preflight(self, forced: set, patchers: list) -> None:
         """For a large latent: estimate the run's activations from three probes at reduced sizes (cheap: the probes
@@ -385,7 +452,7 @@ class ReNORun:
                                    cut(full.start), full.args, spec)
         try:
             z = self._inputs.start.detach().float().clone().requires_grad_(True)
-            with self.installed(RunPlan(), block_wrapper=probe.block_wrapper), probe:
+            with self.installed(RunPlan(sdpa=self._sdpa), block_wrapper=probe.block_wrapper), probe:
                 image, _ = self._forward(z, probe.component, probe.block if self._steps > 1 else None)
                 self.ensemble(image, around=probe.component)
         finally:
@@ -420,7 +487,7 @@ class ReNORun:
                 log.info("ReNO: this model updates activations in place during its forward pass; "
                          "copying the activations backward needs (slightly slower)")
                 _IN_PLACE[self.inner] = self._copying = True
-                plan = RunPlan(plan.recompute, True, plan.channels_last, plan.summary)
+                plan = dataclasses.replace(plan, copy_saved=True)
                 previews.clear()
                 result = self._optimize(plan, previews)
             with torch.no_grad():
@@ -429,7 +496,8 @@ class ReNORun:
                 result.best_extra = x0
                 samples = self.model_sampling.inverse_noise_scaling(self._inputs.sigma_last, x_final)
         return RunResult(result=result, samples=samples, x0=x0, sigma=float(self._inputs.sigma),
-                         sigmas=[float(v) for v in self._inputs.sigmas], previews=previews, memory=plan.summary)
+                         sigmas=[float(v) for v in self._inputs.sigmas], previews=previews, memory=plan.summary,
+                         layout=plan.layout, attention=self._attention)
 
     def _begin(self, model_wrap, sigmas, max_denoise: bool) -> list:
         """The start of step 1: what the sampling call runs on; ComfyUI loads the model, the VAE and the rewards."""
@@ -447,6 +515,13 @@ class ReNORun:
         schedule = as_normal(sigmas).clone()
         latent = as_normal(latent_image).clone() if latent_image is not None else torch.zeros_like(noise)
         start = as_normal(noise).clone()
+        args = _with_normal_conds(extra_args)
+        self._sdpa = pytorch_attention()
+        if self._sdpa:  # the diffusion model's unfused attention as PyTorch SDPA (the VAE's: installed)
+            options, self._attention = host.gradient_attention_options(args["model_options"])
+            args = {**args, "model_options": options}
+        else:
+            self._attention = "the host's (RENO_PYTORCH_ATTENTION=0)"
         self._inputs = _Inputs(
             sigmas=schedule,
             sigma=schedule[0],
@@ -454,7 +529,7 @@ class ReNORun:
             latent=latent,
             mask=as_normal(denoise_mask).clone() if denoise_mask is not None else None,
             start=start,
-            args=_with_normal_conds(extra_args),
+            args=args,
             spec=self._chain_spec(schedule, start, latent, extra_args.get("seed")),
         )
         self.ensemble.prepare()  # text features once per prompt (no gradients: inference weights are fine)

@@ -45,10 +45,22 @@ def compile_rewards() -> bool:
     return bool(user_setting(TORCH_COMPILE, False))
 
 
-def channels_last_vae(device) -> bool:
-    """The VAE decoder runs channels-last (NHWC): RENO_CHANNELS_LAST=1/0 if set, else on CPUs only, where it was
-    measured to pay (about 20 % faster decoder forward+backward); on GPUs it is off until measured there."""
-    env = os.environ.get("RENO_CHANNELS_LAST", "").strip().lower()
-    if env:
-        return env not in ("0", "false", "no", "off")
-    return getattr(device, "type", str(device)) == "cpu"
+def _env_flag(name: str) -> bool | None:
+    """True/False where the environment variable ``name`` is set (0/false/no/off are False), None where unset."""
+    env = os.environ.get(name, "").strip().lower()
+    if not env:
+        return None
+    return env not in ("0", "false", "no", "off")
+
+
+def channels_last_forced() -> bool | None:
+    """RENO_CHANNELS_LAST=1/0 forces the VAE decoder's layout (channels-last NHWC / as loaded); unset (None), the
+    run measures both at its own shapes and takes the faster (``ReNORun._vae_layout``)."""
+    return _env_flag("RENO_CHANNELS_LAST")
+
+
+def pytorch_attention() -> bool:
+    """The gradient passes run PyTorch's SDPA where the host would run an unfused attention in float32
+    (``host.gradient_attention_options``, ``host.vae_sdpa``): on unless RENO_PYTORCH_ATTENTION=0."""
+    flag = _env_flag("RENO_PYTORCH_ATTENTION")
+    return True if flag is None else flag

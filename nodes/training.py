@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -198,7 +199,7 @@ class RewardRollout(ReNORun):
                 _IN_PLACE[self.inner] = self._copying = True
                 for p, g in zip(params, saved):
                     p.grad = g
-                self.plans[key] = plan = RunPlan(plan.recompute, True, plan.channels_last, plan.summary)
+                self.plans[key] = plan = dataclasses.replace(plan, copy_saved=True)
                 x = self._backward(plan)
             return self.model_sampling.inverse_noise_scaling(self._inputs.sigma_last, x)
 

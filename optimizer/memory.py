@@ -259,6 +259,65 @@ def plan_checkpointing(profiles: Sequence[ComponentProfile], budget: int, forced
     return MemoryPlan(frozenset(chosen), peak, True, cost)
 
 
+# -- memory layout: measured, not assumed --------------------------------------------------------------
+
+CONTIGUOUS, CHANNELS_LAST = "contiguous", "channels-last"
+LAYOUTS = (CONTIGUOUS, CHANNELS_LAST)
+#: channels-last must beat the layout the model was loaded in by this fraction: it costs a copy of the weights, and a
+#: smaller gain is within the timing noise of a few rounds
+LAYOUT_MARGIN = 0.03
+LAYOUT_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class LayoutChoice:
+    """The layout a model's convolutions run in, and why: ``seconds`` holds each layout's measured best time (empty
+    when forced); ``where`` says at what shape it was measured."""
+
+    channels_last: bool
+    seconds: dict = field(default_factory=dict)
+    reason: str = "measured"
+    where: str = ""
+
+    @property
+    def layout(self) -> str:
+        return CHANNELS_LAST if self.channels_last else CONTIGUOUS
+
+    def describe(self) -> str:
+        if not self.seconds:
+            return f"{self.layout} ({self.reason})"
+        times = ", ".join(f"{name} {self.seconds[name]:.4f} s" for name in LAYOUTS if name in self.seconds)
+        return f"{self.layout} (measured forward+backward{' ' + self.where if self.where else ''}: {times})"
+
+
+def choose_layout(seconds: dict, margin: float = LAYOUT_MARGIN) -> bool:
+    """Channels-last (True) only when its measured time beats contiguous's by more than ``margin``."""
+    return seconds[CHANNELS_LAST] < (1.0 - margin) * seconds[CONTIGUOUS]
+
+
+def time_layouts(prepare: Callable[[str], contextlib.AbstractContextManager], step: Callable[[], None],
+                 rounds: int = LAYOUT_ROUNDS, sync: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Each layout's best time of ``step()`` (a forward+backward pass), measured inside ``prepare(layout)``.
+
+    One warm-up call per layout (kernel choice, caches), then ``rounds`` interleaved rounds (contiguous, channels-last,
+    contiguous, ...) so that a change of the machine's load hits both alike; the minimum of each is kept (other work
+    on the machine only ever adds time). ``prepare`` is entered outside the timed call (a weight copy is not timed).
+    """
+    sync = sync or (lambda: None)
+    best = {name: float("inf") for name in LAYOUTS}
+    for timed in [False] + [True] * rounds:
+        for name in LAYOUTS:
+            with prepare(name):
+                sync()
+                start = clock()
+                step()
+                sync()
+                if timed:
+                    best[name] = min(best[name], clock() - start)
+    return best
+
+
 # -- recomputing ------------------------------------------------------------------------------------
 
 def recompute_in_backward(fn: Callable, *args, copy_saved: bool = False, **kwargs):

@@ -1,7 +1,8 @@
 """ReNO beyond one step, measured through the real node path: reward gain, seconds per iteration, peak memory.
 
-    python scripts/bench_multistep.py [--size 256] [--iterations 20] [--counter-iterations 4]
-        [--rewards imagereward,hpsv2.1,pickscore,clipscore] [--rows "1-step,exact,drtune,last k,euler_ancestral exact"]
+    python scripts/bench_multistep.py [--size 256] [--iterations 20] [--counter-iterations 4] [--threads 1]
+        [--repeats 1] [--rewards imagereward,hpsv2.1,pickscore,clipscore]
+        [--rows "1-step,exact,drtune,last k,euler_ancestral exact"]
 
 A real ComfyUI engine (the host tests/comfy_host.py finds, booted headless on the CPU, as scripts/benchmark.py
 does) runs ReNO Sampler on the tiny embedded SD model (``ReNOTestTinySD``, transformer depth 1) with tiny reward
@@ -9,27 +10,42 @@ checkpoints in their real formats (tests/tiny_rewards.py; the paper's weights 1,
 (``ROWS``): 1-step ReNO (``steps`` 1, today's default) and, at 4 steps with scheduler ``simple``, sampler
 ``euler`` with each gradient policy of the chain (``exact``; ``drtune`` and ``last k`` with ``gradient_steps``
 1), plus ``euler_ancestral`` with ``exact``. ``memory`` is the node's default (``auto``); the plan it chose is
-printed with each row. Every row runs in a fresh subprocess (``--child``), one after another, so peaks and
-timings of one row never include another's.
+printed with each row. Every row runs in fresh subprocesses (``--child``), one after another, so peaks and
+timings of one row never include another's: a **time** process and a **memory** process per row, because the
+memory measures need an allocator setting that changes the timings (below). With ``--repeats`` R the time
+processes run R rounds, each round every row once (interleaved, so a change of the machine's load hits every row
+alike), and the table gives the median of the rounds.
 
-In each row's process, after the engine boots and the models and rewards are loaded:
+Both kinds of child run torch with ``--threads`` threads (default 1: ``OMP_NUM_THREADS`` and
+``torch.set_num_threads``) and ``OMP_WAIT_POLICY=PASSIVE``: on a CPU shared with other work, OpenMP threads that
+spin waiting for a descheduled peer made one 4-step iteration take 12 s instead of 0.5 s (measured); passive waiting
+keeps the timings comparable.
+
+In each row's **time** process (glibc's default allocator settings: ``MALLOC_MMAP_THRESHOLD_`` is removed from its
+environment), after the engine boots and the models and rewards are loaded:
 
 1. **warm-up**: ReNO Sampler with the row's settings for 2 iterations (first-call costs: kernels, text features);
 2. **timed run** (``--iterations``, default 20): ReNO Sampler, timed from the node's progress callbacks (the
    reports for this run's ``iterations``). *s/iteration* is the median gap between consecutive reports,
    leaving out the last gap (the last iteration only evaluates: no backward pass, no step), i.e. the median
-   over iterations 1 .. N-2, each one forward + backward + step. *Reward gain* is, from the run's history,
-   the weighted total Σ wᵢ·scoreᵢ at the best iteration (the node's ``best_iteration``) minus iteration 0's
-   (``iterations`` = 20 is the node input: 20 evaluated iterations, 19 optimizer steps).
+   over iterations 1 .. N-2, each one forward + backward + step, in CPU time (``time.process_time``: this
+   process's user + system time, which other programs on the machine cannot inflate) and in wall time.
+   *Reward gain* is, from the run's history, the weighted total Σ wᵢ·scoreᵢ at the best iteration (the node's
+   ``best_iteration``) minus iteration 0's (``iterations`` = 20 is the node input: 20 evaluated iterations, 19
+   optimizer steps).
+
+In each row's **memory** process (``MALLOC_MMAP_THRESHOLD_=65536``): the same warm-up, then
+
+2. **RSS run** (``--iterations``): ReNO Sampler again with the same settings.
    *Peak RSS growth* (memory measure a) is the kernel's high-water mark of the process RSS during this run
    (VmHWM, reset through ``/proc/self/clear_refs`` just before it) minus the RSS just before it (VmRSS); where
    the reset is not possible, ``ru_maxrss`` after minus before (which the warm-up's own peak then hides: a
-   note says so). The child runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc serves every large tensor
+   note says so). This process runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc serves every large tensor
    from its own mapping and gives it back when freed; with glibc's default (a threshold that grows after
    frees) a tensor freed in the warm-up stays resident and the next run's activations reuse it without
-   raising RSS, which hides exactly the growth measured here. It also runs with ``OMP_WAIT_POLICY=PASSIVE``:
-   on a CPU shared with other work, OpenMP threads that spin waiting for a descheduled peer made one 4-step
-   iteration take 12 s instead of 0.5 s (measured); passive waiting keeps the timings comparable.
+   raising RSS, which hides exactly the growth measured here. That setting also makes every large allocation a
+   fresh ``mmap`` whose pages are zeroed by the kernel: it costs time (issue 20 measured 2.39 vs 1.71 CPU s per
+   iteration for the same row), which is why no timing is taken in this process.
 3. **counted run** (``--counter-iterations``, default 4): ReNO Sampler again, with a counter of the tensors
    saved for backward (memory measure b), reported as the peak over the iterations after the first.
 
@@ -103,7 +119,10 @@ ROWS = {
 }
 BASELINE = "1-step"
 WARMUP_ITERATIONS = 2
-CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_WAIT_POLICY": "PASSIVE"}
+#: the environment of every child; the memory children add MEMORY_ENV, the time children run without it
+CHILD_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+PARTS = ("time", "memory")
 RESULT_TAG = "BENCH_MULTISTEP_RESULT "
 
 
@@ -214,6 +233,7 @@ def run_child(args) -> int:
     import torch
     from tiny_rewards import write_reward_root
 
+    torch.set_num_threads(args.threads)
     row = ROWS[args.child]
     host = comfy_host.find_host()
     if host is None:
@@ -243,32 +263,37 @@ def run_child(args) -> int:
         return out["result"][2]
 
     reno(WARMUP_ITERATIONS, lambda: None)
+    result = {"row": args.child, "part": args.part, **row, "host": engine.info, "torch": torch.__version__,
+              "threads": torch.get_num_threads(),
+              "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_")}
 
-    stamps: list[float] = []
-    with RSSPeak() as rss:
+    if args.part == "time":
+        stamps: list[tuple[float, float]] = []  # (wall, CPU) at each progress report
         start = time.perf_counter()
-        history = reno(args.iterations, lambda: stamps.append(time.perf_counter()))
+        history = reno(args.iterations, lambda: stamps.append((time.perf_counter(), time.process_time())))
         wall = time.perf_counter() - start
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])][:-1]  # the last iteration has no backward pass
-    best = history.best_iteration[0]
-
-    counter = SavedTensorCounter()
-    gc.collect()
-    with counter.installed():
-        reno(args.counter_iterations, counter.mark)
-    windows = counter.windows[1:]  # the first holds the memory plan's measuring pass
-
-    result = {
-        "row": args.child, **row,
-        "gain": weighted_total(history, best) - weighted_total(history, 0),
-        "total_0": weighted_total(history, 0), "best_iteration": best, "records": len(history.records),
-        "s_per_iteration": statistics.median(gaps) if gaps else wall / args.iterations, "gaps": len(gaps),
-        "wall": wall, "rss_growth": rss.growth, "rss_method": rss.method,
-        "saved_peak": max(windows) if windows else None, "saved_windows": counter.windows,
-        "memory_plan": (history.config or {}).get("memory", ""),
-        "sigmas": (history.config or {}).get("sigmas"),
-        "host": engine.info, "torch": torch.__version__, "threads": torch.get_num_threads(),
-    }
+        pairs = list(zip(stamps, stamps[1:]))[:-1]  # the last iteration has no backward pass
+        walls, cpus = [b[0] - a[0] for a, b in pairs], [b[1] - a[1] for a, b in pairs]
+        best = history.best_iteration[0]
+        config = history.config or {}
+        result.update({
+            "gain": weighted_total(history, best) - weighted_total(history, 0),
+            "total_0": weighted_total(history, 0), "best_iteration": best, "records": len(history.records),
+            "s_per_iteration": statistics.median(walls) if walls else wall / args.iterations,
+            "cpu_per_iteration": statistics.median(cpus) if cpus else None, "gaps": len(walls), "wall": wall,
+            "memory_plan": config.get("memory", ""), "vae_layout": config.get("vae_layout", ""),
+            "attention": config.get("attention", ""), "sigmas": config.get("sigmas"),
+        })
+    else:
+        with RSSPeak() as rss:
+            reno(args.iterations, lambda: None)
+        counter = SavedTensorCounter()
+        gc.collect()
+        with counter.installed():
+            reno(args.counter_iterations, counter.mark)
+        windows = counter.windows[1:]  # the first holds the memory plan's measuring pass
+        result.update({"rss_growth": rss.growth, "rss_method": rss.method,
+                       "saved_peak": max(windows) if windows else None, "saved_windows": counter.windows})
     print(RESULT_TAG + json.dumps(result), flush=True)
     return 0
 
@@ -284,8 +309,12 @@ def parse_args(argv=None):
     ap.add_argument("--rewards", default=DEFAULT_REWARDS)
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma list of: {', '.join(ROWS)}")
     ap.add_argument("--depth", type=int, default=1, help="tiny UNet transformer depth (default 1)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in every child (default 1)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds of the time processes, every row once per round (default 1); the median is reported")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON to this file")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--part", default="time", choices=PARTS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.reward_names = [n.strip() for n in args.rewards.split(",") if n.strip()]
     bad = [n for n in args.reward_names if n not in WEIGHTS]
@@ -304,19 +333,33 @@ def parse_args(argv=None):
         ap.error("--counter-iterations must be at least 3 (the first window holds the measuring pass)")
     if args.size < 8 or args.size % 8:
         ap.error("--size must be a positive multiple of 8")
+    if args.threads < 1 or args.repeats < 1:
+        ap.error("--threads and --repeats must be at least 1")
     return args
 
 
-def child_command(args, row: str) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--child", row, "--size", str(args.size),
+def child_command(args, row: str, part: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--child", row, "--part", part, "--size", str(args.size),
             "--iterations", str(args.iterations), "--counter-iterations", str(args.counter_iterations),
-            "--rewards", ",".join(args.reward_names), "--depth", str(args.depth)]
+            "--rewards", ",".join(args.reward_names), "--depth", str(args.depth), "--threads", str(args.threads)]
 
 
-def run_child_row(command: list[str], row: str, tag: str) -> dict:
-    """Run one row's child process (with CHILD_ENV) and return the JSON it printed after ``tag``, plus its
-    ``process_seconds``; a failed child stops the benchmark with its output."""
-    env = {**os.environ, **CHILD_ENV}
+def child_env(memory: bool, threads: int | None = None) -> dict:
+    """A child's environment: CHILD_ENV, plus MEMORY_ENV for a memory child; a time child runs without
+    ``MALLOC_MMAP_THRESHOLD_`` even where the parent has it."""
+    env = {k: v for k, v in os.environ.items() if memory or k not in MEMORY_ENV}
+    env.update(CHILD_ENV)
+    if memory:
+        env.update(MEMORY_ENV)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def run_child_row(command: list[str], row: str, tag: str, env: dict | None = None) -> dict:
+    """Run one row's child process (``env``; default: a memory child's, CHILD_ENV + MEMORY_ENV) and return the JSON
+    it printed after ``tag``, plus its ``process_seconds``; a failed child stops the benchmark with its output."""
+    env = child_env(memory=True) if env is None else env
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(tag)]
@@ -327,8 +370,21 @@ def run_child_row(command: list[str], row: str, tag: str) -> dict:
     return result
 
 
-def run_row(args, row: str) -> dict:
-    return run_child_row(child_command(args, row), row, RESULT_TAG)
+def run_row(args, row: str, part: str) -> dict:
+    env = child_env(memory=part == "memory", threads=args.threads)
+    return run_child_row(child_command(args, row, part), row, RESULT_TAG, env)
+
+
+def merged(times: list[dict], memory: dict) -> dict:
+    """One table row: the memory child's measures, the time children's (the median over rounds; the gain and
+    history of the first round: every round runs the same seeded computation)."""
+    row = {**memory, **times[0]}
+    for key in ("s_per_iteration", "cpu_per_iteration"):
+        values = [t[key] for t in times if t.get(key) is not None]
+        row[key] = statistics.median(values) if values else None
+    row["rounds"] = len(times)
+    row["process_seconds"] = sum(t["process_seconds"] for t in times) + memory["process_seconds"]
+    return row
 
 
 def mib(n) -> str:
@@ -344,15 +400,16 @@ def table(rows: list[dict], iterations: int) -> str:
     rss0 = base["rss_growth"] if base else None
     saved0 = base["saved_peak"] if base else None
     lines = [
-        f"| row | steps | sampler | gradient (k) | reward gain ({iterations} it.) | best it. | s/iteration "
-        "| peak RSS growth (MiB) | vs 1-step | peak saved for backward (MiB) | vs 1-step |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| row | steps | sampler | gradient (k) | reward gain ({iterations} it.) | best it. | CPU s/iteration "
+        "| wall s/iteration | peak RSS growth (MiB) | vs 1-step | peak saved for backward (MiB) | vs 1-step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         gradient = r["gradient"] + (f" ({r['gradient_steps']})" if r["gradient"] != "exact" else "")
+        cpu = "-" if r.get("cpu_per_iteration") is None else f"{r['cpu_per_iteration']:.3f}"
         lines.append(
             f"| {r['row']} | {r['steps']} | {r['sampler_name']} | {gradient} | {r['gain']:+.3f} | {r['best_iteration']} "
-            f"| {r['s_per_iteration']:.3f} | {mib(r['rss_growth'])} | {ratio(r['rss_growth'], rss0)} "
+            f"| {cpu} | {r['s_per_iteration']:.3f} | {mib(r['rss_growth'])} | {ratio(r['rss_growth'], rss0)} "
             f"| {mib(r['saved_peak'])} | {ratio(r['saved_peak'], saved0)} |")
     return "\n".join(lines)
 
@@ -370,19 +427,29 @@ def main(argv=None) -> int:
     print(f"command: {env}{shlex.join(['python', 'scripts/bench_multistep.py', *sys.argv[1:]])}")
     print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='minutes')}; "
           f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}", flush=True)
-    rows = []
-    for name in args.row_names:
-        r = run_row(args, name)
-        rows.append(r)
-        print(f"  {name}: gain {r['gain']:+.3f} (iteration 0 total {r['total_0']:.3f}, best {r['best_iteration']}), "
-              f"{r['s_per_iteration']:.3f} s/iteration (median of {r['gaps']}), RSS growth {mib(r['rss_growth'])} MiB, "
-              f"saved peak {mib(r['saved_peak'])} MiB (windows {[round(w / 2**20, 1) for w in r['saved_windows']]}); "
-              f"plan: {r['memory_plan']}; {r['process_seconds']:.0f} s", flush=True)
+    times: dict[str, list[dict]] = {name: [] for name in args.row_names}
+    memory: dict[str, dict] = {}
+    for round_ in range(args.repeats):
+        for name in args.row_names:
+            t = run_row(args, name, "time")
+            times[name].append(t)
+            print(f"  {name} (time, round {round_ + 1}): gain {t['gain']:+.3f} (iteration 0 total {t['total_0']:.3f}, "
+                  f"best {t['best_iteration']}), {t['cpu_per_iteration']:.3f} CPU s / {t['s_per_iteration']:.3f} wall s "
+                  f"per iteration (median of {t['gaps']}); plan: {t['memory_plan']}; VAE: {t['vae_layout']}; "
+                  f"{t['process_seconds']:.0f} s", flush=True)
+            if round_ == 0:
+                m = memory[name] = run_row(args, name, "memory")
+                print(f"  {name} (memory): RSS growth {mib(m['rss_growth'])} MiB, saved peak {mib(m['saved_peak'])} "
+                      f"MiB (windows {[round(w / 2**20, 1) for w in m['saved_windows']]}); "
+                      f"{m['process_seconds']:.0f} s", flush=True)
+    rows = [merged(times[name], memory[name]) for name in args.row_names]
     first = rows[0]
     print(f"\nhost: {first['host']}; torch {first['torch']}; {first['threads']} threads; {args.size}x{args.size}, tiny "
           f"SD UNet transformer depth {args.depth}; rewards {', '.join(f'{n} ({WEIGHTS[n]:g})' for n in args.reward_names)}"
-          f"; memory auto; RSS: {first['rss_method']} (children with "
-          + " ".join(f"{k}={v}" for k, v in CHILD_ENV.items()) + ")\n")
+          f"; memory auto; times: median of {args.repeats} round(s) of time processes ("
+          + " ".join(f"{k}={v}" for k, v in CHILD_ENV.items()) + ", glibc's default malloc thresholds); memory: RSS "
+          f"{first['rss_method']}, in memory processes with "
+          + " ".join(f"{k}={v}" for k, v in MEMORY_ENV.items()) + "\n")
     print(table(rows, args.iterations))
     base = next((r for r in rows if r["row"] == BASELINE), None)
     exact = next((r for r in rows if r["row"] == "exact"), None)

@@ -23,14 +23,26 @@ recomputation the memory mode chose). A warm-up run comes first; seconds per ite
 timed run's iterations (ReNO; the last one, which only evaluates, left out) or of --repeats calls (parts);
 "50 iterations" is the measured wall time of the node call when --iterations is 50, else extrapolated.
 Prints markdown tables with the GPU allocator peak of the timed run (CUDA) or its peak RSS (CPU).
+
+**Threads and timing.** By default torch runs one thread (``--threads``; ``torch.set_num_threads``) and OpenMP
+waits passively (``OMP_WAIT_POLICY=PASSIVE``, set before torch is imported unless the environment sets it): on a
+CPU shared with other work, OpenMP threads that spin waiting for a descheduled peer make wall times meaningless
+(issue 20's outside run: 3.18 s/iteration and an overhead ratio of 0.772 with 2 spinning threads, 0.337 s and
+1.099 with one passive thread, for the same work). The tiny benchmark reports **CPU time** (``time.process_time``: this process's
+user + system time, all threads) beside wall time for every figure, and its overhead ratio in both; CPU time is
+what another program on the machine cannot inflate. On a GPU the CPU time is only the host side: read the wall
+columns there.
 """
 
 from __future__ import annotations
 
-import argparse
+import os  # noqa: I001  (OMP_WAIT_POLICY must be in the environment before anything imports torch)
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
 import contextlib
 import gc
-import os
 import platform
 import re
 import resource
@@ -58,16 +70,31 @@ FULL_ITERATIONS = 50
 WARMUP_ITERATIONS = 3
 
 
-def median_time(fn, repeats: int, sync=lambda: None) -> float:
+def median_times(fn, repeats: int, sync=lambda: None) -> tuple[float, float]:
+    """(median wall seconds, median CPU seconds) of ``repeats`` calls of ``fn`` after a warm-up call."""
     fn()  # warm-up
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
         sync()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         fn()
         sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def median_time(fn, repeats: int, sync=lambda: None) -> float:
+    return median_times(fn, repeats, sync)[0]
+
+
+def set_threads(threads: int) -> None:
+    """torch's intra-op (and, where still possible, inter-op) thread count for the whole benchmark."""
+    import torch
+
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # inter-op threads can be set only before their first use
+        torch.set_num_interop_threads(threads)
 
 
 # -- peak memory ----------------------------------------------------------------------------------------
@@ -107,6 +134,9 @@ def parse_args(argv=None):
                     help="image side in pixels (default: tiny 128, sd-turbo 512, sdxl-turbo 512, hyper-sdxl 1024)")
     ap.add_argument("--iterations", type=int, default=None, help="ReNO iterations (default: tiny 12, full size 50)")
     ap.add_argument("--repeats", type=int, default=5, help="timed calls of each part alone (median)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: figures that mean something on a shared machine; OpenMP waits "
+                         "passively unless OMP_WAIT_POLICY is set)")
     ap.add_argument("--rewards", default=DEFAULT_REWARDS)
     ap.add_argument("--depth", type=int, default=None,
                     help="tiny UNet transformer depth (default: 1, 0 on the 2024 engine)")
@@ -131,6 +161,8 @@ def parse_args(argv=None):
         ap.error("--iterations must be at least 2 (iteration times are the gaps between iterations)")
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
+    if args.threads < 1:
+        ap.error("--threads must be at least 1")
     if args.size is not None and args.size % 8:
         ap.error("--size must be a multiple of 8")
     full = [m for m in args.models if m != "tiny"]
@@ -176,8 +208,8 @@ def run_tiny(engine, args) -> int:
         (stack,) = engine.call_node("ReNORewardLoader", inference=True, reward=name, weight=WEIGHTS[name], rewards=stack)
 
     # 1. ReNO through the node: time between consecutive iterations (progress updates), per memory mode
-    stamps: list[float] = []
-    engine.add_progress_callback(lambda e: stamps.append(time.perf_counter()))
+    stamps: list[tuple[float, float]] = []  # (wall, CPU) at each progress report
+    engine.add_progress_callback(lambda e: stamps.append((time.perf_counter(), time.process_time())))
     optional = engine.node_class("ReNOSampler").INPUT_TYPES().get("optional", {})
     modes = [m.strip() for m in args.memory.split(",")] if args.memory and "memory" in optional else [None]
 
@@ -187,17 +219,19 @@ def run_tiny(engine, args) -> int:
         out = engine.call_node("ReNOSampler", inference=True, model=model, positive=cond, negative=cond, vae=vae,
                                latent_image=latent, rewards=stack, prompt=PROMPT, seed=0, iterations=iterations,
                                learning_rate=5.0, cfg=1.0, regularization=0.01, grad_clip=0.1, **extra)
-        plan = out["result"][2].config.get("memory", "")
-        return [b - a for a, b in zip(stamps, stamps[1:])], plan
+        config = out["result"][2].config or {}
+        pairs = list(zip(stamps, stamps[1:]))
+        return ([b[0] - a[0] for a, b in pairs], [b[1] - a[1] for a, b in pairs], config.get("memory", ""),
+                config.get("vae_layout", ""))
 
     runs = []
     for mode in modes:
-        reno(mode)  # warm-up (loads, caches text features)
+        reno(mode)  # warm-up (loads, caches text features, measures the VAE layout)
         gc.collect()
         reset_peak_rss()
-        gaps, plan = reno(mode)
-        runs.append((mode, statistics.median(gaps), peak_rss_gib(), plan))
-    per_iteration = runs[0][1]
+        walls, cpus, plan, layout = reno(mode)
+        runs.append((mode, statistics.median(walls), statistics.median(cpus), peak_rss_gib(), plan, layout))
+    per_iteration, per_iteration_cpu = runs[0][1], runs[0][2]
     engine.clear_progress_callbacks()
 
     # 2. the same models alone, forward + backward, in the same process and mode
@@ -222,28 +256,33 @@ def run_tiny(engine, args) -> int:
             image = torch.rand(1, 3, size, size, requires_grad=True)
             ensemble(image)[0].sum().backward()
 
-        parts = {"UNet": median_time(unet, args.repeats), "VAE decode": median_time(decode, args.repeats),
-                 f"rewards ({', '.join(names)})": median_time(rewards, args.repeats)}
-    alone = sum(parts.values())
+        parts = {"UNet": median_times(unet, args.repeats), "VAE decode": median_times(decode, args.repeats),
+                 f"rewards ({', '.join(names)})": median_times(rewards, args.repeats)}
+    alone = sum(wall for wall, _ in parts.values())
+    alone_cpu = sum(cpu for _, cpu in parts.values())
     peak = f"{process_peak_rss_gib():.2f} GiB peak RSS"
 
-    print(f"host: {engine.info}; torch {torch.__version__}; {torch.get_num_threads()} threads; "
-          f"{size}x{size}, UNet transformer depth {depth}; {peak}\n")
-    print("| measured | seconds |")
-    print("|---|---|")
-    for label, t in parts.items():
-        print(f"| {label} alone, forward+backward | {t:.4f} |")
-    print(f"| sum of the parts | {alone:.4f} |")
+    print(f"host: {engine.info}; torch {torch.__version__}; {torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; {size}x{size}, UNet transformer depth "
+          f"{depth}; parts alone as the host runs them (its attention, contiguous VAE); {peak}")
+    print(f"VAE layout of the ReNO run: {runs[0][5] or '(not reported by this version)'}\n")
+    print("| measured | CPU seconds | wall seconds |")
+    print("|---|---|---|")
+    for label, (wall, cpu) in parts.items():
+        print(f"| {label} alone, forward+backward | {cpu:.4f} | {wall:.4f} |")
+    print(f"| sum of the parts | {alone_cpu:.4f} | {alone:.4f} |")
     if modes == [None]:
-        print(f"| ReNO iteration (median of {iterations - 1}) | {per_iteration:.4f} |")
-        print(f"| 50 iterations (extrapolated) | {per_iteration * 50:.2f} |")
-        print(f"| **overhead ratio** (iteration / sum of parts) | **{per_iteration / alone:.3f}** |")
+        print(f"| ReNO iteration (median of {iterations - 1}) | {per_iteration_cpu:.4f} | {per_iteration:.4f} |")
+        print(f"| 50 iterations (extrapolated) | {per_iteration_cpu * 50:.2f} | {per_iteration * 50:.2f} |")
+        print(f"| **overhead ratio** (iteration / sum of parts) | **{per_iteration_cpu / alone_cpu:.3f}** "
+              f"| {per_iteration / alone:.3f} |")
         return 0
-    print(f"\n| memory | ReNO iteration (median of {iterations - 1}) | 50 iterations (extrapolated) | peak RSS of the "
-          "run (GiB) | overhead ratio | plan |")
-    print("|---|---|---|---|---|---|")
-    for mode, t, rss, plan in runs:
-        print(f"| {mode} | {t:.4f} | {t * 50:.2f} | {rss:.2f} | {t / alone:.3f} | {plan} |")
+    print(f"\n| memory | ReNO iteration, CPU s (median of {iterations - 1}) | wall s | 50 iterations, CPU s "
+          "(extrapolated) | peak RSS of the run (GiB) | overhead ratio (CPU) | (wall) | plan |")
+    print("|---|---|---|---|---|---|---|---|")
+    for mode, t, cpu, rss, plan, _ in runs:
+        print(f"| {mode} | {cpu:.4f} | {t:.4f} | {cpu * 50:.2f} | {rss:.2f} | {cpu / alone_cpu:.3f} | {t / alone:.3f} "
+              f"| {plan} |")
     return 0
 
 
@@ -533,6 +572,7 @@ class FullBench:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    set_threads(args.threads)
     full = [m for m in args.models if m != "tiny"]
 
     host = comfy_host.find_host()
