@@ -34,6 +34,9 @@ FEW_STEP = {
                                      "learning_rate": 5.0},
     "ReNO 08 FLUX.1-schnell, optimize at 1 step, render at 4.json": {"steps": 1, "sampler_name": "euler", "scheduler": "simple",
                                               "cfg": 1.0, "learning_rate": 5.0},
+    # ComfyUI's image_z_image_turbo template: KSampler 8 steps, res_multistep, simple, cfg 1
+    "ReNO 13 Z-Image-Turbo, 8 steps.json": {"steps": 8, "sampler_name": "res_multistep", "scheduler": "simple", "cfg": 1.0,
+                                "learning_rate": 5.0},
 }
 PAPER_MIX = [("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01)]
 

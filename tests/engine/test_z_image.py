@@ -18,6 +18,7 @@ from engine_support import PROMPT_TEXT, fixture_families, reward_stack
 STEPS, SAMPLER, SCHEDULER, SHIFT, SIDE, SEED = 8, "res_multistep", "simple", 3.0, 64, 3
 PAPER_MIX = (("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01))
 EPS32 = torch.finfo(torch.float32).eps
+WORKFLOW = "ReNO 13 Z-Image-Turbo, 8 steps.json"
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,7 @@ def test_a_run_leaves_nothing_on_comfyuis_objects(z_engine, stack, memory):
 
 
 def test_the_shipped_workflow_runs_through_the_engine_on_tiny_weights(z_engine, stack):
-    """workflows/reno_z_image_turbo.json as Queue sends it (the frontend's graphToPrompt), with its three loaders
+    """The shipped workflow (``WORKFLOW``) as Queue sends it (the frontend's graphToPrompt), with its three loaders
     swapped for the tiny family (diffusion model and VAE) and the tiny text encoder, at 64 px and 2 iterations: it
     executes, and ReNO Sampler ran the template's chain (8 steps of res_multistep, AuraFlow shift 3)."""
     import importlib.util
@@ -162,9 +163,20 @@ def test_the_shipped_workflow_runs_through_the_engine_on_tiny_weights(z_engine, 
     spec.loader.exec_module(test_workflows)
     to_api = test_workflows.to_api
     engine = z_engine
-    wf = json.loads((Path(__file__).resolve().parents[2] / "workflows" / "reno_z_image_turbo.json").read_text())
+    wf = json.loads((Path(__file__).resolve().parents[2] / "workflows" / WORKFLOW).read_text())
     prompt = to_api(wf, engine)
     ids = {node["class_type"]: i for i, node in prompt.items()}
+    # the template's graph (image_z_image_turbo), the prompt typed once for CLIP Text Encode and ReNO
+    assert prompt[ids["UNETLoader"]]["inputs"]["unet_name"] == "z_image_turbo_bf16.safetensors"
+    assert {k: prompt[ids["CLIPLoader"]]["inputs"][k] for k in ("clip_name", "type")} == {
+        "clip_name": "qwen_3_4b.safetensors", "type": "lumina2"}
+    assert prompt[ids["VAELoader"]]["inputs"]["vae_name"] == "ae.safetensors"
+    assert prompt[ids["ModelSamplingAuraFlow"]]["inputs"]["shift"] == SHIFT
+    assert {k: prompt[ids["EmptySD3LatentImage"]]["inputs"][k] for k in ("width", "height")} == {
+        "width": 1024, "height": 1024}
+    text = [ids["PrimitiveStringMultiline"], 0]
+    assert prompt[ids["CLIPTextEncode"]]["inputs"]["text"] == prompt[ids["ReNOSampler"]]["inputs"]["prompt"] == text
+    assert prompt[ids["ConditioningZeroOut"]]["inputs"]["conditioning"] == [ids["CLIPTextEncode"], 0]
     unet, clip, vae = ids.pop("UNETLoader"), ids.pop("CLIPLoader"), ids.pop("VAELoader")
     prompt[unet] = {"class_type": "ReNOTestTinyFamily", "inputs": {"family": "z_image", "transformer_depth": 1,
                                                                    "seed": 0, "text": "", "negative_text": ""}}
