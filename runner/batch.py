@@ -21,12 +21,13 @@ the file holds its PID) and a second run on the same folder stops at once, namin
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import secrets
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -179,7 +180,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
     so a name at the file system's limit still works) written and ``fsync``ed, renamed onto ``path``, then the
     folder ``fsync``ed so that the rename itself is on disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".reno-", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".reno-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)  # umask applies
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -220,6 +222,9 @@ except ImportError:  # Windows
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
 
 
+_HELD = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, getattr(errno, "EDEADLK", errno.EAGAIN)}  # "someone holds it"
+
+
 @contextlib.contextmanager
 def lock_output(out: Path):
     """Hold the output folder's lock for the block (released when the process ends, however it ends). Another run
@@ -229,7 +234,11 @@ def lock_output(out: Path):
     try:
         try:
             _try_lock(fd)
-        except OSError:
+        except OSError as e:
+            if e.errno not in _HELD:  # a file system without locks (some network mounts): say so and go on
+                print(f"reno-batch: could not lock {path} ({e}); make sure no other run uses {out}", file=sys.stderr)
+                yield
+                return
             try:
                 holder = path.read_text(encoding="utf-8").strip() or "?"
             except OSError:

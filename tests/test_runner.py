@@ -260,6 +260,9 @@ def test_each_file_is_fsynced_before_its_rename_and_the_folder_after(tmp_path, m
     target = tmp_path / "sub" / "result.png"
     batch._write_atomic(target, b"data")
     assert target.read_bytes() == b"data"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # as a plain write makes it (not mkstemp's 0600)
     (_, kind, ino), (op, moved, dst), (_, dkind, dino) = events
     assert (kind, op, moved, dst) == ("file", "replace", ino, str(target)) and ino == target.stat().st_ino
     assert (dkind, dino) == ("dir", (tmp_path / "sub").stat().st_ino)
