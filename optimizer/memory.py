@@ -266,7 +266,7 @@ LAYOUTS = (CONTIGUOUS, CHANNELS_LAST)
 #: channels-last must beat the layout the model was loaded in by this fraction: it costs a copy of the weights, and a
 #: smaller gain is within the timing noise of a few rounds
 LAYOUT_MARGIN = 0.03
-LAYOUT_ROUNDS = 3
+LAYOUT_ROUNDS = 5
 
 
 @dataclass(frozen=True)
