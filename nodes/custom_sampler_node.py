@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..optimizer import ReNOConfig
+from . import host_sampling
 from .bridge import ReNOComfySampler
 from .guards import with_oom_advice
 from .inputs import chain_input, chain_settings, reno_config, reno_input
@@ -42,17 +45,20 @@ class ReNOGuidedSampler(ReNOComfySampler):
 
 
 def make_sampler(vae, rewards, prompt, iterations, learning_rate, regularization, grad_clip, node_id=None,
-                 memory=AUTO, sampler_name="euler", gradient="exact", gradient_steps=1):
+                 memory=AUTO, sampler_name="euler", gradient="exact", gradient_steps=1, sampler=None):
     config = reno_config(iterations, learning_rate, regularization, grad_clip)
-    return ReNOGuidedSampler(rewards, prompt, config, vae, node_id, memory,
-                             chain_settings(sampler_name, gradient, gradient_steps))
+    chain = chain_settings(sampler_name, gradient, gradient_steps)
+    if sampler is not None:  # a core node's SAMPLER (KSamplerSelect, SamplerDPMPP_2M_SDE, SamplerLCM...): its options
+        host_sampling.differentiable_sampler(sampler)  # refused by name here, before any work, if it cannot run
+        chain = dataclasses.replace(chain, sampler=host_sampling.sampler_label(sampler), sampler_object=sampler)
+    return ReNOGuidedSampler(rewards, prompt, config, vae, node_id, memory, chain)
 
 
 class ReNOSamplerCustom:
     DESCRIPTION = (
         "ReNO as a SAMPLER for SamplerCustomAdvanced (any guider: CFGGuider, BasicGuider, DualCFGGuider; any "
-        "noise and sigmas) or SamplerCustom. It samples through all the sigmas it is given with its sampler_name "
-        "(exactly as ComfyUI's sampler of that name), scores the decoded result with the rewards and optimizes the "
+        "noise and sigmas) or SamplerCustom. It samples through all the sigmas it is given with ComfyUI's own "
+        "sampler of its sampler_name (or the SAMPLER connected to its sampler input), scores the decoded result with the rewards and optimizes the "
         "initial noise by gradient ascent through the whole chain; the sampler's output is the best iteration's "
         "latent. With a schedule ending above 0 (a split schedule's high part) the output is the chain's latent at "
         "the last sigma, for a second sampler to finish (the rewards score the last step's denoised prediction)."
@@ -76,11 +82,14 @@ class ReNOSamplerCustom:
             "optional": {
                 "memory": (MEMORY_INPUT[0], dict(MEMORY_INPUT[1])),
                 **{name: chain_input(name) for name in ("sampler_name", "gradient", "gradient_steps")},
+                "sampler": ("SAMPLER", {
+                    "tooltip": "Optional: a sampler made by a core node (KSamplerSelect, SamplerDPMPP_2M_SDE, SamplerER_SDE, "
+                               "SamplerLCM, ...) to sample with, with its options, instead of sampler_name."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def get_sampler(self, vae, rewards, prompt, iterations, learning_rate, regularization, grad_clip, memory=AUTO,
-                    sampler_name="euler", gradient="exact", gradient_steps=1, unique_id=None):
+                    sampler_name="euler", gradient="exact", gradient_steps=1, sampler=None, unique_id=None):
         return (make_sampler(vae, rewards, prompt, iterations, learning_rate, regularization, grad_clip, unique_id,
-                             memory, sampler_name, gradient, gradient_steps),)
+                             memory, sampler_name, gradient, gradient_steps, sampler),)

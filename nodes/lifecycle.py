@@ -25,6 +25,9 @@
       activations in place.
    d. every block of every part checks ComfyUI's Cancel before it runs, and again when its gradient arrives
       in the backward pass, so a long pass stops at the next block.
+   e. every layer whose weights ComfyUI's memory manager streams (partially loaded, dynamic VRAM) recomputes
+      in the backward pass with its cast, on the run's own copy of the weight (``host.streamed_weights``);
+      the host's model compiler and CUDA graphs are off (``host.compiler_off``).
 
    The plan is passed in (``RunPlan``), never left as flags on shared models.
 3. **optimize**: ``optimize_noise`` with one reporter; the record carries the running best.
@@ -51,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from ..optimizer import IterationRecord, ReNOConfig, ReNOResult, optimize_noise
-from ..optimizer.chain import ChainSpec, GradientPolicy, draw_step_noises, run_chain
+from ..optimizer.chain import SAMPLERS, ChainSpec, GradientPolicy, call_denoiser, draw_step_noises, run_chain
 from ..optimizer.memory import (
     INPLACE_MESSAGE,
     ActivationProbe,
@@ -63,11 +66,11 @@ from ..optimizer.memory import (
     wrap_blocks,
 )
 from ..reward_loaders import RewardEnsemble
-from . import host, memory
+from . import host, host_sampling, memory
 from .autograd import as_normal, channels_last_weights, normal_tensors
 from .foreign import control_modules
 from .inpaint import denoise_with_mask
-from .settings import channels_last_forced, pytorch_attention
+from .settings import channels_last_forced, model_pytorch_attention, pytorch_attention
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +153,15 @@ def saved_activations_copied():
     for backward (FLUX's blocks: ``txt += ...``, ``x += ...``), which makes backward fail ("modified by an
     inplace operation"). Copying saved non-leaf tensors at save time (each tensor once per version) makes
     any such model differentiable; weights (leaves) are never copied, and the originals are freed as the
-    forward moves on, so peak memory barely changes.
+    forward moves on, so peak memory barely changes. Autograd checks no version once saved-tensor hooks are
+    installed, so these hooks check the leaves' themselves: a weight the host overwrote after its layer ran (a
+    shared cast buffer) raises "modified by an inplace operation" instead of giving another gradient.
     """
     copies: dict = {}  # id(tensor) -> (weak reference, version, copy): each tensor copied once per version
 
     def pack(t: torch.Tensor):
         if t.grad_fn is None:
-            return t
+            return _Leaf(t, t._version)
         entry = copies.get(id(t))
         if entry is not None and entry[0]() is t and entry[1] == t._version:
             return entry[2]
@@ -164,17 +169,37 @@ def saved_activations_copied():
         copies[id(t)] = (weakref.ref(t), t._version, copy)
         return copy
 
-    return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    def unpack(packed):
+        if isinstance(packed, _Leaf):
+            if packed.tensor._version != packed.version:
+                raise RuntimeError(f"ReNO: a weight that the backward pass needs was {INPLACE_MESSAGE} after its layer "
+                                   "ran (ComfyUI reused the memory it was cast into)")
+            return packed.tensor
+        return packed
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    """A tensor without gradient history saved for backward (a weight), with its version when saved."""
+
+    tensor: torch.Tensor
+    version: int
 
 
 @dataclass(frozen=True)
 class ChainSettings:
-    """How the sigmas a run is given are sampled: ``sampler`` (``optimizer.chain.SAMPLERS``), and which paths carry
-    the gradient back to the noise (``gradient``: ``exact``, ``drtune`` or ``last k``; ``k``: its last steps)."""
+    """How the sigmas a run is given are sampled: ``sampler`` (a name of the host's ``KSampler.SAMPLERS``), and which
+    paths carry the gradient back to the noise (``gradient``: ``exact``, ``drtune`` or ``last k``; ``k``: the last model
+    calls that keep it). ``sampler_object``: a host ``SAMPLER`` (from KSamplerSelect, SamplerDPMPP_2M_SDE...) to
+    sample with instead of the named one. ReNO's runs sample with the host's own sampler function under autograd
+    (``host_sampling.sample``); the trainer's rollouts with ``optimizer.chain`` (its five samplers)."""
 
     sampler: str = "euler"
     gradient: str = "exact"
     k: int = 1
+    sampler_object: object = field(default=None, compare=False)
 
     def policy(self, steps: int, copy_saved: bool, measuring: bool = False, skip=None) -> GradientPolicy:
         # several steps recompute each step's activations in backward (about one step's memory, not K steps');
@@ -281,6 +306,8 @@ class ReNORun:
         """
         with contextlib.ExitStack() as stack:
             stack.enter_context(host.training_mode())  # the host's differentiable paths (in_training)
+            stack.enter_context(host_sampling.samplers_with_gradients())  # the host's sampler functions build a graph
+            stack.enter_context(host.compiler_off())  # e. no model compiler, no CUDA graphs
             stack.enter_context(normal_tensors(self._foreign_modules()))  # a. zero-copy normal tensors
             if plan.channels_last:  # b. the decoder's convolutions in NHWC
                 stack.enter_context(channels_last_weights([self.vae.first_stage_model]))
@@ -298,6 +325,8 @@ class ReNORun:
             if self._steps > 1:  # d. Cancel between blocks, outermost (several steps: the model's blocks too)
                 every_block = every_block + memory.model_blocks(self.inner)
             stack.enter_context(wrap_blocks(every_block, interruptible))
+            # e. streamed weights: each such layer recomputes with its cast (not while measuring: nothing is kept)
+            stack.enter_context(host.streamed_weights(self._foreign_modules(), recompute=block_wrapper is None))
             yield
 
     # -- the differentiable generator ------------------------------------------------------------------
@@ -322,12 +351,38 @@ class ReNORun:
 
         ms = self.model_sampling
         policy = self.chain.policy(self._steps, copying, measuring, skip=lambda sigma: skip_coefficient(ms, sigma))
+        sampler = getattr(self, "_host_sampler", None)
         with part(memory.MODEL), saved_activations_copied() if copying else contextlib.nullcontext():
-            x = self.model_sampling.noise_scaling(inp.sigma, noise, inp.latent, self.max_denoise)
-            x_final, x0 = run_chain(denoise, x, inp.spec, policy)
-        with part(memory.VAE):
-            image = decode_with_grad(self.vae, self.inner.process_latent_out(x0))
-        return image, torch.stack([x_final, x0], dim=1)
+            if sampler is not None:  # the host's own sampler function, each model call under the policy
+                samples, x0 = self._host_sample(sampler, noise, policy, step_probe)
+            else:  # the pack's chain (the trainer's rollouts)
+                x = self.model_sampling.noise_scaling(inp.sigma, noise, inp.latent, self.max_denoise)
+                x_final, x0 = run_chain(denoise, x, inp.spec, policy)
+                samples = self.model_sampling.inverse_noise_scaling(inp.sigma_last, x_final)
+        with part(memory.VAE):  # ending at sigma 0: what KSampler returns; a split schedule: the last call's x0
+            image = decode_with_grad(self.vae, self.inner.process_latent_out(samples if self._to_zero else x0))
+        return image, torch.stack([samples, x0], dim=1)
+
+    def _host_sample(self, sampler, noise: torch.Tensor, policy: GradientPolicy, step_probe=None):
+        """(KSampler's samples, the last model call's x0) from the host's sampler function, with ``policy`` applied
+        per model call (``_calls`` of them: what exact / drtune / last k count)."""
+        inp = self._inputs
+        calls = self._calls
+
+        def call(denoise, x, sigma, index):
+            if index >= calls and policy.mode != "exact":  # a count that depends on the model's output (dpm_adaptive)
+                raise host_sampling.SamplerRefused(
+                    f"ReNO: sampler {self.chain.sampler!r} called the model more often than its schedule says "
+                    f"({index + 1} > {calls}): its number of model calls depends on the model's output, so "
+                    f"gradient = {self.chain.gradient!r} cannot pick its last {self.chain.k}; use gradient = exact.")
+            if step_probe is not None:  # the measuring pass: each model call is one block
+                with step_probe([x]):
+                    return call_denoiser(denoise, x, sigma, policy, index, calls)
+            return call_denoiser(denoise, x, sigma, policy, index, calls)
+
+        samples, x0, _ = host_sampling.sample(sampler, self.model_wrap, inp.sigmas, inp.args, noise, inp.latent, inp.mask,
+                                     call)
+        return samples, x0
 
     # -- memory ----------------------------------------------------------------------------------------
     def _plan(self, patchers: list) -> RunPlan:
@@ -446,7 +501,7 @@ class ReNORun:
             def cut(t):
                 return t[..., :crop[0], :crop[1]] if t is not None and t.dim() >= 4 else t
             spec = full.spec
-            if spec.step_noises is not None:
+            if spec is not None and spec.step_noises is not None:
                 spec = dataclasses.replace(spec, step_noises=[cut(n) for n in spec.step_noises])
             self._inputs = _Inputs(full.sigmas, full.sigma, full.sigma_last, cut(full.latent), cut(full.mask),
                                    cut(full.start), full.args, spec)
@@ -470,6 +525,7 @@ class ReNORun:
         patchers = self._begin(model_wrap, sigmas, max_denoise)
         with torch.inference_mode(False), torch.enable_grad():
             self._take_inputs(sigmas, extra_args, noise, latent_image, denoise_mask)
+            self._prepare_sampler()
             plan = self._plan(patchers)
             previews: list[torch.Tensor] = []
             retry = False
@@ -491,10 +547,9 @@ class ReNORun:
                 previews.clear()
                 result = self._optimize(plan, previews)
             with torch.no_grad():
-                best = result.best_extra.detach()  # (B, 2, ...): the chain's result and the last step's x0
-                x_final, x0 = best[:, 0], best[:, 1]
+                best = result.best_extra.detach()  # (B, 2, ...): what KSampler returns and the last call's x0
+                samples, x0 = best[:, 0], best[:, 1]
                 result.best_extra = x0
-                samples = self.model_sampling.inverse_noise_scaling(self._inputs.sigma_last, x_final)
         return RunResult(result=result, samples=samples, x0=x0, sigma=float(self._inputs.sigma),
                          sigmas=[float(v) for v in self._inputs.sigmas], previews=previews, memory=plan.summary,
                          layout=plan.layout, attention=self._attention)
@@ -515,13 +570,14 @@ class ReNORun:
         schedule = as_normal(sigmas).clone()
         latent = as_normal(latent_image).clone() if latent_image is not None else torch.zeros_like(noise)
         start = as_normal(noise).clone()
+        self._to_zero = bool(schedule[-1] == 0)  # a full denoise (not a split schedule): decode what KSampler returns
         args = _with_normal_conds(extra_args)
-        self._sdpa = pytorch_attention()
-        if self._sdpa:  # the diffusion model's unfused attention as PyTorch SDPA (the VAE's: installed)
+        self._sdpa = pytorch_attention()  # the VAE decoder's unfused attention as PyTorch SDPA (installed)
+        if model_pytorch_attention():  # the diffusion model's too: only when asked, since KSampler runs the host's
             options, self._attention = host.gradient_attention_options(args["model_options"])
             args = {**args, "model_options": options}
-        else:
-            self._attention = "the host's (RENO_PYTORCH_ATTENTION=0)"
+        else:  # iteration 0 stays KSampler's sample exactly (the oracle), whatever attention the host picked
+            self._attention = "the host's, as KSampler (RENO_PYTORCH_ATTENTION=all for PyTorch SDPA)"
         self._inputs = _Inputs(
             sigmas=schedule,
             sigma=schedule[0],
@@ -534,9 +590,25 @@ class ReNORun:
         )
         self.ensemble.prepare()  # text features once per prompt (no gradients: inference weights are fine)
 
-    def _chain_spec(self, sigmas: torch.Tensor, start: torch.Tensor, latent: torch.Tensor, seed) -> ChainSpec:
-        """The sampler over ``sigmas``; a stochastic sampler's per-step noises are drawn once, for the seed, exactly
+    def _prepare_sampler(self) -> None:
+        """ReNO's run samples with the host's own sampler function (``host_sampling.sample``): the chosen KSAMPLER with its
+        ``@torch.no_grad()`` bypassed, and the number of model calls it makes over the run's sigmas, counted once
+        without the model (the unit of exact / drtune / last k, and of recomputation)."""
+        chosen = self.chain.sampler_object or host_sampling.sampler_object(self.chain.sampler)
+        sampler = host_sampling.differentiable_sampler(chosen)
+        inp = self._inputs
+        with host_sampling.samplers_with_gradients():
+            self._calls = host_sampling.count_model_calls(sampler, self.model_wrap, inp.sigmas, inp.args,
+                                                 inp.start.to(inp.latent.dtype), inp.latent, inp.mask)
+        self._host_sampler = sampler
+        self._steps = self._calls
+
+    def _chain_spec(self, sigmas: torch.Tensor, start: torch.Tensor, latent: torch.Tensor, seed) -> ChainSpec | None:
+        """The pack's chain over ``sigmas`` (the trainer's rollouts; None for a sampler it does not have); a
+        stochastic sampler's per-step noises are drawn once, for the seed, with the host's own noise sampler, exactly
         as ComfyUI's sampler draws them, and held fixed across the iterations."""
+        if self.chain.sampler not in SAMPLERS:
+            return None
         flow = isinstance(self.model_sampling, comfy.model_sampling.CONST)
         noises = None
         if self.chain.sampler in ("euler_ancestral", "lcm", "ddpm"):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from ..optimizer import IterationRecord, ReNOConfig
 from ..reward_loaders import RewardEnsemble
+from . import host_sampling
 from .bridge import ReNOComfySampler
 from .events import send_iteration
 from .history import ReNOHistory
@@ -109,7 +110,7 @@ def reno_sample(model, positive, negative, vae, latent_image, rewards, prompt, s
     if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
         raise ValueError(f"ReNO Sampler: scheduler {scheduler!r} is not one of this ComfyUI's schedulers "
                          f"({', '.join(comfy.samplers.KSampler.SCHEDULERS)})")
-    sigmas = comfy.samplers.calculate_sigmas(model_sampling_of(model), scheduler, int(steps)).cpu()
+    sigmas = host_sampling.ksampler_sigmas(model, scheduler, int(steps), chain.sampler)
 
     on_iteration = iteration_reporter(config.iterations, reward_info, node_id, node_id)
     check_mode(memory)  # an unknown memory mode fails here, before sampling

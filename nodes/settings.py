@@ -60,7 +60,16 @@ def channels_last_forced() -> bool | None:
 
 
 def pytorch_attention() -> bool:
-    """The gradient passes run PyTorch's SDPA where the host would run an unfused attention in float32
-    (``host.gradient_attention_options``, ``host.vae_sdpa``): on unless RENO_PYTORCH_ATTENTION=0."""
+    """The VAE decoder's gradient passes run PyTorch's SDPA where the host would run an unfused attention in float32
+    (``host.vae_sdpa``): on unless RENO_PYTORCH_ATTENTION=0."""
+    if os.environ.get("RENO_PYTORCH_ATTENTION", "").strip().lower() == "all":
+        return True
     flag = _env_flag("RENO_PYTORCH_ATTENTION")
     return True if flag is None else flag
+
+
+def model_pytorch_attention() -> bool:
+    """The diffusion model's attention runs PyTorch's SDPA too (``host.gradient_attention_options``) only with
+    RENO_PYTORCH_ATTENTION=all: KSampler runs the host's choice, and ReNO's iteration 0 is KSampler's sample exactly
+    (a different attention kernel changes it by float rounding, about 1e-4 on SD1.5 latents)."""
+    return os.environ.get("RENO_PYTORCH_ATTENTION", "").strip().lower() == "all"

@@ -263,8 +263,11 @@ def _default_noise_scaling(flow: bool) -> NoiseScaling:
     return lambda sigma, noise, latent: noise * sigma + latent  # EPS / V_PREDICTION, max_denoise False
 
 
-def _call_denoiser(denoise: Denoiser, x: Tensor, sigma: Tensor, policy: GradientPolicy | StepGradients, step: int,
+def call_denoiser(denoise: Denoiser, x: Tensor, sigma: Tensor, policy: GradientPolicy | StepGradients, step: int,
                    steps: int) -> Tensor:
+    """One denoiser call under ``policy``, as call ``step`` of ``steps``: the input detached where the policy says
+    (drtune, keeping the skip term attached), no graph where the output is detached (last k), otherwise recomputed in
+    the backward pass. The chain calls it once per step; the ReNO nodes once per model call of the host's sampler."""
     inp = x if policy.input_attached(step, steps) else x.detach()
     if not policy.output_attached(step, steps):
         with torch.no_grad():  # the output is detached: nothing of this call is needed for backward
@@ -307,7 +310,7 @@ def run_chain(denoise: Denoiser, x: Tensor, spec: ChainSpec, policy: GradientPol
     for i in range(steps if stop is None else stop):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         last_zero = bool(host[i + 1] == 0)  # decided on the host copy: no synchronization
-        denoised = _call_denoiser(denoise, x, sigma * s_in, policy, i, steps)
+        denoised = call_denoiser(denoise, x, sigma * s_in, policy, i, steps)
         if callback is not None:
             callback(i, x, denoised)
         noise = noises[i]

