@@ -222,67 +222,99 @@ def run_tiny(engine, args) -> int:
         config = out["result"][2].config or {}
         pairs = list(zip(stamps, stamps[1:]))
         return ([b[0] - a[0] for a, b in pairs], [b[1] - a[1] for a, b in pairs], config.get("memory", ""),
-                config.get("vae_layout", ""))
+                config.get("vae_layout", ""), config.get("attention", ""))
 
     runs = []
     for mode in modes:
         reno(mode)  # warm-up (loads, caches text features, measures the VAE layout)
         gc.collect()
         reset_peak_rss()
-        walls, cpus, plan, layout = reno(mode)
-        runs.append((mode, statistics.median(walls), statistics.median(cpus), peak_rss_gib(), plan, layout))
+        walls, cpus, plan, layout, attention = reno(mode)
+        runs.append((mode, statistics.median(walls), statistics.median(cpus), peak_rss_gib(), plan, layout,
+                     attention))
     per_iteration, per_iteration_cpu = runs[0][1], runs[0][2]
     engine.clear_progress_callbacks()
 
-    # 2. the same models alone, forward + backward, in the same process and mode
+    # 2. the same models alone, forward + backward, in the same process and mode: as the host runs them (its
+    # attention, the VAE as loaded), and as the ReNO run configured them (the attention and VAE layout it reports)
     inner = model.model
     ensemble = pack.reward_loaders.RewardEnsemble(list(stack), PROMPT)
     modules = [inner, vae.first_stage_model] + [r.model for r in stack]
     sigma = float(inner.model_sampling.sigma_max)
+    layout, attention = runs[0][5], runs[0][6]
+    host = getattr(pack.nodes, "host", None)
+    run_sdpa = attention.startswith("PyTorch SDPA") and host is not None
+
+    def configured(as_run: bool):
+        """(transformer_options, context manager) of the parts: the host's, or the ReNO run's configuration."""
+        stack_ = contextlib.ExitStack()
+        if not as_run:
+            return {}, stack_
+        options = host.gradient_attention_options({})[0].get("transformer_options", {}) if run_sdpa else {}
+        if host is not None and hasattr(host, "vae_sdpa") and pack.nodes.settings.pytorch_attention():
+            stack_.enter_context(host.vae_sdpa(vae.first_stage_model, vae.vae_dtype))
+        if layout.startswith("channels-last"):
+            stack_.enter_context(pack.nodes.autograd.channels_last_weights([vae.first_stage_model]))
+        return options, stack_
+
+    tables = {}
     with torch.inference_mode(False), torch.enable_grad(), pack.nodes.autograd.normal_tensors(modules):
         ensemble.prepare()
         context = cond[0][0].clone()
         noise = torch.randn(1, 4, size // 8, size // 8)
+        for as_run in ([False, True] if layout or attention else [False]):
+            options, installed = configured(as_run)
 
-        def unet():
-            x = (noise * (1 + sigma**2) ** 0.5).requires_grad_(True)
-            inner.apply_model(x, torch.tensor([sigma]), c_crossattn=context).sum().backward()
+            def unet(options=options):
+                x = (noise * (1 + sigma**2) ** 0.5).requires_grad_(True)
+                extra = {"transformer_options": options} if options else {}
+                inner.apply_model(x, torch.tensor([sigma]), c_crossattn=context, **extra).sum().backward()
 
-        def decode():
-            z = noise.clone().requires_grad_(True)
-            pack.nodes.lifecycle.decode_with_grad(vae, z).sum().backward()
+            def decode():
+                z = noise.clone().requires_grad_(True)
+                pack.nodes.lifecycle.decode_with_grad(vae, z).sum().backward()
 
-        def rewards():
-            image = torch.rand(1, 3, size, size, requires_grad=True)
-            ensemble(image)[0].sum().backward()
+            def rewards():
+                image = torch.rand(1, 3, size, size, requires_grad=True)
+                ensemble(image)[0].sum().backward()
 
-        parts = {"UNet": median_times(unet, args.repeats), "VAE decode": median_times(decode, args.repeats),
-                 f"rewards ({', '.join(names)})": median_times(rewards, args.repeats)}
-    alone = sum(wall for wall, _ in parts.values())
-    alone_cpu = sum(cpu for _, cpu in parts.values())
+            with installed:
+                tables[as_run] = {"UNet": median_times(unet, args.repeats),
+                                  "VAE decode": median_times(decode, args.repeats),
+                                  f"rewards ({', '.join(names)})": median_times(rewards, args.repeats)}
+    sums = {k: (sum(w for w, _ in t.values()), sum(c for _, c in t.values())) for k, t in tables.items()}
+    alone, alone_cpu = sums[False]
+    as_run_cpu = sums[True][1] if True in sums else None
     peak = f"{process_peak_rss_gib():.2f} GiB peak RSS"
 
     print(f"host: {engine.info}; torch {torch.__version__}; {torch.get_num_threads()} threads, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; {size}x{size}, UNet transformer depth "
-          f"{depth}; parts alone as the host runs them (its attention, contiguous VAE); {peak}")
-    print(f"VAE layout of the ReNO run: {runs[0][5] or '(not reported by this version)'}\n")
+          f"{depth}; {peak}")
+    print(f"ReNO run: VAE layout {layout or '(not reported by this version)'}; attention {attention or '(not reported)'}"
+          "\n")
     print("| measured | CPU seconds | wall seconds |")
     print("|---|---|---|")
-    for label, (wall, cpu) in parts.items():
-        print(f"| {label} alone, forward+backward | {cpu:.4f} | {wall:.4f} |")
-    print(f"| sum of the parts | {alone_cpu:.4f} | {alone:.4f} |")
+    for as_run, parts in tables.items():
+        how = "as the ReNO run configures them" if as_run else "as the host runs them"
+        for label, (wall, cpu) in parts.items():
+            print(f"| {label} alone, forward+backward, {how} | {cpu:.4f} | {wall:.4f} |")
+        print(f"| sum of the parts {how} | {sums[as_run][1]:.4f} | {sums[as_run][0]:.4f} |")
     if modes == [None]:
         print(f"| ReNO iteration (median of {iterations - 1}) | {per_iteration_cpu:.4f} | {per_iteration:.4f} |")
         print(f"| 50 iterations (extrapolated) | {per_iteration_cpu * 50:.2f} | {per_iteration * 50:.2f} |")
-        print(f"| **overhead ratio** (iteration / sum of parts) | **{per_iteration_cpu / alone_cpu:.3f}** "
-              f"| {per_iteration / alone:.3f} |")
+        print(f"| **overhead ratio** (iteration / sum of the parts as the host runs them) "
+              f"| **{per_iteration_cpu / alone_cpu:.3f}** | {per_iteration / alone:.3f} |")
+        if as_run_cpu is not None:
+            print(f"| loop overhead (iteration / sum of the parts as the ReNO run configures them) "
+                  f"| {per_iteration_cpu / as_run_cpu:.3f} | {per_iteration / sums[True][0]:.3f} |")
         return 0
     print(f"\n| memory | ReNO iteration, CPU s (median of {iterations - 1}) | wall s | 50 iterations, CPU s "
-          "(extrapolated) | peak RSS of the run (GiB) | overhead ratio (CPU) | (wall) | plan |")
-    print("|---|---|---|---|---|---|---|---|")
-    for mode, t, cpu, rss, plan, _ in runs:
+          "(extrapolated) | peak RSS of the run (GiB) | overhead ratio (CPU) | (wall) | loop overhead (CPU) | plan |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for mode, t, cpu, rss, plan, _, _ in runs:
+        loop = f"{cpu / as_run_cpu:.3f}" if as_run_cpu is not None else "-"
         print(f"| {mode} | {cpu:.4f} | {t:.4f} | {cpu * 50:.2f} | {rss:.2f} | {cpu / alone_cpu:.3f} | {t / alone:.3f} "
-              f"| {plan} |")
+              f"| {loop} | {plan} |")
     return 0
 
 
