@@ -124,6 +124,54 @@ def test_recompute_keeps_only_the_inputs_and_recomputes_in_backward():
     torch.testing.assert_close(g, want)
 
 
+class ReusedCastBuffer:
+    """A host that casts every layer's weight into one buffer (a new tensor object over the same memory at each call,
+    as comfy-aimdo hands them out: no autograd version counter sees an overwrite) and lets another user write into
+    that memory as soon as the layer returns (the weight unpinned after the call, then evicted)."""
+
+    def __init__(self, weights):
+        self.weights = weights
+        self.memory = torch.zeros(max(w.numel() for w in weights), dtype=torch.float64)
+
+    def _alias(self, like):
+        return torch.empty(0, dtype=like.dtype).set_(self.memory.untyped_storage(), 0, like.shape)
+
+    def layer(self, i):
+        def run(x):
+            w = self._alias(self.weights[i])
+            with torch.no_grad():
+                w.copy_(self.weights[i])  # the cast
+            y = torch.tanh(nn.functional.linear(x, w))
+            with torch.no_grad():
+                self._alias(self.weights[i]).fill_(0.25)  # released after the call: someone else's data now
+            return y
+        return run
+
+
+@pytest.mark.parametrize("copy_constants", [True, False])
+def test_a_layer_recomputed_with_its_cast_never_reads_a_weight_the_host_reused(copy_constants):
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(6, 6, dtype=torch.float64, generator=gen) / 3 for _ in range(3)]
+    x = torch.randn(4, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    host = ReusedCastBuffer(weights)
+
+    def net(layer):
+        h = x
+        for i in range(len(weights)):
+            h = layer(i)(h)
+        return h.pow(2).sum()
+
+    (want,) = torch.autograd.grad(net(lambda i: lambda h: torch.tanh(nn.functional.linear(h, weights[i]))), x)
+    (plain,) = torch.autograd.grad(net(host.layer), x)  # the host's layers as they are: reads someone else's data
+    assert not torch.allclose(plain, want)
+    per_layer = lambda i: lambda h: recompute_in_backward(host.layer(i), h, copy_constants=copy_constants)  # noqa: E731
+    (got,) = torch.autograd.grad(net(per_layer), x)
+    if copy_constants:  # the same float64 operations on the same values: exact
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    else:  # recomputed, but the backward reads the host's memory after the layer returned
+        assert not torch.allclose(got, want)
+
+
 def test_recompute_refuses_a_non_deterministic_block_and_a_second_backward():
     x = torch.randn(4, 4, requires_grad=True)
     state = {"n": 0}
