@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import comfy_host
@@ -17,6 +18,40 @@ def pack_module(engine):
         if getattr(module, "__file__", None) == str(init):
             return module
     raise AssertionError(f"the pack loaded from {init} is not in sys.modules")
+
+
+@contextlib.contextmanager
+def first_iteration(engine):
+    """While inside, every ReNO run records its iteration 0 from the loop itself: ``first["image"]`` (the decoded
+    image, float32), ``first["extra"]`` (what the generator returns beside it: (B, 2, ...) KSampler's samples and
+    x0) and ``first["grad"]`` (the gradient of iteration 0's loss + regularizer with respect to the noise). A run
+    restarted with activation copies (an in-place model) keeps its last attempt's."""
+    lifecycle = pack_module(engine).nodes.lifecycle
+    real = lifecycle.optimize_noise
+    first: dict = {}
+
+    def optimize_noise(generate, objective, noise, config, callback=None):
+        first.clear()
+
+        def keep_grad(g):
+            first.setdefault("grad", g.detach().float().clone())
+
+        def generate_first(z):
+            out = generate(z)
+            if "image" not in first:
+                image, extra = out if isinstance(out, tuple) else (out, None)
+                first["image"] = image.detach().float().clone()
+                first["extra"] = None if extra is None else extra.detach().float().clone()
+                z.register_hook(keep_grad)
+            return out
+
+        return real(generate_first, objective, noise, config, callback)
+
+    lifecycle.optimize_noise = optimize_noise
+    try:
+        yield first
+    finally:
+        lifecycle.optimize_noise = real
 
 
 def fixture_families(engine):

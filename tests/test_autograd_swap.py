@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tolerances import assert_rounding_close
 from torch import nn
 
 _PATH = Path(__file__).resolve().parents[1] / "nodes" / "autograd.py"
@@ -133,7 +134,7 @@ def test_swapped_subclass_parameters_stay_subclass_parameters_and_carry_the_grad
         assert type(layer.bias) is nn.Parameter and not layer.bias.is_inference()
         xg = x.clone().requires_grad_()
         layer(xg).sum().backward()
-    torch.testing.assert_close(xg.grad, expected_grad)
+    assert_rounding_close(xg.grad, expected_grad, 8)  # float32: a 6-term dot product per entry, in another order
     assert layer.weight is weight and layer.bias is bias  # the very same objects are back
     assert weight.is_inference() and weight.shape == (6, 4)
 
@@ -209,5 +210,6 @@ def test_a_wrapper_subclass_is_rebuilt_around_normal_inner_tensors():
         xg = x.clone().requires_grad_()
         (nn.functional.linear(xg, w) * w.sum()).sum().backward()
     dense = qdata.to(torch.float32) * 0.01
-    torch.testing.assert_close(xg.grad, (dense.sum(0) * dense.sum()).expand(3, 4))
+    # float32: column sums of the 6 x 4 weight times its total (24 terms), in other orders (measured 0.5)
+    assert_rounding_close(xg.grad, (dense.sum(0) * dense.sum()).expand(3, 4), 32)
     assert module.w is p

@@ -25,6 +25,7 @@ from reno_pack.generators import (  # noqa: E402
 from reno_pack.optimizer import ReNOConfig  # noqa: E402
 from reno_pack.reward_loaders import RewardEnsemble, WeightedReward, load_reward  # noqa: E402
 from tiny_diffusers import KINDS, SIZE, one_thread, save_tiny_pipeline  # noqa: E402, F401 (one_thread: a fixture)
+from tolerances import BATCH_K, ORACLE_IMAGE_K, assert_rounding_close, rounding_tol  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,7 +84,10 @@ def test_iteration_zero_is_the_pipelines_own_one_step_image(folders, kind):
     assert ours.shape == theirs.shape == (1, 3, SIZE, SIZE) and ours.dtype == torch.float32
     diff = (ours - theirs.float()).abs().max().item()
     print(f"{kind}: max |generate(noise) - pipe(latents=noise)| = {diff:.3e}")
-    assert diff < 1e-5, f"{kind}: iteration 0 differs from the pipeline's own output by {diff}"
+    # the same model through the pipeline's call and ours (other orchestration, the same ops): as the engine's image
+    # oracle, ORACLE_IMAGE_K roundings of |image| <= 1
+    assert diff <= rounding_tol(ORACLE_IMAGE_K, torch.float32, scale=1.0), \
+        f"{kind}: iteration 0 differs from the pipeline's own output by {diff}"
     assert 0.02 < ours.std().item() and 0 <= ours.min() and ours.max() <= 1  # not a constant image
 
     z = noise.clone().requires_grad_(True)
@@ -150,9 +154,13 @@ def test_sd_turbo_trajectory_matches_the_papers_update_rule(folders):
             opt.step()
 
     ours = [r.loss[0] for r in out.result.records]
-    assert ours == pytest.approx(losses, rel=1e-4, abs=1e-5)
-    assert out.best_loss == pytest.approx(best[0], rel=1e-4, abs=1e-5)
-    torch.testing.assert_close(out.result.best_noise, best[1], rtol=1e-4, atol=1e-4)
+    # 10 steps of Nesterov SGD computed in two orders: each step's few roundings carried on by the next ones (the
+    # toy objective is smooth, measured 1.1 roundings of |z| at the end): 64 roundings of |z|; the losses of images
+    # from noises that close: as the image oracle, ORACLE_IMAGE_K roundings of |loss| (~1)
+    loss_tol = rounding_tol(ORACLE_IMAGE_K, torch.float32, *losses, at_least=1.0)
+    assert ours == pytest.approx(losses, rel=0, abs=loss_tol)
+    assert out.best_loss == pytest.approx(best[0], rel=0, abs=loss_tol)
+    assert_rounding_close(out.result.best_noise, best[1], 64)
     assert losses[-1] < losses[0]
 
 
@@ -163,7 +171,7 @@ def test_batch_elements_are_independent(folders):
     noise = torch.randn((2, *shape[1:]), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         both = generate(noise)
-        torch.testing.assert_close(both[1:], generate(noise[1:]), rtol=1e-4, atol=1e-5)
+        assert_rounding_close(both[1:], generate(noise[1:]), BATCH_K, scale=1.0)  # batch vs single, |image| <= 1
     with pytest.raises(ValueError, match="noise must have shape"):
         generate(torch.randn(1, 4, 8, 8))
 

@@ -61,6 +61,12 @@ def assert_rounding_close(actual, expected, k: float, *, dtype: torch.dtype | No
         )
 
 
+def weighted_score_scale(stack) -> float:
+    """The scale a stack's weighted total rounds at: sum of |w| times each reward's own scale (exp(logit_scale)
+    for the CLIP-type scores, whose cosine rounds relative to 1; 1 for the others, LayerNorm'd features)."""
+    return sum(abs(r.weight) * max(1.0, float(getattr(r.model, "logit_scale_exp", 1.0))) for r in stack)
+
+
 # -- shared counts of roundings ------------------------------------------------------------------------------------
 
 #: a tiny reward tower (a few transformer layers, a projection, a head) against an independent implementation of the
@@ -79,8 +85,13 @@ HALF_TOWER_K = 2
 # -- the engine oracles: ReNO with one iteration (no update) against ComfyUI's own nodes on the same inputs --------
 
 #: the latent: the same model and sampler step, run under autograd (which may pick other kernels than inference
-#: mode does); a few roundings of the latent's magnitude (measured 0 on AVX2: the same kernels ran)
+#: mode does) through the pack's denoiser wrapper; a few roundings of the noised latent the step starts from
+#: (|latent| + sigma |noise|: the step's output comes from it by cancellation); measured <= 3.6
 ORACLE_LATENT_K = 16
+#: iteration 0's noise gradient runs back through the rewards, the VAE decoder and the diffusion model (~100
+#: layers); two paths (recomputed blocks, another VAE layout, a batch, the rewards' gradients summed into the image
+#: in another order) round each layer's sums differently: measured <= 46 roundings of max |gradient|
+GRAD_K = 256
 #: the image: ReNO decodes with the VAE's decoder module (channels-last on CPUs), VAE Decode through ComfyUI's
 #: wrapper (contiguous): ~20 conv/norm layers summed in other orders; measured <= 26 roundings of |image| <= 1
 ORACLE_IMAGE_K = 256

@@ -16,18 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_support import fixture_families
+from engine_support import first_iteration, fixture_families
+from tolerances import EPS32, ORACLE_IMAGE_K, ORACLE_LATENT_K, assert_rounding_close
 
 PROMPT = "a photo of a cat"
 FAMILIES = ["sd15", "sd21v", "sdxl", "pixart", "sd3", "flux", "flux_schnell"]
 FLOW = {"sd3", "flux", "flux_schnell"}
-TOL = 1e-4
 #: image side per family: PixArt derives its position-embedding base size from the latent size
 #: (round(side/64)*64 latent pixels), so it needs a real 512 px latent
 SIDE = {"pixart": 512}
 REWARDS = (("pickscore", 1.0), ("clipscore", 0.5))
-#: max abs errors of the oracle, printed at the end (pytest -s) for the record
-ERRORS: dict = {}
 
 
 @pytest.fixture(scope="module")
@@ -113,16 +111,29 @@ def max_err(a, b):
     return float((a.float() - b.float()).abs().max())
 
 
+def noised_scale(sigma: float, noise, latent) -> float:
+    """max |x| of the noised latent x = latent + sigma * noise a one-step sample starts from: its output comes
+    from x by cancellation, so its rounding is relative to |x| as well as to the result's own size."""
+    return sigma * float(noise.abs().max()) + float(latent["samples"].abs().max())
+
+
+def assert_oracle(got_latent, want_latent, got_image, want_image, scale, what):
+    assert_rounding_close(got_latent.float(), want_latent.float(), ORACLE_LATENT_K,
+                          scale=max(scale, float(want_latent.abs().max())), msg=f"{what} latent")
+    assert_rounding_close(got_image.float(), want_image.float(), ORACLE_IMAGE_K, scale=1.0, msg=f"{what} image")
+
+
 def test_oracle_one_iteration_is_comfyuis_own_one_step_sample(engine, parts, stack):
     p, seed = parts, 3
     latent = empty_latent(engine, p)
     channels = p["channels"]
     ms = p["model"].model.model_sampling
     out_latent, image, history = reno(engine, p, stack, latent, iterations=1, seed=seed)
-    # the sigma: sigma_max (t=999) for eps/v models, 1.0 for flow models
-    assert history.sigma == pytest.approx(float(ms.sigma_max), rel=1e-6)
+    # the sigma: sigma_max (t=999) for eps/v models, 1.0 for flow models; one "simple" step starts at the model
+    # sampling's own sigma_max, the same float
+    assert history.sigma == float(ms.sigma_max)
     if p["family"] in FLOW:
-        assert history.sigma == pytest.approx(1.0, abs=1e-6)
+        assert history.sigma == 1.0
     assert out_latent["samples"].shape == (1, channels, side(p) // 8, side(p) // 8)  # a 4-channel empty latent is widened as ComfyUI does
 
     (ks,) = engine.call_node("KSampler", inference=True, model=p["model"], seed=seed, steps=1, cfg=1.0,
@@ -130,13 +141,14 @@ def test_oracle_one_iteration_is_comfyuis_own_one_step_sample(engine, parts, sta
                              latent_image=latent, denoise=1.0)
     ks_image = decode(engine, p, ks)
     errs = {"ksampler_latent": max_err(out_latent["samples"], ks["samples"]), "ksampler_image": max_err(image, ks_image)}
-    torch.testing.assert_close(out_latent["samples"].float(), ks["samples"].float(), rtol=TOL, atol=TOL)
-    torch.testing.assert_close(image.float(), ks_image.float(), rtol=TOL, atol=TOL)
+    scale = noised_scale(history.sigma, history.best_noise, latent)
+    print(f"\n[oracle] {p['family']}: |x| {scale:.3g}, KSampler latent {errs['ksampler_latent']:.3g}")
+    assert_oracle(out_latent["samples"], ks["samples"], image, ks_image, scale, "KSampler")
 
     # ReNO Sampler (custom) inside ComfyUI's custom sampling, with CFG, against euler with the same sigmas
     (sigmas,) = engine.call_node("BasicScheduler", inference=True, model=p["model"], scheduler="simple", steps=1,
                                  denoise=1.0)
-    assert float(sigmas[0]) == pytest.approx(history.sigma, rel=1e-6)
+    assert float(sigmas[0]) == history.sigma  # the same scheduler on the same model sampling
     (euler,) = engine.call_node("KSamplerSelect", inference=True, sampler_name="euler")
     (reno_sampler,) = engine.call_node("ReNOSamplerCustom", inference=True, vae=p["vae"], rewards=stack,
                                        prompt=PROMPT, iterations=1, learning_rate=5.0, regularization=0.01,
@@ -149,9 +161,7 @@ def test_oracle_one_iteration_is_comfyuis_own_one_step_sample(engine, parts, sta
         got_image = runs[-1].result.best_image.movedim(1, -1).cpu()
         errs[f"custom_cfg{cfg:g}_latent"] = max_err(got["samples"], want["samples"])
         errs[f"custom_cfg{cfg:g}_image"] = max_err(got_image, decode(engine, p, want))
-        torch.testing.assert_close(got["samples"].float(), want["samples"].float(), rtol=TOL, atol=TOL)
-        torch.testing.assert_close(got_image.float(), decode(engine, p, want).float(), rtol=TOL, atol=TOL)
-    ERRORS[(engine.info, p["family"])] = {"sigma": history.sigma, **errs}
+        assert_oracle(got["samples"], want["samples"], got_image, decode(engine, p, want), scale, f"custom cfg {cfg:g}")
     print(f"\n[oracle] {p['family']}: sigma={history.sigma:.4f} max abs errors {errs}")
 
 
@@ -182,7 +192,8 @@ def test_batch_elements_are_independent_and_use_comfyuis_noise(engine, parts, st
     p, seed = parts, 7
     samples = empty_latent(engine, p, batch=2)["samples"]
     batch = {"samples": samples, "batch_index": [3, 5]}
-    latent, image, history = reno(engine, p, stack, batch, iterations=3, seed=seed)
+    with first_iteration(engine) as first_batch:
+        latent, image, history = reno(engine, p, stack, batch, iterations=3, seed=seed)
     channels = p["channels"]
     assert latent["samples"].shape == (2, channels, side(p) // 8, side(p) // 8) and image.shape == (2, side(p), side(p), 3)
     assert latent["batch_index"] == [3, 5]
@@ -190,14 +201,30 @@ def test_batch_elements_are_independent_and_use_comfyuis_noise(engine, parts, st
     if hasattr(comfy.sample, "fix_empty_latent_channels"):
         wide = comfy.sample.fix_empty_latent_channels(p["model"], samples)
     noise = comfy.sample.prepare_noise(wide, seed, [3, 5])
-    assert history.records[0]["latent_norm"] == pytest.approx(noise.reshape(2, -1).norm(dim=1).tolist(), rel=1e-5)
-    # element 1 runs exactly as the same element alone (batch_index 5)
+    # the run's start noise is this noise: the norm of the same float32 values, summed in one order or another
+    # (<= 2 roundings of the norm per element summed: d eps relative at most)
+    d = noise[0].numel()
+    assert history.records[0]["latent_norm"] == pytest.approx(noise.reshape(2, -1).norm(dim=1).tolist(),
+                                                              rel=d * EPS32, abs=0)
+    # element 1 runs as the same element alone (batch_index 5): iteration 0 (latent, loss) equal up to the batch's
+    # other kernels; after it, two lr-5 steps amplify those roundings, so the later iterations are compared by the
+    # best iteration and the ranking of their losses. (The noise gradient is not compared: through these tiny random
+    # models it is ill-conditioned; at PixArt's 512 px the batch's roundings move it by 0.2 %.)
     single = {"samples": samples[1:], "batch_index": [5]}
-    _, image1, alone = reno(engine, p, stack, single, iterations=3, seed=seed)
-    for r_batch, r_alone in zip(history.records, alone.records):
-        assert r_batch["loss"][1] == pytest.approx(r_alone["loss"][0], rel=1e-4, abs=1e-5)
+    with first_iteration(engine) as first_alone:
+        alone = reno(engine, p, stack, single, iterations=3, seed=seed)[2]
+    batch_losses = [r["loss"][1] for r in history.records]
+    alone_losses = [r["loss"][0] for r in alone.records]
+    print(f"\n[batch] {p['family']}: losses {batch_losses} vs {alone_losses}")
+    # iteration 0's samples and x0, as the one-step oracle: rounding at the noised latent's magnitude
+    scale = noised_scale(history.sigma, noise[1:], {"samples": samples[1:]})
+    assert_rounding_close(first_batch["extra"][1:], first_alone["extra"], ORACLE_LATENT_K,
+                          scale=max(scale, float(first_alone["extra"].abs().max())), msg="iteration 0's latent")
+    # the loss (|loss| ~ 80) of the images decoded from them: the rewards see the image to ~ORACLE_IMAGE_K roundings
+    assert batch_losses[0] == pytest.approx(alone_losses[0], rel=ORACLE_IMAGE_K * EPS32, abs=0)
     assert history.best_iteration[1] == alone.best_iteration[0]
-    torch.testing.assert_close(image[1:], image1, rtol=1e-3, atol=1e-3)
+    assert sorted(range(3), key=batch_losses.__getitem__) == sorted(range(3), key=alone_losses.__getitem__)
+    assert torch.isfinite(image).all()
 
 
 def _pack_module(engine, rel: str):
@@ -240,4 +267,6 @@ def test_copying_saved_activations_keeps_the_gradient(engine, families_module, f
     assert grads[0].abs().max() > 0
     noise_floor = float((grads[1] - grads[0]).abs().max())  # CPU kernels need not be bitwise deterministic
     print(f"\n[grad] {family}: plain vs plain {noise_floor:.3g}, copied vs plain {float((grads[2] - grads[0]).abs().max()):.3g}")
-    torch.testing.assert_close(grads[2], grads[0], rtol=1e-5, atol=max(noise_floor, 1e-7) * 2)
+    # copies change no value: float64, the same ops; what differs is at most a kernel's nondeterministic sum order
+    # (the noise floor just measured), bounded by 64 roundings of max |gradient| through a few blocks
+    assert_rounding_close(grads[2], grads[0], 64, msg=f"{family}: copied vs plain (noise floor {noise_floor:.3g})")
