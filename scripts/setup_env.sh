@@ -36,4 +36,26 @@ python -m pip install -q --no-deps "open_clip_torch==3.3.0"
 # The optional diffusers extra (generators/diffusers_pipelines.py), also listed in requirements-dev.txt: under the
 # torch constraint, so it can never replace torch (it requires none itself).
 python -m pip install -q -c .venv/constraints.txt "diffusers>=0.30"
+# The browser test (tests/browser) also runs on the newest ComfyUI frontend: its wheel unpacked into
+# .venv/frontends/comfyui-frontend-package-<version>/ and served with ComfyUI's --front-end-root; never installed
+# (the venv keeps 0.3.75's own comfyui-frontend-package 1.32.9).
+NEW_FRONTEND=1.58.1
+fe=.venv/frontends/comfyui-frontend-package-$NEW_FRONTEND
+if [ ! -f "$fe/static/index.html" ]; then
+  tmp=$(mktemp -d)
+  python -m pip download -q --no-deps "comfyui-frontend-package==$NEW_FRONTEND" -d "$tmp"
+  python - "$tmp" "$fe" <<'EOF'
+import sys, zipfile
+from pathlib import Path
+wheel = next(Path(sys.argv[1]).glob("comfyui_frontend_package-*.whl"))
+dest = Path(sys.argv[2])
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith("comfyui_frontend_package/static/"):
+            target = dest / name[len("comfyui_frontend_package/"):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(z.read(name))
+EOF
+  rm -rf "$tmp"
+fi
 touch "$stamp"

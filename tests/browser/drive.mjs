@@ -1,7 +1,7 @@
 // Drives Debian chromium (playwright-core) against a running ComfyUI with the ReNO pack; used by
 // tests/browser/test_browser.py. Prints one JSON line (prefixed "RESULT ") with what it saw.
 //
-//   node tests/browser/drive.mjs --url http://127.0.0.1:PORT/ --workflows a.json,b.json
+//   node tests/browser/drive.mjs --url http://127.0.0.1:PORT/ --workflows '["a.json", "b, c.json"]'
 //        --demo tests/browser/reno_tiny_workflow.json --iterations 6 --screenshot out.png
 //        [--custom tests/browser/reno_tiny_custom_workflow.json --custom-sampler 10 --custom-host 11
 //         --rerun-iterations 3 --custom-screenshot custom.png]
@@ -20,10 +20,34 @@ const TIMEOUT_MS = Number(args.timeout ?? 120) * 1000;
 const CUSTOM_ID = Number(args["custom-sampler"] ?? 10);
 const HOST_ID = Number(args["custom-host"] ?? 11);
 const RERUN_ITER = Number(args["rerun-iterations"] ?? 3);
+// --workflows: a JSON list of paths (the shipped workflows' names have spaces and commas), or paths joined by commas
+const WORKFLOWS = (args.workflows ?? "").startsWith("[") ? JSON.parse(args.workflows)
+  : (args.workflows ?? "").split(",").filter(Boolean);
 
 const result = { console_errors: [], page_errors: [], workflows: {}, steps: [] };
+// A template card (see --cards): large type for the ~230 px wide card of the template browser.
+const CARD_HTML = `<!doctype html><html><head><meta charset="utf-8"><style>
+  html, body { margin: 0; width: 640px; height: 400px; overflow: hidden; background: #15171c; color: #eceff4;
+    font-family: "DejaVu Sans", "Liberation Sans", Arial, sans-serif; }
+  #graph { position: absolute; left: 0; top: 262px; width: 640px; height: 138px; object-fit: cover;
+    object-position: 50% 35%; opacity: 0.55; }
+  #fade { position: absolute; left: 0; top: 262px; width: 640px; height: 60px;
+    background: linear-gradient(180deg, #15171c 0%, rgba(21,23,28,0) 100%); }
+  #text { position: absolute; left: 32px; right: 28px; top: 22px; }
+  #head { display: flex; align-items: center; gap: 14px; }
+  #brand { font-weight: bold; font-size: 26px; padding: 2px 12px; border-radius: 8px; background: #2e7d32; color: #fff; }
+  #number { font-weight: bold; font-size: 28px; color: #9fd3a0; }
+  #tag { font-size: 22px; color: #ffd54f; }
+  #model { margin-top: 14px; font-weight: bold; font-size: 50px; line-height: 1.05; white-space: nowrap; overflow: hidden;
+    text-overflow: ellipsis; }
+  #facts { margin-top: 12px; font-size: 26px; line-height: 1.2; color: #d8dee9; }
+  #rewards { margin-top: 10px; font-size: 17.5px; color: #a3be8c; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+</style></head><body><img id="graph" alt=""><div id="fade"></div><div id="text"><div id="head"><span id="brand">ReNO</span>
+<span id="number"></span><span id="tag"></span></div><div id="model"></div><div id="facts"></div><div id="rewards"></div></div>
+</body></html>`;
+const started = Date.now();
 const step = (s) => {
-  result.steps.push(s);
+  result.steps.push(`${((Date.now() - started) / 1000).toFixed(1)}s ${s}`);
   console.error(`[drive] ${s}`);
 };
 
@@ -41,9 +65,77 @@ try {
   // A fresh user: the current frontend would open its template browser (and a banner) over the canvas.
   await fetch(new URL("settings", args.url), {
     method: "POST",
-    body: JSON.stringify({ "Comfy.TutorialCompleted": true }),
+    body: JSON.stringify({ "Comfy.TutorialCompleted": true, "Comfy.VueNodes.Enabled": args["vue-nodes"] === "1" }),
   }).catch((e) => step(`could not preset the settings: ${e}`));
-  await context.addInitScript(() => localStorage.setItem("vueNodesBannerDismissed", "true"));
+  await context.addInitScript(() => {
+    localStorage.setItem("vueNodesBannerDismissed", "true");
+    // Every node's box as the user sees it, in canvas units, title bar included: the DOM element's under Nodes 2.0
+    // (its own layout: taller rows, a footer), else the node's pos/size.
+    window.__renoBoxes = () => {
+      const nodes = window.app.graph._nodes ?? window.app.graph.nodes;
+      const title = window.LiteGraph.NODE_TITLE_HEIGHT ?? 30;
+      const c = window.app.canvas;
+      const r = c.canvas.getBoundingClientRect();
+      const s = c.ds.scale;
+      const [ox, oy] = c.ds.offset;
+      return nodes.map((n) => {
+        const el = document.querySelector(`[data-node-id="${n.id}"]`);
+        if (el) {
+          const b = el.getBoundingClientRect();
+          return { id: Number(n.id), type: n.type, x: (b.left - r.left) / s - ox, y: (b.top - r.top) / s - oy,
+                   w: b.width / s, h: b.height / s, dom: true };
+        }
+        return { id: Number(n.id), type: n.type, x: n.pos[0], y: n.pos[1] - title, w: n.size[0], h: n.size[1] + title };
+      });
+    };
+    // Wait (at most 3 s) until Nodes 2.0 has one element per node (none stale from the graph before) and every box
+    // is the same over two frames: the boxes as they settled.
+    window.__renoSettled = async () => {
+      const deadline = Date.now() + 3000;
+      let last = "";
+      while (Date.now() < deadline) {
+        await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+        const nodes = window.app.graph._nodes ?? window.app.graph.nodes;
+        const els = document.querySelectorAll("[data-node-id]").length;
+        const now = JSON.stringify(window.__renoBoxes().map((b) => [b.id, Math.round(b.x), Math.round(b.y), Math.round(b.w),
+                                                                     Math.round(b.h)]));
+        if ((els === 0 || els === nodes.length) && now === last) return true;
+        last = now;
+      }
+      return false;
+    };
+    // Fit the view to the boxes of the nodes `ids` (all, and the groups, when null) and return their rectangle on the
+    // page (for a clipped screenshot), `pad` px around.
+    window.__renoFit = (ids = null, pad = 12) => {
+      const c = window.app.canvas;
+      c.show_info = false;
+      let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
+      for (const b of window.__renoBoxes().filter((x) => !ids || ids.includes(x.id))) {
+        x0 = Math.min(x0, b.x);
+        y0 = Math.min(y0, b.y);
+        x1 = Math.max(x1, b.x + b.w);
+        y1 = Math.max(y1, b.y + b.h);
+      }
+      for (const g of ids ? [] : window.app.graph._groups ?? window.app.graph.groups ?? []) {
+        const [gx, gy, gw, gh] = g._bounding ?? g.bounding ?? [0, 0, 0, 0];
+        if (gw > 0 && gh > 0) {
+          x0 = Math.min(x0, gx);
+          y0 = Math.min(y0, gy);
+          x1 = Math.max(x1, gx + gw);
+          y1 = Math.max(y1, gy + gh);
+        }
+      }
+      const r = c.canvas.getBoundingClientRect();
+      const s = Math.min((r.width - 2 * pad) / (x1 - x0), (r.height - 2 * pad) / (y1 - y0));
+      c.ds.scale = s;
+      c.ds.offset = [(r.width / s - (x1 - x0)) / 2 - x0, (r.height / s - (y1 - y0)) / 2 - y0];
+      c.setDirty(true, true);
+      const left = r.left + (x0 + c.ds.offset[0]) * s;
+      const top = r.top + (y0 + c.ds.offset[1]) * s;
+      return { x: Math.max(0, left - pad), y: Math.max(0, top - pad), width: (x1 - x0) * s + 2 * pad,
+               height: (y1 - y0) * s + 2 * pad };
+    };
+  });
   const page = await context.newPage();
   page.on("console", (msg) => {
     if (msg.type() === "error") result.console_errors.push(msg.text().slice(0, 500));
@@ -88,23 +180,30 @@ try {
     await page.evaluate(async () => {
       const em = window.app.extensionManager;
       try { await em?.setting?.set?.("Comfy.Minimap.Visible", false); } catch { /* older frontend */ }
+      try { await em?.setting?.set?.("Comfy.Graph.CanvasMenu", false); } catch { /* older frontend */ }
+      try { await em?.setting?.set?.("LiteGraph.Canvas.MinFontSizeForLOD", 0); } catch { /* older frontend */ }
       try { await em?.command?.execute?.("Workspace.ToggleFocusMode"); } catch { /* older frontend */ }
     });
+    await page.setViewportSize({ width: 2000, height: 1500 }); // the graphs near their own size: text drawn
   }
-  for (const file of (args.workflows ?? "").split(",").filter(Boolean)) {
+  for (const file of WORKFLOWS) {
     step(`load workflow ${path.basename(file)}`);
     const wf = JSON.parse(fs.readFileSync(file, "utf8"));
     result.workflows[path.basename(file)] = await page.evaluate(async (data) => {
       await window.app.loadGraphData(data);
       const nodes = window.app.graph._nodes ?? window.app.graph.nodes;
       const problems = [];
+      const options = (w) => (typeof w.options?.values === "function" ? w.options.values() : w.options?.values) ?? [];
+      const missingModel = (n) => (n.widgets ?? []).some((w) => typeof w.value === "string"
+        && /\.(safetensors|sft|ckpt|pt|pth|bin|gguf)$/i.test(w.value) && !options(w).includes(w.value));
       for (const n of nodes) {
         if (!window.LiteGraph.registered_node_types[n.type]) problems.push(`${n.id} ${n.type}: type not registered`);
-        if (n.has_errors) problems.push(`${n.id} ${n.type}: has_errors`);
+        // (the current frontend flags a loader whose model file is not installed: the shipped workflows' files are not)
+        if (n.has_errors && !missingModel(n)) problems.push(`${n.id} ${n.type}: has_errors`);
       }
       const value = (n, name) => n.widgets?.find((w) => w.name === name)?.value ?? null;
       const loaders = nodes.filter((n) => n.type === "ReNORewardLoader")
-        .map((n) => ({ id: n.id, reward: value(n, "reward"), weight: value(n, "weight") }));
+        .map((n) => ({ id: Number(n.id), reward: value(n, "reward"), weight: value(n, "weight") }));
       let api = null;
       try {
         const p = await window.app.graphToPrompt();
@@ -114,40 +213,98 @@ try {
       }
       // every node's box as drawn (title bar included), once the DOM widgets have fitted their nodes
       await new Promise((resolve) => setTimeout(resolve, 300));
-      const title = window.LiteGraph.NODE_TITLE_HEIGHT ?? 30;
-      const boxes = nodes.map((n) => ({ id: n.id, type: n.type, x: n.pos[0], y: n.pos[1] - title, w: n.size[0],
-                                        h: n.size[1] + title }));
-      return { nodes: nodes.length, types: nodes.map((n) => n.type), problems, loaders, api, boxes };
+      await window.__renoSettled();
+      const boxes = window.__renoBoxes();
+      // each ReNO node's `prompt` widget: linked or not, the height of its row and whether its text box shows
+      const prompts = nodes.filter((n) => n.type.startsWith("ReNO") && n.widgets?.some((w) => w.name === "prompt"))
+        .map((n) => {
+          const w = n.widgets.find((x) => x.name === "prompt");
+          const input = n.inputs?.find((i) => i.widget?.name === "prompt");
+          const el = w.element ?? w.inputEl ?? null;
+          const rect = el && document.contains(el) ? el.getBoundingClientRect() : null;
+          return { id: Number(n.id), type: n.type, linked: input?.link !== null && input?.link !== undefined,
+                   row: w.computedHeight ?? null, rowHeight: (window.LiteGraph.NODE_WIDGET_HEIGHT ?? 20) + 4,
+                   shown: Boolean(rect && rect.height > 4 && getComputedStyle(el).visibility !== "hidden"),
+                   vue: Boolean(document.querySelector(`[data-node-id="${n.id}"]`)) };
+        });
+      return { nodes: nodes.length, types: nodes.map((n) => n.type), problems, loaders, api, boxes, prompts };
     }, wf);
     if (shots) {
-      await page.evaluate(() => {
-        const c = window.app.canvas;
-        c.show_info = false;
-        const nodes = window.app.graph._nodes ?? window.app.graph.nodes;
-        const title = window.LiteGraph.NODE_TITLE_HEIGHT ?? 30;
-        let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
-        for (const n of nodes) {
-          x0 = Math.min(x0, n.pos[0]);
-          y0 = Math.min(y0, n.pos[1] - title);
-          x1 = Math.max(x1, n.pos[0] + n.size[0]);
-          y1 = Math.max(y1, n.pos[1] + n.size[1]);
-        }
-        const r = c.canvas.getBoundingClientRect();
-        const pad = 24;
-        const s = Math.min((r.width - 2 * pad) / (x1 - x0), (r.height - 2 * pad) / (y1 - y0));
-        c.ds.scale = s;
-        c.ds.offset = [(r.width / s - (x1 - x0)) / 2 - x0, (r.height / s - (y1 - y0)) / 2 - y0];
-        c.setDirty(true, true);
-      });
-      await page.waitForTimeout(400);
-      await page.screenshot({ path: path.join(shots, `${path.basename(file, ".json")}.png`) });
+      // the graph alone: fitted to the window, then cut to the nodes' boxes (and groups), no menus, toolbar or map
+      const clip = await page.evaluate(() => window.__renoFit(null, 12));
+      await page.waitForTimeout(600);
+      await page.screenshot({ path: path.join(shots, `${path.basename(file, ".json")}.graph.png`), clip });
     }
   }
   if (shots) {
     await page.evaluate(async () => {
       try { await window.app.extensionManager?.command?.execute?.("Workspace.ToggleFocusMode"); } catch { /* */ }
+      try { await window.app.extensionManager?.setting?.set?.("Comfy.Graph.CanvasMenu", true); } catch { /* */ }
+      try { await window.app.extensionManager?.setting?.set?.("LiteGraph.Canvas.MinFontSizeForLOD", 8); } catch { /* */ }
       window.app.canvas.show_info = true;
     });
+    await page.setViewportSize({ width: 1400, height: 900 });
+  }
+
+  // --cards FILE: the template cards (tests/browser/template_cards.py): each a 640x400 JPEG, the workflow's title,
+  // facts and reward mix over its graph picture, rendered by chromium from plain HTML (text only, no scripts).
+  if (args.cards) {
+    step("template cards");
+    const cardPage = await context.newPage();
+    await cardPage.setViewportSize({ width: 640, height: 400 });
+    for (const c of JSON.parse(fs.readFileSync(args.cards, "utf8"))) {
+      const graph = fs.existsSync(c.graph) ? `data:image/png;base64,${fs.readFileSync(c.graph).toString("base64")}` : "";
+      await cardPage.setContent(CARD_HTML);
+      await cardPage.evaluate(({ c, graph }) => {
+        const set = (id, text) => { document.getElementById(id).textContent = text; };
+        set("number", c.number);
+        set("model", c.model);
+        set("facts", c.facts);
+        set("rewards", c.rewards);
+        set("tag", c.tag);
+        if (graph) document.getElementById("graph").src = graph;
+      }, { c, graph });
+      await cardPage.waitForFunction(() => document.getElementById("graph").complete, null, { timeout: 5000 }).catch(() => {});
+      await cardPage.screenshot({ path: c.out, type: "jpeg", quality: 90 });
+    }
+    await cardPage.close();
+  }
+
+  // --missing-models FILE (frontend 1.58+): open FILE (its loaders' models are not installed) and read the Missing
+  // Models panel: each file with its folder and a Download button; pressing it opens the file's download URL (in a
+  // new tab here; the requests to the model hosts are recorded and answered with an error, nothing is fetched).
+  if (args["missing-models"]) {
+    step("missing models panel");
+    const opened = [];
+    await context.route(/^https:\/\/(huggingface\.co|civitai\.com)\//, (route) => {
+      opened.push(route.request().url());
+      return route.abort();
+    });
+    const wf = JSON.parse(fs.readFileSync(args["missing-models"], "utf8"));
+    await page.evaluate((data) => window.app.loadGraphData(data), wf);
+    const details = page.getByText("View details").last();
+    await details.waitFor({ timeout: 15000 }).then(() => details.click()).catch(() => step("no 'View details' toast"));
+    const buttons = page.locator('[data-testid="missing-model-download"]');
+    await buttons.first().waitFor({ timeout: 15000 }).catch(() => step("no Download button in the Missing Models panel"));
+    const rows = await page.evaluate(() => [...document.querySelectorAll('[data-testid="missing-model-download"]')].map((b) => {
+      const row = b.closest('[class*="min-h-8"]') ?? b.parentElement;
+      const name = row?.querySelector("button[title]")?.getAttribute("title") ?? null;
+      const folder = row?.querySelector("span.block")?.textContent?.trim() ?? null;
+      return { name, directory: folder, label: b.getAttribute("aria-label") };
+    }));
+    for (let i = 0; i < rows.length; i++) {
+      const popup = context.waitForEvent("page", { timeout: 5000 }).catch(() => null);
+      await buttons.nth(i).click();
+      const tab = await popup;
+      await page.waitForTimeout(300);
+      await tab?.close().catch(() => {});
+    }
+    await page.waitForTimeout(500);
+    result.missingModels = { rows, opened };
+    await context.unroute(/^https:\/\/(huggingface\.co|civitai\.com)\//);
+    await page.keyboard.press("Escape");
+    await page.evaluate(() => window.app.extensionManager?.setting?.set?.("Comfy.RightSidePanel.IsOpen", false))
+      .catch(() => {}); // the panel would cover the canvas in the pictures below
   }
 
   // The thumbnails the template browser asks for: GET /api/workflow_templates lists each pack's workflows;
@@ -169,6 +326,40 @@ try {
       }
       return out;
     }, args["thumbnail-ext"]);
+  }
+
+  // --template-browser NAME: the pack's templates as the template browser lists them (Comfy.BrowseTemplates, then
+  // the pack's entry NAME under Extensions / Custom Nodes): the titles in the order shown, and the order that
+  // api.getWorkflowTemplates (the call the browser makes, wrapped by the pack) answers.
+  if (args["template-browser"]) {
+    step("template browser");
+    const pack = args["template-browser"];
+    const stems = WORKFLOWS.map((f) => path.basename(f, ".json"));
+    result.templateBrowser = { api: await page.evaluate(async (name) => {
+      const { api } = await import(new URL("scripts/api.js", document.baseURI).href);
+      return (await api.getWorkflowTemplates())[name] ?? null;
+    }, pack) };
+    try {
+      await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.BrowseTemplates"));
+      const entry = page.getByText(pack, { exact: true }).first();
+      await entry.waitFor({ timeout: 20000 });
+      await entry.click();
+      await page.waitForFunction((names) => [...document.querySelectorAll("*")].some(
+        (e) => e.children.length === 0 && names.includes(e.textContent.trim())), stems, { timeout: 20000 });
+      await page.waitForTimeout(1000);
+      result.templateBrowser.titles = await page.evaluate((names) => [...document.querySelectorAll("*")]
+        .filter((e) => e.children.length === 0 && names.includes(e.textContent.trim()))
+        .map((e) => e.textContent.trim()), stems);
+      if (args["template-browser-shot"]) await page.screenshot({ path: args["template-browser-shot"] });
+    } catch (e) {
+      result.templateBrowser.error = String(e).slice(0, 500);
+    }
+    await page.keyboard.press("Escape"); // 1.58 closes on Escape; 1.32.9 by its ✕ button
+    await page.waitForTimeout(500);
+    const close = page.locator('[role="dialog"] button[aria-label="Close dialog"], [role="dialog"] button:has(i.pi-times)');
+    if (await close.count()) await close.first().click().catch((e) => step(`could not close the template browser: ${e}`));
+    await page.waitForFunction(() => !document.querySelector('[role="dialog"]'), null, { timeout: 5000 })
+      .catch(() => step("a dialog is still open"));
   }
 
   // ReNO Load Reward: a weight follows the reward on user changes (widget.setValue, what a pick in the
@@ -225,8 +416,13 @@ try {
   await page.evaluate(async () => {
     const { api } = await import(new URL("scripts/api.js", document.baseURI).href);
     window.__renoSeen = { events: [], live: [], errors: [], done: false };
+    window.__renoCapture = { iterations: {}, executed: {} }; // what the runs sent, per node (replayed below)
     let executing = null;
+    api.addEventListener("executed", (e) => {
+      window.__renoCapture.executed[String(e.detail?.node)] = e.detail?.output;
+    });
     api.addEventListener("reno.iteration", (e) => {
+      (window.__renoCapture.iterations[String(e.detail?.node)] ??= []).push(e.detail);
       const seen = window.__renoSeen;
       seen.events.push({ iteration: e.detail.iteration, node: e.detail.node, host: executing });
       // what the node's gallery shows right after this event: listeners run in order, ours after the pack's
@@ -267,6 +463,9 @@ try {
       chart: { ...c.root.dataset, readout: c.readout.textContent, inDocument: document.contains(c.root),
         width: c.canvas.clientWidth, height: c.canvas.clientHeight },
       summary: n.renoSummaryLines ?? null,
+      summaryShown: [...g.summaryEl.children].map((x) => x.textContent),
+      summaryVisible: g.summaryEl.getBoundingClientRect().height > 0,
+      box: window.__renoBoxes().find((b) => b.id === Number(id)) ?? null,
     }];
   })), ids);
 
@@ -309,25 +508,31 @@ try {
     c.setDirty(true, true);
   }, { scale, offset });
 
-  // 2. The tiny demo: queue it, watch the live events, wait for the preview node's gallery.
+  // 2. The tiny demo: queue it, watch the live events, wait for the preview node's gallery. (Steps 2-6 need --demo.)
+  demo: {
+  if (!args.demo) break demo;
   step("load demo");
   const demo = JSON.parse(fs.readFileSync(args.demo, "utf8"));
   await page.evaluate((data) => window.app.loadGraphData(data), demo);
   await place(0.85, [70, 60]);
-  await page.evaluate(async () => {  // the live mark below goes to its own dataset
-    await window.app.extensionManager?.setting?.set?.("ReNO.Preferences.Dataset", "browser_live");
+  await page.evaluate(async (name) => {  // the live mark below goes to its own dataset
+    await window.app.extensionManager?.setting?.set?.("ReNO.Preferences.Dataset", name);
     window.__renoLiveMark = { done: false };
-  });
+  }, `browser_live${args["dataset-suffix"] ?? ""}`);
+  const boxesBefore = await page.evaluate(() => window.__renoBoxes());
   const seen = await queueAndWatch("demo", { seedNode: SAMPLER_ID, seedWidget: "seed", waitNode: PREVIEW_ID });
   await page.waitForFunction((sid) => {
     const d = window.app.graph.getNodeById(sid)?.renoViews?.gallery?.root?.dataset;
     return !window.__renoLiveMark?.done || (d && d.markPending !== "true");
   }, SAMPLER_ID, { timeout: 15000 }).catch(() => step("the live mark did not settle"));
   result.liveMark = await page.evaluate(() => window.__renoLiveMark);
+  // what the demo sent, kept for the replay on the shipped workflows (the custom-sampler demo reuses node ids)
+  await page.evaluate(() => { window.__renoDemo = JSON.parse(JSON.stringify(window.__renoCapture)); });
   const views = await view([SAMPLER_ID, PREVIEW_ID]);
   result.run = {
     events: seen.events.map((e) => e.iteration), liveFrames: seen.live.map((x) => x.frames), errors: seen.errors,
-    sampler: views[SAMPLER_ID], preview: views[PREVIEW_ID],
+    sampler: views[SAMPLER_ID], preview: views[PREVIEW_ID], boxesBefore,
+    boxesAfter: await page.evaluate(() => window.__renoBoxes()),
   };
 
   // 3. Interaction: hover the chart, scrub and play the gallery.
@@ -385,7 +590,20 @@ try {
     const d = window.app.graph.getNodeById(nid)?.renoViews?.gallery?.root?.dataset;
     return d && d.markPending !== "true" && (d.mark === m || d.markError === "true");
   }, { nid: id, m: mark }, { timeout: 15000 }).catch(() => step(`node ${id}: the mark did not settle on '${mark}'`));
+  // Pan the canvas (the node is taller than the window at this zoom) so the node's gallery is in view.
+  const inView = (id) => page.evaluate(async (nid) => {
+    const r = window.app.graph.getNodeById(nid).renoViews.gallery.root.getBoundingClientRect();
+    const c = window.app.canvas;
+    const v = c.canvas.getBoundingClientRect();
+    if (r.top >= v.top && r.bottom <= v.bottom && r.left >= v.left && r.right <= v.right) return;
+    const s = c.ds.scale;
+    c.ds.offset = [c.ds.offset[0] + (v.left + v.width / 2 - (r.left + r.width / 2)) / s,
+                   c.ds.offset[1] + (v.top + v.height / 2 - (r.top + r.height / 2)) / s];
+    c.setDirty(true, true);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+  }, id);
   const hover = async (id) => {
+    await inView(id);
     const box = await page.evaluate((nid) => {
       const r = window.app.graph.getNodeById(nid).renoViews.gallery.frame.getBoundingClientRect();
       return { x: r.left + r.width / 2, y: r.top + r.height / 2 };
@@ -393,14 +611,15 @@ try {
     await page.mouse.move(box.x, box.y);
   };
   const clickButton = async (id, which) => {
+    await inView(id);
     const handle = await page.evaluateHandle(({ nid, w }) => window.app.graph.getNodeById(nid).renoViews.gallery[w],
       { nid: id, w: which });
     await handle.asElement().click();
   };
   result.preferences = {};
-  await page.evaluate(async () => {
-    await window.app.extensionManager?.setting?.set?.("ReNO.Preferences.Dataset", "browser_picks");
-  });
+  await page.evaluate(async (name) => {
+    await window.app.extensionManager?.setting?.set?.("ReNO.Preferences.Dataset", name);
+  }, `browser_picks${args["dataset-suffix"] ?? ""}`);
   await showFrame(PREVIEW_ID, 0);
   result.preferences.before = await galleryState(PREVIEW_ID);
   await hover(PREVIEW_ID);
@@ -465,6 +684,27 @@ try {
     window.app.canvas.setDirty(true, true);
   }, SAMPLER_ID);
   await page.waitForTimeout(300);
+  if (args["readme-shot"]) {  // the sampler, the preview and Save Image after the run, nothing else on the page
+    const chrome = (on) => page.evaluate(async (show) => {
+      const em = window.app.extensionManager;
+      for (const [key, value] of [["Comfy.Graph.CanvasMenu", show], ["LiteGraph.Canvas.MinFontSizeForLOD", show ? 8 : 0]]) {
+        try { await em?.setting?.set?.(key, value); } catch { /* older frontend */ }
+      }
+      try { await em?.command?.execute?.("Workspace.ToggleFocusMode"); } catch { /* older frontend */ }
+    }, on);
+    await chrome(false);
+    await page.setViewportSize({ width: 1500, height: 1300 });
+    await page.evaluate((ids) => {  // both galleries at the best iteration
+      for (const id of ids) window.app.graph.getNodeById(id)?.renoViews?.gallery?.bestButton?.click();
+    }, [SAMPLER_ID, PREVIEW_ID]);
+    await page.waitForTimeout(400);
+    const clip = await page.evaluate((ids) => window.__renoFit(ids, 28), [SAMPLER_ID, PREVIEW_ID, 8]);
+    await page.waitForTimeout(700);
+    await page.screenshot({ path: args["readme-shot"], clip });
+    await page.setViewportSize({ width: 1400, height: 900 });
+    await chrome(true);
+    await page.evaluate(() => { window.app.canvas.show_info = true; });
+  }
   if (args.screenshot) {
     await page.screenshot({ path: args.screenshot });
     if (args.small) await page.screenshot({ path: args.small, clip: { x: 0, y: 0, width: 1400, height: 900 }, type: "png", scale: "css" });
@@ -541,6 +781,68 @@ try {
       safety,
     };
   }
+  // 6. After a run: each shipped workflow's ReNO nodes get what the tiny runs above sent (their reno.iteration events
+  // and UI outputs, the trainer a held-out summary, every ReNO Load Reward a finished download's status line), then
+  // every node's box is measured again: no node taller than at load (the core's own image preview aside), none
+  // overlapping another. (The shipped workflows' models are not installed, so they cannot run here.)
+  if (WORKFLOWS.length && args.replay !== "0") {
+    for (const file of WORKFLOWS) {
+      step(`after a run: ${path.basename(file)}`);
+      const wf = JSON.parse(fs.readFileSync(file, "utf8"));
+      result.workflows[path.basename(file)].afterRun = await page.evaluate(async ({ data, ids }) => {
+        const { api } = await import(new URL("scripts/api.js", document.baseURI).href);
+        await window.app.loadGraphData(data);
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        await window.__renoSettled();
+        const before = window.__renoBoxes();
+        const cap = window.__renoDemo;
+        const custom = window.__renoCapture.iterations[String(ids.custom)] ?? [];
+        const nodes = window.app.graph._nodes ?? window.app.graph.nodes;
+        const send = (type, detail) => api.dispatchCustomEvent(type, detail);
+        const pid = `replay-${Math.random()}`;
+        const iterations = (from, to) => (cap.iterations[String(from)] ?? []).map((d) => ({ ...d, node: String(to), prompt_id: pid }));
+        const executed = (node, output) => send("executed", { node: String(node), display_node: String(node), output, prompt_id: pid });
+        const demoChart = cap.executed[String(ids.sampler)]?.reno_chart;
+        const previewImages = cap.executed[String(ids.preview)]?.images ?? [];
+        send("execution_start", { prompt_id: pid });
+        for (const n of nodes) {
+          const id = n.id;
+          if (n.type === "ReNOSampler") {
+            send("executing", { node: String(id), prompt_id: pid });
+            for (const d of iterations(ids.sampler, id)) send("reno.iteration", d);
+            executed(id, cap.executed[String(ids.sampler)]);
+          } else if (n.type === "ReNOSamplerCustom") {
+            send("executing", { node: String(id), prompt_id: pid });
+            for (const d of custom) send("reno.iteration", { ...d, node: String(id), prompt_id: pid });
+            send("executing", { node: null, prompt_id: pid });
+          } else if (n.type === "ReNOIterationPreview") {
+            executed(id, cap.executed[String(ids.preview)]);
+          } else if (n.type === "ReNORewardLoRATrainer") {
+            send("executing", { node: String(id), prompt_id: pid });
+            for (const d of iterations(ids.sampler, id)) send("reno.iteration", d);
+            executed(id, { images: previewImages.slice(0, 2), reno_chart: demoChart, reno_training: [{ method: "alignprop",
+              steps: 1, held_out_before: 0.1, held_out_after: 0.3, best_step: 1 }] });
+          } else if (n.type === "ReNOScoreImages") {
+            executed(id, { images: previewImages.slice(0, 2), reno_scores: [1, 2], reno_prompt: ["replay"] });
+          } else if (n.type === "ReNORewardLoader" || n.type === "ReNOTrainPreferenceReward") {
+            send("reno.download", { node: String(id), reward: "imagereward", file: "ImageReward.pt", index: 1, count: 1,
+                                    phase: "done", done: 1, total: 1 });
+          }
+        }
+        send("executing", { node: null, prompt_id: pid });
+        send("execution_success", { prompt_id: pid });
+        await new Promise((resolve) => setTimeout(resolve, 800)); // images load, the layout settles
+        await window.__renoSettled();
+        const views = Object.fromEntries(nodes.filter((n) => n.renoViews).map((n) => {
+          const g = n.renoViews.gallery;
+          return [n.id, { frames: Number(g.root.dataset.frames ?? 0), summary: Number(g.root.dataset.summary ?? 0),
+            imgLoaded: g.img.complete && g.img.naturalWidth > 0 }];
+        }));
+        return { before, after: window.__renoBoxes(), views };
+      }, { data: wf, ids: { sampler: SAMPLER_ID, preview: PREVIEW_ID, custom: CUSTOM_ID } });
+    }
+  }
+  } // demo
   step("done");
 } catch (e) {
   result.fatal = String(e?.stack ?? e);

@@ -1,6 +1,6 @@
 """Run a real ComfyUI server for the browser test (test-only launcher).
 
-    python tests/browser/serve_comfyui.py --root COMFY_ROOT --base BASE_DIR --port N
+    python tests/browser/serve_comfyui.py --root COMFY_ROOT --base BASE_DIR --port N [--front-end-root DIR]
 
 Installs the test-only torchvision stand-in (tests/comfy_host.py), then runs ComfyUI's own
 ``main.py`` with runpy, on the CPU, listening on 127.0.0.1, with models/, custom_nodes/, input/,
@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--root", required=True, help="the ComfyUI folder (has main.py)")
     ap.add_argument("--base", required=True, help="folder for models/, custom_nodes/, user/, temp/...")
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--front-end-root", default=None,
+                    help="serve this frontend's static folder (ComfyUI's --front-end-root) instead of the installed one")
     ns = ap.parse_args()
     root = Path(ns.root).resolve()
     base = Path(ns.base).resolve()
@@ -74,6 +76,8 @@ def main() -> None:
             argv += ["--database-url", "sqlite:///:memory:"]
         if "--disable-api-nodes" in cli:
             argv += ["--disable-api-nodes"]
+    if ns.front_end_root:
+        argv += ["--front-end-root", str(Path(ns.front_end_root).resolve())]
     sys.argv = argv
     sys.path.insert(0, str(root))
     os.chdir(root)

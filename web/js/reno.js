@@ -2,13 +2,13 @@
 //
 // * ReNO Sampler: a gallery of the iterations and a chart of the rewards that grow live from the
 //   `reno.iteration` events, then the chart from the `reno_chart` UI output (kept after the run), and
-//   the run's summary drawn under the node.
+//   the run's summary under the gallery.
 // * ReNO Sampler (custom): the same live gallery and chart while SamplerCustomAdvanced runs it (the
 //   events name this node). Its own node finishes before the run and has no UI output, so when the
 //   run ends (another node executes, or the prompt ends) the views keep what the events said, and the
-//   summary is drawn from them.
+//   summary is made from them.
 // * ReNO Iteration Preview: the gallery from its `images` UI output and the chart from `reno_chart`, and
-//   the sampling chain of the run ("4 steps · euler · exact", from the chart's `chain`) under the node.
+//   the sampling chain of the run ("4 steps · euler · exact", from the chart's `chain`) under the gallery.
 // * ReNO Score Images: a gallery of the scored images (from its `images` UI output), no chart.
 // * Preference picks (reno_preferences.js): on ReNO Sampler, ReNO Iteration Preview and ReNO Score Images the
 //   image the gallery shows can be marked preferred / rejected (✓ / ✕ buttons, or P/+, X/−, 0/Backspace with
@@ -18,9 +18,15 @@
 //
 // * ReNO Load Reward: picking another reward moves a weight still at the previous reward's suggested
 //   weight to the new reward's (reno_weights.js); loaded workflows keep their weights.
+// * Workflow templates (reno_templates.js): the pack's list comes sorted by name, so "ReNO 01 ..." is first.
 // * Reward downloads (reno_download.js): while ReNO Load Reward (or ReNO Train Preference Reward) downloads
 //   missing reward files, a status line on that node says which file, bytes of its size, and how it ended
 //   (from the `reno.download` events; ComfyUI's progress bar on the node shows the same bytes).
+//
+// The gallery and chart are made with the node (empty until it runs) at their full height, fixed (the image
+// scales inside, the summary scrolls inside): a run never makes the node taller, so it never grows over the
+// nodes below it. The core's own image preview of these nodes is off (our gallery shows the same images).
+// A linked `prompt` leaves no blank row where the frontend hides a linked text box (1.58: one row, its input).
 //
 // Nothing from a workflow, a prompt or the server is inserted as HTML (DOM built with createElement and
 // textContent), and the gallery/chart widgets are not serialized (nothing goes into widgets_values).
@@ -38,6 +44,7 @@ import {
 } from "./reno_preferences.js";
 import { addSearchAliases } from "./reno_search.js";
 import { renoSettings } from "./reno_settings.js";
+import { installTemplateOrder, packFolder } from "./reno_templates.js";
 import { ChartView, GalleryView } from "./reno_views.js";
 import { LOADER, followingWeight } from "./reno_weights.js";
 
@@ -45,8 +52,51 @@ const EVENT = "reno.iteration";
 const PREFERENCE_TRAINER = "ReNOTrainPreferenceReward";
 const LINE_HEIGHT = 16;
 const MIN_WIDTH = 340;
+/** Summary lines each node's gallery keeps room for (more scroll inside it): best + chain; the chain; training. */
+const SUMMARY_ROWS = { [SAMPLER]: 2, [CUSTOM_SAMPLER]: 2, [PREVIEW]: 1, [TRAINER]: 2, [SCORE]: 0 };
 
 const SETTINGS = renoSettings(() => applySettings());
+
+// The template browser lists our workflows ("ReNO 01 ...", "ReNO 02 ...") in file-system order: sort them (at import,
+// before the browser is first opened).
+try {
+  installTemplateOrder(api, packFolder(import.meta.url));
+} catch (e) {
+  console.warn("ReNO: could not order the workflow templates", e);
+}
+
+/**
+ * ReNO Sampler also sends each iteration's picture as ComfyUI's progress preview (for other clients). Nodes 2.0 shows
+ * that preview under the node, below our gallery that already shows it, and the node grows with it during the run:
+ * where a node with our views is drawn by Nodes 2.0, its previews are not passed on (the classic canvas never draws
+ * them: onDrawBackground below).
+ */
+function installPreviewFilter() {
+  const dispatch = api?.dispatchCustomEvent;
+  if (typeof dispatch !== "function" || dispatch.renoFiltered) return;
+  const filtered = function (type, detail) {
+    if (type === "b_preview_with_metadata" && showsOwnPreview(detail)) return false;
+    return dispatch.apply(this, arguments);
+  };
+  filtered.renoFiltered = true;
+  api.dispatchCustomEvent = filtered;
+}
+
+function showsOwnPreview(detail) {
+  for (const id of [detail?.displayNodeId, detail?.nodeId]) {
+    const node = getNode(id);
+    if (node?.renoViews && typeof document !== "undefined" && document.querySelector(`[data-node-id="${node.id}"]`)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+try {
+  installPreviewFilter();
+} catch (e) {
+  console.warn("ReNO: could not install the preview filter", e);
+}
 
 const liveNodes = new Set();
 const customRuns = new Set(); // ReNO Sampler (custom) nodes whose run is still live
@@ -73,11 +123,11 @@ function getNode(id) {
   return app.graph.getNodeById?.(id) ?? app.graph.getNodeById?.(Number(id)) ?? null;
 }
 
-/** Grow the node so its widgets fit (never shrink what the user sized). */
-function fit(node) {
+/** Grow the node so its widgets fit (never shrink what the user sized); a gallery node at least `minWidth` wide. */
+function fit(node, minWidth = MIN_WIDTH) {
   try {
     const want = node.computeSize?.() ?? node.size;
-    const size = [Math.max(node.size[0], want[0], MIN_WIDTH), Math.max(node.size[1], want[1])];
+    const size = [Math.max(node.size[0], want[0], minWidth), Math.max(node.size[1], want[1])];
     node.setSize?.(size);
   } catch (e) {
     console.warn("ReNO: could not resize node", e);
@@ -118,7 +168,7 @@ function addWidget(node, name, view, heightOf) {
 }
 
 /** The node's gallery and chart (`withChart`), created on first use; null where the frontend has no DOM widgets. */
-function ensureViews(node, { withChart = true } = {}) {
+function ensureViews(node, { withChart = true, type = typeOf(node) } = {}) {
   if (node.renoViews !== undefined) return node.renoViews;
   if (typeof node.addDOMWidget !== "function") {
     node.renoViews = null;
@@ -126,7 +176,8 @@ function ensureViews(node, { withChart = true } = {}) {
     return null;
   }
   try {
-    const gallery = new GalleryView({ imageHeight: Number(setting("ReNO.PreviewSize", 256)) || 256 });
+    const gallery = new GalleryView({ imageHeight: Number(setting("ReNO.PreviewSize", 256)) || 256,
+                                      summaryRows: SUMMARY_ROWS[type] ?? 0 });
     const chart = withChart ? new ChartView() : null;
     const v = { gallery, chart, showChart: setting("ReNO.ShowChart", true) !== false };
     v.galleryWidget = addWidget(node, "reno_gallery", gallery, () => gallery.preferredHeight());
@@ -154,7 +205,7 @@ function ensureDownloadStatus(node) {
     const view = new DownloadStatus();
     addWidget(node, "reno_download", view, () => STATUS_HEIGHT);
     node.renoDownload = view;
-    fit(node);
+    fit(node, 0); // one line taller, never wider (the status line's text is cut to the node's width)
   } catch (e) {
     console.warn("ReNO: could not add the download status line", e);
   }
@@ -181,6 +232,44 @@ function trimOwnWidgetValues(proto) {
 }
 
 const typeOf = (node) => node?.comfyClass ?? node?.type;
+
+/** The run's summary lines: shown under the node's gallery (drawn under the node where there are no DOM widgets). */
+function setSummary(node, lines) {
+  node.renoSummaryLines = lines;
+  node.renoViews?.gallery.setSummary(lines);
+}
+
+/**
+ * Where the frontend hides a linked text box but keeps its height (1.58: the row is "suppressed by the connection",
+ * nothing drawn in it), the linked `prompt` takes one widget row (its input dot) instead of a blank gap; an older
+ * frontend shows the linked text greyed out and keeps its size. The node gives back the rows it no longer needs.
+ */
+function collapseLinkedPrompt(node) {
+  const w = widgetNamed(node, "prompt");
+  if (!w || w.renoCollapses || typeof w.computeLayoutSize !== "function" || !("connectionSuppressed" in w)) return;
+  w.renoCollapses = true;
+  const layoutSize = w.computeLayoutSize;
+  const linked = () => node.inputs?.some((i) => i.widget?.name === "prompt" && i.link !== null && i.link !== undefined);
+  w.computeLayoutSize = function () {
+    if (!linked()) return layoutSize.apply(this, arguments);
+    const row = (globalThis.LiteGraph?.NODE_WIDGET_HEIGHT ?? 20) + 4;
+    return { minHeight: row, maxHeight: row, minWidth: 0 };
+  };
+  const onConnectionsChange = node.onConnectionsChange;
+  node.onConnectionsChange = function (type, index) {
+    const out = onConnectionsChange?.apply(this, arguments);
+    if (this.inputs?.[index]?.widget?.name === "prompt") {
+      try {
+        const want = this.computeSize?.();
+        if (want) this.setSize?.([this.size[0], want[1]]); // one row when linked, the text box when not
+        this.setDirtyCanvas?.(true, true);
+      } catch (e) {
+        console.warn("ReNO: could not resize the node", e);
+      }
+    }
+    return out;
+  };
+}
 const widgetNamed = (node, name) => node?.widgets?.find((w) => w.name === name) ?? null;
 
 /** ReNO Load Reward: the user picked another reward; move an untouched weight to the new reward's. */
@@ -350,7 +439,7 @@ function onIteration(detail) {
   const type = typeOf(node);
   if (!showsLiveRun(type)) return;
   const fresh = startsNewRun(node.renoRun, detail);
-  if (fresh) node.renoSummaryLines = [];
+  if (fresh) setSummary(node, []);
   node.renoRun = reduceIteration(node.renoRun, detail, 0, executingId);
   if (type === CUSTOM_SAMPLER) customRuns.add(node);
   const v = ensureViews(node);
@@ -361,7 +450,7 @@ function onIteration(detail) {
   const hadFrames = v.gallery.frames.length > 0;
   v.gallery.setFrames(framesFromRun(run), { iterations: run.iterations, best: run.best, live: true });
   v.chart.setModel(chartFromRun(run));
-  if (!hadFrames && v.gallery.frames.length) fit(node);
+  if (!hadFrames && v.gallery.frames.length) fit(node); // (the size is fixed: this only repairs a node made smaller)
   node.setDirtyCanvas?.(true, true);
 }
 
@@ -372,7 +461,7 @@ function finishCustomRuns(executing) {
     customRuns.delete(node);
     const run = finishRun(node.renoRun);
     node.renoRun = run;
-    node.renoSummaryLines = summaryLines(summaryOfRun(run));
+    setSummary(node, summaryLines(summaryOfRun(run)));
     const v = node.renoViews;
     if (v) {
       v.gallery.setFrames(framesFromRun(run), { iterations: run.iterations, best: run.best });
@@ -471,7 +560,7 @@ app.registerExtension({
       try {
         const model = chartFromHistory(output?.reno_chart?.[0]);
         if (name === SAMPLER) {
-          this.renoSummaryLines = summaryLines(output?.reno_summary?.[0]);
+          setSummary(this, summaryLines(output?.reno_summary?.[0]));
           const v = model ? ensureViews(this) : this.renoViews;
           if (v && model) {
             v.chart.setModel(model);
@@ -486,7 +575,7 @@ app.registerExtension({
         } else if (name === PREVIEW) {
           // (ReNO Sampler (custom) has no UI output: its views come from the events alone)
           const chain = chainLine(output?.reno_chart?.[0]?.chain);
-          this.renoSummaryLines = chain ? [chain] : [];
+          setSummary(this, chain ? [chain] : []);
           const frames = framesFromImages(output?.images, model, 0, (route) => api.apiURL(route));
           const v = frames.length || model ? ensureViews(this) : this.renoViews;
           if (v) {
@@ -498,7 +587,7 @@ app.registerExtension({
         } else if (name === TRAINER) {
           // live: each training step's image and the curves (events); done: the held-out image per evaluation
           const training = output?.reno_training?.[0];
-          this.renoSummaryLines = trainingLines(training);
+          setSummary(this, trainingLines(training));
           const frames = framesFromTraining(output?.images, training, (route) => api.apiURL(route));
           const v = frames.length || model ? ensureViews(this) : this.renoViews;
           if (v) {
@@ -528,6 +617,26 @@ app.registerExtension({
       this.setDirtyCanvas?.(true, true);
     };
 
+    // The views exist from the start, at their full height, so the node is as tall before a run as after it.
+    const onNodeCreated = proto.onNodeCreated;
+    proto.onNodeCreated = function () {
+      const out = onNodeCreated?.apply(this, arguments);
+      try {
+        this.hideOutputImages = true; // the current frontend's own preview (Nodes 2.0): our gallery shows them
+        ensureViews(this, { withChart: name !== SCORE, type: name });
+        collapseLinkedPrompt(this);
+      } catch (e) {
+        console.warn("ReNO: could not add the gallery/chart widgets", e);
+      }
+      return out;
+    };
+    const onConfigure = proto.onConfigure;
+    proto.onConfigure = function () {
+      const out = onConfigure?.apply(this, arguments);
+      if (this.renoViews) fit(this); // a workflow saved with a smaller node
+      return out;
+    };
+
     // Our gallery replaces the core's image preview (the same images, scrubbable).
     const onDrawBackground = proto.onDrawBackground;
     proto.onDrawBackground = function () {
@@ -546,12 +655,13 @@ app.registerExtension({
       return onRemoved?.apply(this, arguments);
     };
 
-    // the run's summary (ReNO Iteration Preview: the chain it ran) drawn under the node
+    // the run's summary (ReNO Iteration Preview: the chain it ran) drawn under the node, where the frontend has no
+    // DOM widgets (elsewhere it is in the gallery)
     const onDrawForeground = proto.onDrawForeground;
     proto.onDrawForeground = function (ctx) {
       onDrawForeground?.apply(this, arguments);
       const lines = this.renoSummaryLines;
-      if (!lines?.length || this.flags?.collapsed) return;
+      if (this.renoViews || !lines?.length || this.flags?.collapsed) return;
       ctx.save();
       ctx.font = "12px sans-serif";
       ctx.fillStyle = "#9fd3a0";

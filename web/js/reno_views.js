@@ -33,6 +33,8 @@ const CSS = `
 .reno-gallery-best { position: absolute; top: -3px; width: 0; height: 0; border-left: 5px solid transparent;
   border-right: 5px solid transparent; border-top: 7px solid #ffd54f; transform: translateX(-5px); pointer-events: none; }
 .reno-caption { flex: 0 0 auto; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; color: #cfd8dc; }
+.reno-summary { flex: 0 0 auto; overflow-y: auto; color: #9fd3a0; font-size: 12px; line-height: 15px; }
+.reno-summary div { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .reno-chart { display: flex; flex-direction: column; gap: 2px; }
 .reno-chart canvas { flex: 1 1 auto; min-height: 0; width: 100%; background: #161616; border-radius: 4px; cursor: crosshair; }
 `;
@@ -40,6 +42,8 @@ const CSS = `
 export const COLORS = ["#4fc3f7", "#ffb74d", "#ba68c8", "#81c784", "#f06292", "#e0e0a0"];
 export const TOTAL_COLOR = "#ffffff";
 export const BEST_COLOR = "#ffd54f";
+/** Height of one summary line under the gallery (CSS px; .reno-summary's line-height). */
+export const SUMMARY_LINE = 15;
 
 function installStyle() {
   if (typeof document === "undefined" || document.getElementById(STYLE_ID)) return;
@@ -47,6 +51,15 @@ function installStyle() {
   style.id = STYLE_ID;
   style.textContent = CSS;
   document.head.appendChild(style);
+}
+
+/**
+ * Give a widget's root a fixed height. Nodes 2.0 lays DOM widgets out in a flex column whose items grow with their
+ * content (flex: 1, basis 0: a height alone is ignored), so the node would grow when the first image arrives.
+ */
+export function fixHeight(element, px) {
+  const h = `${Math.max(0, Math.round(px))}px`;
+  Object.assign(element.style, { flex: "0 0 auto", height: h, minHeight: h, maxHeight: h });
 }
 
 function el(tag, className, text) {
@@ -89,7 +102,7 @@ function installMarkKeys() {
 
 /** Scrubbable gallery: image, play/pause, slider with the best iteration marked, caption, preference marks. */
 export class GalleryView {
-  constructor({ imageHeight = 256, fps = 4 } = {}) {
+  constructor({ imageHeight = 256, fps = 4, summaryRows = 0 } = {}) {
     installStyle();
     this.frames = [];
     this.iterations = 0;
@@ -99,6 +112,7 @@ export class GalleryView {
     this.timer = null;
     this.fps = fps;
     this.imageHeight = imageHeight;
+    this.summaryRows = Math.max(0, Number(summaryRows) || 0); // room kept for the run's summary lines
 
     this.root = el("div", "reno-view reno-gallery");
     this.root.dataset.renoWidget = "gallery";
@@ -106,7 +120,7 @@ export class GalleryView {
     this.img = el("img");
     this.img.alt = "ReNO iteration";
     this.img.draggable = false;
-    this.placeholder = el("span", "reno-gallery-empty", "no iterations yet");
+    this.placeholder = el("span", "reno-gallery-empty", "no iterations yet: the images appear here as it runs");
     this.badge = el("span", "reno-mark-badge", "");
     this.frame.append(this.placeholder, this.badge);
     this.marking = null; // {entry(frame), mark(frame, action, toggle), blocked(frame) -> why not, "" when it can}
@@ -146,7 +160,11 @@ export class GalleryView {
     this.markButtons.append(this.preferButton, this.rejectButton);
     controls.append(this.playButton, track, this.bestButton, this.markButtons);
     this.captionEl = el("div", "reno-caption", "");
-    this.root.append(this.frame, controls, this.captionEl);
+    this.summaryEl = el("div", "reno-summary");
+    this.summaryEl.style.height = `${this.summaryRows * SUMMARY_LINE}px`;
+    if (!this.summaryRows) this.summaryEl.style.display = "none";
+    this.root.append(this.frame, controls, this.captionEl, this.summaryEl);
+    fixHeight(this.root, this.preferredHeight()); // the same before, during and after a run
     isolate(controls);
     this.root.tabIndex = -1; // focusable by a click, so the keys also work on the gallery last clicked
     const enter = () => {
@@ -185,13 +203,22 @@ export class GalleryView {
     this.marking.mark(f, action, toggle);
   }
 
-  /** Height the node should give the widget (CSS px). */
+  /** Height the node gives the widget (CSS px): the same before, during and after a run (the node never grows). */
   preferredHeight() {
-    return this.frames.length ? this.imageHeight + 56 : 44;
+    return this.imageHeight + 56 + this.summaryRows * SUMMARY_LINE;
+  }
+
+  /** The run's summary lines (text only) under the caption; more lines than the room kept scroll. */
+  setSummary(lines) {
+    const list = Array.isArray(lines) ? lines.map(String) : [];
+    this.summaryEl.replaceChildren(...list.map((line) => el("div", "", line)));
+    this.summaryEl.title = list.join("\n");
+    this.root.dataset.summary = String(list.length);
   }
 
   setImageHeight(px) {
     this.imageHeight = Math.max(64, Number(px) || 256);
+    fixHeight(this.root, this.preferredHeight());
   }
 
   /** frames: [{iteration, total, src}] in iteration order; `live` keeps following the newest one. */
@@ -305,6 +332,7 @@ export class ChartView {
     this.height = height;
     this.root = el("div", "reno-view reno-chart");
     this.root.dataset.renoWidget = "chart";
+    fixHeight(this.root, height);
     this.canvas = el("canvas");
     this.readout = el("div", "reno-caption", "");
     this.root.append(this.canvas, this.readout);
