@@ -2,8 +2,8 @@
 
 For every family of the fixture pack (``ReNOTestTinyFamily``) and every sampler of the chain: the chain with
 no update (a plain forward pass) run as a ``comfy.samplers.Sampler`` through ``comfy.sample.sample_custom``
-equals ComfyUI's ``KSampler`` node with the same sampler, scheduler, steps, seed and cfg 1.0, to 1e-5 on the
-latent. The Sampler drives the model as ComfyUI's KSAMPLER does: start ``noise_scaling(sigmas[0], noise,
+equals ComfyUI's ``KSampler`` node with the same sampler, scheduler, steps, seed and cfg 1.0, on the latent to
+float32 rounding at the noised latent's magnitude (tests/tolerances.py). The Sampler drives the model as ComfyUI's KSAMPLER does: start ``noise_scaling(sigmas[0], noise,
 latent, max_denoise)``, x0 from ``model_wrap(x, sigma * s_in, model_options=..., seed=...)``, result through
 ``inverse_noise_scaling(sigmas[-1], x)``; the ancestral noises are ``draw_step_noises`` drawn with the host's own
 ``default_noise_sampler(x, extra_args["seed"])`` (0.33 seeds it with ``seed + 1`` on the CPU). The max errors are printed as a table (pytest -s).
@@ -15,12 +15,12 @@ import pytest
 import torch
 from engine_support import fixture_families
 from reno_pack.optimizer.chain import SAMPLERS, ChainSpec, GradientPolicy, draw_step_noises, run_chain
+from tolerances import ORACLE_LATENT_K, rounding_tol
 
 FAMILIES = ["sd15", "sd21v", "sdxl", "pixart", "sd3", "flux", "flux_schnell"]
 SIDE = {"pixart": 512}  # PixArt derives its position-embedding base size from the latent size
 STEPS = 4
 SEED = 5
-TOL = 1e-5
 #: every (family, sampler) with ComfyUI's "simple" schedule, plus one EPS family with "karras" and one flow
 #: family with "sgm_uniform" for every sampler, and one batch of two (the ancestral noise is drawn per batch)
 CASES = ([(f, s, "simple", 1) for f in FAMILIES for s in SAMPLERS]
@@ -123,4 +123,9 @@ def test_chain_forward_is_comfyuis_ksampler(engine, families_module, family, sam
     err = float((got.float() - want["samples"].float()).abs().max())
     ERRORS[(family, sampler, scheduler, batch)] = err
     assert torch.isfinite(want["samples"]).all()
-    assert err <= TOL, f"{family}/{sampler}/{scheduler}: chain vs KSampler max abs error {err:.3g}"
+    # two implementations of the same steps: each may round as a one-step oracle does, at the noised latent's
+    # magnitude |latent| + sigma_max |noise| (each step's output comes from its input by cancellation)
+    scale = max(float(sigmas[0]) * float(noise.abs().max()) + float(samples.abs().max()),
+                float(want["samples"].abs().max()))
+    tol = rounding_tol(STEPS * ORACLE_LATENT_K, torch.float32, scale=scale)
+    assert err <= tol, f"{family}/{sampler}/{scheduler}: chain vs KSampler max abs error {err:.3g} > {tol:.3g}"

@@ -27,6 +27,7 @@ import comfy_host
 import pytest
 import torch
 from engine_support import reward_stack
+from tolerances import EPS32, ORACLE_IMAGE_K, ORACLE_LATENT_K, rounding_tol
 
 gguf = pytest.importorskip("gguf", reason="the PyPI package gguf (llama.cpp's GGUF reader/writer) is not installed: "
                                           "pip install 'gguf>=0.13'")
@@ -36,7 +37,6 @@ REWARDS = (("pickscore", 1.0), ("clipscore", 0.5))
 FILE = "reno_tiny_sd15_Q8_0.gguf"
 CONTEXT_DIM = 768  # what ComfyUI's detection needs to call a UNet SD1.5 (with 320 model channels)
 UNET_STD = 0.02
-TOL = 1e-4
 LOADERS = {"ComfyUI-GGUF": "UnetLoaderGGUF", "replica": "ReNOTestUnetLoaderGGUFReplica"}
 #: measured numbers, printed (pytest -s) for the record
 NUMBERS: dict = {}
@@ -147,10 +147,17 @@ def test_the_file_loads_as_quantized_tensor_subclass_weights(engine, source, loa
     conv = model.model.diffusion_model.input_blocks[1][0].in_layers[2]
     assert conv.weight.tensor_type == Q.Q8_0
     x = torch.randn(1, 320, 8, 8, generator=torch.Generator().manual_seed(0))
-    ref = torch.nn.functional.conv2d(x, float_sd["input_blocks.1.0.in_layers.2.weight"],
-                                     float_sd["input_blocks.1.0.in_layers.2.bias"], padding=1)
-    err = float((conv(x) - ref).abs().max() / ref.abs().max())
-    assert err < 1e-2, err
+    w = float_sd["input_blocks.1.0.in_layers.2.weight"]
+    ref = torch.nn.functional.conv2d(x, w, float_sd["input_blocks.1.0.in_layers.2.bias"], padding=1)
+    diff = (conv(x) - ref).abs()
+    err = float(diff.max() / ref.abs().max())
+    # Q8_0 stores each weight as one of 255 steps of its 32-block's max / 127: independent errors of at most half a
+    # step (<= max|w| / 254), summed over each output's 320 x 3 x 3 window with the inputs as weights: standard
+    # deviation step * ||x_window|| / sqrt(12); six of those bound every output (plus float32's own rounding)
+    step = float(w.abs().max()) / 127
+    window = torch.nn.functional.conv2d(x.square(), torch.ones(1, *w.shape[1:]), padding=1).sqrt()
+    bound = 6 * step / 12**0.5 * window + 64 * EPS32 * float(ref.abs().max())
+    assert bool((diff <= bound).all()), float((diff / bound).max())
     NUMBERS[(name, "tensor types")] = types
     print(f"\n[gguf] {name}: {type(conv.weight).__name__} weights {types}; Q8_0 conv relative error {err:.2e}")
 
@@ -168,7 +175,10 @@ def test_oracle_one_iteration_is_ksampler_on_the_gguf_model(engine, source, rewa
     NUMBERS[(name, "oracle")] = (err, err_image)
     print(f"\n[gguf oracle] {name}: sigma {history.sigma:.4f}, max abs error latent {err:.3g}, image {err_image:.3g}")
     assert float(ks["samples"].abs().max()) > 0.1  # a real sample, not zeros
-    assert err <= TOL and err_image <= TOL
+    # the one-step oracle: rounding at the noised latent's magnitude (|latent| + sigma |noise|), |image| <= 1
+    noised = history.sigma * float(history.best_noise.abs().max()) + float(source["latent"]["samples"].abs().max())
+    assert err <= rounding_tol(ORACLE_LATENT_K, torch.float32, ks["samples"], scale=None, at_least=noised)
+    assert err_image <= rounding_tol(ORACLE_IMAGE_K, torch.float32, scale=1.0)
 
 
 def test_gradients_reach_the_noise_and_the_gguf_weights_survive(engine, source, reward_stack, loaded):
@@ -195,5 +205,8 @@ def test_gradients_reach_the_noise_and_the_gguf_weights_survive(engine, source, 
     # and a second run works, from the same weights: its first iteration is the first run's
     _, _, again = reno(engine, model, source, reward_stack, iterations=2, seed=1)
     assert again.records[0]["grad_norm"][0] > 0
-    assert again.records[0]["loss"][0] == pytest.approx(history.records[0]["loss"][0], rel=1e-5, abs=1e-6)
+    # the same weights and noise through the same code (the VAE layout may be chosen anew): the loss of the same
+    # image to ~ORACLE_IMAGE_K roundings of |loss|, as in the memory-mode tests
+    assert again.records[0]["loss"][0] == pytest.approx(history.records[0]["loss"][0], rel=ORACLE_IMAGE_K * EPS32,
+                                                        abs=0)
     assert all(gguf_weights(model)[k] is p for k, (p, *_rest) in before.items())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from engine_support import pack_module, reward_stack
+from tolerances import ORACLE_LATENT_K, assert_rounding_close, rounding_tol
 
 TRAIN = "a red cube\na blue sphere\na green cone\na yellow star"
 HELD = "a purple ring\nan orange box"
@@ -90,7 +91,9 @@ def test_saved_lora_round_trips_through_core_nodes(engine, sd, stack, tmp_path):
     assert not torch.equal(trained, base)  # the LoRA changes the image
     (via_loader,) = engine.call_node("LoraModelLoader", inference=True, model=sd["model"], lora=lora,
                                      strength_model=1.0)
-    torch.testing.assert_close(ksampler(engine, via_loader, sd["clip"]), trained, rtol=0, atol=1e-6)
+    # the same LoRA applied by ComfyUI's loader instead of the trainer's own patches: the patched weights may round
+    # differently (W + up @ down * scale summed in another order), a few roundings of the 2-step latent
+    assert_rounding_close(ksampler(engine, via_loader, sd["clip"]), trained, ORACLE_LATENT_K, msg="LoraModelLoader")
 
     engine.call_node("SaveLoRA", inference=True, lora=lora, prefix="loras/reno_reward_lora")
     out_dir = Path(engine.folder_paths.get_output_directory()) / "loras"
@@ -101,7 +104,7 @@ def test_saved_lora_round_trips_through_core_nodes(engine, sd, stack, tmp_path):
     (loras_dir / "reno_reward_lora.safetensors").write_bytes(saved[-1].read_bytes())
     (from_file,) = engine.call_node("LoraLoaderModelOnly", inference=True, model=sd["model"],
                                     lora_name="reno_reward_lora.safetensors", strength_model=1.0)
-    torch.testing.assert_close(ksampler(engine, from_file, sd["clip"]), trained, rtol=0, atol=1e-6)
+    assert_rounding_close(ksampler(engine, from_file, sd["clip"]), trained, ORACLE_LATENT_K, msg="from the file")
     # and the input model is untouched
     torch.testing.assert_close(ksampler(engine, sd["model"], sd["clip"]), base, rtol=0, atol=0)
 
@@ -114,8 +117,11 @@ def test_existing_lora_continues_the_curve(engine, sd, stack):
     _, lora2, history = second["result"]
     curve2 = second["ui"]["reno_training"][0]["evaluations"]
     # the held-out images come from the same seeds: the continued run starts exactly where the first one ended
-    assert curve2[0][1] == pytest.approx(curve1[-1][1], abs=1e-5)
-    assert curve2[0][1] != pytest.approx(curve1[0][1], abs=1e-6)
+    # the same LoRA weights (loaded instead of trained) on the same held-out images: the aesthetic score (~10) to
+    # a few roundings of the patched model's output, as the LoRA round trip above
+    same = rounding_tol(ORACLE_LATENT_K, torch.float32, curve1[-1][1], at_least=1.0)
+    assert curve2[0][1] == pytest.approx(curve1[-1][1], rel=0, abs=same)
+    assert abs(curve2[0][1] - curve1[0][1]) > same  # and not where the untrained model was
     assert set(lora1) == set(lora2) and any(not torch.equal(lora1[k], lora2[k]) for k in lora1)
     assert history.iterations == 4
 

@@ -299,5 +299,6 @@ def test_hyper_sdxl_1step_runs_at_t_800(wf_engine):
     ms = ModelSamplingDiscrete(None)  # SDXL's schedule: scaled_linear, 0.00085 to 0.012, 1000 steps
     sigma = torch.tensor(float(first["inputs"]["sigma"]))
     assert int(ms.timestep(sigma)) == 800
-    assert abs(float(sigma) - float(ms.sigma(torch.tensor(800.0)))) < 1e-5
+    # the workflow's 6-decimal literal (off by <= 5e-7) against the float32 schedule (<= 2 roundings of ~5.1)
+    assert abs(float(sigma) - float(ms.sigma(torch.tensor(800.0)))) <= 5e-7 + 2 * torch.finfo(torch.float32).eps * 5.2
     assert _by_name(engine, next(n for n in wf["nodes"] if n["type"] == "ReNOSamplerCustom"))["learning_rate"] == 10.0
