@@ -26,7 +26,7 @@ from reno_pack.optimizer.memory import (
     time_layouts,
     wrap_blocks,
 )
-from tolerances import EPS64, REFERENCE_K, assert_rounding_close
+from tolerances import EPS64, REFERENCE_K, assert_rounding_close, rounding_tol
 from torch import nn
 
 # -- recompute_in_backward ------------------------------------------------------------------------------
@@ -167,13 +167,14 @@ def test_a_layer_recomputed_with_its_cast_never_reads_a_weight_the_host_reused(c
 
     (want,) = torch.autograd.grad(net(lambda i: lambda h: torch.tanh(nn.functional.linear(h, weights[i]))), x)
     (plain,) = torch.autograd.grad(net(host.layer), x)  # the host's layers as they are: reads someone else's data
-    assert not torch.allclose(plain, want)
+    # reading another layer's weights moves the gradient far beyond float64 rounding
+    assert float((plain - want).abs().max()) > rounding_tol(64, torch.float64, want)
     per_layer = lambda i: lambda h: recompute_in_backward(host.layer(i), h, copy_constants=copy_constants)  # noqa: E731
     (got,) = torch.autograd.grad(net(per_layer), x)
     if copy_constants:  # the same float64 operations on the same values: exact
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     else:  # recomputed, but the backward reads the host's memory after the layer returned
-        assert not torch.allclose(got, want)
+        assert float((got - want).abs().max()) > rounding_tol(64, torch.float64, want)
 
 
 def test_recompute_refuses_a_non_deterministic_block_and_a_second_backward():

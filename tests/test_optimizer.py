@@ -267,7 +267,7 @@ def test_non_finite_element_stops_and_keeps_its_best_finite_iteration(where):
     assert torch.isfinite(res.best_image).all()
     assert res.records[3].active == [True, False]
     # the stopped element's noise no longer moves
-    assert res.records[4].latent_norm[1] == pytest.approx(res.records[7].latent_norm[1])
+    assert res.records[4].latent_norm[1] == res.records[7].latent_norm[1]  # the same values, the same norm
     assert res.stop_reason is None
 
 
