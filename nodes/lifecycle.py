@@ -57,6 +57,7 @@ from ..optimizer import IterationRecord, ReNOConfig, ReNOResult, optimize_noise
 from ..optimizer.chain import SAMPLERS, ChainSpec, GradientPolicy, call_denoiser, draw_step_noises, run_chain
 from ..optimizer.memory import (
     INPLACE_MESSAGE,
+    PROBE_MESSAGE,
     ActivationProbe,
     ComponentProfile,
     LayoutChoice,
@@ -400,7 +401,18 @@ class ReNORun:
             summary = f"{self.memory_mode}: recompute " + (", ".join(
                 names.get(n, n) for n in [memory.MODEL, memory.VAE, *labels] if n in recompute) or "nothing")
         else:
-            profiles = self._measure()
+            try:
+                profiles = self._measure()
+            except RuntimeError as e:  # the sampler runs its own backward inside its forward (DEIS): not measurable
+                if PROBE_MESSAGE not in str(e):
+                    raise
+                profiles = None
+        if allowed is None and profiles is None:  # then the leanest plan: every part recomputes
+            recompute = frozenset(n for n in [memory.MODEL, memory.VAE, *labels]
+                                  if blocks.get(n) or (n == memory.MODEL and self._steps > 1))
+            summary = ("auto: this sampler cannot be measured (it runs a backward pass of its own inside the forward "
+                       "pass), so everything recomputes")
+        elif allowed is None:
             device = self.device
             budget = memory.free_bytes(device, self._patcher)
             plan = memory.plan_checkpointing(profiles, budget, forced)

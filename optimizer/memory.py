@@ -63,8 +63,9 @@ class ActivationProbe:
 
     Inside ``with probe:`` run the forward pass once, each component inside ``probe.component(name)``
     and each block call inside ``probe.block(args)`` (``wrap_blocks(blocks, probe.block_wrapper)``).
-    Tensors the blocks save are replaced by nothing, so the pass's peak memory is about an inference pass's and no
-    backward is possible through the blocks (what is saved outside them, latents and images, is kept). A storage saved twice while alive is counted once; weights and
+    Saved tensors are replaced by nothing, so the pass's peak memory is an inference pass's and no
+    backward is possible through it (code that runs its own backward inside its forward pass, as ComfyUI's DEIS
+    sampler does for its coefficients, cannot be measured: ``PROBE_MESSAGE``). A storage saved twice while alive is counted once; weights and
     other leaves are not activations and are not counted.
     """
 
@@ -86,24 +87,21 @@ class ActivationProbe:
         self._seen.clear()
 
     def _pack(self, t: torch.Tensor):
-        if t.grad_fn is None or self._current is None:  # leaves (weights: no memory of their own), or unmeasured
-            return t
+        if t.grad_fn is None or self._current is None:
+            return None
         storage = t.untyped_storage()
         key = storage.data_ptr()
         ref = self._seen.get(key)
         if ref is not None and ref() is not None:
-            return None if self._block_depth else t
+            return None
         self._seen[key] = weakref.ref(t)
         nbytes = storage.nbytes()
         self._current.saved_bytes += nbytes
         if self._block_depth:
             self._block_saved += nbytes
-            return None
-        # outside the blocks (the latents between steps, the image between parts): counted and kept, so that code which
-        # runs its own small backward inside a forward pass works (ComfyUI's DEIS sampler integrates its coefficients
-        # with autograd); what blocks save, the bulk, is never kept
-        self._current.outside_bytes += nbytes
-        return t
+        else:
+            self._current.outside_bytes += nbytes
+        return None
 
     @contextlib.contextmanager
     def component(self, name: str) -> Iterator[ComponentProfile]:
@@ -141,9 +139,11 @@ class ActivationProbe:
         return probed
 
 
-def _no_unpack(t):
-    if isinstance(t, torch.Tensor):  # saved outside the blocks: kept (see ``ActivationProbe._pack``)
-        return t
+#: the start of what a backward through a measuring pass raises (``ReNORun._plan`` recognises it)
+PROBE_MESSAGE = "ActivationProbe: this forward pass only measured its activations"
+
+
+def _no_unpack(_):
     raise RuntimeError("ActivationProbe: this forward pass only measured its activations; it cannot be backpropagated")
 
 

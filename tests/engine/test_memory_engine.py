@@ -95,13 +95,13 @@ def test_auto_measures_and_recomputes_what_does_not_fit(engine, pack, sd_parts, 
         seen["peak"], seen["rewards"] = peak, len(reward_models)
 
     # plenty of memory: nothing recomputes
-    monkeypatch.setattr(memory, "free_bytes", lambda device: 64 * 2**30)
+    monkeypatch.setattr(memory, "free_bytes", lambda device, patcher=None: 64 * 2**30)
     got = run(engine, sd_parts, stack, "auto")
     assert_same_run(got, reference, "auto, plenty of memory")
     assert "recompute nothing" in got[2].config["memory"]
     # no memory at all: ComfyUI is asked for room (on the CPU: the text towers are marked for offloading,
     # which is a no-op there), then everything recomputes
-    monkeypatch.setattr(memory, "free_bytes", lambda device: 0)
+    monkeypatch.setattr(memory, "free_bytes", lambda device, patcher=None: 0)
     got = run(engine, sd_parts, stack, "auto")
     assert_same_run(got, reference, "auto, no memory, real make_room")
     offloaded = [r.model._text_offload for r in stack if r.model.text_modules]
@@ -128,7 +128,7 @@ def test_auto_keeps_the_fastest_choice_that_fits(engine, pack, sd_parts, stack, 
         return real_plan(profiles, budget, forced, allowed)
 
     monkeypatch.setattr(memory, "plan_checkpointing", plan)
-    monkeypatch.setattr(memory, "free_bytes", lambda device: 64 * 2**30)
+    monkeypatch.setattr(memory, "free_bytes", lambda device, patcher=None: 64 * 2**30)
     run(engine, sd_parts, stack, "auto")
     profiles = captured["profiles"]
     names = [p.name for p in profiles]
@@ -258,7 +258,7 @@ def test_auto_first_unloads_other_models_rather_than_recompute(engine, pack, sd_
     memory = pack.nodes.memory
     free = iter([1, 64 * 2**30])  # short at first, plenty once the other models are gone
     asked = []
-    monkeypatch.setattr(memory, "free_bytes", lambda device: next(free))
+    monkeypatch.setattr(memory, "free_bytes", lambda device, patcher=None: next(free))
     monkeypatch.setattr(memory, "unload_other_models", lambda patchers, peak, device: asked.append(peak) or True)
     monkeypatch.setattr(memory, "make_room", lambda *a: pytest.fail("no need to make room"))
     got = run(engine, sd_parts, stack, "auto")
@@ -312,7 +312,7 @@ def test_a_latent_that_cannot_fit_is_refused_before_any_full_size_pass(engine, p
         return measure(self, crop)
 
     monkeypatch.setattr(lifecycle.ReNORun, "_measure", spy)
-    monkeypatch.setattr(pack.nodes.memory, "free_bytes", lambda device: 2 * 2**30)
+    monkeypatch.setattr(pack.nodes.memory, "free_bytes", lambda device, patcher=None: 2 * 2**30)
     start = time.perf_counter()
     with pytest.raises(lifecycle.ReNOMemoryError) as e:
         _reno(engine, sd_parts, stack, 4096, memory=memory)
