@@ -53,7 +53,8 @@ def test_ray_workers_match_the_single_process_run_and_survive_a_dead_worker(fres
     fanned.ray, fanned.workers = True, 2
     fanned.worker_options.update({"models_dir": str(models), "torchvision_standin": True, "cpu": True,
                                   "comfy_extras": []})
-    monkeypatch.setenv(ray_actor.CRASH_ENV, "0:1")  # actor 0 dies when handed its second item
+    monkeypatch.setenv(ray_actor.CRASH_ENV, "0:0")  # actor 0 dies on its first item (on a loaded machine the other
+    # actor may take every later item, so "dies on its second" might never happen)
     assert batch.run_batch(fanned) == batch.EXIT_OK
     err = capsys.readouterr().err
     assert "Ray worker 0 died" in err
@@ -64,4 +65,4 @@ def test_ray_workers_match_the_single_process_run_and_survive_a_dead_worker(fres
     assert stable(fanned.out) == stable(single.out)  # identical scores, iterations, paths
     summary = json.loads((fanned.out / "summary.json").read_text())
     assert summary["rewards"] == json.loads((single.out / "summary.json").read_text())["rewards"]
-    assert os.environ.get(ray_actor.CRASH_ENV) == "0:1"
+    assert os.environ.get(ray_actor.CRASH_ENV) == "0:0"
