@@ -519,6 +519,8 @@ try {
     await window.app.extensionManager?.setting?.set?.("ReNO.Preferences.Dataset", name);
     window.__renoLiveMark = { done: false };
   }, `browser_live${args["dataset-suffix"] ?? ""}`);
+  // the boxes once Nodes 2.0 has redrawn at the new scale (measured earlier, its elements still have the old size)
+  await page.evaluate(() => window.__renoSettled());
   const boxesBefore = await page.evaluate(() => window.__renoBoxes());
   const seen = await queueAndWatch("demo", { seedNode: SAMPLER_ID, seedWidget: "seed", waitNode: PREVIEW_ID });
   await page.waitForFunction((sid) => {
@@ -532,7 +534,7 @@ try {
   result.run = {
     events: seen.events.map((e) => e.iteration), liveFrames: seen.live.map((x) => x.frames), errors: seen.errors,
     sampler: views[SAMPLER_ID], preview: views[PREVIEW_ID], boxesBefore,
-    boxesAfter: await page.evaluate(() => window.__renoBoxes()),
+    boxesAfter: await page.evaluate(async () => { await window.__renoSettled(); return window.__renoBoxes(); }),
   };
 
   // 3. Interaction: hover the chart, scrub and play the gallery.
