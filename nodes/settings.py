@@ -8,6 +8,7 @@ import os
 
 import folder_paths
 
+from ..optimizer.memory import CHANNELS_LAST_ENV
 from ..reward_loaders.download import downloads_enabled
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def _env_flag(name: str) -> bool | None:
 def channels_last_forced() -> bool | None:
     """RENO_CHANNELS_LAST=1/0 forces the VAE decoder's layout (channels-last NHWC / as loaded); unset (None), the
     run measures both at its own shapes and takes the faster (``ReNORun._vae_layout``)."""
-    return _env_flag("RENO_CHANNELS_LAST")
+    return _env_flag(CHANNELS_LAST_ENV)
 
 
 def pytorch_attention() -> bool:

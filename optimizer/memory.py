@@ -267,6 +267,8 @@ def plan_checkpointing(profiles: Sequence[ComponentProfile], budget: int, forced
 # -- memory layout: measured, not assumed --------------------------------------------------------------
 
 CONTIGUOUS, CHANNELS_LAST = "contiguous", "channels-last"
+#: the environment variable that forces the VAE decoder's layout ("1" channels-last, "0" as loaded; unset: measured)
+CHANNELS_LAST_ENV = "RENO_CHANNELS_LAST"
 LAYOUTS = (CONTIGUOUS, CHANNELS_LAST)
 #: channels-last must beat the layout the model was loaded in by this fraction: it costs a copy of the weights, and a
 #: smaller gain is within the timing noise of a few rounds

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="built-in comfy_extras node files to load: 'all' (default), 'none', or a comma list")
     eng.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     eng.add_argument("--threads", type=int, help="torch threads per worker")
+    eng.add_argument("--vae-layout", choices=["as-loaded", "channels-last", "measured"], default="as-loaded",
+                     help="the VAE decoder's memory layout in every worker (default as-loaded: an item's images never "
+                          "depend on the process that ran it); 'measured' times both per process (may be faster)")
     eng.add_argument("--torchvision-standin", action="store_true",
                      help="let ComfyUI import without torchvision (a stand-in module; for CPU test machines)")
     dif = p.add_argument_group("diffusers (--diffusers)")
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                "extra_packs": args.extra_nodes, "comfy_extras": comfy_extras,
                "models_dir": str(args.models_dir) if args.models_dir else None,
                "extra_model_paths": [str(x) for x in args.extra_model_paths],
-               "cpu": True if args.cpu else None, "threads": args.threads,
+               "cpu": True if args.cpu else None, "threads": args.threads, "vae_layout": args.vae_layout,
                "torchvision_standin": args.torchvision_standin}
     job = None
     try:

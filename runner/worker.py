@@ -8,6 +8,7 @@ An item's scores come from the ReNO Sampler's RENO_HISTORY output (read from the
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -15,6 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
+from ..optimizer.memory import CHANNELS_LAST_ENV
 from . import engine as engine_mod
 from .workflow import Job
 
@@ -29,6 +31,10 @@ DEFAULT_OPTIONS = {
     "cpu": None,  # None: CPU when torch sees no CUDA device
     "torchvision_standin": False,
     "threads": None,  # torch.set_num_threads for the run
+    # the VAE decoder's memory layout, the same in every worker so that an item's images never depend on which
+    # process ran it: "as-loaded" / "channels-last" pin it (RENO_CHANNELS_LAST for the item); "measured" lets each
+    # process time both (faster on some machines, but two processes may choose differently: equal up to rounding)
+    "vae_layout": "as-loaded",
     "workdir": None,
 }
 
@@ -58,7 +64,32 @@ def history_scores(history) -> dict:
         return s
 
     return {"rewards": rewards, "initial": at(0), "best": at(best), "best_iteration": best,
-            "iterations": len(records), "stop_reason": history.stop_reason}
+            "iterations": len(records), "stop_reason": history.stop_reason,
+            "vae_layout": (getattr(history, "config", None) or {}).get("vae_layout")}
+
+
+VAE_LAYOUTS = {"as-loaded": "0", "channels-last": "1", "measured": None}
+
+
+@contextlib.contextmanager
+def pinned_vae_layout(layout: str | None):
+    """``RENO_CHANNELS_LAST`` set for the block as ``layout`` asks (``VAE_LAYOUTS``), restored after; "measured" (or
+    None) leaves the environment as it is."""
+    if layout not in VAE_LAYOUTS:
+        raise ValueError(f"vae_layout {layout!r}: use one of {', '.join(VAE_LAYOUTS)}")
+    value = VAE_LAYOUTS[layout]
+    if value is None:
+        yield
+        return
+    before = os.environ.get(CHANNELS_LAST_ENV)
+    os.environ[CHANNELS_LAST_ENV] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CHANNELS_LAST_ENV, None)
+        else:
+            os.environ[CHANNELS_LAST_ENV] = before
 
 
 class ItemWorker:
@@ -109,7 +140,8 @@ class ItemWorker:
         or {"ok": False, "error": "..."}; never raises for a failing item."""
         t0 = time.perf_counter()
         try:
-            out = self._run(item)
+            with pinned_vae_layout(self.options.get("vae_layout")):
+                out = self._run(item)
         except Exception as e:  # one bad item must not stop the batch
             tb = traceback.format_exc(limit=6)
             return {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": tb,

@@ -127,6 +127,25 @@ def test_seeds_option():
         cli.parse_seeds("1,1")
 
 
+@pytest.mark.parametrize(("layout", "value"), [("as-loaded", "0"), ("channels-last", "1"), ("measured", "kept")])
+@pytest.mark.parametrize("before", [None, "1"])
+def test_the_batch_pins_the_vae_layout_for_each_item_and_restores_the_environment(monkeypatch, layout, value, before):
+    worker = importlib.import_module("reno_pack.runner.worker")
+    if before is None:
+        monkeypatch.delenv("RENO_CHANNELS_LAST", raising=False)
+    else:
+        monkeypatch.setenv("RENO_CHANNELS_LAST", before)
+    with worker.pinned_vae_layout(layout):
+        assert os.environ.get("RENO_CHANNELS_LAST") == (before if value == "kept" else value)
+    assert os.environ.get("RENO_CHANNELS_LAST") == before
+    with pytest.raises(ValueError, match="as-loaded"):
+        with worker.pinned_vae_layout("nhwc"):
+            pass
+    assert worker.DEFAULT_OPTIONS["vae_layout"] == "as-loaded"
+    args = cli.build_parser().parse_args(["--workflow", "w.json", "--prompts", "p.txt", "--out", "o", "--vae-layout", layout])
+    assert args.vae_layout == layout
+
+
 def test_launcher_runs_without_the_pack_on_sys_path(tmp_path):
     """scripts/reno_batch.py imports the pack by folder as ``reno_pack`` and reports bad input as one clear line."""
     wf = tmp_path / "wf.json"

@@ -49,6 +49,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def test_geneval_batch_writes_layout_results_failures_and_summary(runner_engine, tmp_path, capsys):
     cfg = make_config(tmp_path, save_initial=True)
+    layout_env = os.environ.get("RENO_CHANNELS_LAST")
     assert batch.run_batch(cfg) == batch.EXIT_FAILURES  # the bad line is reported, the run goes on
     out = cfg.out
     for index in (0, 2):
@@ -65,6 +66,9 @@ def test_geneval_batch_writes_layout_results_failures_and_summary(runner_engine,
         assert set(r["initial"]) == set(r["best"]) == {"clipscore", "total"}
         assert r["best"]["total"] >= r["initial"]["total"]  # iteration 0 is a candidate
         assert r["node_seconds"] > 0 and r["seconds"] >= r["node_seconds"]
+        # the batch pins the VAE layout (the same bytes in any process), and only for its items
+        assert r["vae_layout"] == "contiguous (RENO_CHANNELS_LAST=0)", r["vae_layout"]
+    assert os.environ.get("RENO_CHANNELS_LAST") == layout_env
     failures = read_jsonl(out / "failures.jsonl")
     assert [(f["kind"], f["line"]) for f in failures] == [("prompt_line", 2)]
     captured = capsys.readouterr()
