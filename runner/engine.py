@@ -972,7 +972,7 @@ def boot_engine(
     cpu: bool = True,
     models_dir: str | os.PathLike | None = WORKDIR_MODELS,
     extra_model_paths: Sequence[str | os.PathLike] = (),
-    torchvision_standin: bool = True,
+    torchvision_standin: bool = False,
     engine_class: type[Engine] | None = None,
 ) -> Engine:
     """Boot ``host`` headless (once per process) and load the node packs.
@@ -989,7 +989,8 @@ def boot_engine(
     ``extra_model_paths``: ``extra_model_paths.yaml`` files to load (ComfyUI's ``--extra-model-paths-config``).
     ``torchvision_standin``: when the real torchvision or torchaudio is not importable, put a stand-in into
     ``sys.modules`` so ComfyUI imports (it imports them at module load for model families ReNO never runs; 0.33 imports
-    torchaudio too); ``False`` leaves both alone (ComfyUI then fails to import without them).
+    torchaudio too); ``False`` (the default: product use never asks for it; the tests, the demo and the CPU benchmarks
+    do) leaves both alone (ComfyUI then fails to import without them).
 
     A second call returns the same engine (same host and workdir required) after loading any
     packs not loaded yet. Raises ``PackImportError`` if a pack fails to import."""

@@ -62,7 +62,7 @@ def run_child(args) -> int:
     if args.models_dir:  # the user's models folder (checkpoints/, reno_rewards/), not the workdir's
         engine = comfy_host._engine.boot_engine(
             host, [(comfy_host.default_pack_name(p), p) for p in packs], workdir, extra_nodes=["nodes_train.py"],
-            cpu=not cuda, models_dir=args.models_dir, engine_class=comfy_host.Engine)
+            cpu=not cuda, models_dir=args.models_dir, torchvision_standin=True, engine_class=comfy_host.Engine)
     else:
         engine = comfy_host.boot_engine(host, packs, workdir, cpu=not cuda, extra_nodes=["nodes_train.py"])
     if args.checkpoint:
