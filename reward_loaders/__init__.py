@@ -8,8 +8,7 @@ from .base import RewardEnsemble, RewardModel, WeightedReward, unique_labels
 from .errors import RewardFilesMissing, RewardLoadError
 from .paths import FOLDER_NAME, set_search_path_provider
 from .preprocess import clip_preprocess, comfy_to_bchw
-from .registry import AVAILABLE_REWARDS, REWARDS, clear_cache, load_reward, locate
-from .stamps import reward_fingerprint
+from .registry import AVAILABLE_REWARDS, REWARDS, clear_cache, load_reward, locate, reward_fingerprint
 
 __all__ = [
     "AVAILABLE_REWARDS", "REWARDS", "FOLDER_NAME", "RewardEnsemble", "RewardModel", "WeightedReward",

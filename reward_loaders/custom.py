@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
 from .base import RewardModel
 from .errors import RewardFilesMissing, RewardLoadError
 from .paths import FOLDER_NAME
-from .stamps import file_stamps
+from .source import RewardSource
+from .stamps import digest, file_stamps
 
 PREFIX = "custom/"
 FOLDER = "custom"  # <reno_rewards>/custom/<name>/
@@ -48,6 +50,11 @@ OPTIONAL_TYPES = {  # key -> (accepted types, what to write)
     "pairs": ((int,), "a whole number"),
     "held_out_accuracy": ((dict,), 'an object {"before": number, "after": number}'),
 }
+
+
+def is_custom(name: str) -> bool:
+    """Whether ``name`` names a custom reward folder (``custom/<name>``)."""
+    return isinstance(name, str) and name.startswith(PREFIX)
 
 
 def valid_name(name: str) -> bool:
@@ -251,13 +258,29 @@ def load_custom_reward(folder: Path, roots=()) -> RewardModel:
 
 
 def custom_fingerprint(reward: str, roots) -> str:
-    """What ``stamps.reward_fingerprint`` returns for ``custom/<name>``: changes when its files change."""
-    import hashlib
-    import os
-
+    """What ``registry.reward_fingerprint`` returns for ``custom/<name>``: changes when its files change."""
     try:
         folder = locate_custom(reward, roots)
         text = repr((reward, os.path.abspath(folder), custom_stamps(folder, roots)))
     except (RewardLoadError, ValueError) as e:
         text = repr((reward, "unavailable", str(e)))
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return digest(text)
+
+
+class CustomSource(RewardSource):
+    """``custom/<name>``: a folder with a ``reward.json`` (never downloaded)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def locate(self, roots: list[Path]) -> Path:
+        return locate_custom(self.name, roots)
+
+    def stamps(self, folder: Path, roots: list[Path]) -> tuple:
+        return custom_stamps(folder, roots)
+
+    def load(self, folder: Path, roots: list[Path]) -> RewardModel:
+        return load_custom_reward(folder, roots)
+
+    def fingerprint(self, roots: list[Path]) -> str:
+        return custom_fingerprint(self.name, roots)

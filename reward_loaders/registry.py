@@ -13,6 +13,7 @@ import torch
 
 from . import paths
 from .base import RewardModel
+from .custom import CustomSource, is_custom
 from .download import (
     STAGING,
     DownloadError,
@@ -31,7 +32,8 @@ from .imagereward import (
     find_med_config,
     itercomp_hint,
 )
-from .stamps import file_stamps
+from .source import RewardSource
+from .stamps import digest, file_stamps
 
 log = logging.getLogger(__name__)
 
@@ -259,73 +261,128 @@ REWARDS: dict[str, RewardSpec] = {
 AVAILABLE_REWARDS = tuple(REWARDS)
 
 
-def _candidate_folder(name: str, roots: list[Path]) -> Path:
-    """The folder that holds the most of the reward's files (then: that has the most of them at hand, e.g. an
-    IterComp checkpoint under another name; else the first root's)."""
-    spec = _spec(name)
+class BuiltinSource(RewardSource):
+    """A reward of ``REWARDS``: its folder ``<root>/<name>/`` holds the spec's files, downloaded when missing."""
 
-    def held(f: Path) -> tuple[int, int]:
-        return sum(n.present(f) for n in spec.files), sum(n.satisfied(f, roots) for n in spec.files)
+    def __init__(self, spec: RewardSpec):
+        self.spec, self.name = spec, spec.name
 
-    return max((root / name for root in roots), key=held)
+    def _candidate_folder(self, roots: list[Path]) -> Path:
+        """The folder that holds the most of the reward's files (then: that has the most of them at hand, e.g. an
+        IterComp checkpoint under another name; else the first root's)."""
+        def held(f: Path) -> tuple[int, int]:
+            return sum(n.present(f) for n in self.spec.files), sum(n.satisfied(f, roots) for n in self.spec.files)
 
+        return max((root / self.name for root in roots), key=held)
 
-def _complete_folder(name: str, roots: list[Path]) -> Path | None:
-    spec = _spec(name)
-    for root in roots:
-        folder = root / name
-        if all(need.satisfied(folder, roots) for need in spec.files):
+    def _complete_folder(self, roots: list[Path]) -> Path | None:
+        for root in roots:
+            folder = root / self.name
+            if all(need.satisfied(folder, roots) for need in self.spec.files):
+                return folder
+        return None
+
+    def locate(self, roots: list[Path]) -> Path:
+        name = self.name
+        folder = self._complete_folder(roots)
+        if folder is not None:
             return folder
-    return None
+        if not roots:
+            raise RewardFilesMissing(
+                f"reward '{name}': no '{paths.FOLDER_NAME}' folder is configured. Inside ComfyUI it is "
+                f"ComfyUI/models/{paths.FOLDER_NAME}/; outside, set {paths.ENV_VAR}."
+            )
+        folder = self._candidate_folder(roots)
+        lines = [
+            f"reward '{name}' is missing files in {folder}:",
+            *(f"  - {n.names[0]}  ({n.hint})" if n.hint else f"  - {' or '.join(n.names)}  (from {n.source.page})"
+              for n in self.spec.files if not n.satisfied(folder, roots)),
+            f"Put them in that folder ({paths.FOLDER_NAME} folders searched: {', '.join(str(r) for r in roots)}).",
+        ]
+        raise RewardFilesMissing("\n".join(lines))
+
+    def _download_failed(self, folder: Path, roots: list[Path], need: FileNeed, error: DownloadError) -> DownloadError:
+        """The error for a download that failed: its cause, every file still missing with the URL it is fetched
+        from (on the host actually used), the folder, and what to do."""
+        missing = [n for n in self.spec.files if not n.satisfied(folder, roots)]
+        hosts = list(dict.fromkeys(n.source.host() for n in missing))
+        lines = [
+            f"reward '{self.name}': downloading {need.names[0]} from {need.source.host()} failed: {error.reason}",
+            f"Still missing in {folder} ({len(missing)} file{'s' if len(missing) != 1 else ''}):",
+            *(f"  - {' or '.join(n.names)}  ({n.source.download_url(n.names[0])})" for n in missing),
+            f"What to do: check the connection to {' and '.join(hosts)} and run again, or download the files above "
+            f"by hand (any one name of each line) and put them in {folder}; to stop automatic downloads, set "
+            "RENO_DOWNLOADS=0 (or the ReNO setting in ComfyUI).",
+        ]
+        return DownloadError("\n".join(lines), error.reason)
+
+    def _clean_staging(self, roots: list[Path]) -> None:
+        for root in roots:
+            folder = root / self.name
+            if (folder / STAGING).is_dir():
+                clean_stale_staging(folder)
+
+    def ensure(self, roots: list[Path], download: bool | None = None,
+               progress: Callable[[DownloadProgress], None] | None = None) -> Path:
+        name = self.name
+        self._clean_staging(roots)
+        try:
+            return self.locate(roots)
+        except RewardFilesMissing as missing:
+            allowed = downloads_enabled() if download is None else download
+            if not roots:
+                raise
+            manual = [n for n in self.spec.files
+                      if not n.fetchable and not n.satisfied(self._candidate_folder(roots), roots)]
+            if manual:  # nothing is downloaded while a file that must come by hand is missing
+                raise RewardFilesMissing(
+                    f"{missing}\nNothing was downloaded: {' and '.join(n.names[0] for n in manual)} must be put in "
+                    f"{self._candidate_folder(roots)} by hand first (the other files are then downloaded if missing)."
+                ) from None
+            if not allowed:
+                raise RewardFilesMissing(
+                    f"{missing}\nAutomatic downloads are turned off (environment variable RENO_DOWNLOADS, "
+                    "HF_HUB_OFFLINE, or the ReNO setting in ComfyUI)."
+                ) from None
+            folder = self._candidate_folder(roots)
+            todo = [need for need in self.spec.files if not need.satisfied(folder, roots)]
+            for index, need in enumerate(todo, 1):
+                if need.satisfied(folder, roots):
+                    continue
+                try:
+                    fetch(need.source, folder, need.names[0],
+                          _file_progress(progress, name, need.names[0], index, len(todo)))
+                except DownloadError as e:
+                    raise self._download_failed(folder, roots, need, e) from e
+            return self.locate(roots)
+
+    def stamps(self, folder: Path, roots: list[Path]) -> tuple:
+        return file_stamps(folder)
+
+    def load(self, folder: Path, roots: list[Path]) -> RewardModel:
+        return self.spec.build(folder, roots)
+
+    def fingerprint(self, roots: list[Path]) -> str:
+        name, files = self.name, self.spec.files
+        if not roots:
+            return f"{name}: no {paths.FOLDER_NAME} folder"
+        try:
+            folder, state = self.locate(roots), "complete"
+        except RewardFilesMissing:
+            folder = max((root / name for root in roots), key=lambda f: sum(n.present(f) for n in files))
+            state = "missing " + ", ".join(n.names[0] for n in files if not n.present(folder))
+        return digest(repr((name, os.path.abspath(folder), state, file_stamps(folder))))
+
+
+def source(name: str) -> RewardSource:
+    """The ``RewardSource`` of reward ``name``: ``custom/<name>`` is a custom folder, any other a spec of
+    ``REWARDS`` (a ValueError naming the choices for an unknown name)."""
+    return CustomSource(name) if is_custom(name) else BuiltinSource(_spec(name))
 
 
 def locate(name: str, extra_dirs: Iterable[str | os.PathLike] = ()) -> Path:
     """The folder holding every file of reward ``name``, or a RewardFilesMissing naming what to do."""
-    if is_custom(name):
-        from .custom import locate_custom
-
-        return locate_custom(name, paths.search_dirs(extra_dirs))
-    spec = _spec(name)
-    roots = paths.search_dirs(extra_dirs)
-    folder = _complete_folder(name, roots)
-    if folder is not None:
-        return folder
-    if not roots:
-        raise RewardFilesMissing(
-            f"reward '{name}': no '{paths.FOLDER_NAME}' folder is configured. Inside ComfyUI it is "
-            f"ComfyUI/models/{paths.FOLDER_NAME}/; outside, set {paths.ENV_VAR}."
-        )
-    folder = _candidate_folder(name, roots)
-    lines = [
-        f"reward '{name}' is missing files in {folder}:",
-        *(f"  - {n.names[0]}  ({n.hint})" if n.hint else f"  - {' or '.join(n.names)}  (from {n.source.page})"
-          for n in spec.files if not n.satisfied(folder, roots)),
-        f"Put them in that folder ({paths.FOLDER_NAME} folders searched: {', '.join(str(r) for r in roots)}).",
-    ]
-    raise RewardFilesMissing("\n".join(lines))
-
-
-def _download_failed(name: str, folder: Path, roots: list[Path], need: FileNeed, error: DownloadError) -> DownloadError:
-    """The error for a download that failed: its cause, every file still missing with the URL it is fetched
-    from (on the host actually used), the folder, and what to do."""
-    missing = [n for n in _spec(name).files if not n.satisfied(folder, roots)]
-    hosts = list(dict.fromkeys(n.source.host() for n in missing))
-    lines = [
-        f"reward '{name}': downloading {need.names[0]} from {need.source.host()} failed: {error.reason}",
-        f"Still missing in {folder} ({len(missing)} file{'s' if len(missing) != 1 else ''}):",
-        *(f"  - {' or '.join(n.names)}  ({n.source.download_url(n.names[0])})" for n in missing),
-        f"What to do: check the connection to {' and '.join(hosts)} and run again, or download the files above "
-        f"by hand (any one name of each line) and put them in {folder}; to stop automatic downloads, set "
-        "RENO_DOWNLOADS=0 (or the ReNO setting in ComfyUI).",
-    ]
-    return DownloadError("\n".join(lines), error.reason)
-
-
-def _clean_staging(name: str, roots: list[Path]) -> None:
-    for root in roots:
-        folder = root / name
-        if (folder / STAGING).is_dir():
-            clean_stale_staging(folder)
+    return source(name).locate(paths.search_dirs(extra_dirs))
 
 
 def _file_progress(progress, reward: str, file: str, index: int, count: int):
@@ -337,7 +394,7 @@ def _file_progress(progress, reward: str, file: str, index: int, count: int):
 
 def ensure_files(name: str, extra_dirs: Iterable[str | os.PathLike] = (), download: bool | None = None,
                  progress: Callable[[DownloadProgress], None] | None = None) -> Path:
-    """``locate``, downloading the missing files first when downloads are allowed.
+    """``locate``, downloading the missing files first when downloads are allowed (custom rewards never are).
 
     ``download=None`` follows the environment (``RENO_DOWNLOADS``, ``HF_HUB_OFFLINE``). First, in every
     folder of this reward, the staging that killed downloads left behind is removed. ``progress`` is told
@@ -345,37 +402,17 @@ def ensure_files(name: str, extra_dirs: Iterable[str | os.PathLike] = (), downlo
     check and once the file is in place; an exception it raises stops the download, leaves nothing behind
     and propagates as it is (the files already complete stay).
     """
-    if is_custom(name):  # never downloaded
-        return locate(name, extra_dirs)
-    roots = paths.search_dirs(extra_dirs)
-    _clean_staging(name, roots)
-    try:
-        return locate(name, extra_dirs)
-    except RewardFilesMissing as missing:
-        allowed = downloads_enabled() if download is None else download
-        if not roots:
-            raise
-        manual = [n for n in _spec(name).files if not n.fetchable and not n.satisfied(_candidate_folder(name, roots), roots)]
-        if manual:  # nothing is downloaded while a file that must come by hand is missing
-            raise RewardFilesMissing(
-                f"{missing}\nNothing was downloaded: {' and '.join(n.names[0] for n in manual)} must be put in "
-                f"{_candidate_folder(name, roots)} by hand first (the other files are then downloaded if missing)."
-            ) from None
-        if not allowed:
-            raise RewardFilesMissing(
-                f"{missing}\nAutomatic downloads are turned off (environment variable RENO_DOWNLOADS, "
-                "HF_HUB_OFFLINE, or the ReNO setting in ComfyUI)."
-            ) from None
-        folder = _candidate_folder(name, roots)
-        todo = [need for need in _spec(name).files if not need.satisfied(folder, roots)]
-        for index, need in enumerate(todo, 1):
-            if need.satisfied(folder, roots):
-                continue
-            try:
-                fetch(need.source, folder, need.names[0], _file_progress(progress, name, need.names[0], index, len(todo)))
-            except DownloadError as e:
-                raise _download_failed(name, folder, roots, need, e) from e
-        return locate(name, extra_dirs)
+    return source(name).ensure(paths.search_dirs(extra_dirs), download, progress)
+
+
+def reward_fingerprint(name: str, extra_dirs: Iterable[str | os.PathLike] = ()) -> str:
+    """A short digest of where reward ``name``'s files are and of their stamps (``stamps.file_stamps``).
+
+    It changes when a file is replaced, added or deleted, or when the files move to another folder; nothing is
+    read or hashed but the stamps. The ComfyUI loader node returns it from ``IS_CHANGED``; ``load_reward`` keys
+    its model cache on the same stamps.
+    """
+    return source(name).fingerprint(paths.search_dirs(extra_dirs))
 
 
 _cache: dict[tuple, RewardModel] = {}
@@ -391,17 +428,10 @@ def load_reward(name: str, extra_dirs: Iterable[str | os.PathLike] = (), downloa
     not reload it and replacing, adding or deleting a file does.
     Built outside inference mode, so its weights can take part in autograd.
     """
-    folder = ensure_files(name, extra_dirs, download, progress)
+    src = source(name)
     roots = paths.search_dirs(extra_dirs)  # where the HPS rewards may borrow the CLIP tokenizer
-    if is_custom(name):
-        from .custom import custom_stamps, load_custom_reward
-
-        key = (name, str(folder.resolve()), custom_stamps(folder, roots))
-        build: Callable[[], RewardModel] = lambda: load_custom_reward(folder, roots)  # noqa: E731
-    else:
-        spec = _spec(name)
-        key = (name, str(folder.resolve()), file_stamps(folder))
-        build = lambda: spec.build(folder, roots)  # noqa: E731
+    folder = src.ensure(roots, download, progress)
+    key = (name, str(folder.resolve()), src.stamps(folder, roots))
     with _lock:
         model = _cache.get(key)
         if model is None:
@@ -409,7 +439,7 @@ def load_reward(name: str, extra_dirs: Iterable[str | os.PathLike] = (), downloa
             for k in [k for k in _cache if k[0] == name and k[1] == key[1]]:
                 del _cache[k]  # an older version of the same files
             with torch.inference_mode(False):
-                model = build().eval().requires_grad_(False)
+                model = src.load(folder, roots).eval().requires_grad_(False)
             _cache[key] = model
     return model
 
@@ -417,13 +447,6 @@ def load_reward(name: str, extra_dirs: Iterable[str | os.PathLike] = (), downloa
 def clear_cache() -> None:
     with _lock:
         _cache.clear()
-
-
-def is_custom(name: str) -> bool:
-    """Whether ``name`` names a custom reward folder (``custom/<name>``)."""
-    from .custom import PREFIX
-
-    return isinstance(name, str) and name.startswith(PREFIX)
 
 
 def _spec(name: str) -> RewardSpec:

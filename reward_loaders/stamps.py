@@ -1,12 +1,13 @@
 """Cheap fingerprints of a reward's files: what ComfyUI's cache (the loader's ``IS_CHANGED``) and the loader's own
-model cache compare, so a replaced, added or deleted file is noticed without reading or hashing any checkpoint."""
+model cache compare, so a replaced, added or deleted file is noticed without reading or hashing any checkpoint.
+
+``registry.reward_fingerprint`` and ``registry.load_reward`` use them through the reward's ``RewardSource``."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import stat
-from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -41,30 +42,6 @@ def file_stamps(folder: Path) -> tuple[tuple, ...]:
     return tuple(sorted(stamps))
 
 
-def reward_fingerprint(name: str, extra_dirs: Iterable[str | os.PathLike] = ()) -> str:
-    """A short digest of where reward ``name``'s files are and of their stamps (``file_stamps``).
-
-    It changes when a file is replaced, added or deleted, or when the files move to another folder; nothing is
-    read or hashed but the stamps. The ComfyUI loader node returns it from ``IS_CHANGED``; ``load_reward`` keys
-    its model cache on the same stamps.
-    """
-    from . import paths, registry
-    from .errors import RewardFilesMissing
-
-    if registry.is_custom(name):  # custom/<name>: its folder and the files it borrows
-        from .custom import custom_fingerprint
-
-        return custom_fingerprint(name, paths.search_dirs(extra_dirs))
-    spec = registry.REWARDS.get(name)
-    if spec is None:
-        raise ValueError(f"unknown reward '{name}': choose one of {', '.join(registry.REWARDS)}")
-    roots = paths.search_dirs(extra_dirs)
-    if not roots:
-        return f"{name}: no {paths.FOLDER_NAME} folder"
-    try:
-        folder, state = registry.locate(name, extra_dirs), "complete"
-    except RewardFilesMissing:
-        folder = max((root / name for root in roots), key=lambda f: sum(n.present(f) for n in spec.files))
-        state = "missing " + ", ".join(n.names[0] for n in spec.files if not n.present(folder))
-    text = repr((name, os.path.abspath(folder), state, file_stamps(folder)))
+def digest(text: str) -> str:
+    """The SHA-256 hex digest of ``text`` (a fingerprint's ``repr`` of folder and stamps)."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
