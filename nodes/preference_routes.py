@@ -1,4 +1,4 @@
-"""HTTP routes of the gallery's preference picks (thin: the store is ``reward_loaders/preferences.py``).
+"""HTTP routes of the gallery's preference picks (thin: the store is ``preferences/store.py``).
 
 * ``POST /reno/preferences/mark``  ``{"prompt", "image": {"filename", "subfolder", "type"}, "mark", "dataset",
   "node"}`` → ``{"record", "replaced"}`` (the ids of earlier marks of the same image and prompt it replaced)
@@ -34,7 +34,7 @@ import os
 
 from aiohttp import web
 
-from ..reward_loaders import preferences as store
+from ..preferences import store
 
 MAX_BODY = 64 * 1024
 MAX_IMAGE = 50 * 1024 * 1024

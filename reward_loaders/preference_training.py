@@ -4,7 +4,7 @@ Plain torch (no ComfyUI import). The recipe is ImageReward's / IterComp's reward
 small personal dataset needs:
 
 - **Pairs**: (preferred, rejected) pairs of images of the same prompt, derived from the marks of the preference
-  store (``reward_loaders.preferences``: ``<user dir>/reno_preferences/<dataset>/records.jsonl``): every
+  store (``preferences.store``: ``<user dir>/reno_preferences/<dataset>/records.jsonl``): every
   combination up to ``preferences.PAIRS_PER_PROMPT`` per prompt, past it a sample drawn from the seed. A record's
   image is read only through the store's resolver (a file of the dataset's own ``images/`` folder); images over
   ``preferences.MAX_PIXELS`` are refused before they are decoded.
@@ -55,7 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import preferences
+from ..preferences import store as preferences
 from .base import clean_prompt
 from .imagereward import PROJ_DIM, find_bert_tokenizer, find_med_config
 

@@ -410,7 +410,7 @@ def test_a_record_naming_a_file_outside_the_dataset_is_never_read_and_the_error_
 
 
 def test_the_pairs_of_a_prompt_with_many_marks_are_bounded_and_drawn_from_the_seed(tmp_path, monkeypatch):
-    from reno_pack.reward_loaders import preferences
+    from reno_pack.preferences import store as preferences
 
     monkeypatch.setattr(preferences, "PAIRS_PER_PROMPT", 5)
     user = tmp_path / "user"
@@ -437,7 +437,7 @@ def bomb_jpeg(path: Path, width: int, height: int) -> Path:
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL warns over 89.5 megapixels
 def test_read_image_refuses_an_image_over_the_pixel_cap_before_decoding_it(tmp_path, monkeypatch):
-    from reno_pack.reward_loaders import preferences
+    from reno_pack.preferences import store as preferences
 
     assert preferences.MAX_PIXELS == 8192 * 8192
     with pytest.raises(pt.PreferenceTrainingError, match=r"12000 x 12000 pixels \(144\.0 megapixels\); at most 67\.1"):

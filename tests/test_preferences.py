@@ -1,4 +1,4 @@
-"""The preference store (reward_loaders/preferences.py): append-only records, atomic under concurrency and crashes."""
+"""The preference store (preferences/store.py): append-only records, atomic under concurrency and crashes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-from reward_loaders import preferences as prefs
+from reno_pack.preferences import store as prefs
 
 STORE = Path(prefs.__file__)
 
