@@ -382,7 +382,9 @@ class RecordingPromptServer:
 
 
 @dataclass
-class RunResult:
+class ExecutionResult:
+    """What one executed prompt left behind (not the ReNO sampler's ``nodes.lifecycle.RunResult``)."""
+
     prompt_id: str
     success: bool
     ui_outputs: dict  # node_id -> ui dict ({"images": [...], ...}), both engines
@@ -846,7 +848,7 @@ class Engine:
         fresh_executor: bool = True,
         extra_data: dict | None = None,
         targets: Sequence[str] | None = None,
-    ) -> RunResult:
+    ) -> ExecutionResult:
         """Validate and execute an API-format prompt like the server's prompt worker does.
 
         ``fresh_executor=True`` (default) uses a new ``PromptExecutor`` so nothing is served
@@ -894,7 +896,7 @@ class Engine:
                 ui = dict(getattr(ex, "outputs_ui", {}) or {})
             messages = list(ex.status_messages)
             failed = any(ev in ("execution_error", "execution_interrupted") for ev, _ in messages)
-            return RunResult(
+            return ExecutionResult(
                 prompt_id=prompt_id,
                 success=bool(ex.success) and not failed,
                 ui_outputs={str(k): v for k, v in ui.items()},

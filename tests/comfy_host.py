@@ -1,7 +1,7 @@
 """Headless ComfyUI host for tests (and the pack's headless demo and benchmarks).
 
 Finding and booting the engine is the batch runner's (``runner/engine.py``: ``find_host``, ``boot_engine``,
-``Engine``, ``RunResult``, the recording server stub, the torchvision stand-in); this module re-exports it
+``Engine``, ``ExecutionResult``, the recording server stub, the torchvision stand-in); this module re-exports it
 with the tests' defaults: the test-only fixture pack's name, the models folder inside the workdir, the
 torchvision stand-in, ``Engine.tiny_sd_prompt`` and the report header line.
 
@@ -57,7 +57,7 @@ HostError = _engine.HostError
 PackImportError = _engine.PackImportError
 PromptValidationError = _engine.PromptValidationError
 RecordingPromptServer = _engine.RecordingPromptServer
-RunResult = _engine.RunResult
+ExecutionResult = _engine.ExecutionResult
 ProgressEvent = _engine.ProgressEvent
 SentEvent = _engine.SentEvent
 find_host = _engine.find_host
@@ -73,7 +73,7 @@ __all__ = [
     "FIXTURE_PACK_NAME",
     "Host",
     "Engine",
-    "RunResult",
+    "ExecutionResult",
     "ProgressEvent",
     "SentEvent",
     "HostError",
