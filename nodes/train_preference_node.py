@@ -26,8 +26,8 @@ import folder_paths
 import torch
 
 from ..reward_loaders import REWARDS, RewardLoadError, paths
-from ..reward_loaders import preference_training as pt
 from ..reward_loaders.registry import ensure_files
+from ..training import preference_reward as pt
 from .download_progress import NodeDownloads
 from .guards import with_oom_advice
 from .settings import downloads_allowed

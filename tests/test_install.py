@@ -18,7 +18,7 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-LIBRARY = ("optimizer", "reward_loaders", "preferences", "generators", "runner", "nodes")
+LIBRARY = ("optimizer", "reward_loaders", "preferences", "training", "generators", "runner", "nodes")
 
 
 def install_section() -> str:

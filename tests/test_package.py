@@ -30,7 +30,7 @@ def test_pack_imports_cleanly_without_comfyui(tmp_path):
         "assert reno.NODE_CLASS_MAPPINGS == {} and reno.WEB_DIRECTORY == './web/js'\n"
         "from reno.optimizer import ReNOConfig, optimize_noise\n"
         "from reno.reward_loaders import AVAILABLE_REWARDS\n"
-        "import reno.generators, reno.preferences.store\n"
+        "import reno.generators, reno.preferences.store, reno.training.preference_reward\n"
         f"for m in {RUNNER_MODULES!r}: importlib.import_module('reno.runner.' + m)\n"
         "assert 'folder_paths' not in sys.modules and 'comfy' not in sys.modules\n"
         f"assert not [m for m in sys.modules if m.split('.')[0] in {COMFY_TOP_LEVEL!r}], sorted(sys.modules)\n"
@@ -50,7 +50,7 @@ def comfy_imports(text: str, top_level_only: bool = False) -> list[str]:
 
 
 def test_library_folders_never_import_comfyui():
-    for folder in ("optimizer", "reward_loaders", "preferences", "generators"):
+    for folder in ("optimizer", "reward_loaders", "preferences", "training", "generators"):
         for path in (ROOT / folder).rglob("*.py"):
             assert not comfy_imports(path.read_text()), path
 
@@ -94,7 +94,7 @@ def test_pyproject_has_the_registry_fields():
 
 
 def test_no_eval_exec_or_runtime_pip_in_the_pack():
-    for path in list(ROOT.glob("*.py")) + [p for d in ("optimizer", "reward_loaders", "preferences", "nodes") for p in (ROOT / d).rglob("*.py")]:
+    for path in list(ROOT.glob("*.py")) + [p for d in ("optimizer", "reward_loaders", "preferences", "training", "nodes") for p in (ROOT / d).rglob("*.py")]:
         text = path.read_text()
         assert not re.search(r"(?<![.\w])(eval|exec)\s*\(", text), path
         assert "pip install" not in text and "subprocess" not in text, path

@@ -1,4 +1,4 @@
-"""Training an ImageReward-architecture reward on preference marks (reward_loaders/preference_training.py).
+"""Training an ImageReward-architecture reward on preference marks (training/preference_reward.py).
 
 Tiny ImageReward checkpoints in the real format (tests/tiny_imagereward.py) and preference datasets written in
 the store's format (``<user>/reno_preferences/<dataset>/records.jsonl`` + ``images/``): the preferred images of a
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from reno_pack.reward_loaders import preference_training as pt
 from reno_pack.reward_loaders.imagereward import load_imagereward_folder
+from reno_pack.training import preference_reward as pt
 from tiny_imagereward import write_tiny_imagereward
 
 PROMPTS = ("a photo of a cat", "a red car on the street", "a house near the lake")

@@ -56,8 +56,8 @@ import torch
 import torch.nn.functional as F
 
 from ..preferences import store as preferences
-from .base import clean_prompt
-from .imagereward import PROJ_DIM, find_bert_tokenizer, find_med_config
+from ..reward_loaders.base import clean_prompt
+from ..reward_loaders.imagereward import PROJ_DIM, find_bert_tokenizer, find_med_config
 
 log = logging.getLogger(__name__)
 
