@@ -91,50 +91,46 @@ def clip_folder_files(weights_repo: str, tokenizer_repo: str) -> tuple[FileNeed,
 @dataclass(frozen=True)
 class RewardSpec:
     name: str
-    offset: float  # c in the loss c - score (the official ReNO constants)
+    offset: float  # c in the loss c - score (the official ReNO constants); the one place it is set for a built-in
     paper_weight: float  # the official default weight, for documentation and tooltips
     description: str
     files: tuple[FileNeed, ...]
-    build: Callable[..., RewardModel]  # build(folder, roots): roots are the reno_rewards folders searched
+    builder: Callable[..., RewardModel]  # builder(folder, roots, name, offset): roots are the reno_rewards folders
+
+    def build(self, folder: Path, roots: list[Path] | None = None) -> RewardModel:
+        """The reward model from ``folder``, named ``name`` and with this spec's ``offset``."""
+        return self.builder(folder, roots, self.name, self.offset)
 
 
-def _clip(name: str, offset: float) -> Callable[..., RewardModel]:
-    def build(folder: Path, roots: list[Path] | None = None) -> RewardModel:
-        from .clip_rewards import load_clip_folder
+# builder(folder, roots, name, offset): each loads one format; the name and the offset come from the spec
+def _clip(folder: Path, roots: list[Path] | None, name: str, offset: float) -> RewardModel:
+    from .clip_rewards import load_clip_folder
 
-        return load_clip_folder(folder, name, offset)
-
-    return build
+    return load_clip_folder(folder, name, offset)
 
 
-def _imagereward(folder: Path, roots: list[Path] | None = None) -> RewardModel:
+def _imagereward(folder: Path, roots: list[Path] | None, name: str, offset: float) -> RewardModel:
     from .imagereward import load_imagereward_folder
 
-    return load_imagereward_folder(folder, "imagereward", 2.0)
+    return load_imagereward_folder(folder, name, offset)
 
 
-def _hps(name: str) -> Callable[..., RewardModel]:
-    def build(folder: Path, roots: list[Path] | None = None) -> RewardModel:
-        from .hps import load_hps_folder
+def _hps(folder: Path, roots: list[Path] | None, name: str, offset: float) -> RewardModel:
+    from .hps import load_hps_folder
 
-        return load_hps_folder(folder, name, 1.0, roots)
-
-    return build
+    return load_hps_folder(folder, name, offset, roots)
 
 
-def _aesthetic(folder: Path, roots: list[Path] | None = None) -> RewardModel:
+def _aesthetic(folder: Path, roots: list[Path] | None, name: str, offset: float) -> RewardModel:
     from .aesthetic import load_aesthetic_folder
 
-    return load_aesthetic_folder(folder, "aesthetic", 10.0)
+    return load_aesthetic_folder(folder, name, offset)
 
 
-def _itercomp(name: str) -> Callable[..., RewardModel]:
-    def build(folder: Path, roots: list[Path] | None = None) -> RewardModel:
-        from .imagereward import load_itercomp_folder
+def _itercomp(folder: Path, roots: list[Path] | None, name: str, offset: float) -> RewardModel:
+    from .imagereward import load_itercomp_folder
 
-        return load_itercomp_folder(folder, name, 2.0, roots)
-
-    return build
+    return load_itercomp_folder(folder, name, offset, roots)
 
 
 def _itercomp_files(name: str) -> tuple[FileNeed, ...]:
@@ -183,7 +179,7 @@ REWARDS: dict[str, RewardSpec] = {
             FileNeed(("tokenizer/vocab.txt",), Source(BERT_BASE, "vocab.txt")),
             FileNeed(("tokenizer/tokenizer_config.json",), Source(BERT_BASE, "tokenizer_config.json")),
         ),
-        build=_imagereward,
+        builder=_imagereward,
     ),
     "hpsv2.1": RewardSpec(
         name="hpsv2.1",
@@ -191,7 +187,7 @@ REWARDS: dict[str, RewardSpec] = {
         paper_weight=5.0,
         description="HPS v2.1 (human preference score, CLIP ViT-H-14): cosine of image and text, about 0.2-0.35",
         files=_hps_files("HPS_v2.1_compressed.pt"),
-        build=_hps("hpsv2.1"),
+        builder=_hps,
     ),
     "hpsv2": RewardSpec(
         name="hpsv2",
@@ -199,7 +195,7 @@ REWARDS: dict[str, RewardSpec] = {
         paper_weight=5.0,
         description="HPS v2 (human preference score, CLIP ViT-H-14): cosine of image and text, about 0.2-0.3",
         files=_hps_files("HPS_v2_compressed.pt"),
-        build=_hps("hpsv2"),
+        builder=_hps,
     ),
     "pickscore": RewardSpec(
         name="pickscore",
@@ -207,7 +203,7 @@ REWARDS: dict[str, RewardSpec] = {
         paper_weight=0.05,
         description="PickScore (CLIP-H fine-tuned on Pick-a-Pic preferences): exp(logit_scale)*cos, about 18-24",
         files=clip_folder_files(PICKSCORE, LAION_CLIP_H),
-        build=_clip("pickscore", 30.0),
+        builder=_clip,
     ),
     "clipscore": RewardSpec(
         name="clipscore",
@@ -215,7 +211,7 @@ REWARDS: dict[str, RewardSpec] = {
         paper_weight=0.01,
         description="CLIPScore with LAION CLIP ViT-H-14: exp(logit_scale)*cos, about 20-40",
         files=clip_folder_files(LAION_CLIP_H, LAION_CLIP_H),
-        build=_clip("clipscore", 100.0),
+        builder=_clip,
     ),
     "aesthetic": RewardSpec(
         name="aesthetic",
@@ -228,7 +224,7 @@ REWARDS: dict[str, RewardSpec] = {
             FileNeed(("clip/config.json",), Source(OPENAI_CLIP_L, "config.json")),
             FileNeed(("clip/model.safetensors", "clip/pytorch_model.bin"), Source(OPENAI_CLIP_L, "model.safetensors")),
         ),
-        build=_aesthetic,
+        builder=_aesthetic,
     ),
     "itercomp_attribute": RewardSpec(
         name="itercomp_attribute",
@@ -237,7 +233,7 @@ REWARDS: dict[str, RewardSpec] = {
         description="IterComp attribute-binding reward (ImageReward architecture trained on composition rankings "
                     "of color, shape, texture): normalized reward",
         files=_itercomp_files("itercomp_attribute"),
-        build=_itercomp("itercomp_attribute"),
+        builder=_itercomp,
     ),
     "itercomp_spatial": RewardSpec(
         name="itercomp_spatial",
@@ -245,7 +241,7 @@ REWARDS: dict[str, RewardSpec] = {
         paper_weight=1.0,
         description="IterComp spatial-relationship reward (ImageReward architecture): normalized reward",
         files=_itercomp_files("itercomp_spatial"),
-        build=_itercomp("itercomp_spatial"),
+        builder=_itercomp,
     ),
     "itercomp_nonspatial": RewardSpec(
         name="itercomp_nonspatial",
@@ -253,7 +249,7 @@ REWARDS: dict[str, RewardSpec] = {
         paper_weight=1.0,
         description="IterComp non-spatial-relationship reward (ImageReward architecture): normalized reward",
         files=_itercomp_files("itercomp_nonspatial"),
-        build=_itercomp("itercomp_nonspatial"),
+        builder=_itercomp,
     ),
 }
 
