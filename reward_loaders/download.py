@@ -10,7 +10,8 @@ partial or corrupted transfer never looks like a complete file.
 Each download stages in its own ``.reno-download/<token>/`` beside a ``<token>.lock`` that names its
 process (host, pid, boot). A download killed outright (``kill -9``, a power cut) leaves both behind;
 ``clean_stale_staging`` removes them when the reward is next loaded, once their process is gone (or
-nothing in them has changed for a day), and never touches a live download's.
+nothing in them has changed for a day), and never touches a live download's (``staging.py``, which the
+preference-reward trainer's staging shares).
 
 Progress and cancel: ``fetch`` calls a ``progress(phase, done, total)`` callback before the first byte,
 after every chunk read (``read1``: as soon as bytes arrive, at most ``CHUNK``), before verifying and once
@@ -30,17 +31,11 @@ Downloads are on unless ``RENO_DOWNLOADS`` is ``0``/``false``/``off`` or ``HF_HU
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
-import json
 import logging
 import os
 import re
-import secrets
-import shutil
-import socket
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -48,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RewardLoadError
+from .staging import claim, clean_stale, release
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +52,6 @@ STAGING = ".reno-download"
 HUB = "https://huggingface.co"
 # plain http is allowed to exactly these hosts (the tests' loopback hub); everything else needs https
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-# staging whose process cannot be checked (another host, a reused pid) is stale after this long unchanged
-STALE_AFTER_S = 24 * 3600
-# staging that no lock owns (a kill between two steps, an older version of the pack) after this long
-ORPHAN_AFTER_S = 3600
 # the most bytes read (and reported) at a time; a slow connection reports each smaller piece as it arrives
 CHUNK = 1 << 20
 # a transfer that drops mid-file is resumed this many times (when the server honours Range)
@@ -328,133 +320,16 @@ def _fetch_url(src: Source, name: str, staging: Path, progress: Progress | None 
     return part
 
 
-# -- staging and its locks ----------------------------------------------------------------------------
-
-def _boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host is running (a zombie counts as gone). Unsure means alive."""
-    if pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
-    if os.name == "nt":
-        return _pid_alive_windows(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: someone else's live process
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
-
-
-def _pid_alive_windows(pid: int) -> bool:  # pragma: no cover - exercised on Windows only
-    import ctypes
-
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-    if not handle:
-        return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: it exists
-    try:
-        code = ctypes.c_ulong()
-        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
-            return True
-        return code.value == 259  # STILL_ACTIVE
-    finally:
-        kernel32.CloseHandle(handle)
-
-
-def _newest_mtime(path: Path) -> float:
-    """The latest modification time of ``path`` and everything under it (a live transfer keeps it fresh)."""
-    try:
-        newest = path.lstat().st_mtime
-    except OSError:
-        return 0.0
-    if path.is_dir() and not path.is_symlink():
-        for sub in path.rglob("*"):
-            try:
-                newest = max(newest, sub.lstat().st_mtime)
-            except OSError:
-                pass
-    return newest
-
-
-def _write_lock(lock: Path) -> None:
-    owner = {"pid": os.getpid(), "host": socket.gethostname(), "boot": _boot_id(), "started": time.time()}
-    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(owner, f)
-
-
-def _lock_is_stale(lock: Path, work: Path, now: float) -> str | None:
-    """Why the download that owns ``lock`` is over (a reason for the log), or None while it may be live."""
-    idle = now - max(_newest_mtime(lock), _newest_mtime(work))
-    if idle > STALE_AFTER_S:
-        return f"nothing changed for {idle / 3600:.0f} h"
-    try:
-        owner = json.loads(lock.read_text(encoding="utf-8"))
-        pid, host, boot = int(owner["pid"]), str(owner["host"]), owner.get("boot")
-    except (OSError, ValueError, KeyError, TypeError):
-        # being written this very moment, or garbage: give it the orphan grace
-        return "an unreadable lock" if idle > ORPHAN_AFTER_S else None
-    if host != socket.gethostname():
-        return None  # another machine's download (a shared folder): only the age tells
-    if boot and _boot_id() and boot != _boot_id():
-        return "its machine has restarted since"
-    if not _pid_alive(pid):
-        return f"its process {pid} is gone"
-    return None
-
+# -- staging ------------------------------------------------------------------------------------------
 
 def clean_stale_staging(folder: Path) -> list[Path]:
     """Remove the staging that killed downloads left in ``folder/.reno-download``; returns what was removed.
 
-    A lock whose process is gone (or that has not changed for ``STALE_AFTER_S``) goes with its work
-    folder (the ``.incomplete`` files); entries no lock owns go after ``ORPHAN_AFTER_S``. A live
-    download's lock and files are left alone. Never raises: cleaning is a courtesy.
+    A lock whose process is gone (or that has not changed for ``staging.STALE_AFTER_S``) goes with its work
+    folder (the ``.incomplete`` files); entries no lock owns go after ``staging.ORPHAN_AFTER_S``. A live
+    download's lock and files are left alone. Never raises: cleaning is a courtesy (``staging.clean_stale``).
     """
-    staging = Path(folder) / STAGING
-    if not staging.is_dir() or staging.is_symlink():
-        return []
-    now, removed, owned = time.time(), [], set()
-    try:
-        entries = sorted(staging.iterdir())
-    except OSError:
-        return []
-    for lock in (e for e in entries if e.name.endswith(".lock") and e.is_file()):
-        work = staging / lock.name[: -len(".lock")]
-        owned.update((lock.name, work.name))
-        why = _lock_is_stale(lock, work, now)
-        if why is None:
-            continue
-        log.info("ReNO: removing the staging of an unfinished download in %s (%s)", staging, why)
-        shutil.rmtree(work, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            lock.unlink()
-        removed += [lock, work]
-    for entry in entries:
-        if entry.name in owned or now - _newest_mtime(entry) <= ORPHAN_AFTER_S:
-            continue
-        log.info("ReNO: removing %s, left by an unfinished download", entry)
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                entry.unlink()
-        removed.append(entry)
-    with contextlib.suppress(OSError):
-        staging.rmdir()  # only when nothing (live) is left in it
-    return removed
+    return clean_stale(Path(folder) / STAGING, "download")
 
 
 def fetch(src: Source, folder: Path, name: str, progress: Progress | None = None) -> Path:
@@ -468,12 +343,8 @@ def fetch(src: Source, folder: Path, name: str, progress: Progress | None = None
     folder.mkdir(parents=True, exist_ok=True)
     target = _safe_target(folder, name)
     staging = folder / STAGING
-    staging.mkdir(exist_ok=True)
-    token = f"{os.getpid()}-{secrets.token_hex(4)}"
-    lock, work = staging / f"{token}.lock", staging / token
+    lock, work = claim(staging)
     try:
-        _write_lock(lock)
-        work.mkdir()
         path = _fetch_hub(src, name, work, progress) if src.repo else _fetch_url(src, name, work, progress)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, target)
@@ -487,11 +358,7 @@ def fetch(src: Source, folder: Path, name: str, progress: Progress | None = None
         reason = _one_line(e)
         raise DownloadError(f"downloading {name} from {src.download_url(name)} failed: {reason}", reason) from e
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            lock.unlink()
-        with contextlib.suppress(OSError):
-            staging.rmdir()
+        release(staging, lock, work)
     size = target.stat().st_size
     _report_done(progress, size)
     return target

@@ -30,6 +30,7 @@ from reno_pack.reward_loaders.registry import (
     REWARDS,
     ensure_files,
 )
+from reno_pack.reward_loaders.staging import boot_id
 
 ROOT = Path(__file__).resolve().parents[1]
 PICKSCORE_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json")
@@ -193,7 +194,7 @@ def _fake_download(folder: Path, pid: int, host: str | None = None, age_s: float
     part.parent.mkdir(parents=True)
     part.write_bytes(b"x" * 1000)
     lock = staging / f"{pid}-cafe.lock"
-    lock.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "boot": dl._boot_id(),
+    lock.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "boot": boot_id(),
                                 "started": time.time() - age_s}))
     if age_s:
         old = time.time() - age_s

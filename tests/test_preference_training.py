@@ -297,6 +297,33 @@ def test_a_failure_while_saving_leaves_no_folder(rewards_root, dataset, tmp_path
     assert list((tmp_path / "custom").iterdir()) == []
 
 
+def test_a_killed_trainings_staging_is_removed_and_a_live_ones_kept(tmp_path):
+    """The trainer stages as the downloads do (reward_loaders/staging.py): a lock naming the process beside its
+    work folder; what a killed training left goes the next time, a live one's stays."""
+    import socket
+    import subprocess
+    import sys
+
+    from reno_pack.reward_loaders import staging
+
+    staging_dir = tmp_path / "custom" / pt.STAGING
+    staging_dir.parent.mkdir()
+    mine = staging.claim(staging_dir)  # this process: alive
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(timeout=60)
+    gone = staging_dir / f"{child.pid}-cafe"
+    gone.mkdir()
+    (gone / "ImageReward.pt").write_bytes(b"x")
+    lock = staging_dir / f"{child.pid}-cafe.lock"
+    lock.write_text(json.dumps({"pid": child.pid, "host": socket.gethostname(),
+                                "boot": staging.boot_id(), "started": 0}))
+    removed = pt.clean_stale_staging(tmp_path)
+    assert set(removed) == {lock, gone} and not gone.exists() and not lock.exists()
+    assert all(p.exists() for p in mine)
+    staging.release(staging_dir, *mine)
+    assert list((tmp_path / "custom").iterdir()) == []
+
+
 def test_an_existing_custom_reward_is_never_overwritten(rewards_root, dataset, tmp_path):
     train(rewards_root, dataset, "mine", tmp_out=tmp_path, epochs=1)
     stamp = (tmp_path / "custom" / "mine" / "ImageReward.pt").stat().st_mtime_ns

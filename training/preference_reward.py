@@ -44,7 +44,6 @@ import logging
 import math
 import os
 import re
-import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -56,6 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from ..preferences import store as preferences
+from ..reward_loaders import staging
 from ..reward_loaders.base import clean_prompt
 from ..reward_loaders.imagereward import PROJ_DIM, find_bert_tokenizer, find_med_config
 
@@ -65,7 +65,7 @@ CUSTOM_DIR = "custom"  # <reno_rewards>/custom/<name>/
 PREFERENCES_DIR = preferences.FOLDER  # <user folder>/reno_preferences/<dataset>/records.jsonl
 RECORDS_FILE = preferences.RECORDS
 REWARD_JSON = "reward.json"
-STAGING_PREFIX = ".staging-"
+STAGING = ".reno-staging"  # custom/.reno-staging/<token>/ + <token>.lock (reward_loaders/staging.py)
 HELD_OUT_FRACTION = 0.1
 BATCH_PAIRS = 4  # pairs per optimizer step (8 images)
 EVAL_BATCH = 16  # images scored at once when measuring accuracy
@@ -461,24 +461,10 @@ def check_free(rewards_root: Path, name: str) -> Path:
     return target
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-def clean_stale_staging(rewards_root: Path) -> None:
-    """Remove staging folders left by killed trainings (their process is gone). Never raises."""
-    folder = Path(rewards_root) / CUSTOM_DIR
-    with contextlib.suppress(OSError):
-        for entry in folder.iterdir():
-            m = re.fullmatch(re.escape(STAGING_PREFIX) + r".*-(\d+)-[0-9a-f]{8}", entry.name)
-            if m and entry.is_dir() and not _pid_alive(int(m.group(1))):
-                shutil.rmtree(entry, ignore_errors=True)
+def clean_stale_staging(rewards_root: Path) -> list[Path]:
+    """Remove what killed trainings left in ``custom/.reno-staging`` (``staging.clean_stale``: once their process
+    is gone, or nothing in it changed for a day; never a live training's). Never raises."""
+    return staging.clean_stale(Path(rewards_root) / CUSTOM_DIR / STAGING, "training")
 
 
 def _vision_sidecar(model) -> dict:
@@ -543,18 +529,18 @@ def save_custom_reward(model, rewards_root: Path, name: str, *, base_reward: str
             f"{base_folder / 'tokenizer'}")
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_staging(rewards_root)
-    staging = target.parent / f"{STAGING_PREFIX}{target.name}-{os.getpid()}-{secrets.token_hex(4)}"
-    staging.mkdir()
+    staging_dir = target.parent / STAGING
+    lock, work = staging.claim(staging_dir)
     try:
         state = checkpoint_state(model)
-        torch.save(state, staging / "ImageReward.pt")
+        torch.save(state, work / "ImageReward.pt")
         del state
         if med is not None:
-            shutil.copy2(med, staging / "med_config.json")
+            shutil.copy2(med, work / "med_config.json")
         else:
-            (staging / "med_config.json").write_text(json.dumps(_med_config(model), indent=2), encoding="utf-8")
-        (staging / "vision_config.json").write_text(json.dumps(_vision_sidecar(model), indent=2), encoding="utf-8")
-        shutil.copytree(tokenizer_dir, staging / "tokenizer",
+            (work / "med_config.json").write_text(json.dumps(_med_config(model), indent=2), encoding="utf-8")
+        (work / "vision_config.json").write_text(json.dumps(_vision_sidecar(model), indent=2), encoding="utf-8")
+        shutil.copytree(tokenizer_dir, work / "tokenizer",
                         ignore=shutil.ignore_patterns(".*"))
         meta = {
             "format": "imagereward",
@@ -577,13 +563,12 @@ def save_custom_reward(model, rewards_root: Path, name: str, *, base_reward: str
                 "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             },
         }
-        (staging / REWARD_JSON).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        (work / REWARD_JSON).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         if target.exists():  # created meanwhile (another training of the same name)
             check_free(rewards_root, name)
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        os.rename(work, target)
+    finally:  # a failed or cancelled save leaves nothing; a saved one's work folder is the reward now
+        staging.release(staging_dir, lock, work)
     log.info("ReNO: saved the custom reward %s", target)
     return target
 
