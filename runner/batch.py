@@ -33,19 +33,55 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
+from .backends import Source
+from .items import Item, ItemFailure, ItemResult, Outcome
 from .layouts import image_path, name_max, side_files
 from .prompts import read_prompt_file
-from .workflow import Job, workflow_sha256
 
 EXIT_OK, EXIT_FAILURES, EXIT_INTERRUPTED = 0, 1, 130
 LOCK_FILE = ".reno-batch.lock"
 VOLATILE_KEYS = ("seconds", "node_seconds", "worker")  # differ between runs of the same item
 
 
+class Dispatch(Protocol):
+    """Where the items run: ``LocalDispatch`` (this process) or ``ray_backend.RayDispatch`` (Ray actors). Builds the
+    backend(s) from ``cfg.source``, hands each outcome to ``on_outcome`` (in the driver's thread) and honours ``stop``.
+    """
+
+    def __call__(self, cfg: BatchConfig, todo: list[Item], on_outcome: Callable[[Item, Outcome], None],
+                 stop: StopFlag) -> None: ...
+
+
+@dataclass(frozen=True)
+class LocalDispatch:
+    """The items one after another in this process, on one backend built once."""
+
+    def __call__(self, cfg: BatchConfig, todo: list[Item], on_outcome, stop: StopFlag) -> None:
+        if not todo:
+            return
+        backend = cfg.source.build(cfg.worker_options)
+        stop.on_abort = backend.interrupt
+        try:
+            for item in todo:
+                if stop.stop:
+                    break
+                try:
+                    outcome = backend.run(item)
+                except KeyboardInterrupt:  # a second Ctrl-C interrupted the item: nothing of it is written
+                    backend.reset_interrupt()
+                    stop.stop = True
+                    break
+                on_outcome(item, outcome)
+        finally:
+            stop.on_abort = None
+            backend.close()
+
+
 @dataclass
 class BatchConfig:
-    job: Job
+    source: Source  # what makes the images: backends.WorkflowSource or backends.DiffusersSource
     prompt_file: Path
     out: Path
     seeds: list[int]
@@ -53,14 +89,9 @@ class BatchConfig:
     prompt_format: str = "auto"
     limit: int | None = None  # only the first N prompts
     progress: bool = True
-    worker_options: dict = field(default_factory=dict)
-    ray: bool = False
-    ray_address: str | None = None
-    workers: int | None = None
+    worker_options: dict = field(default_factory=dict)  # the worker processes' options (worker.DEFAULT_OPTIONS)
+    dispatch: Dispatch = field(default_factory=LocalDispatch)  # where the items run
     save_initial: bool = False  # also write iteration 0 (the plain one-step image)
-    diffusers: Path | None = None  # --diffusers <folder>: the diffusers generator source instead of a workflow
-    diffusers_rewards: list = field(default_factory=list)
-    diffusers_options: dict = field(default_factory=dict)
 
 
 class StopFlag:
@@ -96,9 +127,9 @@ class Output:
         self.max_name = name_max(self.out)
 
     # -- items --------------------------------------------------------------------------------
-    def paths(self, item: dict, role: str) -> str:
-        return image_path(self.cfg.layout, role, index=item["index"], seed=item["seed"], prompt=item["prompt"],
-                          position=item["position"], n_seeds=len(self.cfg.seeds), max_name=self.max_name)
+    def paths(self, item: Item, role: str) -> str:
+        return image_path(self.cfg.layout, role, index=item.index, seed=item.seed, prompt=item.prompt,
+                          position=item.position, n_seeds=len(self.cfg.seeds), max_name=self.max_name)
 
     def roles(self) -> list[str]:
         return ["best", "initial"] if self.cfg.save_initial else ["best"]
@@ -118,8 +149,8 @@ class Output:
                       "runs again", file=sys.stderr)
         return done
 
-    def finished(self, item: dict, results: dict) -> bool:
-        rec = results.get((item["index"], item["seed"]))
+    def finished(self, item: Item, results: dict) -> bool:
+        rec = results.get(item.key)
         if rec is None:
             return False
         try:
@@ -127,19 +158,19 @@ class Output:
         except (OSError, ValueError):  # a name this file system refuses: the item is not done, it runs (and fails)
             return False
 
-    def write_item(self, item: dict, outcome: dict) -> dict:
-        rec = dict(outcome["result"])
-        for role, data in outcome["images"].items():
+    def write_item(self, item: Item, result: ItemResult) -> dict:
+        rec = result.record(item)
+        for role, data in result.images.items():
             rel = self.paths(item, role)
             _write_atomic(self.out / rel, data)
             rec["image" if role == "best" else f"{role}_image"] = rel
-            for rel_side, content in side_files(self.cfg.layout, role, index=item["index"],
-                                                metadata=item["metadata"]).items():
+            for rel_side, content in side_files(self.cfg.layout, role, index=item.index,
+                                                metadata=item.metadata).items():
                 p = self.out / rel_side
                 if not p.is_file() or p.read_bytes() != content:
                     _write_atomic(p, content)
-        if "worker" in outcome:
-            rec["worker"] = outcome["worker"]
+        if result.worker is not None:
+            rec["worker"] = result.worker
         with self._lock, self.results_path.open("a", encoding="utf-8") as f:  # the line last: it marks done
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
@@ -157,9 +188,7 @@ class Output:
 
     # -- run identity -------------------------------------------------------------------------
     def check_run(self) -> None:
-        ident = {"workflow_sha256": workflow_sha256(self.cfg.job.workflow) if self.cfg.job else None,
-                 "diffusers": str(self.cfg.diffusers) if self.cfg.diffusers else None,
-                 "layout": self.cfg.layout, "save_initial": bool(self.cfg.save_initial)}
+        ident = {**self.cfg.source.identity(), "layout": self.cfg.layout, "save_initial": bool(self.cfg.save_initial)}
         path = self.out / "run.json"
         if path.is_file():
             try:
@@ -343,21 +372,21 @@ class Progress:
 # -- the run ----------------------------------------------------------------------------------
 
 
-def build_items(cfg: BatchConfig, output: Output) -> tuple[list[dict], int]:
+def build_items(cfg: BatchConfig, output: Output) -> tuple[list[Item], int]:
     entries, bad = read_prompt_file(cfg.prompt_file, cfg.prompt_format)
     if cfg.limit is not None:
         entries = [e for e in entries if e.index < cfg.limit]
         bad = [b for b in bad if b.index < cfg.limit]
     for b in bad:
         output.fail({"kind": "prompt_line", "index": b.index, "line": b.line, "error": b.error, "text": b.text})
-    items = [{"index": e.index, "line": e.line, "prompt": e.prompt, "metadata": e.metadata, "seed": int(s),
-              "position": k} for e in entries for k, s in enumerate(cfg.seeds)]
+    items = [Item(index=e.index, line=e.line, prompt=e.prompt, seed=int(s), position=k, metadata=e.metadata)
+             for e in entries for k, s in enumerate(cfg.seeds)]
     return items, len(bad)
 
 
 def run_batch(cfg: BatchConfig, *, dispatch=None) -> int:
     """Run a batch; returns the exit code (0 all done, 1 some lines/items failed, 130 stopped by Ctrl-C).
-    ``dispatch(todo, on_outcome, stop)``: the backend (default: this process, or Ray with ``cfg.ray``)."""
+    ``dispatch(cfg, todo, on_outcome, stop)``: where the items run, instead of ``cfg.dispatch``."""
     output = Output(cfg)
     with lock_output(output.out):
         return _run_locked(cfg, output, dispatch)
@@ -378,29 +407,24 @@ def _run_locked(cfg: BatchConfig, output: Output, dispatch) -> int:
     progress = Progress(len(todo), cfg.progress)
     failed = 0
 
-    def on_outcome(item: dict, outcome: dict) -> None:
+    def on_outcome(item: Item, outcome: Outcome) -> None:
         nonlocal failed
-        if outcome.get("ok"):
+        if outcome.ok:
             try:
                 rec = output.write_item(item, outcome)
             except (OSError, ValueError) as e:  # a full disk, a name the file system refuses: this item fails
-                outcome = {"ok": False, "error": f"could not write its files in {output.out}: {type(e).__name__}: {e}"}
+                outcome = ItemFailure(f"could not write its files in {output.out}: {type(e).__name__}: {e}")
             else:
-                results[(item["index"], item["seed"])] = rec
+                results[item.key] = rec
                 progress.update(rec)
                 return
         failed += 1
-        output.fail({"kind": "item", "index": item["index"], "line": item["line"], "prompt": item["prompt"],
-                     "seed": item["seed"], "error": outcome.get("error", "?"), "traceback": outcome.get("traceback")})
+        output.fail({"kind": "item", "index": item.index, "line": item.line, "prompt": item.prompt,
+                     "seed": item.seed, "error": outcome.error, "traceback": outcome.traceback})
         progress.update(None)
 
     if dispatch is None:
-        if cfg.ray:
-            from .ray_backend import dispatch_ray as dispatch
-        elif cfg.diffusers is not None:
-            from .diffusers_hook import dispatch_diffusers as dispatch
-        else:
-            dispatch = dispatch_local
+        dispatch = cfg.dispatch
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, stop.request) if in_main else None
     try:
@@ -409,7 +433,7 @@ def _run_locked(cfg: BatchConfig, output: Output, dispatch) -> int:
         if in_main:
             signal.signal(signal.SIGINT, previous)
         progress.close()
-    known = {(it["index"], it["seed"]) for it in items}
+    known = {it.key for it in items}
     summary = summarize(r for k, r in results.items() if k in known)
     summary.update({"prompt_file": str(cfg.prompt_file), "seeds": cfg.seeds, "layout": cfg.layout,
                     "items_total": len(items), "failed_items": failed, "bad_prompt_lines": n_bad,
@@ -422,29 +446,3 @@ def _run_locked(cfg: BatchConfig, output: Output, dispatch) -> int:
         return EXIT_INTERRUPTED
     return EXIT_FAILURES if failed or n_bad else EXIT_OK
 
-
-def dispatch_local(cfg: BatchConfig, todo: list[dict], on_outcome, stop: StopFlag) -> None:
-    from .worker import ItemWorker
-
-    if not todo:
-        return
-    import torch
-
-    threads = torch.get_num_threads()
-    worker = ItemWorker(cfg.job, cfg.worker_options)
-    stop.on_abort = worker.engine.interrupt
-    try:
-        for item in todo:
-            if stop.stop:
-                break
-            try:
-                outcome = worker.run(item)
-            except KeyboardInterrupt:  # a second Ctrl-C interrupted the node: nothing of this item is written
-                worker.engine.reset_interrupt()
-                stop.stop = True
-                break
-            on_outcome(item, outcome)
-    finally:
-        stop.on_abort = None
-        if cfg.worker_options.get("threads"):
-            torch.set_num_threads(threads)

@@ -121,49 +121,67 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .batch import BatchConfig, run_batch
-    from .workflow import WorkflowError, load_workflow, make_job
-
+def _seeds(args) -> list[int] | None:
     if args.seeds is not None:
-        seeds = args.seeds
-    else:
-        n = args.n_seeds if args.n_seeds is not None else (GENEVAL_SEEDS if args.layout == "geneval" else 1)
-        if n < 1:
-            print("reno-batch: --n-seeds must be >= 1", file=sys.stderr)
-            return 2
-        seeds = list(range(n))
+        return args.seeds
+    n = args.n_seeds if args.n_seeds is not None else (GENEVAL_SEEDS if args.layout == "geneval" else 1)
+    return list(range(n)) if n >= 1 else None
+
+
+def _worker_options(args) -> dict:
+    """The worker processes' options (``worker.DEFAULT_OPTIONS``), for either backend."""
     extras = args.comfy_extras.strip()
     comfy_extras = "all" if extras == "all" else [] if extras == "none" else [
         e.strip() for e in extras.split(",") if e.strip()]
-    options = {"comfyui": str(args.comfyui) if args.comfyui else None,
-               "extra_packs": args.extra_nodes, "comfy_extras": comfy_extras,
-               "models_dir": str(args.models_dir) if args.models_dir else None,
-               "extra_model_paths": [str(x) for x in args.extra_model_paths],
-               "cpu": True if args.cpu else None, "threads": args.threads, "vae_layout": args.vae_layout,
-               "torchvision_standin": args.torchvision_standin}
-    job = None
-    try:
-        if args.workflow is not None:
-            job = make_job(load_workflow(args.workflow), prompt_nodes=args.prompt_node, sampler=args.sampler_node,
-                           save_initial=args.save_initial)
-        elif args.ray is not None:
-            print("reno-batch: --diffusers runs in this process only (no --ray yet)", file=sys.stderr)
-            return 2
-    except WorkflowError as e:
-        print(f"reno-batch: {e}", file=sys.stderr)
-        return 2
+    return {"comfyui": str(args.comfyui) if args.comfyui else None,
+            "extra_packs": args.extra_nodes, "comfy_extras": comfy_extras,
+            "models_dir": str(args.models_dir) if args.models_dir else None,
+            "extra_model_paths": [str(x) for x in args.extra_model_paths],
+            "cpu": True if args.cpu else None, "threads": args.threads, "vae_layout": args.vae_layout,
+            "torchvision_standin": args.torchvision_standin}
+
+
+def _source(args):
+    """The backend's source: the workflow (``WorkflowError`` when unusable) or the diffusers pipeline."""
+    from .backends import DiffusersSource, WorkflowSource
+    from .workflow import load_workflow, make_job
+
+    if args.workflow is not None:
+        return WorkflowSource(make_job(load_workflow(args.workflow), prompt_nodes=args.prompt_node,
+                                       sampler=args.sampler_node, save_initial=args.save_initial))
     dopts = {k: v for k, v in {"iterations": args.iterations, "learning_rate": args.learning_rate,
                                "device": args.device}.items() if v is not None}
     if args.rewards_dir:
         dopts["rewards_dir"] = str(args.rewards_dir)
-    cfg = BatchConfig(job=job, prompt_file=args.prompts, out=args.out, seeds=seeds, layout=args.layout,
+    return DiffusersSource(args.diffusers, list(args.reward), dopts, save_initial=args.save_initial)
+
+
+def _dispatch(args):
+    from .batch import LocalDispatch
+    from .ray_backend import RayDispatch
+
+    if args.ray is None:
+        return LocalDispatch()
+    return RayDispatch(address=None if args.ray == "local" else args.ray, workers=args.workers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .batch import BatchConfig, run_batch
+    from .workflow import WorkflowError
+
+    seeds = _seeds(args)
+    if seeds is None:
+        print("reno-batch: --n-seeds must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        source = _source(args)
+    except WorkflowError as e:
+        print(f"reno-batch: {e}", file=sys.stderr)
+        return 2
+    cfg = BatchConfig(source=source, prompt_file=args.prompts, out=args.out, seeds=seeds, layout=args.layout,
                       prompt_format=args.prompt_format, limit=args.limit, progress=not args.no_progress,
-                      worker_options=options, ray=args.ray is not None,
-                      ray_address=None if args.ray in (None, "local") else args.ray, workers=args.workers,
-                      save_initial=args.save_initial, diffusers=args.diffusers,
-                      diffusers_rewards=args.reward, diffusers_options=dopts)
+                      worker_options=_worker_options(args), dispatch=_dispatch(args), save_initial=args.save_initial)
     try:
         return run_batch(cfg)
     except PromptFileError as e:

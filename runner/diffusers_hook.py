@@ -1,5 +1,6 @@
-"""``--diffusers <folder>``: items run on a diffusers one-step pipeline (``generators.run_diffusers_item``) instead of
-a ComfyUI workflow; same items, layouts, results and summary. This process only (no Ray).
+"""The diffusers backend (``--diffusers <folder>``, ``backends.DiffusersSource``): items run on a diffusers one-step
+pipeline (``generators.run_diffusers_item``) instead of a ComfyUI workflow; same items, layouts, results and summary,
+in this process or in Ray actors (each loads its own pipeline and rewards).
 
 The pipeline and the rewards (``--reward NAME:WEIGHT``) are loaded once, before the first item. Reward folders
 (``reno_rewards`` layout) are searched in this order: ``--rewards-dir``, ``<--models-dir>/reno_rewards``,
@@ -11,19 +12,14 @@ A pipeline or reward that cannot load stops the run before any item, with one li
 
 from __future__ import annotations
 
-import importlib
 import sys
-import time
-import traceback
 from pathlib import Path
 
+from .backends import DiffusersSource, restore_threads, set_threads
+from .items import Item, ItemResult, Outcome, timed
 from .worker import png_bytes
 
 EXIT_BAD_INPUT = 2
-
-
-def _pack():
-    return __name__.rsplit(".", 2)[0]  # "<pack package>.runner.diffusers_hook" -> the pack package
 
 
 def _refuse(message: str):
@@ -32,13 +28,18 @@ def _refuse(message: str):
     raise SystemExit(EXIT_BAD_INPUT)
 
 
-def reward_roots(cfg, folder_name: str = "reno_rewards") -> list[str]:
+def check_source(source: DiffusersSource) -> None:
+    if not source.rewards:
+        _refuse("--diffusers needs at least one --reward NAME:WEIGHT (e.g. --reward hpsv2.1:5)")
+
+
+def reward_roots(source: DiffusersSource, options: dict, folder_name: str = "reno_rewards") -> list[str]:
     """The reward folders to search besides ``$RENO_REWARDS_DIR`` (which ``reward_loaders`` reads itself)."""
     roots: list[Path] = []
-    rewards_dir = cfg.diffusers_options.get("rewards_dir")
+    rewards_dir = source.options.get("rewards_dir")
     if rewards_dir:
         roots.append(Path(rewards_dir).expanduser())
-    models_dir = (cfg.worker_options or {}).get("models_dir")
+    models_dir = (options or {}).get("models_dir")
     if models_dir:
         roots.append(Path(models_dir).expanduser() / folder_name)
     tail: list[Path] = []
@@ -53,27 +54,30 @@ def reward_roots(cfg, folder_name: str = "reno_rewards") -> list[str]:
     return [str(p) for p in roots] + [str(p) for p in tail if p.is_dir()]
 
 
-def _device(cfg, opts: dict) -> str:
+def _device(opts: dict, options: dict) -> str:
     if opts.get("device"):
         return str(opts["device"])
     import torch
 
-    if not (cfg.worker_options or {}).get("cpu") and torch.cuda.is_available():
+    if not (options or {}).get("cpu") and torch.cuda.is_available():
         return "cuda"
     return "cpu"
 
 
-def _load(cfg, opts: dict, gen, rl):
+def _load(source: DiffusersSource, options: dict, opts: dict):
     """The pipeline and the weighted rewards, or a clear refusal."""
+    from .. import generators as gen
+    from .. import reward_loaders as rl
+
     try:
-        pipe = gen.load_pipeline(cfg.diffusers, opts.get("kind"), dtype=opts.get("dtype"), device=opts["device"])
+        pipe = gen.load_pipeline(source.folder, opts.get("kind"), dtype=opts.get("dtype"), device=opts["device"])
     except gen.PipelineLoadError as e:
-        _refuse(f"--diffusers {cfg.diffusers}: {e}")
+        _refuse(f"--diffusers {source.folder}: {e}")
     except ImportError as e:  # diffusers (an optional extra) is not installed
         _refuse(f"--diffusers: {e}")
-    roots = reward_roots(cfg, rl.FOLDER_NAME)
+    roots = reward_roots(source, options, rl.FOLDER_NAME)
     rewards = []
-    for name, weight in cfg.diffusers_rewards:
+    for name, weight in source.rewards:
         try:
             model = rl.load_reward(name, roots).to(opts["device"])
         except (rl.RewardLoadError, ValueError, OSError) as e:
@@ -86,59 +90,56 @@ def _load(cfg, opts: dict, gen, rl):
     return pipe, rewards
 
 
-def dispatch_diffusers(cfg, todo: list[dict], on_outcome, stop) -> None:
-    if not todo:
-        return
-    if not cfg.diffusers_rewards:
-        _refuse("--diffusers needs at least one --reward NAME:WEIGHT (e.g. --reward hpsv2.1:5)")
-    gen = importlib.import_module(f"{_pack()}.generators")
-    rl = importlib.import_module(f"{_pack()}.reward_loaders")
-    import torch
+class DiffusersBackend:
+    """The diffusers backend: the pipeline and the rewards loaded once (a clear refusal, exit 2, when they cannot
+    be), then one ``run_diffusers_item`` per item."""
 
-    opts = dict(cfg.diffusers_options)
-    opts.pop("rewards_dir", None)
-    opts["device"] = _device(cfg, opts)
-    def abort():  # a second Ctrl-C (run_batch's SIGINT handler) stops the item in flight
+    def __init__(self, source: DiffusersSource, options: dict | None = None):
+        from .. import reward_loaders as rl
+
+        check_source(source)
+        options = dict(options or {})
+        self.source = source
+        self.opts = dict(source.options)
+        self.opts.pop("rewards_dir", None)
+        self.opts["device"] = _device(self.opts, options)
+        self._threads_before = set_threads(options.get("threads"))
+        try:
+            self.pipe, self.rewards = _load(source, options, self.opts)
+        except BaseException:
+            self.close()
+            raise
+        self.labels = rl.unique_labels([name for name, _ in source.rewards])
+        self.weights = dict(zip(self.labels, (float(w) for _, w in source.rewards)))
+        self.described = [{"label": k, "name": n, "weight": float(w)}
+                          for k, (n, w) in zip(self.labels, source.rewards)]
+
+    def _scores(self, d: dict) -> dict:
+        s = {k: float(d[k]) for k in self.labels}
+        s["total"] = float(sum(w * s[k] for k, w in self.weights.items()))
+        return s
+
+    def run(self, item: Item) -> Outcome:
+        return timed(self._run, item)
+
+    def _run(self, item: Item) -> ItemResult:
+        from .. import generators as gen
+
+        res = gen.run_diffusers_item(self.pipe, item.prompt, int(item.seed), self.rewards, self.opts)
+        images = {"best": png_bytes(res.best_image[0].permute(1, 2, 0))}
+        if self.source.save_initial:
+            images["initial"] = png_bytes(res.initial_image[0].permute(1, 2, 0))
+        return ItemResult(rewards=self.described, initial=self._scores(res.initial_scores),
+                          best=self._scores(res.best_scores), best_iteration=int(res.best_iteration),
+                          iterations=int(res.result.iterations_run), stop_reason=res.result.stop_reason,
+                          images=images, node_seconds=float(res.seconds))
+
+    def interrupt(self) -> None:  # from run_batch's SIGINT handler: stops the item in flight where it is
         raise KeyboardInterrupt
 
-    threads_before = torch.get_num_threads()
-    threads = (cfg.worker_options or {}).get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
-    stop.on_abort = abort
-    try:
-        pipe, rewards = _load(cfg, opts, gen, rl)
-        labels = rl.unique_labels([name for name, _ in cfg.diffusers_rewards])
-        weights = dict(zip(labels, (float(w) for _, w in cfg.diffusers_rewards)))
-        described = [{"label": k, "name": n, "weight": float(w)} for k, (n, w) in zip(labels, cfg.diffusers_rewards)]
+    def reset_interrupt(self) -> None:
+        pass
 
-        def scores(d: dict) -> dict:
-            s = {k: float(d[k]) for k in labels}
-            s["total"] = float(sum(w * s[k] for k, w in weights.items()))
-            return s
-
-        for item in todo:
-            if stop.stop:
-                break
-            t0 = time.perf_counter()
-            try:
-                res = gen.run_diffusers_item(pipe, item["prompt"], int(item["seed"]), rewards, opts)
-                result = {"index": item["index"], "line": item["line"], "prompt": item["prompt"],
-                          "seed": int(item["seed"]), "rewards": described,
-                          "initial": scores(res.initial_scores), "best": scores(res.best_scores),
-                          "best_iteration": int(res.best_iteration), "iterations": int(res.result.iterations_run),
-                          "stop_reason": res.result.stop_reason, "node_seconds": round(float(res.seconds), 4),
-                          "seconds": round(time.perf_counter() - t0, 4)}
-                images = {"best": png_bytes(res.best_image[0].permute(1, 2, 0))}
-                if cfg.save_initial:
-                    images["initial"] = png_bytes(res.initial_image[0].permute(1, 2, 0))
-                outcome = {"ok": True, "result": result, "images": images}
-            except KeyboardInterrupt:  # a second Ctrl-C: nothing of this item is written
-                stop.stop = True
-                break
-            except Exception as e:  # one bad item must not stop the batch
-                outcome = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=6)}
-            on_outcome(item, outcome)
-    finally:
-        stop.on_abort = None
-        torch.set_num_threads(threads_before)
+    def close(self) -> None:
+        restore_threads(self._threads_before)
+        self._threads_before = None

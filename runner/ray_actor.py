@@ -1,6 +1,8 @@
 """The Ray actor. Standard library only and no relative imports: Ray ships this module to its workers by value
 (``cloudpickle.register_pickle_by_value``), where the pack is not importable by name. The actor imports the pack
-from its folder as the package ``reno_pack`` (without running its ``__init__``) and runs ``runner.worker.ItemWorker``.
+from its folder as the package ``reno_pack`` (without running its ``__init__``) and builds the backend the run's source
+names (``runner.backends``): the workflow backend (a ComfyUI engine) or the diffusers backend. Items and outcomes
+travel as plain dicts (``runner.items``).
 
 ``RENO_RUNNER_TEST_CRASH`` ("<actor number>:<items>", read by the driver and passed in) makes the actor with that
 number exit abruptly when asked for one more item than ``<items>``: only the tests set it, to check that a dead
@@ -38,25 +40,23 @@ def import_pack(pack_dir: str, name: str = PACKAGE) -> types.ModuleType:
 
 
 class RenoActor:
-    def __init__(self, number: int, pack_dir: str, job: dict, options: dict, crash: str | None = None):
+    def __init__(self, number: int, pack_dir: str, source: dict, options: dict, crash: str | None = None):
         import_pack(os.environ.get("RENO_PACK_DIR") or pack_dir)
-        worker_mod = importlib.import_module(f"{PACKAGE}.runner.worker")
+        backends = importlib.import_module(f"{PACKAGE}.runner.backends")
+        self._items = importlib.import_module(f"{PACKAGE}.runner.items")
         self.number = number
         self.crash_after = None
         if crash:
             who, _, n = crash.partition(":")
             if who.strip() == str(number):
                 self.crash_after = int(n or 0)
-        self.worker = worker_mod.ItemWorker(job, options)
+        self.backend = backends.source_from_wire(source).build(options)
         self.asked = 0
-
-    def describe(self) -> dict:
-        return {"number": self.number, **self.worker.describe()}
 
     def run(self, item: dict) -> dict:
         self.asked += 1
         if self.crash_after is not None and self.asked > self.crash_after:
             os._exit(17)  # test-only: die like a killed worker, mid-batch
-        out = self.worker.run(item)
-        out["worker"] = self.number
-        return out
+        out = self.backend.run(self._items.Item.from_wire(item))
+        out.worker = self.number
+        return out.to_wire()

@@ -1,6 +1,6 @@
-"""One worker: a headless engine (booted once, models cached by ComfyUI's executor between items) that runs items
-and returns, per item, a JSON record and the PNG bytes of its images. The same class runs in the runner's own
-process and inside each Ray actor, so both give the same files and scores.
+"""The workflow backend (``backends.Backend``): a headless engine (booted once, models cached by ComfyUI's executor
+between items) that runs items and returns, per item, an ``ItemResult`` (scores and the PNG bytes of its images).
+The same class runs in the runner's own process and inside each Ray actor, so both give the same files and scores.
 
 An item's scores come from the ReNO Sampler's RENO_HISTORY output (read from the executor's output cache):
 ``initial`` is iteration 0, ``best`` the best iteration by the weighted reward (what the node returns).
@@ -12,12 +12,12 @@ import contextlib
 import io
 import os
 import shutil
-import time
-import traceback
 from pathlib import Path
 
 from ..optimizer.memory import CHANNELS_LAST_ENV
 from . import engine as engine_mod
+from .backends import restore_threads, set_threads
+from .items import Item, ItemResult, Outcome, timed
 from .workflow import Job
 
 #: Engine options a worker accepts (CLI → here; JSON-able, sent to Ray workers).
@@ -93,19 +93,18 @@ def pinned_vae_layout(layout: str | None):
 
 
 class ItemWorker:
+    """The workflow backend."""
+
     def __init__(self, job: Job | dict, options: dict | None = None):
         self.job = job if isinstance(job, Job) else Job.from_dict(job)
         self.options = {**DEFAULT_OPTIONS, **(options or {})}
         self._own_engine = False
+        self._threads_before = set_threads(self.options["threads"])
         self.engine = self._boot()
         self.items_done = 0
 
     def _boot(self):
         opts = self.options
-        if opts["threads"]:
-            import torch
-
-            torch.set_num_threads(int(opts["threads"]))
         if opts["comfyui"]:
             root = Path(opts["comfyui"]).expanduser()
             if not engine_mod._looks_like_comfyui(root):
@@ -135,25 +134,32 @@ class ItemWorker:
 
         return {"engine": self.engine.info, "pid": os.getpid(), "threads": torch.get_num_threads()}
 
-    def run(self, item: dict) -> dict:
-        """``item``: {"index", "line", "prompt", "seed"}. Returns {"ok": True, "result": {...}, "images": {role: png}}
-        or {"ok": False, "error": "..."}; never raises for a failing item."""
-        t0 = time.perf_counter()
-        try:
-            with pinned_vae_layout(self.options.get("vae_layout")):
-                out = self._run(item)
-        except Exception as e:  # one bad item must not stop the batch
-            tb = traceback.format_exc(limit=6)
-            return {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": tb,
-                    "seconds": time.perf_counter() - t0}
-        out["result"]["seconds"] = round(time.perf_counter() - t0, 4)
-        self.items_done += 1
+    def run(self, item: Item) -> Outcome:
+        """The item's ``ItemResult`` or ``ItemFailure``; never raises for a failing item (``KeyboardInterrupt``
+        after ``interrupt``)."""
+        out = timed(self._pinned_run, item)
+        if out.ok:
+            self.items_done += 1
         return out
 
-    def _run(self, item: dict) -> dict:
+    def _pinned_run(self, item: Item) -> ItemResult:
+        with pinned_vae_layout(self.options.get("vae_layout")):
+            return self._run(item)
+
+    def interrupt(self) -> None:
+        self.engine.interrupt()
+
+    def reset_interrupt(self) -> None:
+        self.engine.reset_interrupt()
+
+    def close(self) -> None:
+        restore_threads(self._threads_before)
+        self._threads_before = None
+
+    def _run(self, item: Item) -> ItemResult:
         job = self.job
-        prompt = job.build(item["prompt"], item["seed"])
-        res = self.engine.execute(prompt, f"reno-batch-{item['index']}-{item['seed']}", client_id="reno-batch",
+        prompt = job.build(item.prompt, item.seed)
+        res = self.engine.execute(prompt, f"reno-batch-{item.index}-{item.seed}", client_id="reno-batch",
                                   fresh_executor=False, targets=job.targets)
         if not res.success:
             err = res.error
@@ -171,6 +177,7 @@ class ItemWorker:
             raise RuntimeError(f"the ReNO Sampler made {image.shape[0]} images; the runner makes one per seed: set the "
                                "latent's batch_size to 1 and use --seeds / --n-seeds")
         scores = history_scores(history)
+        vae_layout = scores.pop("vae_layout")
         images = {"best": png_bytes(image[0])}
         if job.save_initial:
             init = self.engine.cached_outputs(job.initial_node)
@@ -178,8 +185,6 @@ class ItemWorker:
                 raise RuntimeError("the initial-image copy of the ReNO Sampler did not run")
             images["initial"] = png_bytes(init[1][0])
         spans = res.node_seconds()
-        result = {"index": item["index"], "line": item["line"], "prompt": item["prompt"], "seed": int(item["seed"]),
-                  **scores, "node_seconds": round(spans.get(job.sampler, float("nan")), 4)}
         if self._own_engine:  # the sampler's gallery previews pile up in temp/: the runner never serves them
             tmp = self.engine.temp_dir
             for child in tmp.iterdir():
@@ -187,4 +192,5 @@ class ItemWorker:
                     shutil.rmtree(child, ignore_errors=True)
                 else:
                     child.unlink(missing_ok=True)
-        return {"ok": True, "result": result, "images": images}
+        return ItemResult(**scores, images=images, node_seconds=spans.get(job.sampler, float("nan")),
+                          extra={"vae_layout": vae_layout})

@@ -56,6 +56,8 @@ def main(argv=None) -> int:
 
     batch = import_runner("batch")
     workflow = importlib.import_module("reno_pack.runner.workflow")
+    backends = importlib.import_module("reno_pack.runner.backends")
+    ray_backend = importlib.import_module("reno_pack.runner.ray_backend")
     comfy_host = importlib.import_module("comfy_host")
     from reno_prompts import reno_api_prompt
     from tiny_rewards import write_reward_root
@@ -77,7 +79,7 @@ def main(argv=None) -> int:
     rows = []
     ray_up = False
     for mode in modes:
-        cfg = batch.BatchConfig(job=job, prompt_file=prompt_file, out=work / mode, seeds=list(range(args.seeds)),
+        cfg = batch.BatchConfig(source=backends.WorkflowSource(job), prompt_file=prompt_file, out=work / mode, seeds=list(range(args.seeds)),
                                 layout="plain", save_initial=False, progress=False, worker_options=dict(options))
         if mode != "single":
             import ray
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
             if not ray_up:
                 ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
                 ray_up = True
-            cfg.ray, cfg.workers = True, int(mode[-1])
+            cfg.dispatch = ray_backend.RayDispatch(workers=int(mode[-1]))
         start = time.perf_counter()
         code = batch.run_batch(cfg)
         wall = time.perf_counter() - start

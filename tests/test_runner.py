@@ -18,6 +18,8 @@ workflow = importlib.import_module("reno_pack.runner.workflow")
 layouts = importlib.import_module("reno_pack.runner.layouts")
 batch = importlib.import_module("reno_pack.runner.batch")
 cli = importlib.import_module("reno_pack.runner.cli")
+backends = importlib.import_module("reno_pack.runner.backends")
+items_mod = importlib.import_module("reno_pack.runner.items")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,7 +179,8 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16  # the runner stores the bytes it is giv
 def fake_config(tmp_path, lines, layout="t2i-compbench", seeds=(0,)):
     pf = tmp_path / "prompts.txt"
     pf.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return batch.BatchConfig(job=None, prompt_file=pf, out=tmp_path / "out", seeds=list(seeds), layout=layout,
+    source = backends.WorkflowSource(workflow.make_job(reno_api_prompt(prompt="p")))  # never run: fake_dispatch
+    return batch.BatchConfig(source=source, prompt_file=pf, out=tmp_path / "out", seeds=list(seeds), layout=layout,
                              progress=False)
 
 
@@ -187,12 +190,13 @@ def fake_dispatch(ran=None, during=None):
     def dispatch(cfg, todo, on_outcome, stop):
         for item in todo:
             if ran is not None:
-                ran.append(item["prompt"])
+                ran.append(item.prompt)
             if during is not None:
                 during(item)
-            on_outcome(item, {"ok": True, "images": {"best": PNG}, "result": {
-                "index": item["index"], "line": item["line"], "prompt": item["prompt"], "seed": item["seed"],
-                "initial": {"r": 0.0, "total": 0.0}, "best": {"r": 1.0, "total": 1.0}, "seconds": 0.01}})
+            on_outcome(item, items_mod.ItemResult(
+                rewards=[{"label": "r", "name": "r", "weight": 1.0}], initial={"r": 0.0, "total": 0.0},
+                best={"r": 1.0, "total": 1.0}, best_iteration=1, iterations=2, stop_reason=None, images={"best": PNG},
+                seconds=0.01))
 
     return dispatch
 

@@ -126,7 +126,8 @@ def test_a_second_ctrl_c_aborts_the_item_in_flight(setup, capsys):
     """run_batch's SIGINT handler: the first Ctrl-C finishes the item, a second one aborts it (nothing of it is
     written) and no later item starts."""
     batch = importlib.import_module("reno_pack.runner.batch")
-    hook = importlib.import_module("reno_pack.runner.diffusers_hook")
+    backends = importlib.import_module("reno_pack.runner.backends")
+    Item = importlib.import_module("reno_pack.runner.items").Item
     stop = batch.StopFlag()
     iterations = []
 
@@ -136,13 +137,38 @@ def test_a_second_ctrl_c_aborts_the_item_in_flight(setup, capsys):
             stop.request()  # what two Ctrl-C's do
             stop.request()
 
-    cfg = batch.BatchConfig(job=None, prompt_file=setup["prompts"], out=setup["tmp"] / "abort", seeds=[0],
-                            diffusers=setup["pipe"], diffusers_rewards=[("clipscore", 1.0)],
-                            diffusers_options={"iterations": 20, "callback": callback,
-                                               "rewards_dir": str(setup["models"] / "reno_rewards")})
-    items = [{"index": i, "line": i + 1, "prompt": m["prompt"], "seed": 0} for i, m in enumerate(GENEVAL)]
+    source = backends.DiffusersSource(setup["pipe"], [("clipscore", 1.0)], {
+        "iterations": 20, "callback": callback, "rewards_dir": str(setup["models"] / "reno_rewards")})
+    cfg = batch.BatchConfig(source=source, prompt_file=setup["prompts"], out=setup["tmp"] / "abort", seeds=[0])
+    items = [Item(index=i, line=i + 1, prompt=m["prompt"], seed=0) for i, m in enumerate(GENEVAL)]
     outcomes = []
-    hook.dispatch_diffusers(cfg, items, lambda item, outcome: outcomes.append(outcome), stop)
+    batch.LocalDispatch()(cfg, items, lambda item, outcome: outcomes.append(outcome), stop)
     assert outcomes == [] and iterations == [0, 1]
     assert stop.stop and stop.abort and stop.on_abort is None
     assert "stopping after the current item" in capsys.readouterr().err
+
+
+def test_diffusers_items_on_ray_match_the_single_process_run(setup, monkeypatch, capsys):
+    """``--diffusers`` with ``--ray``: a local Ray cluster whose one actor loads the pipeline and the rewards itself
+    and gives the same results.jsonl scores and the same PNG bytes as the run in this process (one torch thread in
+    both)."""
+    pytest.importorskip("ray", reason='Ray is an optional extra: pip install "ray[default]"')
+    batch = importlib.import_module("reno_pack.runner.batch")
+    monkeypatch.delenv("RENO_REWARDS_DIR", raising=False)
+    runs = {}
+    for name, extra in (("single", ()), ("ray", ("--ray", "--workers", "1"))):
+        out = setup["tmp"] / f"ray_{name}"
+        assert cli.main(argv(setup, out, "--models-dir", str(setup["models"]), "--save-initial", "--threads", "1",
+                             *extra)) == 0, capsys.readouterr().err
+        recs = [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+        runs[name] = {
+            "records": {(r["index"], r["seed"]): {k: v for k, v in r.items() if k not in batch.VOLATILE_KEYS}
+                        for r in recs},
+            "workers": {r.get("worker") for r in recs},
+            "png": {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.png"))},
+        }
+    assert "Ray with 1 diffusers worker(s)" in capsys.readouterr().err
+    assert runs["single"]["workers"] == {None} and runs["ray"]["workers"] == {0}
+    assert len(runs["single"]["records"]) == 4 and len(runs["single"]["png"]) == 8
+    assert runs["ray"]["records"] == runs["single"]["records"]  # the same scores, iterations, paths
+    assert runs["ray"]["png"] == runs["single"]["png"]  # the same PNG bytes

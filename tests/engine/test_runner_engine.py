@@ -15,6 +15,7 @@ from reno_prompts import reno_api_prompt
 from tiny_rewards import write_reward_root
 
 batch = importlib.import_module("reno_pack.runner.batch")
+backends = importlib.import_module("reno_pack.runner.backends")
 workflow = importlib.import_module("reno_pack.runner.workflow")
 worker = importlib.import_module("reno_pack.runner.worker")
 
@@ -38,7 +39,7 @@ def make_config(tmp_path, *, layout="geneval", save_initial=False, seeds=(0, 1),
     job = workflow.make_job(wf, save_initial=save_initial)
     pf = tmp_path / name
     pf.write_text("\n".join(lines) + "\n")
-    return batch.BatchConfig(job=job, prompt_file=pf, out=tmp_path / out, seeds=list(seeds), layout=layout,
+    return batch.BatchConfig(source=backends.WorkflowSource(job), prompt_file=pf, out=tmp_path / out, seeds=list(seeds), layout=layout,
                              save_initial=save_initial, progress=False,
                              worker_options={"comfy_extras": [], "extra_packs": FIXTURES, "threads": threads})
 
@@ -86,7 +87,7 @@ def test_geneval_batch_writes_layout_results_failures_and_summary(runner_engine,
     orig = worker.ItemWorker.run
 
     def counting(self, item):
-        calls.append((item["index"], item["seed"]))
+        calls.append((item.index, item.seed))
         return orig(self, item)
 
     (out / "images/00002/samples/00001.png").unlink()
@@ -109,7 +110,7 @@ def test_t2i_compbench_layout_and_a_failing_item_does_not_stop_the_run(runner_en
     orig = worker.ItemWorker._run
 
     def failing(self, item):
-        if item["prompt"] == "boom":
+        if item.prompt == "boom":
             raise ValueError("this item breaks")
         return orig(self, item)
 

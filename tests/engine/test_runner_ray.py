@@ -20,6 +20,7 @@ make_config, read_jsonl = _helpers.make_config, _helpers.read_jsonl
 ray = pytest.importorskip("ray", reason='Ray is an optional extra: pip install "ray[default]"')
 batch = importlib.import_module("reno_pack.runner.batch")
 ray_actor = importlib.import_module("reno_pack.runner.ray_actor")
+ray_backend = importlib.import_module("reno_pack.runner.ray_backend")
 
 LINES = ["a photo of a cake", "a blue cup"]
 
@@ -50,7 +51,7 @@ def test_ray_workers_match_the_single_process_run_and_survive_a_dead_worker(fres
     assert batch.run_batch(single) == batch.EXIT_OK
 
     fanned = make_config(tmp_path, lines=LINES, seeds=(0, 1), layout="plain", out="ray", name="p.txt", threads=1)
-    fanned.ray, fanned.workers = True, 2
+    fanned.dispatch = ray_backend.RayDispatch(workers=2)
     fanned.worker_options.update({"models_dir": str(models), "torchvision_standin": True, "cpu": True,
                                   "comfy_extras": []})
     monkeypatch.setenv(ray_actor.CRASH_ENV, "0:0")  # actor 0 dies on its first item (on a loaded machine the other
