@@ -8,6 +8,7 @@ imports without it and says so when a function needs it.
 
 from .diffusers_pipelines import (
     KINDS,
+    DiffusersGenerator,
     DiffusersItemResult,
     OneStepGenerator,
     PipelineLoadError,
@@ -18,5 +19,5 @@ from .diffusers_pipelines import (
     run_diffusers_item,
 )
 
-__all__ = ["KINDS", "DiffusersItemResult", "OneStepGenerator", "PipelineLoadError", "build_generator", "infer_kind",
-           "load_pipeline", "pipeline_kind", "run_diffusers_item"]
+__all__ = ["KINDS", "DiffusersGenerator", "DiffusersItemResult", "OneStepGenerator", "PipelineLoadError",
+           "build_generator", "infer_kind", "load_pipeline", "pipeline_kind", "run_diffusers_item"]

@@ -1,8 +1,11 @@
-"""ReNO on diffusers pipelines: differentiable one-step ``generate(noise) -> image`` for the paper's models.
+"""ReNO on diffusers pipelines: differentiable ``generate(noise) -> image`` for the paper's models, 1 to N steps.
 
-Each builder reproduces the official ReNO code's single step (ExplainableML/ReNO, ``models/``), written here as the
-scheduler's closed-form one-step update so that nothing stateful or random (a scheduler's step counter, the noise an
-ancestral/DDPM step draws and multiplies by zero) sits between the noise and the image:
+Each builder supplies the pipeline's denoiser in the k-diffusion convention of ``optimizer/chain.py``
+(``denoise(x, sigma) -> x0``: the network wrapped with its scheduler's parameterization), the scheduler's sigmas for
+``steps`` steps and the scale that makes the noise the chain's start ``x_T``; ``generate`` is then
+``decode(run_chain(...))``, the same chain (samplers euler, euler_ancestral, lcm, dpmpp_2m, ddpm; gradient exact /
+drtune / last k) as the ComfyUI node's. No sampler step is written here. With one step and the scheduler's own
+sampler (the default) it is the official ReNO code's single step (ExplainableML/ReNO, ``models/``):
 
 | kind | pipeline | step | noise scaling | decode |
 |---|---|---|---|---|
@@ -12,11 +15,18 @@ ancestral/DDPM step draws and multiplies by zero) sits between the noise and the
 | ``pixart-dmd`` | PixArtAlphaPipeline | DDPM x0 prediction at t = 400 (DMD) | x 1 | latents / scaling_factor |
 | ``flux-schnell`` | FluxPipeline | flow matching, sigma 1 (packed latents), no guidance | none | unpack, / scaling_factor + shift_factor |
 
+The step column is the one-step call; the sampler that is each scheduler's own step (the default): euler (SD-Turbo,
+FLUX), euler_ancestral (SDXL-Turbo), lcm (Hyper-SDXL), ddpm (PixArt DMD). With more steps the sigmas are the
+scheduler's ``set_timesteps(steps)`` (FLUX: FluxPipeline's ``linspace(1, 1/steps)``); LCM and DDPM samples live on the
+variance-preserving scale (``init_noise_sigma`` 1), so the chain's start is ``sqrt(1 + sigma_0^2) * noise`` and the
+denoiser feeds the network ``x / sqrt(1 + sigma^2)``.
+
 No classifier-free guidance anywhere (the official code runs cfg 1 / guidance 0). The prompt is encoded once, without
 gradients (the official code re-encodes it every iteration); the pipeline's modules are frozen (``requires_grad``
 False, ``eval``). The images are float32 NCHW in [0, 1], ``(x / 2 + 0.5).clamp(0, 1)`` as the official code and
 ``output_type="pt"`` compute them. The tests hold iteration 0 equal to ``pipe(..., latents=noise,
-num_inference_steps=1, output_type="pt")`` for every kind.
+num_inference_steps=1, output_type="pt")`` for every kind, and several steps equal to ``optimizer.chain.run_chain`` on
+the same denoiser.
 
 Imports diffusers lazily: this module imports without it (``pip install diffusers``, the pack's ``diffusers`` extra).
 """
@@ -34,6 +44,14 @@ from pathlib import Path
 import torch
 
 from ..optimizer import ReNOConfig, ReNOResult, optimize_noise
+from ..optimizer.chain import (
+    SAMPLERS,
+    STOCHASTIC_SAMPLERS,
+    ChainSpec,
+    GradientPolicy,
+    draw_step_noises,
+    run_chain,
+)
 
 log = logging.getLogger(__name__)
 
@@ -239,25 +257,80 @@ def load_pipeline(folder: str | Path, kind: str | None = None, *, dtype=None, de
     return pipe
 
 
-# -- the one-step generators ------------------------------------------------------------------------------------------
+# -- the generators: a denoiser, its sigmas, optimizer/chain.py, the VAE -------------------------------------------------
 
 @dataclass
-class OneStepGenerator:
-    """``generator(noise)`` -> (B, 3, H, W) float32 images in [0, 1], differentiable in ``noise`` (B, *noise_shape[1:])."""
+class DiffusersGenerator:
+    """``generator(noise)`` -> (B, 3, H, W) images in [0, 1] (float32; float64 for a float64 pipeline), differentiable in
+    ``noise`` (B, *noise_shape[1:]): ``decode(run_chain(denoise, noise_scaling(noise), chain_spec(x), policy))``.
+
+    ``denoise(x, sigma) -> x0``: the pipeline's denoiser in the k-diffusion convention of ``optimizer.chain`` (``x`` on
+    the sigma scale ``x0 + sigma * eps``, or flow's ``(1 - sigma) x0 + sigma * noise``; ``sigma`` a (B,) tensor), the
+    network wrapped with the scheduler's parameterization (epsilon, v-prediction, sample; LCM's boundary condition).
+    ``sigmas``: the scheduler's ``steps + 1`` sigmas (the last one 0). ``noise_scaling(noise) -> x_T``: the scheduler's
+    initial noise on the chain's scale (Euler: ``init_noise_sigma * noise``; LCM/DDPM, whose samples live on the
+    variance-preserving scale with ``init_noise_sigma`` 1: ``sqrt(1 + sigma_0^2) * noise``; flow: the noise as is).
+    ``sampler``/``policy``: the chain's sampler and gradient policy; a stochastic sampler's per-step noises are drawn
+    from ``noise_seed`` (a CPU generator, float32, in step order) and held fixed across calls.
+    """
 
     kind: str
     height: int
     width: int
     noise_shape: tuple[int, ...]
-    timestep: float
+    timestep: float  # the first step's timestep
+    steps: int = 1
+    sampler: str = "euler"
+    policy: GradientPolicy = field(default_factory=GradientPolicy)
+    sigmas: torch.Tensor | None = None
+    flow: bool = False
+    start_scale: float = 1.0
+    noise_seed: int = 0
     info: dict = field(default_factory=dict)
-    _fn: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    chain_dtype: torch.dtype = torch.float32
+    device: torch.device | None = None
+    _noises: dict = field(default_factory=dict, repr=False)
 
-    def __call__(self, noise: torch.Tensor) -> torch.Tensor:
+    def noise_scaling(self, noise: torch.Tensor) -> torch.Tensor:
+        """The chain's start ``x_T`` for ``noise`` (on the device, in the chain's dtype)."""
+        return noise.to(device=self.device, dtype=self.chain_dtype) * self.start_scale
+
+    def step_noises(self, x: torch.Tensor) -> list[torch.Tensor | None]:
+        """The stochastic sampler's fresh noise per step for a start latent shaped as ``x`` (drawn once per shape)."""
+        key = (tuple(x.shape), x.device, x.dtype)
+        if key not in self._noises:
+            generator = torch.Generator("cpu").manual_seed(int(self.noise_seed))
+
+            def draw(sigma, sigma_next):
+                return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(device=x.device,
+                                                                                        dtype=x.dtype)
+
+            self._noises[key] = draw_step_noises(x, self.sampler, self.sigmas, self.noise_seed, flow=self.flow,
+                                                 noise_sampler=draw)
+        return self._noises[key]
+
+    def chain_spec(self, x: torch.Tensor) -> ChainSpec:
+        noises = self.step_noises(x) if self.sampler in STOCHASTIC_SAMPLERS else None
+        return ChainSpec(self.sampler, self.sigmas, noises, flow=self.flow)
+
+    def sample(self, noise: torch.Tensor) -> torch.Tensor:
+        """The chain's final latent for ``noise`` (before decoding)."""
+        self._check(noise)
+        x = self.noise_scaling(noise)
+        return run_chain(self.denoise, x, self.chain_spec(x), self.policy)[0]
+
+    def _check(self, noise: torch.Tensor) -> None:
         if tuple(noise.shape[1:]) != tuple(self.noise_shape[1:]):
             raise ValueError(f"{KINDS[self.kind].title} at {self.width}x{self.height}: noise must have shape "
                              f"(B, {', '.join(map(str, self.noise_shape[1:]))}), got {tuple(noise.shape)}")
-        return self._fn(noise)
+
+    def __call__(self, noise: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.sample(noise))
+
+
+OneStepGenerator = DiffusersGenerator  # its name when it had one step only
 
 
 def _x0(prediction_type: str, model_output, sample, *, sigma=None, alpha=None, who: str = ""):
@@ -304,7 +377,7 @@ def _decode_fn(pipe, mode: str):
         if mode == "flux":
             latents = latents + cfg.shift_factor
         image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
-        return (image.float() / 2 + 0.5).clamp(0, 1)
+        return (image.to(torch.promote_types(image.dtype, torch.float32)) / 2 + 0.5).clamp(0, 1)
 
     return decode
 
@@ -327,7 +400,72 @@ def _timestep_cond(pipe, unet, guidance_scale, device, dtype):
     return pipe.get_guidance_scale_embedding(w, embedding_dim=dim).to(device=device, dtype=dtype)
 
 
-def _build_unet(pipe, prompt, kind, height, width, device, dtype):
+def _dims(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A (B,) tensor shaped to broadcast against ``x`` (B, ...)."""
+    return t.reshape(t.shape[0], *([1] * (x.ndim - 1)))
+
+
+class _Table:
+    """The schedule's step sigmas and, per step, what the denoiser needs there (its timestep, alphas_cumprod, ...): the
+    chain calls the denoiser at those sigmas only, so a (B,) sigma is looked up (nearest entry), not converted."""
+
+    def __init__(self, sigmas, **columns):
+        self.sigmas = torch.as_tensor(sigmas).detach().to("cpu", torch.float64)
+        self.columns = {k: torch.as_tensor(v).detach().cpu() for k, v in columns.items()}
+        self._moved: dict = {}
+
+    def index(self, sigma: torch.Tensor) -> torch.Tensor:
+        table = self.sigmas.to(device=sigma.device, dtype=sigma.dtype)
+        return (table[None, :] - sigma.detach()[:, None]).abs().argmin(1)
+
+    def get(self, name: str, index: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        col = self.columns[name]
+        key = (name, index.device, dtype)
+        if key not in self._moved:
+            self._moved[key] = col.to(device=index.device, dtype=dtype or col.dtype)
+        return self._moved[key][index]
+
+
+def _vp_sigmas(sched, timesteps) -> tuple[torch.Tensor, torch.Tensor]:
+    """alphas_cumprod at ``timesteps`` and the chain's sigmas for them, ``sqrt((1 - a) / a)``, then 0 (float64)."""
+    acp = sched.alphas_cumprod.to(torch.float64)[torch.as_tensor(timesteps).long().cpu()]
+    return acp, torch.cat([((1 - acp) / acp).sqrt(), acp.new_zeros(1)])
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What a builder hands ``build_generator``: the denoiser in the chain's convention and the schedule it runs."""
+
+    denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    skip: Callable[[torch.Tensor], torch.Tensor]  # d x0 / d x with the network's output held fixed (drtune)
+    sigmas: torch.Tensor  # steps + 1, float64, on the CPU
+    start_scale: float  # x_T = start_scale * noise
+    flow: bool
+    sampler: str  # the chain's sampler that is the scheduler's own step (the default)
+    decode: Callable[[torch.Tensor], torch.Tensor]
+    shape: tuple[int, ...]
+    timestep: float
+    info: dict
+
+
+def _wrap(table: _Table, network, pre, post) -> tuple[Callable, Callable]:
+    """``denoise(x, sigma) = post(x, network(pre(x, sigma, i), i), sigma, i)`` (``i``: the step of ``sigma``) and its
+    skip coefficient ``post(1, 0, sigma, i)`` (every parameterization is linear in the sample and the network's
+    output; the clip of x0 is left out)."""
+
+    def denoise(x, sigma):
+        i = table.index(sigma)
+        out = network(pre(x, sigma, i), i, x.shape[0])
+        return post(x, out.to(x.dtype), sigma, i, True)
+
+    def skip(sigma):
+        i = table.index(sigma)
+        return post(torch.ones_like(sigma), torch.zeros_like(sigma), sigma, i, False)
+
+    return denoise, skip
+
+
+def _build_unet(pipe, prompt, kind, height, width, device, dtype, steps, chain_dtype):
     spec = KINDS[kind]
     unet = pipe.unet
     sched = copy.deepcopy(pipe.scheduler)  # never touch the pipeline's own scheduler state
@@ -350,58 +488,66 @@ def _build_unet(pipe, prompt, kind, height, width, device, dtype):
             added = {"text_embeds": pooled.to(device), "time_ids": time_ids}
         embeds = embeds.to(device=device, dtype=dtype)
         cond = _timestep_cond(pipe, unet, spec.guidance_scale, device, dtype)
+    prediction = sched.config.prediction_type
+
+    def network(x_in, i, b):
+        kwargs = {}
+        if added is not None:
+            kwargs["added_cond_kwargs"] = {k: v.expand(b, *v.shape[1:]) for k, v in added.items()}
+        t = table.get("t", i)
+        return unet(x_in.to(dtype), t, encoder_hidden_states=embeds.expand(b, *embeds.shape[1:]),
+                    timestep_cond=None if cond is None else cond.expand(b, -1), return_dict=False, **kwargs)[0]
 
     if name in EULER:
         if sched.config.timestep_spacing != "trailing":
             raise PipelineLoadError(f"{who}: the official one-step call starts at t = 999 with 'trailing' timestep "
                                     f"spacing, the scheduler has {sched.config.timestep_spacing!r}: load the folder "
                                     "with load_pipeline, or set timestep_spacing='trailing'")
-        sched.set_timesteps(1, device="cpu")
-        sigma, sigma_next = float(sched.sigmas[0]), float(sched.sigmas[1])
-        if name == "EulerAncestralDiscreteScheduler":
-            sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
-            if sigma_up > 0:
-                raise PipelineLoadError(f"{who}: the one step does not end at sigma 0 (final sigma {sigma_next})")
-            target = (sigma_next**2 - sigma_up**2) ** 0.5
+        sched.set_timesteps(steps, device="cpu")
+        sigmas = sched.sigmas.to(torch.float64)
+        table = _Table(sigmas[:-1], t=sched.timesteps)
+        start = float(sched.init_noise_sigma)
+        sampler = "euler_ancestral" if name == "EulerAncestralDiscreteScheduler" else "euler"
+
+        def pre(x, sigma, i):  # the scheduler's scale_model_input
+            return x / (_dims(sigma, x) ** 2 + 1) ** 0.5
+
+        def post(x, out, sigma, i, clip):
+            return _x0(prediction, out, x, sigma=_dims(sigma, x), who=who)
+    else:  # LCM: Hyper-SDXL 1-step at t = 800 (the official call); more steps at the scheduler's own timesteps
+        if steps == 1:
+            sched.set_timesteps(timesteps=[800], device="cpu")
         else:
-            target = sigma_next
-        init = float(sched.init_noise_sigma)
-        scale_in = 1.0 / (sigma**2 + 1) ** 0.5
-        mode = "euler"
-    else:  # LCM (Hyper-SDXL 1-step at t = 800)
-        sched.set_timesteps(timesteps=[800], device="cpu")
-        c_skip, c_out = (float(c) for c in sched.get_scalings_for_boundary_condition_discrete(sched.timesteps[0]))
-        alpha = float(sched.alphas_cumprod[int(sched.timesteps[0])])
-        init, scale_in, mode = float(sched.init_noise_sigma), 1.0, "lcm"
-    t = sched.timesteps[0].to(device)
-    prediction = sched.config.prediction_type
+            sched.set_timesteps(steps, device="cpu")
+        acp, sigmas = _vp_sigmas(sched, sched.timesteps)
+        scalings = [sched.get_scalings_for_boundary_condition_discrete(t) for t in sched.timesteps]
+        table = _Table(sigmas[:-1], t=sched.timesteps, a=acp, sqrt_a=acp.sqrt(),
+                       c_skip=torch.tensor([float(s) for s, _ in scalings], dtype=torch.float64),
+                       c_out=torch.tensor([float(c) for _, c in scalings], dtype=torch.float64))
+        start = float(sched.init_noise_sigma) * float((1 + sigmas[0] ** 2).sqrt())  # the VP sample on sigma's scale
+        sampler = "lcm"
+        _clip_x0(sched, torch.zeros(()), who)  # refuse thresholding at build time
+
+        def pre(x, sigma, i):  # the scheduler's sample: the variance-preserving latent
+            return x * _dims(table.get("sqrt_a", i, x.dtype), x)
+
+        def post(x, out, sigma, i, clip):
+            x_vp = x * _dims(table.get("sqrt_a", i, x.dtype), x)
+            x0 = _x0(prediction, out, x_vp, alpha=_dims(table.get("a", i, x.dtype), x), who=who)
+            if clip:
+                x0 = _clip_x0(sched, x0, who)
+            return _dims(table.get("c_out", i, x.dtype), x) * x0 + _dims(table.get("c_skip", i, x.dtype), x) * x_vp
 
     if kind == "hyper-sdxl" or (pipe.vae.dtype == torch.float16 and pipe.vae.config.get("force_upcast", False)):
         pipe.vae.to(torch.float32)  # official for Hyper-SDXL; diffusers' upcast for an fp16 VAE that needs it
     decode = _decode_fn(pipe, "sd" if kind == "sd-turbo" else "sdxl")
-
-    def generate(noise: torch.Tensor) -> torch.Tensor:
-        b = noise.shape[0]
-        x = noise.to(device=device, dtype=dtype) * init
-        kwargs = {}
-        if added is not None:
-            kwargs["added_cond_kwargs"] = {k: v.expand(b, *v.shape[1:]) for k, v in added.items()}
-        pred = unet(x * scale_in, t, encoder_hidden_states=embeds.expand(b, *embeds.shape[1:]),
-                    timestep_cond=None if cond is None else cond.expand(b, -1), return_dict=False, **kwargs)[0]
-        if mode == "euler":
-            sample = x.float()
-            x0 = _x0(prediction, pred, sample, sigma=sigma, who=who)
-            latents = (sample + (sample - x0) / sigma * (target - sigma)).to(pred.dtype)
-        else:
-            x0 = _clip_x0(sched, _x0(prediction, pred, x, alpha=alpha, who=who), who)
-            latents = c_out * x0 + c_skip * x
-        return decode(latents)
-
-    return generate, shape, float(t), {"init_noise_sigma": init, "prediction_type": prediction,
-                                      "scheduler": name, "vae_dtype": str(pipe.vae.dtype)}
+    denoise, skip = _wrap(table, network, pre, post)
+    return _Parts(denoise, skip, sigmas, start, False, sampler, decode, shape, float(sched.timesteps[0]),
+                  {"init_noise_sigma": float(sched.init_noise_sigma), "prediction_type": prediction, "scheduler": name,
+                   "vae_dtype": str(pipe.vae.dtype)})
 
 
-def _build_pixart(pipe, prompt, kind, height, width, device, dtype):
+def _build_pixart(pipe, prompt, kind, height, width, device, dtype, steps, chain_dtype):
     spec = KINDS[kind]
     tr = pipe.transformer
     sched = copy.deepcopy(pipe.scheduler)
@@ -421,33 +567,40 @@ def _build_pixart(pipe, prompt, kind, height, width, device, dtype):
     if tr.config.sample_size == 128:  # PixArt 1024's micro-conditions (the pipeline's rule)
         added = {"resolution": torch.tensor([[height, width]], dtype=dtype, device=device),
                  "aspect_ratio": torch.tensor([[float(height / width)]], dtype=dtype, device=device)}
-    sched.set_timesteps(timesteps=[400], device="cpu")
-    t = sched.timesteps[0]
-    alpha = float(sched.alphas_cumprod[int(t)])
-    init = float(sched.init_noise_sigma)
+    if steps == 1:  # DMD's one step: x0 predicted at t = 400 from pure noise
+        sched.set_timesteps(timesteps=[400], device="cpu")
+    else:
+        sched.set_timesteps(steps, device="cpu")
+    acp, sigmas = _vp_sigmas(sched, sched.timesteps)
+    table = _Table(sigmas[:-1], t=sched.timesteps, a=acp, sqrt_a=acp.sqrt())
+    start = float(sched.init_noise_sigma) * float((1 + sigmas[0] ** 2).sqrt())
     learned_sigma = tr.config.out_channels // 2 == tr.config.in_channels
     prediction = sched.config.prediction_type
     _clip_x0(sched, torch.zeros(()), who)  # refuse thresholding at build time
-    decode = _decode_fn(pipe, "sd")
-    t_dev = t.reshape(1).to(device)
 
-    def generate(noise: torch.Tensor) -> torch.Tensor:
-        b = noise.shape[0]
-        x = noise.to(device=device, dtype=dtype) * init
+    def network(x_in, i, b):
         cond = {k: (None if v is None else v.expand(b, -1)) for k, v in added.items()}
-        pred = tr(x, encoder_hidden_states=embeds.expand(b, *embeds.shape[1:]),
-                  encoder_attention_mask=mask.expand(b, *mask.shape[1:]), timestep=t_dev.expand(b),
+        pred = tr(x_in.to(dtype), encoder_hidden_states=embeds.expand(b, *embeds.shape[1:]),
+                  encoder_attention_mask=mask.expand(b, *mask.shape[1:]), timestep=table.get("t", i),
                   added_cond_kwargs=cond, return_dict=False)[0]
-        if learned_sigma:
-            pred = pred.chunk(2, dim=1)[0]
-        x0 = _clip_x0(sched, _x0(prediction, pred, x, alpha=alpha, who=who), who)
-        return decode(x0)
+        return pred.chunk(2, dim=1)[0] if learned_sigma else pred
 
-    return generate, shape, float(t), {"init_noise_sigma": init, "prediction_type": prediction,
-                                      "scheduler": type(sched).__name__, "learned_sigma": learned_sigma}
+    def pre(x, sigma, i):
+        return x * _dims(table.get("sqrt_a", i, x.dtype), x)
+
+    def post(x, out, sigma, i, clip):
+        x0 = _x0(prediction, out, x * _dims(table.get("sqrt_a", i, x.dtype), x),
+                 alpha=_dims(table.get("a", i, x.dtype), x), who=who)
+        return _clip_x0(sched, x0, who) if clip else x0
+
+    denoise, skip = _wrap(table, network, pre, post)
+    return _Parts(denoise, skip, sigmas, start, False, "ddpm", _decode_fn(pipe, "sd"), shape,
+                  float(sched.timesteps[0]),
+                  {"init_noise_sigma": float(sched.init_noise_sigma), "prediction_type": prediction,
+                   "scheduler": type(sched).__name__, "learned_sigma": learned_sigma})
 
 
-def _build_flux(pipe, prompt, kind, height, width, device, dtype):
+def _build_flux(pipe, prompt, kind, height, width, device, dtype, steps, chain_dtype):
     import numpy as np
 
     spec = KINDS[kind]
@@ -472,34 +625,41 @@ def _build_flux(pipe, prompt, kind, height, width, device, dtype):
         mu = calculate_shift(shape[1], cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
                              cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
     if cfg.get("use_flow_sigmas", False):
-        sched.set_timesteps(1, device="cpu", mu=mu)
-    else:
-        sched.set_timesteps(sigmas=np.linspace(1.0, 1.0, 1), device="cpu", mu=mu)
-    t = sched.timesteps[0]
-    sigma, sigma_next = float(sched.sigmas[0]), float(sched.sigmas[1])
-    if cfg.get("stochastic_sampling", False) and sigma_next != 0:
-        raise PipelineLoadError(f"{who}: stochastic sampling that does not end at sigma 0 is not deterministic")
+        sched.set_timesteps(steps, device="cpu", mu=mu)
+    else:  # FluxPipeline's schedule
+        sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), device="cpu", mu=mu)
+    sigmas = sched.sigmas.to(torch.float64)
+    table = _Table(sigmas[:-1], t=sched.timesteps)
     guidance = None
     if tr.config.get("guidance_embeds", False):
         guidance = torch.full([1], spec.guidance_scale, device=device, dtype=torch.float32)
-    t_model = (t / 1000).to(device=device, dtype=dtype).reshape(1)
-    decode = _decode_fn(pipe, "flux")
+    decode_latents = _decode_fn(pipe, "flux")
 
-    def generate(noise: torch.Tensor) -> torch.Tensor:
-        b = noise.shape[0]
-        x = noise.to(device=device, dtype=dtype)
-        pred = tr(hidden_states=x, timestep=t_model.expand(b), guidance=None if guidance is None else guidance.expand(b),
+    def network(x_in, i, b):
+        t_model = (table.get("t", i) / 1000).to(dtype)
+        return tr(hidden_states=x_in.to(dtype), timestep=t_model,
+                  guidance=None if guidance is None else guidance.expand(b),
                   pooled_projections=pooled.expand(b, -1), encoder_hidden_states=embeds.expand(b, *embeds.shape[1:]),
                   txt_ids=text_ids, img_ids=image_ids, return_dict=False)[0]
-        latents = (x.float() + (sigma_next - sigma) * pred).to(pred.dtype)
-        return decode(pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor))
 
-    return generate, shape, float(t), {"sigma": sigma, "mu": mu, "scheduler": type(sched).__name__,
-                                      "guidance": guidance is not None}
+    def pre(x, sigma, i):
+        return x
+
+    def post(x, out, sigma, i, clip):  # the velocity: x0 = x - sigma * v
+        return x - _dims(sigma, x) * out
+
+    def decode(latents):
+        return decode_latents(pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor))
+
+    denoise, skip = _wrap(table, network, pre, post)
+    return _Parts(denoise, skip, sigmas, 1.0, True, "euler", decode, shape, float(sched.timesteps[0]),
+                  {"sigma": float(sigmas[0]), "mu": mu, "scheduler": type(sched).__name__,
+                   "guidance": guidance is not None})
 
 
 def build_generator(pipe, prompt: str, *, kind: str | None = None, height: int | None = None, width: int | None = None,
-                    device=None, dtype=None, gradient_checkpointing: bool = False):
+                    device=None, dtype=None, gradient_checkpointing: bool = False, steps: int = 1,
+                    sampler: str | None = None, gradient: str = "exact", gradient_steps: int = 1, noise_seed: int = 0):
     """``(generate, noise_shape)`` for a loaded diffusers pipeline and one prompt.
 
     ``generate(noise)`` maps noise of shape ``(B, *noise_shape[1:])`` to (B, 3, height, width) float32 images in
@@ -508,10 +668,21 @@ def build_generator(pipe, prompt: str, *, kind: str | None = None, height: int |
     ``pipeline_kind(pipe)``; ``height``/``width`` to the official resolution (the denoiser's sample size x the VAE
     scale factor; FLUX: 512); ``device`` to the pipeline's; ``dtype`` (of the denoiser's inputs) to the denoiser's.
     ``gradient_checkpointing`` turns on the denoiser's and the VAE's (the official code does, to save memory).
+
+    The sampling is ``optimizer.chain``'s (as the ComfyUI node's): ``steps`` of the scheduler's schedule (1: the official
+    one-step call), ``sampler`` one of ``optimizer.chain.SAMPLERS`` (default: the scheduler's own step: euler for
+    SD-Turbo and FLUX, euler_ancestral for SDXL-Turbo, lcm for Hyper-SDXL, ddpm for PixArt DMD), ``gradient``
+    ``exact`` / ``drtune`` / ``last k`` with ``gradient_steps`` its k (``GradientPolicy``; with several steps each step
+    is recomputed in the backward pass). A stochastic sampler's step noises come from ``noise_seed``.
     """
     _diffusers()
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r}: must be a whole number >= 1")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r}: the sampling chain has {', '.join(SAMPLERS)}")
+    policy = GradientPolicy(gradient, gradient_steps)  # an unknown mode or a bad k fails here, before any work
     kind = kind or pipeline_kind(pipe)
     spec = _check_kind(kind)
     if type(pipe).__name__ != spec.pipeline:
@@ -526,21 +697,31 @@ def build_generator(pipe, prompt: str, *, kind: str | None = None, height: int |
     _check_size(kind, height, width, max(8, vsf * 2) if kind == "flux-schnell" else 8)
     device = torch.device(device) if device is not None else pipe._execution_device
     dtype = _dtype(dtype) or den.dtype
+    chain_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # the latents between the steps
     _freeze(pipe)
     if gradient_checkpointing:
         for m in (den, pipe.vae):
             if getattr(m, "_supports_gradient_checkpointing", False):
                 m.enable_gradient_checkpointing()
     builder = {"pixart-dmd": _build_pixart, "flux-schnell": _build_flux}.get(kind, _build_unet)
-    fn, shape, t, info = builder(pipe, prompt, kind, height, width, device, dtype)
-    gen = OneStepGenerator(kind=kind, height=height, width=width, noise_shape=tuple(shape), timestep=t,
-                           info={"step": spec.step, "dtype": str(dtype), **info}, _fn=fn)
+    parts = builder(pipe, prompt, kind, height, width, device, dtype, steps, chain_dtype)
+    policy = GradientPolicy(policy.mode, policy.k, recompute=steps > 1, skip=parts.skip)
+    sampler = sampler or parts.sampler
+    gen = DiffusersGenerator(
+        kind=kind, height=height, width=width, noise_shape=tuple(parts.shape), timestep=parts.timestep, steps=steps,
+        sampler=sampler, policy=policy, sigmas=parts.sigmas, flow=parts.flow, start_scale=parts.start_scale,
+        noise_seed=int(noise_seed),
+        info={"step": spec.step if steps == 1 and sampler == parts.sampler else
+              f"{steps} step(s) of the chain's {sampler}", "dtype": str(dtype), "steps": steps, "sampler": sampler,
+              "gradient": policy.mode, "gradient_steps": policy.k, "sigmas": [float(s) for s in parts.sigmas],
+              **parts.info},
+        denoise=parts.denoise, decode=parts.decode, chain_dtype=chain_dtype, device=device)
     return gen, gen.noise_shape
-
 
 # -- one runner item ----------------------------------------------------------------------------------------------------
 
-OPTION_KEYS = ("kind", "height", "width", "device", "dtype", "gradient_checkpointing", "callback", "config",
+OPTION_KEYS = ("kind", "height", "width", "device", "dtype", "gradient_checkpointing", "steps", "sampler", "gradient",
+               "gradient_steps", "callback", "config",
                *(f.name for f in fields(ReNOConfig)))
 
 
@@ -605,7 +786,8 @@ def run_diffusers_item(folder_or_pipe, prompt: str, seed: int, rewards, options:
     ``folder_or_pipe``: a diffusers folder (loaded with ``load_pipeline``) or a loaded pipeline. ``rewards``: a
     ``RewardEnsemble`` for ``prompt``, a list of ``WeightedReward``, or any ``objective(images) -> (loss, scores)``.
     ``options`` (all optional): ``kind``, ``height``, ``width``, ``device``, ``dtype``, ``gradient_checkpointing``,
-    ``callback`` (``optimize_noise``'s), ``config`` (a ``ReNOConfig``) or its fields one by one (``iterations``,
+    ``steps``, ``sampler``, ``gradient``, ``gradient_steps`` (``build_generator``'s sampling chain; a stochastic
+    sampler's step noises are drawn from ``seed``), ``callback`` (``optimize_noise``'s), ``config`` (a ``ReNOConfig``) or its fields one by one (``iterations``,
     ``learning_rate``, ...; the learning rate defaults to the model's official one: 10 for Hyper-SDXL, else 5).
     The noise is ``torch.randn(noise_shape)`` from a CPU generator seeded with ``seed``, in float32 (the same on
     every device), then moved to the device.
@@ -633,7 +815,10 @@ def run_diffusers_item(folder_or_pipe, prompt: str, seed: int, rewards, options:
     generate, shape = build_generator(pipe, prompt, kind=kind, height=options.get("height"),
                                       width=options.get("width"), device=options.get("device"),
                                       dtype=options.get("dtype"),
-                                      gradient_checkpointing=bool(options.get("gradient_checkpointing", False)))
+                                      gradient_checkpointing=bool(options.get("gradient_checkpointing", False)),
+                                      steps=options.get("steps", 1), sampler=options.get("sampler"),
+                                      gradient=options.get("gradient", "exact"),
+                                      gradient_steps=options.get("gradient_steps", 1), noise_seed=seed)
     device = torch.device(options["device"]) if options.get("device") is not None else pipe._execution_device
     noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32).to(device)
     first: list[torch.Tensor] = []
