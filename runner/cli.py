@@ -37,6 +37,30 @@ def _pack_spec(text: str) -> list[str]:
     return [name if sep else p.name, str(p)]
 
 
+#: optimizer.chain.SAMPLERS (written out: --help must not import torch; tests/test_diffusers_chain.py holds them equal)
+CHAIN_SAMPLERS = ("euler", "euler_ancestral", "lcm", "dpmpp_2m", "ddpm")
+#: the node's gradient modes (nodes/inputs.py: "exact", "drtune", "last k") and the spellings optimizer.chain accepts
+_GRADIENTS = {"exact": "exact", "drtune": "drtune", "last k": "last k", "last_k": "last k", "last-k": "last k",
+              "lastk": "last k"}
+
+
+def _whole(text: str, least: int = 1) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = least - 1
+    if n < least:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= {least}")
+    return n
+
+
+def _gradient_spec(text: str) -> str:
+    mode = _GRADIENTS.get(" ".join(text.strip().lower().split()))
+    if mode is None:
+        raise argparse.ArgumentTypeError(f"--gradient {text!r}: use exact, drtune or last-k ('last k', last_k)")
+    return mode
+
+
 def _reward_spec(text: str) -> tuple[str, float]:
     name, _, w = text.partition(":")
     try:
@@ -113,6 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     dif.add_argument("--iterations", type=int, help="ReNO iterations per image (default 50)")
     dif.add_argument("--learning-rate", type=float, help="step size on the noise (default 5; Hyper-SDXL 10)")
     dif.add_argument("--device", help="torch device, e.g. cuda:1 (default: cuda when torch sees one, unless --cpu; else cpu)")
+    dif.add_argument("--steps", type=_whole, help="sampling steps ReNO backpropagates through, as the node's steps "
+                                                     "(default 1: the official one-step call)")
+    dif.add_argument("--sampler", choices=CHAIN_SAMPLERS,
+                     help="the sampling chain's sampler (default: the scheduler's own step: euler for SD-Turbo and "
+                          "FLUX, euler_ancestral for SDXL-Turbo, lcm for Hyper-SDXL, ddpm for PixArt DMD)")
+    dif.add_argument("--gradient", type=_gradient_spec, metavar="{exact,drtune,last-k}",
+                     help="how the gradient reaches the noise through several steps, as the node's gradient: exact "
+                          "(default), drtune or last-k (also 'last k')")
+    dif.add_argument("--gradient-steps", type=lambda t: _whole(t, 0), metavar="K", help="the k of drtune and last-k (default 1)")
     ray = p.add_argument_group("Ray (pip install \"ray[default]\")")
     ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                      help="fan out with Ray: alone, a local cluster; 'auto' or ray://HOST:PORT to join one")
@@ -150,7 +183,9 @@ def _source(args):
         return WorkflowSource(make_job(load_workflow(args.workflow), prompt_nodes=args.prompt_node,
                                        sampler=args.sampler_node, save_initial=args.save_initial))
     dopts = {k: v for k, v in {"iterations": args.iterations, "learning_rate": args.learning_rate,
-                               "device": args.device}.items() if v is not None}
+                               "device": args.device, "steps": args.steps, "sampler": args.sampler,
+                               "gradient": args.gradient, "gradient_steps": args.gradient_steps}.items()
+             if v is not None}
     if args.rewards_dir:
         dopts["rewards_dir"] = str(args.rewards_dir)
     return DiffusersSource(args.diffusers, list(args.reward), dopts, save_initial=args.save_initial)
