@@ -9,6 +9,8 @@ import logging
 import torch
 from PIL import Image
 
+from ..optimizer.objective import weighted_total
+
 log = logging.getLogger(__name__)
 
 EVENT = "reno.iteration"
@@ -37,7 +39,7 @@ def send_iteration(node_id, record, iterations: int, rewards: list[dict], best_i
     sid = getattr(instance, "client_id", None)
     if instance is None or sid is None:  # never broadcast: only the client that queued the prompt
         return False
-    totals = [sum(r["weight"] * record.scores[r["label"]][b] for r in rewards) for b in range(len(record.loss))]
+    totals = [weighted_total((r["weight"], record.scores[r["label"]][b]) for r in rewards) for b in range(len(record.loss))]
     payload = {
         "node": None if node_id is None else str(node_id),
         "prompt_id": getattr(instance, "last_prompt_id", None),

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..optimizer.objective import weighted_total
+
 
 @dataclass
 class ReNOHistory:
@@ -43,7 +45,7 @@ class ReNOHistory:
         batch = len(self.records[0]["loss"]) if self.records else 0
         for b in range(batch):
             scores = {r["label"]: [rec["scores"][r["label"]][b] for rec in self.records] for r in self.rewards}
-            total = [sum(r["weight"] * rec["scores"][r["label"]][b] for r in self.rewards) for rec in self.records]
+            total = [weighted_total((r["weight"], rec["scores"][r["label"]][b]) for r in self.rewards) for rec in self.records]
             series.append({
                 "scores": scores,
                 "weighted_total": total,

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .chain import ChainSpec, Denoiser, StepGradients, run_chain
+from .objective import reward_loss as weighted_reward_loss
 
 METHODS = ("alignprop", "drtune", "refl")
 #: DRTune stops within the last 40% of the schedule
@@ -118,14 +119,7 @@ class RewardTerm:
 def reward_loss(method: str, scores: dict[str, torch.Tensor], terms: Sequence[RewardTerm]) -> torch.Tensor:
     """(B,) loss: ``sum_i w_i (c_i - r_i)`` (AlignProp, DRTune) or ``sum_i w_i relu(c_i - r_i)`` (ReFL)."""
     method = check_method(method)
-    loss = None
-    for t in terms:
-        gap = t.offset - scores[t.label]
-        term = t.weight * (torch.relu(gap) if method == "refl" else gap)
-        loss = term if loss is None else loss + term
-    if loss is None:
-        raise ValueError("reward_loss: no reward")
-    return loss
+    return weighted_reward_loss(((t.weight, t.offset, scores[t.label]) for t in terms), relu=method == "refl")
 
 
 @dataclass(frozen=True)

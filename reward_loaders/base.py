@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..optimizer.objective import reward_loss, weighted_total
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ class WeightedReward:
 class RewardEnsemble:
     """The weighted sum of several rewards for one prompt: ReNO's objective.
 
-    ``ensemble(images)`` returns ``(loss, scores)``: ``loss`` (B,) is ``sum_i w_i (c_i - score_i)``
+    ``ensemble(images)`` returns ``(loss, scores)``: ``loss`` (B,) is ``sum_i w_i (c_i - score_i)`` (``reward_loss``)
     and ``scores`` maps each reward's label to its (B,) native score. Preprocessing shared by several
     rewards (same size and normalization) is computed once per call. ``compile`` scores through
     ``torch.compile`` (not while ``around`` instruments a pass). The ensemble holds no other run state:
@@ -237,15 +238,14 @@ class RewardEnsemble:
     def __call__(self, images: torch.Tensor, around: Callable[[str], contextlib.AbstractContextManager] | None = None
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         scores = self.scores(images, around)
-        loss = None
-        for label, r in zip(self.labels, self.rewards):
-            term = r.weight * (r.model.offset - scores[label].to(images.device))
-            loss = term if loss is None else loss + term
+        loss = reward_loss((r.weight, r.model.offset, scores[label].to(images.device))
+                           for label, r in zip(self.labels, self.rewards))
         return loss, scores
 
     def weighted_total(self, scores: dict[str, torch.Tensor]) -> torch.Tensor:
         """sum_i w_i score_i, the figure ReNO Score Images reports."""
-        return sum(r.weight * scores[label] for label, r in zip(self.labels, self.rewards))
+        return weighted_total((r.weight, scores[label]) for label, r in zip(self.labels, self.rewards))
+
 
 
 def unique_labels(names: Sequence[str]) -> list[str]:

@@ -194,7 +194,7 @@ def test_text_features_are_computed_once_per_prompt(reward_root, monkeypatch):
 def test_a_training_set_of_many_prompts_keeps_its_text_features(reward_root, monkeypatch):
     """A LoRA training run cycles through its prompts: each is encoded once, not again on every visit (the cache
     evicts the least recently used prompt, and only beyond TEXT_CACHE_SIZE)."""
-    from reward_loaders.base import TEXT_CACHE_SIZE
+    from reno_pack.reward_loaders.base import TEXT_CACHE_SIZE
 
     model = load_reward("pickscore", [reward_root])
     model._text_cache.clear()
