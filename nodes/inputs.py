@@ -7,7 +7,7 @@ import math
 import comfy.samplers
 
 from ..optimizer import ReNOConfig
-from ..optimizer.chain import SAMPLERS
+from ..optimizer.chain import GRADIENT_LABELS, SAMPLERS
 from . import host_sampling
 
 _DEFAULTS = ReNOConfig()
@@ -41,7 +41,7 @@ _SPECS = {
 }
 
 
-GRADIENT_MODES = ["exact", "drtune", "last k"]
+GRADIENT_MODES = list(GRADIENT_LABELS)  # the combo options "exact", "drtune", "last k" (optimizer.chain.GradientMode)
 
 # the sampling chain (appended optional inputs): with the defaults a run is today's one-step ReNO
 _CHAIN_SPECS = {

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
@@ -58,8 +59,39 @@ NoiseScaling = Callable[[Tensor, Tensor, Tensor], Tensor]
 SAMPLERS = ("euler", "euler_ancestral", "lcm", "dpmpp_2m", "ddpm")
 #: samplers that add fresh noise at every step that does not end at sigma 0
 STOCHASTIC_SAMPLERS = frozenset({"euler_ancestral", "lcm", "ddpm"})
-GRADIENT_MODES = ("exact", "drtune", "last_k")
-_MODE_ALIASES = {"last k": "last_k", "last-k": "last_k", "lastk": "last_k", "alignprop": "last_k"}
+
+
+class GradientMode(str, Enum):
+    """The gradient modes (see the module docstring), one place for their names and spellings.
+
+    The value is the library's name (``GradientPolicy.mode``); ``label`` is the ReNO Sampler node's combo option
+    (a public contract: workflows store it); ``parse`` also accepts the other spellings (``SPELLINGS``).
+    """
+
+    EXACT = "exact"
+    DRTUNE = "drtune"
+    LAST_K = "last_k"
+
+    @property
+    def label(self) -> str:
+        return _LABELS.get(self.value, self.value)
+
+    @classmethod
+    def parse(cls, name) -> GradientMode | None:
+        """The mode ``name`` spells (any case, surrounding blanks ignored), or None."""
+        if isinstance(name, cls):
+            return name
+        key = str(name).strip().lower()
+        key = SPELLINGS.get(key, key)
+        return cls(key) if key in GRADIENT_MODES else None
+
+
+_LABELS = {"last_k": "last k"}
+GRADIENT_MODES = tuple(m.value for m in GradientMode)  # ("exact", "drtune", "last_k")
+#: the node's combo options, in this order: ("exact", "drtune", "last k")
+GRADIENT_LABELS = tuple(m.label for m in GradientMode)
+#: other spellings of a mode -> its value
+SPELLINGS = {"last k": "last_k", "last-k": "last_k", "lastk": "last_k", "alignprop": "last_k"}
 
 
 # -- what to run ---------------------------------------------------------------------------------------
@@ -84,14 +116,13 @@ class GradientPolicy:
     skip: Callable[[Tensor], Tensor] | None = None  # the denoiser's skip coefficient (see StepGradients)
 
     def __post_init__(self):
-        mode = str(self.mode).strip().lower()
-        mode = _MODE_ALIASES.get(mode, mode)
-        if mode not in GRADIENT_MODES:
+        mode = GradientMode.parse(self.mode)
+        if mode is None:
             raise ValueError(f"GradientPolicy: unknown gradient mode {self.mode!r}; use one of "
                              f"{', '.join(repr(m) for m in GRADIENT_MODES)}")
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 0:
             raise ValueError(f"GradientPolicy: k must be a whole number of steps >= 0, got {self.k!r}")
-        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "mode", mode.value)
 
     def input_attached(self, step: int, steps: int) -> bool:
         """Whether the denoiser's input at ``step`` (of ``steps``) carries gradient back to the latent."""
