@@ -9,7 +9,7 @@ from . import host_sampling
 from .bridge import ReNOComfySampler
 from .guards import with_oom_advice
 from .inputs import chain_input, chain_settings, reno_config, reno_input
-from .lifecycle import ChainSettings, ReNORun, RunResult
+from .lifecycle import ChainSettings, ReNOBody, ReNORun, RunResult
 from .memory import AUTO, MEMORY_INPUT, check_mode
 from .run import PREVIEW_SIZE, check_result, iteration_reporter, make_ensemble, reward_info_of
 
@@ -33,7 +33,7 @@ class ReNOGuidedSampler(ReNOComfySampler):
         # progress goes to the executing node (SamplerCustomAdvanced); events name this node
         reporter = iteration_reporter(self.config.iterations, reward_info_of(self.ensemble),
                                       event_node_id=self.node_id, progress_node_id=None)
-        return ReNORun(self.ensemble, self.config, self.vae, reporter, PREVIEW_SIZE, memory_mode=self.memory,
+        return ReNORun(self.ensemble, self.vae, ReNOBody(self.config, reporter, PREVIEW_SIZE), memory_mode=self.memory,
                        chain=self.chain)
 
     def sample(self, *args, **kwargs):

@@ -17,7 +17,7 @@ from . import host_sampling
 from .bridge import ReNOComfySampler
 from .events import send_iteration
 from .history import ReNOHistory
-from .lifecycle import ChainSettings, ReNORun, RunResult
+from .lifecycle import ChainSettings, ReNOBody, ReNORun, RunResult
 from .memory import check_mode
 from .settings import compile_rewards
 
@@ -116,8 +116,8 @@ def reno_sample(model, positive, negative, vae, latent_image, rewards, prompt, s
     check_mode(memory)  # an unknown memory mode fails here, before sampling
     runs: list[RunResult] = []
     sampler = ReNOComfySampler(
-        lambda: ReNORun(ensemble, config, vae, on_iteration, PREVIEW_SIZE, memory_mode=memory, model_patcher=model,
-                        chain=chain),
+        lambda: ReNORun(ensemble, vae, ReNOBody(config, on_iteration, PREVIEW_SIZE), memory_mode=memory,
+                        model_patcher=model, chain=chain),
         on_result=runs.append,
     )
     out_samples = comfy.sample.sample_custom(

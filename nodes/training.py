@@ -6,17 +6,16 @@
   ``<module>.lora_up.weight`` / ``.lora_down.weight`` / ``.alpha`` / ``.diff`` / ``.diff_b``; ``LORA_MODEL`` is
   that name -> tensor dict, so core "Save LoRA Weights" writes it and "Load LoRA Model" / "Load LoRA" apply it.
 * Every rollout is one ComfyUI sampling call (``comfy.sample.sample_custom``: ComfyUI loads the model, encodes
-  the conditioning, applies CFG) whose sampler is a ``RewardRollout``: the run lifecycle of ``ReNORun``
-  (``nodes/lifecycle.py``: normal tensors, recomputation, Cancel per block), with the rollout drawn by
-  ``optimizer.reward_training`` in place of ReNO's loop, and the backward of its loss into the LoRA.
+  the conditioning, applies CFG) whose sampler is the pack's one bridge (``ReNOComfySampler``) running a
+  ``ReNORun`` (``nodes/lifecycle.py``: normal tensors, recomputation, Cancel per block, the in-place retry) whose
+  body is a ``RolloutBody``: the rollout drawn by ``optimizer.reward_training`` in place of ReNO's loop, and the
+  backward of its loss into the LoRA.
 * The held-out reward is measured with ComfyUI's own ``comfy.sample.sample`` (what a KSampler with the trained
   LoRA gives) and a plain VAE decode, without gradients.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ import comfy.sample
 import comfy.samplers
 import torch
 
-from ..optimizer.memory import INPLACE_MESSAGE
 from ..optimizer.reward_training import (
     RewardTerm,
     Rollout,
@@ -35,23 +33,13 @@ from ..optimizer.reward_training import (
     TrainConfig,
     TrainResult,
     reward_loss,
-    run_rollout,
+    rollout_chain,
     train,
 )
 from ..reward_loaders import RewardEnsemble
-from . import host, memory
+from . import memory
 from .bridge import ReNOComfySampler
-from .inpaint import denoise_with_mask
-from .lifecycle import (
-    _IN_PLACE,
-    ChainSettings,
-    ReNORun,
-    RunPlan,
-    decode_with_grad,
-    preview_image,
-    saved_activations_copied,
-    skip_coefficient,
-)
+from .lifecycle import ChainSettings, ReNORun, RunBody, RunPlan, RunResult, preview_image
 from .run import model_sampling_of
 
 log = logging.getLogger(__name__)
@@ -160,69 +148,50 @@ def _diff(mp, key: str, name: str, like: torch.Tensor, existing: dict, lora: dic
     return module
 
 
-class RewardRollout(ReNORun):
-    """One training rollout inside a ComfyUI sampling call: the lifecycle of ``ReNORun`` (load, normal tensors,
-    recomputation, Cancel), the rollout's forward pass, and the backward of its scaled loss into the adapters."""
+class RolloutBody(RunBody):
+    """One training rollout as the body of a run (``nodes/lifecycle.py``: load, normal tensors, recomputation,
+    Cancel, the in-place retry): the rollout's forward pass through ``ReNORun.forward`` with the rollout's chain,
+    and the backward of its scaled loss into the adapters."""
 
-    def __init__(self, ensemble: RewardEnsemble, vae, request: RolloutRequest, method: str, params: list,
-                 plans: dict, memory_mode: str, model_patcher, sampler: str):
-        super().__init__(ensemble, None, vae, None, PREVIEW_SIZE, memory_mode=memory_mode,
-                         model_patcher=model_patcher, chain=ChainSettings(sampler))
+    def __init__(self, request: RolloutRequest, method: str, params: list, plans: dict):
         self.request = request
         self.method = method
         self.params = params  # the adapters' parameters (their gradients are kept across an in-place retry)
         self.plans = plans  # the memory plan, measured once per latent shape and reused by every rollout
         self.outcome: RolloutOutcome | None = None
+        self._grads: list | None = None
 
-    def execute(self, model_wrap, sigmas, extra_args, noise, latent_image=None, denoise_mask=None,
-                max_denoise: bool = True):
-        patchers = self._begin(model_wrap, sigmas, max_denoise)
-        with torch.inference_mode(False), torch.enable_grad():
-            self._take_inputs(sigmas, extra_args, noise, latent_image, denoise_mask)
-            key = (tuple(self._inputs.start.shape), self._steps)
-            plan = self.plans.get(key)
-            if plan is None:
-                plan = self.plans[key] = self._plan(patchers)
-            params = self.params
-            saved = [None if p.grad is None else p.grad.clone() for p in params] if not self._copying else None
-            try:
-                x = self._backward(plan)
-            except RuntimeError as e:
-                refusal = host.kernel_error(e)
-                if refusal is not None:
-                    raise refusal from None
-                if self._copying or INPLACE_MESSAGE not in str(e):
-                    raise
-                x = None
-            if x is None:  # the model updates activations in place: copy what backward needs, and run again
-                log.info("ReNO: this model updates activations in place; copying the activations backward needs")
-                _IN_PLACE[self.inner] = self._copying = True
-                for p, g in zip(params, saved):
-                    p.grad = g
-                self.plans[key] = plan = dataclasses.replace(plan, copy_saved=True)
-                x = self._backward(plan)
-            return self.model_sampling.inverse_noise_scaling(self._inputs.sigma_last, x)
+    @staticmethod
+    def _key(run: ReNORun) -> tuple:
+        return tuple(run.inputs.start.shape), run.steps
 
-    def _backward(self, plan: RunPlan) -> torch.Tensor:
-        inp = self._inputs
+    def prepare(self, run: ReNORun) -> None:
+        if not run.copying:  # the gradients accumulated so far, restored if this rollout runs again with copies
+            self._grads = [None if p.grad is None else p.grad.clone() for p in self.params]
+
+    def plan(self, run: ReNORun, patchers: list) -> RunPlan:
+        key = self._key(run)
+        if key not in self.plans:
+            self.plans[key] = run.plan_memory(patchers)
+        return self.plans[key]
+
+    def before_retry(self, run: ReNORun) -> None:
+        for p, g in zip(self.params, self._grads):
+            p.grad = g
+
+    def attempt(self, run: ReNORun, plan: RunPlan) -> torch.Tensor:
+        inp = run.inputs
         rollout: Rollout = self.request.rollout
-        noise = inp.start.to(inp.latent.dtype)
+        ensemble = run.ensemble
 
-        def denoise(x, sigma):
-            return denoise_with_mask(self.model_wrap, x, sigma, noise, inp.latent, inp.mask, inp.args, inp.sigmas)
+        def chain(denoise, x):
+            return rollout_chain(denoise, x, inp.spec, rollout, recompute=run.steps > 1, copy_saved=run.copying,
+                                 skip=run.skip)
 
-        with self.installed(plan):
-            with saved_activations_copied() if self._copying else contextlib.nullcontext():
-                x = self.model_sampling.noise_scaling(inp.sigma, noise, inp.latent, self.max_denoise)
-                ms = self.model_sampling
-                latent = run_rollout(denoise, x, inp.spec, rollout, recompute=self._steps > 1,
-                                     copy_saved=self._copying, skip=lambda sigma: skip_coefficient(ms, sigma))
-            out = self.model_sampling.inverse_noise_scaling(inp.sigma_last, latent) if rollout.target == "final" \
-                else latent
-            image = decode_with_grad(self.vae, self.inner.process_latent_out(out))
-            scores = self.ensemble.scores(image)
-            terms = [RewardTerm(label, r.weight, r.model.offset)
-                     for label, r in zip(self.ensemble.labels, self.ensemble.rewards)]
+        with run.installed(plan):
+            image, both = run.forward(inp.start, chain=chain, decode_final=rollout.target == "final")
+            scores = ensemble.scores(image)
+            terms = [RewardTerm(label, r.weight, r.model.offset) for label, r in zip(ensemble.labels, ensemble.rewards)]
             loss = reward_loss(self.method, {k: v.to(image.device) for k, v in scores.items()}, terms).mean()
             if loss.requires_grad:
                 (loss * self.request.loss_scale).backward()
@@ -230,7 +199,14 @@ class RewardRollout(ReNORun):
                 log.debug("ReNO Train Reward LoRA: rollout %s carries no gradient", rollout)
         self.outcome = RolloutOutcome(float(loss.detach()), {k: float(v.detach().mean()) for k, v in scores.items()},
                                       preview_image(image.detach(), PREVIEW_SIZE) if self.request.preview else None)
-        return latent.detach()
+        return both.detach()
+
+    def finish(self, run: ReNORun, both: torch.Tensor, plan: RunPlan) -> RunResult:
+        self.plans[self._key(run)] = plan  # with copies, when this rollout found the model updating in place
+        samples, x0 = both[:, 0], both[:, 1]
+        if self.request.rollout.target != "final":  # the sampling call returns the rollout's latent (unused)
+            samples = run.model_sampling.inverse_noise_scaling(run.inputs.sigma_last, x0)
+        return run.result(samples, x0, plan)
 
 
 @dataclass
@@ -310,19 +286,19 @@ def train_reward_lora(model, vae, rewards, train_prompts: PromptSet, held_out: P
     ensembles = [RewardEnsemble(list(rewards), t) for t in train_prompts.texts]
 
     def rollout(request: RolloutRequest) -> RolloutOutcome:
-        runs: list[RewardRollout] = []
+        bodies: list[RolloutBody] = []
 
         def make_run():
-            run = RewardRollout(ensembles[request.prompt_index], vae, request, config.method, params, plans,
-                                memory_mode, mp, sampling.sampler)
-            runs.append(run)
-            return run
+            bodies.append(RolloutBody(request, config.method, params, plans))
+            return ReNORun(ensembles[request.prompt_index], vae, bodies[-1], memory_mode=memory_mode, model_patcher=mp,
+                           chain=ChainSettings(sampling.sampler))
 
-        sampler = _RolloutSampler(make_run)
+        # the same bridge as ReNO's samplers (no preview callback: the trainer reports per training step)
+        sampler = ReNOComfySampler(make_run)
         noise = comfy.sample.prepare_noise(latent, request.noise_seed)
         comfy.sample.sample_custom(mp, noise, sampling.cfg, sampler, sigmas, train_prompts.conds[request.prompt_index],
                                    negative, latent, disable_pbar=True, seed=request.noise_seed)
-        return runs[-1].outcome
+        return bodies[-1].outcome
 
     evaluate = None
     if held_out is not None and held_out.texts:
@@ -336,16 +312,6 @@ def train_reward_lora(model, vae, rewards, train_prompts: PromptSet, held_out: P
         adapters.freeze()
         unload_training_clone(adapters)  # done or cancelled: nothing of the adapters stays on the shared model
     return adapters, result
-
-
-class _RolloutSampler(ReNOComfySampler):
-    """The bridge for one rollout (no ComfyUI preview callback: the trainer reports per training step)."""
-
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
-               disable_pbar=False):
-        run = self.make_run()
-        return run.execute(model_wrap, sigmas, extra_args, noise, latent_image, denoise_mask,
-                           max_denoise=self.max_denoise(model_wrap, sigmas))
 
 
 def apply_lora(model, lora: dict, strength: float = 1.0):

@@ -103,10 +103,17 @@ def run_rollout(denoise: Denoiser, x: torch.Tensor, spec: ChainSpec, rollout: Ro
     ``skip(sigma)``: the denoiser's skip coefficient (``StepGradients.skip``), so that a detached input holds the
     network's output fixed, as DRTune does; without it the whole x0 prediction of a detached step is fixed.
     """
+    x_final, x0 = rollout_chain(denoise, x, spec, rollout, recompute, copy_saved, skip)
+    return x_final if rollout.target == "final" else x0
+
+
+def rollout_chain(denoise: Denoiser, x: torch.Tensor, spec: ChainSpec, rollout: Rollout, recompute: bool = True,
+                  copy_saved: bool = False, skip=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the chain's result, the x̂0 at the rollout's stop) under the rollout's gradients: what ``run_rollout``
+    chooses from (``rollout.target``)."""
     if rollout.steps != spec.steps:
         raise ValueError(f"run_rollout: the rollout was drawn for {rollout.steps} steps, the schedule has {spec.steps}")
-    x_final, x0 = run_chain(denoise, x, spec, rollout.gradients(recompute, copy_saved, skip), stop=rollout.stop)
-    return x_final if rollout.target == "final" else x0
+    return run_chain(denoise, x, spec, rollout.gradients(recompute, copy_saved, skip), stop=rollout.stop)
 
 
 @dataclass(frozen=True)

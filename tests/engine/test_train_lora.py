@@ -171,7 +171,7 @@ def test_out_of_memory_gives_the_packs_advice_and_leaves_the_model_as_it_was(eng
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     base = ksampler(engine, sd["model"], sd["clip"])
-    monkeypatch.setattr(training, "run_rollout", oom)
+    monkeypatch.setattr(training, "rollout_chain", oom)
     with pytest.raises(comfy.model_management.OOM_EXCEPTION) as e:
         trainer(engine, sd, stack, training_steps=2, held_out="")
     assert "ReNO Train Reward LoRA" in str(e.value) and "checkpoint" in str(e.value)
