@@ -6,8 +6,8 @@ gradients are compared.
 * one step: the chain path equals the previous one-step path (the closed-form steps the generators were written with
   before they ran the chain, kept here as the oracle), image and noise gradient;
 * four steps: the generator equals ``run_chain`` on a denoiser written here from the same weights and the scheduler
-  (as the node wraps ComfyUI's model), for every kind's own sampler and every gradient mode; SD-Turbo's four Euler
-  steps and the stochastic samplers' (their noise drawn from the same CPU generator) equal the pipeline's own call.
+  (as the node wraps ComfyUI's model), for every kind's own sampler and every gradient mode; and, with the scheduler's
+  own sampler, the pipeline's own four-step call (the stochastic samplers' noise drawn from the same CPU generator).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ diffusers = pytest.importorskip("diffusers", reason="diffusers is an optional ex
 from reno_pack.generators import build_generator, load_pipeline  # noqa: E402
 from reno_pack.optimizer.chain import ChainSpec, GradientPolicy, draw_step_noises, run_chain  # noqa: E402
 from tiny_diffusers import KINDS, SIZE, one_thread, save_tiny_pipeline  # noqa: E402, F401 (one_thread: a fixture)
-from tolerances import GRAD_K, ORACLE_IMAGE_K, assert_rounding_close  # noqa: E402
+from tolerances import GRAD_K, ORACLE_IMAGE_K, assert_rounding_close, rounding_tol  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -266,3 +266,50 @@ def test_four_steps_are_the_nodes_chain_on_the_same_denoiser(folders, kind, grad
     err = (ours - theirs).abs().max().item() / torch.finfo(F64).eps
     gerr = (ours_grad - theirs_grad).abs().max().item() / (torch.finfo(F64).eps * scale)
     print(f"{kind} {gradient}: image {err:.3g} roundings of 1, grad {gerr:.3g} roundings of the exact max|grad|")
+
+
+def pipeline_steps(pipe, kind, noise, steps, seed):
+    """The pipeline's own call for ``steps`` steps (no guidance, as the official code), its scheduler's random draws
+    from a CPU generator seeded with ``seed``."""
+    kw = dict(latents=noise.clone(), num_inference_steps=steps, output_type="pt", height=SIZE, width=SIZE,
+              generator=torch.Generator().manual_seed(seed))
+    if kind == "sd-turbo":
+        kw.update(guidance_scale=1.0)
+    elif kind in ("sdxl-turbo", "hyper-sdxl"):
+        kw.update(guidance_scale=0.0)
+    elif kind == "pixart-dmd":
+        kw.update(guidance_scale=1.0, use_resolution_binning=False, clean_caption=False, max_sequence_length=120)
+    else:
+        kw.update(guidance_scale=0.0, max_sequence_length=256)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(PROMPT, **kw).images
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_four_steps_of_the_schedulers_own_sampler_are_the_pipelines_call(folders, kind):
+    """With the scheduler's own sampler (the default), 4 steps of the generator equal the pipeline's own 4-step call:
+    Euler, Euler ancestral, LCM, DDPM and flow Euler, the stochastic ones' fresh noise drawn as the scheduler draws it
+    (a float32 randn per step that adds noise, from the one CPU generator)."""
+    steps, seed = 4, 11
+    pipe = load_pipeline(folders[kind])
+    gen, shape = build_generator(pipe, PROMPT, height=SIZE, width=SIZE, steps=steps, noise_seed=seed)
+    assert gen.sampler == OWN_SAMPLER[kind]
+    noise = noise_for(shape, dtype=torch.float32)
+    with torch.no_grad():
+        ours = gen(noise)
+        theirs = pipeline_steps(pipe, kind, noise, steps, seed)
+    assert ours.shape == theirs.shape and ours.std().item() > 0.02
+    diff = (ours - theirs.float()).abs().max().item()
+    print(f"{kind}: max |4 steps - pipe(num_inference_steps=4)| = {diff:.3e}")
+    # the same steps in another operation order, 4 of them, then the VAE: as the one-step test against the pipeline,
+    # ORACLE_IMAGE_K roundings of |image| <= 1
+    assert diff <= rounding_tol(ORACLE_IMAGE_K, torch.float32, scale=1.0), f"{kind}: {diff}"
+
+
+def test_the_batch_runners_sampler_choices_are_the_chains():
+    """reno-batch writes the chain's samplers out (its --help does not import torch): the same list."""
+    import importlib
+
+    from reno_pack.optimizer.chain import SAMPLERS
+
+    assert importlib.import_module("reno_pack.runner.cli").CHAIN_SAMPLERS == SAMPLERS
