@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import comfy.samplers
 
 from ..optimizer import ReNOConfig
-from ..optimizer.chain import GRADIENT_LABELS, SAMPLERS
+from ..optimizer.chain import GRADIENT_LABELS, SAMPLERS, GradientPolicy
 from . import host_sampling
 
 _DEFAULTS = ReNOConfig()
@@ -90,10 +91,29 @@ def chain_input(name: str) -> tuple:
     return (list(kind) if isinstance(kind, list) else kind, dict(options))
 
 
-def chain_settings(sampler_name: str = "euler", gradient: str = "exact", gradient_steps: int = 1):
-    """The lifecycle's ChainSettings from the node inputs (a hand-edited workflow's bad value is named)."""
-    from .lifecycle import ChainSettings
+@dataclass(frozen=True)
+class ChainSettings:
+    """How the sigmas a run is given are sampled: ``sampler`` (a name of the host's ``KSampler.SAMPLERS``), and which
+    paths carry the gradient back to the noise (``gradient``: ``exact``, ``drtune`` or ``last k``; ``k``: the last model
+    calls that keep it). ``sampler_object``: a host ``SAMPLER`` (from KSamplerSelect, SamplerDPMPP_2M_SDE...) to
+    sample with instead of the named one. ReNO's runs sample with the host's own sampler function under autograd
+    (``host_sampling.sample``); the trainer's rollouts with ``optimizer.chain`` (its five samplers)."""
 
+    sampler: str = "euler"
+    gradient: str = "exact"
+    k: int = 1
+    sampler_object: object = field(default=None, compare=False)
+
+    def policy(self, steps: int, copy_saved: bool, measuring: bool = False, skip=None) -> GradientPolicy:
+        # several steps recompute each step's activations in backward (about one step's memory, not K steps');
+        # one step keeps the block-level choice of the memory plan; the measuring pass sees what a step keeps.
+        # ``skip``: the model's c_skip(sigma), so drtune holds the network's output fixed (DRTune's definition)
+        return GradientPolicy(self.gradient, self.k, recompute=steps > 1 and not measuring, copy_saved=copy_saved,
+                              skip=skip)
+
+
+def chain_settings(sampler_name: str = "euler", gradient: str = "exact", gradient_steps: int = 1) -> ChainSettings:
+    """The lifecycle's ChainSettings from the node inputs (a hand-edited workflow's bad value is named)."""
     names = host_sampling.sampler_names()
     if sampler_name not in names:
         raise ValueError(f"sampler_name: {sampler_name!r} is not a sampler of this ComfyUI ({', '.join(names)})")

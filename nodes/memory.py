@@ -11,6 +11,9 @@
 * ``no checkpointing``: fastest, most memory (a reward loaded with gradient checkpointing on still
   recomputes).
 * ``checkpoint rewards`` / ``checkpoint rewards + VAE`` / ``checkpoint all``: fixed choices.
+
+``reward_patcher(model)``: the ModelPatcher through which ComfyUI's memory manager loads, offloads and frees a
+reward model (the loader node, the score node and every run use it).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 
 import comfy.model_management
+import comfy.model_patcher
 import torch
 
 from ..optimizer.memory import (
@@ -138,7 +142,53 @@ def summarize(plan: MemoryPlan, profiles: list[ComponentProfile], budget: int | 
     return text
 
 
-__all__ = ["AUTO", "MEMORY_INPUT", "MEMORY_MODES", "MODEL", "VAE", "activation_request", "check_mode", "estimate_peak",
+__all__ = ["AUTO", "MEMORY_INPUT", "MEMORY_MODES", "MODEL", "VAE", "RewardPatcher", "activation_request", "check_mode",
+           "compute_dtype", "estimate_peak",
            "extrapolate_profiles", "fits",
            "forced_components", "free_bytes", "make_room", "model_blocks", "plan_checkpointing", "reward_blocks",
-           "summarize", "unload_other_models", "vae_blocks"]
+           "reward_patcher", "summarize", "unload_other_models", "vae_blocks"]
+
+
+# -- the rewards under ComfyUI's memory manager ----------------------------------------------------------
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """bf16 (or fp16) for the reward towers on GPUs that run it well; float32 on the CPU."""
+    if device.type == "cpu":
+        return torch.float32
+    mm = comfy.model_management
+    try:
+        if mm.should_use_bf16(device):
+            return torch.bfloat16
+        if mm.should_use_fp16(device):
+            return torch.float16
+    except Exception:  # noqa: BLE001 - an engine without these checks: stay exact
+        pass
+    return torch.float32
+
+
+class RewardPatcher(comfy.model_patcher.ModelPatcher):
+    """A ModelPatcher that always loads its reward model whole.
+
+    ComfyUI loads a model partially when memory is short, leaving on the CPU the layers it cannot
+    cast on the fly; a reward model is made of plain torch layers, so it must be on the device entirely
+    (ComfyUI then makes room by unloading other models, or by loading the diffusion model partially).
+    """
+
+    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+        return super().load(device_to, 0, force_patch_weights, True)
+
+
+def reward_patcher(model):
+    """The ModelPatcher that lets ComfyUI's memory manager load, offload and free this reward model.
+
+    Created once per loaded model, which is then cast to the device's compute dtype.
+    """
+    patcher = getattr(model, "_reno_patcher", None)
+    if patcher is None:
+        device = comfy.model_management.get_torch_device()
+        model.set_compute_dtype(compute_dtype(device))
+        patcher = RewardPatcher(
+            model, load_device=device, offload_device=comfy.model_management.unet_offload_device(),
+        )
+        model._reno_patcher = patcher
+    return patcher

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import comfy.model_management
-import comfy.model_patcher
-import torch
-
 from ..reward_loaders import (
     AVAILABLE_REWARDS,
     REWARDS,
@@ -18,52 +14,10 @@ from ..reward_loaders.custom import list_custom_rewards
 from ..reward_loaders.paths import search_dirs
 from .download_progress import NodeDownloads
 from .inputs import finite_input
+from .memory import reward_patcher
 from .settings import downloads_allowed
 
 CATEGORY = "ReNO/rewards"
-
-
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """bf16 (or fp16) for the reward towers on GPUs that run it well; float32 on the CPU."""
-    if device.type == "cpu":
-        return torch.float32
-    mm = comfy.model_management
-    try:
-        if mm.should_use_bf16(device):
-            return torch.bfloat16
-        if mm.should_use_fp16(device):
-            return torch.float16
-    except Exception:  # noqa: BLE001 - an engine without these checks: stay exact
-        pass
-    return torch.float32
-
-
-class RewardPatcher(comfy.model_patcher.ModelPatcher):
-    """A ModelPatcher that always loads its reward model whole.
-
-    ComfyUI loads a model partially when memory is short, leaving on the CPU the layers it cannot
-    cast on the fly; a reward model is made of plain torch layers, so it must be on the device entirely
-    (ComfyUI then makes room by unloading other models, or by loading the diffusion model partially).
-    """
-
-    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
-        return super().load(device_to, 0, force_patch_weights, True)
-
-
-def reward_patcher(model):
-    """The ModelPatcher that lets ComfyUI's memory manager load, offload and free this reward model.
-
-    Created once per loaded model, which is then cast to the device's compute dtype.
-    """
-    patcher = getattr(model, "_reno_patcher", None)
-    if patcher is None:
-        device = comfy.model_management.get_torch_device()
-        model.set_compute_dtype(compute_dtype(device))
-        patcher = RewardPatcher(
-            model, load_device=device, offload_device=comfy.model_management.unet_offload_device(),
-        )
-        model._reno_patcher = patcher
-    return patcher
 
 
 def _reward_help() -> str:

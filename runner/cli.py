@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reno-batch: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from .engine import HostError
+        from .host import HostError
 
         if isinstance(e, HostError):
             print(f"reno-batch: {e}", file=sys.stderr)

