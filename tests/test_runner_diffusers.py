@@ -172,3 +172,39 @@ def test_diffusers_items_on_ray_match_the_single_process_run(setup, monkeypatch,
     assert len(runs["single"]["records"]) == 4 and len(runs["single"]["png"]) == 8
     assert runs["ray"]["records"] == runs["single"]["records"]  # the same scores, iterations, paths
     assert runs["ray"]["png"] == runs["single"]["png"]  # the same PNG bytes
+
+
+def test_diffusers_batch_samples_several_steps_with_a_gradient_mode(setup, monkeypatch, capsys):
+    """--steps 4 --gradient exact: every item runs the 4-step chain (its iteration-0 image is the 4-step generator's
+    for the item's seed, not the one-step image) and ReNO's gradient reaches the noise through the 4 steps; a
+    --gradient the node does not have is refused by the parser."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    gen = importlib.import_module("reno_pack.generators")
+    monkeypatch.delenv("RENO_REWARDS_DIR", raising=False)
+    out = setup["tmp"] / "steps"
+    args = argv(setup, out, "--models-dir", str(setup["models"]), "--save-initial", "--seeds", "0", "--limit", "1",
+                "--steps", "4", "--sampler", "euler", "--gradient", "exact")
+    assert cli.main(args) == 0, capsys.readouterr().err
+    (rec,) = [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rec["iterations"] == 3 and rec["best"]["total"] >= rec["initial"]["total"]
+    with Image.open(out / rec["initial_image"]) as im:
+        initial = np.asarray(im.convert("RGB"), dtype=np.int16)
+
+    pipe = gen.load_pipeline(setup["pipe"])
+    images = {}
+    for steps in (1, 4):
+        generate, shape = gen.build_generator(pipe, GENEVAL[0]["prompt"], steps=steps)
+        noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(0), dtype=torch.float32)
+        with torch.no_grad():
+            images[steps] = np.clip(255.0 * generate(noise)[0].permute(1, 2, 0).numpy(), 0, 255).astype(np.int16)
+    # the same 4-step image (computed here without autograd, there under it): at most one level of the 8-bit
+    # quantization apart where a value sits at a rounding boundary
+    assert np.abs(initial - images[4]).max() <= 1
+    assert np.abs(images[1] - images[4]).max() > 8  # and not the one-step image
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv(setup, out / "bad", "--steps", "4", "--gradient", "truncated"))
+    assert exc.value.code == 2 and "--gradient 'truncated'" in capsys.readouterr().err
