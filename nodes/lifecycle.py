@@ -30,8 +30,12 @@
       the host's model compiler and CUDA graphs are off (``host.compiler_off``).
 
    The plan is passed in (``RunPlan``), never left as flags on shared models.
-3. **optimize**: ``optimize_noise`` with one reporter; the record carries the running best.
-4. **return**: a ``RunResult`` (the samples for ComfyUI, the optimizer's result, previews, the memory plan).
+3. **body**: what runs inside is a ``RunBody``: ReNO's (``ReNOBody``: ``optimize_noise`` over ``ReNORun.forward``
+   with one reporter; the record carries the running best) or a training rollout's (``nodes/training.py``:
+   ``RolloutBody``: one forward through ``ReNORun.forward`` and the backward of its loss into the adapters). A body
+   that finds the model updating activations in place is run once more with copies (``ReNORun._retry_in_place``,
+   the one retry of both).
+4. **return**: a ``RunResult`` (the samples for ComfyUI, the body's result, previews, the memory plan).
 
 Afterwards nothing of the run is left on ComfyUI's objects (tests check attributes, ``forward``
 wrappers, tensor identities, ``requires_grad`` and inference flags). What the pack learns about a
@@ -205,9 +209,9 @@ class RunPlan:
 
 @dataclass
 class RunResult:
-    """What one ReNO run returns."""
+    """What one run returns (``result``: ReNO's optimizer result; None for a training rollout)."""
 
-    result: ReNOResult
+    result: ReNOResult | None
     samples: torch.Tensor  # what the Sampler hands back to ComfyUI (x0, or one Euler step to the last sigma)
     x0: torch.Tensor  # the best iteration's denoised latent (the last step's prediction)
     sigma: float
@@ -232,21 +236,109 @@ class _Inputs:
     spec: ChainSpec
 
 
-class ReNORun:
-    """One ReNO run: ``execute`` is the whole lifecycle (see the module docstring)."""
+class RunBody:
+    """What runs inside a run's lifecycle, between install and restore. ``ReNORun.execute`` calls, in order:
+    ``prepare(run)`` once the inputs are taken, ``plan(run, patchers)``, ``attempt(run, plan)`` (again with
+    ``plan.copy_saved`` after ``before_retry(run)`` when the model turns out to update activations in place) and
+    ``finish(run, value, plan)``, whose ``RunResult`` goes back to the sampler. A body uses only the run's public
+    members: ``forward``, ``installed``, ``plan_memory``, ``use_host_sampler``, ``inputs``, ``steps``, ``copying``."""
 
-    def __init__(self, ensemble: RewardEnsemble, config: ReNOConfig, vae, reporter: Reporter | None = None,
-                 preview_size: int = 256, memory_mode: str = memory.AUTO, model_patcher=None,
-                 chain: ChainSettings = ChainSettings()):
+    def prepare(self, run: ReNORun) -> None:
+        pass
+
+    def plan(self, run: ReNORun, patchers: list) -> RunPlan:
+        return run.plan_memory(patchers)
+
+    def attempt(self, run: ReNORun, plan: RunPlan):
+        raise NotImplementedError
+
+    def before_retry(self, run: ReNORun) -> None:
+        pass
+
+    def finish(self, run: ReNORun, value, plan: RunPlan) -> RunResult:
+        raise NotImplementedError
+
+
+class ReNOBody(RunBody):
+    """ReNO: gradient ascent on the initial noise (``optimize_noise``) over the host's own sampler function."""
+
+    def __init__(self, config: ReNOConfig, reporter: Reporter | None = None, preview_size: int = 256):
+        self.config = config
+        self.reporter = reporter
+        self.preview_size = preview_size
+        self.previews: list[torch.Tensor] = []
+
+    def prepare(self, run: ReNORun) -> None:
+        run.use_host_sampler()
+
+    def attempt(self, run: ReNORun, plan: RunPlan) -> ReNOResult:
+        def on_iteration(record: IterationRecord, image: torch.Tensor):
+            preview = preview_image(image, self.preview_size)
+            self.previews.append(preview)
+            if self.reporter is not None:
+                self.reporter(record, image, preview)
+
+        with run.installed(plan):
+            return optimize_noise(run.forward, run.ensemble, run.inputs.start, self.config, on_iteration)
+
+    def before_retry(self, run: ReNORun) -> None:
+        self.previews.clear()
+
+    def finish(self, run: ReNORun, result: ReNOResult, plan: RunPlan) -> RunResult:
+        with torch.no_grad():
+            best = result.best_extra.detach()  # (B, 2, ...): what KSampler returns and the last call's x0
+            samples, x0 = best[:, 0], best[:, 1]
+            result.best_extra = x0
+        return run.result(samples, x0, plan, result=result, previews=self.previews)
+
+
+class ReNORun:
+    """One run inside a ComfyUI sampling call: ``execute`` is the whole lifecycle (see the module docstring); what
+    runs inside it is its ``body`` (``ReNOBody``, or a training rollout's)."""
+
+    def __init__(self, ensemble: RewardEnsemble, vae, body: RunBody, memory_mode: str = memory.AUTO,
+                 model_patcher=None, chain: ChainSettings = ChainSettings()):
         self.memory_mode = memory.check_mode(memory_mode)
         self.chain = chain
         GradientPolicy(chain.gradient, chain.k)  # an unknown gradient mode fails here, before any work
         self.ensemble = ensemble
-        self.config = config
         self.vae = vae
-        self.reporter = reporter
-        self.preview_size = preview_size
+        self.body = body
         self.model_patcher = model_patcher
+
+    # -- what a body reads ---------------------------------------------------------------------------
+    @property
+    def inputs(self) -> _Inputs:
+        """The run's own normal-tensor copies of the sampling call's inputs."""
+        return self._inputs
+
+    @property
+    def steps(self) -> int:
+        """The model calls of one pass (the unit of exact / drtune / last k and of recomputation)."""
+        return self._steps
+
+    @property
+    def copying(self) -> bool:
+        """The model updates activations in place: what backward needs is copied."""
+        return self._copying
+
+    def skip(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The model's c_skip(sigma) (drtune holds the network's output fixed: DRTune's definition)."""
+        return skip_coefficient(self.model_sampling, sigma)
+
+    def plan_memory(self, patchers: list) -> RunPlan:
+        """What recomputes in backward for this run (measured, or the fixed choice of its memory mode)."""
+        return self._plan(patchers)
+
+    def use_host_sampler(self) -> None:
+        """Sample with the host's own sampler function (ReNO's runs); without it the pack's chain runs."""
+        self._prepare_sampler()
+
+    def result(self, samples: torch.Tensor, x0: torch.Tensor, plan: RunPlan, result: ReNOResult | None = None,
+               previews: list | None = None) -> RunResult:
+        return RunResult(result=result, samples=samples, x0=x0, sigma=float(self._inputs.sigma),
+                         sigmas=[float(v) for v in self._inputs.sigmas], previews=list(previews or []),
+                         memory=plan.summary, layout=plan.layout, attention=self._attention)
 
     # -- 1. prepare --------------------------------------------------------------------------------
     def _load(self, model_wrap) -> list:
@@ -310,9 +402,16 @@ class ReNORun:
             yield
 
     # -- the differentiable generator ------------------------------------------------------------------
-    def _forward(self, z: torch.Tensor, around=None, step_probe=None):
+    def forward(self, z: torch.Tensor, around=None, step_probe=None, chain: Callable | None = None,
+                decode_final: bool | None = None):
         """noise -> (image in [0, 1], (the chain's result, the last step's x0)): the sampling chain from the first
-        sigma to the last, each step's x0 as ComfyUI's samplers get it, then the VAE decode of the last x0."""
+        sigma to the last, each step's x0 as ComfyUI's samplers get it, then the VAE decode of what KSampler returns
+        (a schedule ending at 0) or of the last x0 (a split schedule); ``decode_final`` says which instead.
+
+        The one forward pass of every body: the denoiser (with the mask, as KSamplerX0Inpaint), the noise scaling,
+        the saved-activation copies and the decode are here. ``chain(denoise, x) -> (x_final, x0)`` replaces the
+        run's sampler (a training rollout's chain); otherwise the host's sampler function runs when
+        ``use_host_sampler`` chose it, else the pack's chain, each under the run's gradient policy."""
         inp = self._inputs
         part = around or (lambda name: contextlib.nullcontext())
         measuring = around is not None
@@ -333,15 +432,18 @@ class ReNORun:
         policy = self.chain.policy(self._steps, copying, measuring, skip=lambda sigma: skip_coefficient(ms, sigma))
         sampler = getattr(self, "_host_sampler", None)
         with part(memory.MODEL), saved_activations_copied() if copying else contextlib.nullcontext():
-            if sampler is not None:  # the host's own sampler function, each model call under the policy
+            if sampler is not None and chain is None:  # the host's own sampler function, each call under the policy
                 samples, x0 = self._host_sample(sampler, noise, policy, step_probe)
-            else:  # the pack's chain (the trainer's rollouts)
+            else:  # the pack's chain, or the one a body passed (a training rollout's)
                 x = self.model_sampling.noise_scaling(inp.sigma, noise, inp.latent, self.max_denoise)
-                x_final, x0 = run_chain(denoise, x, inp.spec, policy)
+                x_final, x0 = chain(denoise, x) if chain is not None else run_chain(denoise, x, inp.spec, policy)
                 samples = self.model_sampling.inverse_noise_scaling(inp.sigma_last, x_final)
+        final = self._to_zero if decode_final is None else decode_final
         with part(memory.VAE):  # ending at sigma 0: what KSampler returns; a split schedule: the last call's x0
-            image = decode_with_grad(self.vae, self.inner.process_latent_out(samples if self._to_zero else x0))
+            image = decode_with_grad(self.vae, self.inner.process_latent_out(samples if final else x0))
         return image, torch.stack([samples, x0], dim=1)
+
+    _forward = forward  # the measuring pass's name for it
 
     def _host_sample(self, sampler, noise: torch.Tensor, policy: GradientPolicy, step_probe=None):
         """(KSampler's samples, the last model call's x0) from the host's sampler function, with ``policy`` applied
@@ -509,41 +611,41 @@ class ReNORun:
     # -- the whole run -----------------------------------------------------------------------------------
     def execute(self, model_wrap, sigmas, extra_args, noise, latent_image=None, denoise_mask=None,
                 max_denoise: bool = True) -> RunResult:
-        """Run ReNO for one sampling call of ComfyUI (``Sampler.sample``'s arguments)."""
+        """One run for one sampling call of ComfyUI (``Sampler.sample``'s arguments): prepare, plan, the body
+        (installed and restored inside it), return."""
         if not torch.any(noise != 0):
             raise ValueError("ReNO optimizes the initial noise, but the noise is all zeros: turn add_noise on "
                              "(SamplerCustom) or use RandomNoise, not DisableNoise (SamplerCustomAdvanced).")
         patchers = self._begin(model_wrap, sigmas, max_denoise)
         with torch.inference_mode(False), torch.enable_grad():
             self._take_inputs(sigmas, extra_args, noise, latent_image, denoise_mask)
-            self._prepare_sampler()
-            plan = self._plan(patchers)
-            previews: list[torch.Tensor] = []
-            retry = False
-            try:
-                result = self._optimize(plan, previews)
-            except RuntimeError as e:
-                refusal = host.kernel_error(e)
-                if refusal is not None:
-                    raise refusal from None
-                if plan.copy_saved or INPLACE_MESSAGE not in str(e):
-                    raise
-                retry = True  # outside the except block, so the failed attempt's traceback and tensors are gone
-            if retry:
-                # found at the first backward: remember it for this model and start the run again
-                log.info("ReNO: this model updates activations in place during its forward pass; "
-                         "copying the activations backward needs (slightly slower)")
-                _IN_PLACE[self.inner] = self._copying = True
-                plan = dataclasses.replace(plan, copy_saved=True)
-                previews.clear()
-                result = self._optimize(plan, previews)
-            with torch.no_grad():
-                best = result.best_extra.detach()  # (B, 2, ...): what KSampler returns and the last call's x0
-                samples, x0 = best[:, 0], best[:, 1]
-                result.best_extra = x0
-        return RunResult(result=result, samples=samples, x0=x0, sigma=float(self._inputs.sigma),
-                         sigmas=[float(v) for v in self._inputs.sigmas], previews=previews, memory=plan.summary,
-                         layout=plan.layout, attention=self._attention)
+            self.body.prepare(self)
+            plan = self.body.plan(self, patchers)
+            value, plan = self._retry_in_place(plan)
+            return self.body.finish(self, value, plan)
+
+    def _retry_in_place(self, plan: RunPlan):
+        """(the body's value, the plan it ran with): ``body.attempt``, and once more with the saved activations
+        copied when the first backward finds that the model updates activations in place (remembered per model).
+        A kernel without a gradient on this host is refused with what to do (``host.kernel_error``)."""
+        retry = False
+        try:
+            value = self.body.attempt(self, plan)
+        except RuntimeError as e:
+            refusal = host.kernel_error(e)
+            if refusal is not None:
+                raise refusal from None
+            if plan.copy_saved or self._copying or INPLACE_MESSAGE not in str(e):
+                raise
+            retry = True  # outside the except block, so the failed attempt's traceback and tensors are gone
+        if retry:
+            log.info("ReNO: this model updates activations in place during its forward pass; "
+                     "copying the activations backward needs (slightly slower)")
+            _IN_PLACE[self.inner] = self._copying = True
+            plan = dataclasses.replace(plan, copy_saved=True)
+            self.body.before_retry(self)
+            value = self.body.attempt(self, plan)
+        return value, plan
 
     def _begin(self, model_wrap, sigmas, max_denoise: bool) -> list:
         """The start of step 1: what the sampling call runs on; ComfyUI loads the model, the VAE and the rewards."""
@@ -609,16 +711,6 @@ class ReNORun:
         ms = self.model_sampling
         return ChainSpec(self.chain.sampler, sigmas, noises, flow=flow,
                          noise_scaling=lambda sigma, n, x: ms.noise_scaling(sigma, n, x))
-
-    def _optimize(self, plan: RunPlan, previews: list) -> ReNOResult:
-        def on_iteration(record: IterationRecord, image: torch.Tensor):
-            preview = preview_image(image, self.preview_size)
-            previews.append(preview)
-            if self.reporter is not None:
-                self.reporter(record, image, preview)
-
-        with self.installed(plan):
-            return optimize_noise(self._forward, self.ensemble, self._inputs.start, self.config, on_iteration)
 
 
 def _with_normal_conds(extra_args: dict) -> dict:
