@@ -288,26 +288,11 @@ def lock_output(out: Path):
 
 def summarize(results: Iterable[dict]) -> dict:
     results = list(results)
-    labels: list[str] = []
-    for rec in results:
-        for k in rec.get("best", {}):
-            if k not in labels and k != "total":
-                labels.append(k)
     out = {"items": len(results), "rewards": {}}
-    for label in labels + ["total"]:
-        pairs = [(r["initial"][label], r["best"][label]) for r in results
-                 if label in r.get("initial", {}) and label in r.get("best", {})]
-        pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
-        if not pairs:
-            continue
-        n = len(pairs)
-        out["rewards"][label] = {
-            "n": n,
-            "mean_initial": sum(a for a, _ in pairs) / n,
-            "mean_best": sum(b for _, b in pairs) / n,
-            "mean_gain": sum(b - a for a, b in pairs) / n,
-            "share_improved": sum(1 for a, b in pairs if b > a) / n,
-        }
+    for label in _reward_labels(results) + ["total"]:
+        stats = _reward_stats(results, label)
+        if stats is not None:
+            out["rewards"][label] = stats
     secs = [r["seconds"] for r in results if isinstance(r.get("seconds"), (int, float))]
     node = [r["node_seconds"] for r in results if isinstance(r.get("node_seconds"), (int, float))
             and math.isfinite(r["node_seconds"])]
@@ -316,6 +301,31 @@ def summarize(results: Iterable[dict]) -> dict:
     if node:
         out["mean_node_seconds_per_item"] = sum(node) / len(node)
     return out
+
+
+def _reward_labels(results: list[dict]) -> list[str]:
+    """Every reward label of the records' best scores, in first-seen order (without ``total``)."""
+    labels: list[str] = []
+    for rec in results:
+        labels.extend(k for k in rec.get("best", {}) if k not in labels and k != "total")
+    return labels
+
+
+def _reward_stats(results: list[dict], label: str) -> dict | None:
+    """Mean initial, best and gain and the share improved over the records with finite scores for ``label``."""
+    pairs = [(r["initial"][label], r["best"][label]) for r in results
+             if label in r.get("initial", {}) and label in r.get("best", {})]
+    pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+    if not pairs:
+        return None
+    n = len(pairs)
+    return {
+        "n": n,
+        "mean_initial": sum(a for a, _ in pairs) / n,
+        "mean_best": sum(b for _, b in pairs) / n,
+        "mean_gain": sum(b - a for a, b in pairs) / n,
+        "share_improved": sum(1 for a, b in pairs if b > a) / n,
+    }
 
 
 def format_summary(summary: dict) -> str:

@@ -295,3 +295,31 @@ def test_each_file_is_fsynced_before_its_rename_and_the_folder_after(tmp_path, m
     assert batch.run_batch(cfg, dispatch=fake_dispatch()) == batch.EXIT_OK
     results_ino = (cfg.out / "results.jsonl").stat().st_ino
     assert ("fsync", "file", results_ino) in events
+
+
+def test_items_results_and_sources_cross_a_process_boundary_as_plain_data(tmp_path):
+    """What the Ray driver sends to an actor (the item, the run's source) and what comes back (the outcome) are plain
+    dicts that rebuild equal objects; the result line is the same whichever side builds it."""
+    item = items_mod.Item(index=3, line=5, prompt="a red apple", seed=7, position=1, metadata={"tag": "colors"})
+    wire = item.to_wire()
+    assert wire == {"index": 3, "line": 5, "prompt": "a red apple", "seed": 7}
+    back = items_mod.Item.from_wire(json.loads(json.dumps(wire)))
+    assert back.key == item.key and back.to_wire() == wire
+    result = items_mod.ItemResult(rewards=[{"label": "r", "name": "r", "weight": 2.0}], initial={"r": 0.5, "total": 1.0},
+                                  best={"r": 1.5, "total": 3.0}, best_iteration=2, iterations=3, stop_reason=None,
+                                  images={"best": PNG}, node_seconds=0.123456, seconds=0.5, extra={"vae_layout": "x"},
+                                  worker=1)
+    again = items_mod.outcome_from_wire(result.to_wire())
+    assert again == result and again.ok and again.record(item) == result.record(item)
+    assert list(result.record(item)) == ["index", "line", "prompt", "seed", "rewards", "initial", "best",
+                                         "best_iteration", "iterations", "stop_reason", "vae_layout", "node_seconds",
+                                         "seconds"]
+    failure = items_mod.ItemFailure("ValueError: boom", "Traceback ...", 0.25)
+    assert items_mod.outcome_from_wire(failure.to_wire()) == failure and not failure.ok
+    job = workflow.make_job(reno_api_prompt(prompt="p"), save_initial=True)
+    for source in (backends.WorkflowSource(job),
+                   backends.DiffusersSource(tmp_path / "pipe", [("clipscore", 1.0), ("pickscore", 0.5)],
+                                            {"iterations": 3, "steps": 2}, save_initial=True)):
+        wire = json.loads(json.dumps(source.to_wire()))
+        assert backends.source_from_wire(wire) == source
+        assert backends.source_from_wire(wire).identity() == source.identity()
