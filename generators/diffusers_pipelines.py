@@ -65,7 +65,7 @@ class KindSpec:
     name: str
     title: str
     pipeline: str  # the diffusers pipeline class
-    schedulers: tuple[str, ...]  # the scheduler classes whose one-step update is written here
+    schedulers: tuple[str, ...]  # the scheduler classes whose parameterization and sigmas the denoiser takes
     guidance_scale: float  # what the official code passes (no classifier-free guidance either way)
     learning_rate: float  # the official default for this model (README: 10 for Hyper-SD / 1024 px)
     default_size: int | None  # None: the denoiser's sample_size x the VAE scale factor (the official choice)
@@ -465,7 +465,7 @@ def _wrap(table: _Table, network, pre, post) -> tuple[Callable, Callable]:
     return denoise, skip
 
 
-def _build_unet(pipe, prompt, kind, height, width, device, dtype, steps, chain_dtype):
+def _build_unet(pipe, prompt, kind, height, width, device, dtype, steps):
     spec = KINDS[kind]
     unet = pipe.unet
     sched = copy.deepcopy(pipe.scheduler)  # never touch the pipeline's own scheduler state
@@ -547,7 +547,7 @@ def _build_unet(pipe, prompt, kind, height, width, device, dtype, steps, chain_d
                    "vae_dtype": str(pipe.vae.dtype)})
 
 
-def _build_pixart(pipe, prompt, kind, height, width, device, dtype, steps, chain_dtype):
+def _build_pixart(pipe, prompt, kind, height, width, device, dtype, steps):
     spec = KINDS[kind]
     tr = pipe.transformer
     sched = copy.deepcopy(pipe.scheduler)
@@ -600,7 +600,7 @@ def _build_pixart(pipe, prompt, kind, height, width, device, dtype, steps, chain
                    "scheduler": type(sched).__name__, "learned_sigma": learned_sigma})
 
 
-def _build_flux(pipe, prompt, kind, height, width, device, dtype, steps, chain_dtype):
+def _build_flux(pipe, prompt, kind, height, width, device, dtype, steps):
     import numpy as np
 
     spec = KINDS[kind]
@@ -704,7 +704,7 @@ def build_generator(pipe, prompt: str, *, kind: str | None = None, height: int |
             if getattr(m, "_supports_gradient_checkpointing", False):
                 m.enable_gradient_checkpointing()
     builder = {"pixart-dmd": _build_pixart, "flux-schnell": _build_flux}.get(kind, _build_unet)
-    parts = builder(pipe, prompt, kind, height, width, device, dtype, steps, chain_dtype)
+    parts = builder(pipe, prompt, kind, height, width, device, dtype, steps)
     policy = GradientPolicy(policy.mode, policy.k, recompute=steps > 1, skip=parts.skip)
     sampler = sampler or parts.sampler
     gen = DiffusersGenerator(
