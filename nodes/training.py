@@ -40,11 +40,10 @@ from ..reward_loaders import RewardEnsemble
 from . import memory
 from .bridge import ReNOComfySampler
 from .lifecycle import ChainSettings, ReNORun, RunBody, RunPlan, RunResult, preview_image
-from .run import model_sampling_of
+from .run import PREVIEW_SIZE, model_sampling_of
 
 log = logging.getLogger(__name__)
 
-PREVIEW_SIZE = 256
 NEEDS = ("ReNO Train Reward LoRA needs ComfyUI 0.3.41 or newer (its comfy.weight_adapter LoRA trainer): update "
          "ComfyUI")
 
