@@ -16,7 +16,8 @@ from .lifecycle import ReNORun, RunResult
 
 
 class ReNOComfySampler(comfy.samplers.Sampler):
-    """One-step sampling whose initial noise is optimized by ReNO before the result is returned.
+    """Sampling over the given sigmas (one step or several, with the run's sampler) whose initial noise is optimized
+    by ReNO, or that a training rollout runs, before the result is returned.
 
     ``make_run()`` builds the ``ReNORun`` of one sampling call; ``on_result(RunResult)`` receives what it
     returned (the ReNO Sampler node builds its history from it).
@@ -28,8 +29,8 @@ class ReNOComfySampler(comfy.samplers.Sampler):
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
-        """One ReNO run: the one-step denoise from ``sigmas[0]`` (with the usual final sigma 0 the best x0 is
-        returned; with a schedule ending above 0, one Euler step to ``sigmas[-1]`` with the best x0)."""
+        """One run over ``sigmas``: the sampling chain from ``sigmas[0]`` to ``sigmas[-1]``; returns the run's samples
+        (ReNO's: the best iteration's, what KSampler returns for these sigmas) and gives ComfyUI's callback its x0."""
         run = self.make_run()
         out = run.execute(model_wrap, sigmas, extra_args, noise, latent_image, denoise_mask,
                           max_denoise=self.max_denoise(model_wrap, sigmas))

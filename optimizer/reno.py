@@ -1,10 +1,10 @@
 """Reward-based Noise Optimization (ReNO, Eyring et al., NeurIPS 2024) in plain PyTorch.
 
-One iteration: ``z`` (the initial noise) -> ``generate(z)`` (one-step denoise + decode) -> image ->
-``objective(image)`` -> per-element loss ``sum_i w_i (c_i - score_i)`` -> backward to ``z`` (plus the
-weighted regularizer) -> clip each element's gradient norm -> SGD step with Nesterov momentum.
+One iteration: ``z`` (the initial noise) -> ``generate(z)`` (the sampling chain, one step or several, and the
+decode) -> image -> ``objective(image)`` -> per-element loss ``sum_i w_i (c_i - score_i)`` -> backward to ``z``
+(plus the weighted regularizer) -> clip each element's gradient norm -> SGD step with Nesterov momentum.
 The best iteration of each batch element by its reward loss (iteration 0 included, regularizer
-excluded) is returned, so the result is never worse on the reward than the plain one-step image.
+excluded) is returned, so the result is never worse on the reward than the image of the unchanged noise.
 
 Batch elements are independent optimizations run in one batched pass: each element has its own
 gradient clipping, regularizer, momentum, best iteration, and its own stop on a non-finite value.

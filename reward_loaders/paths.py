@@ -7,8 +7,7 @@ or in directories passed explicitly.
 
 The CLIP BPE vocabulary is the same for every CLIP model, so a reward that needs only the tokenizer
 can borrow it from the host: ``host_clip_tokenizer_dirs`` finds ComfyUI's bundled
-``comfy/sd1_tokenizer/`` through an already imported ``comfy`` package (never importing ComfyUI), and
-the node layer may add folders with ``set_clip_tokenizer_dirs_provider``.
+``comfy/sd1_tokenizer/`` through an already imported ``comfy`` package (never importing ComfyUI).
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ FOLDER_NAME = "reno_rewards"
 ENV_VAR = "RENO_REWARDS_DIR"
 
 _provider: Callable[[], Iterable[str]] | None = None
-_tokenizer_provider: Callable[[], Iterable[str | os.PathLike]] | None = None
 
 
 def set_search_path_provider(provider: Callable[[], Iterable[str]] | None) -> None:
@@ -47,25 +45,10 @@ def search_dirs(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
     return unique
 
 
-def find_reward_dir(reward: str, required: Iterable[str], extra: Iterable[str | os.PathLike] = ()) -> Path | None:
-    """The first ``<root>/<reward>`` folder that holds every file in ``required``, else None."""
-    for root in search_dirs(extra):
-        folder = root / reward
-        if all((folder / name).is_file() for name in required):
-            return folder
-    return None
-
-
-def set_clip_tokenizer_dirs_provider(provider: Callable[[], Iterable[str | os.PathLike]] | None) -> None:
-    """Install a function that lists extra folders holding a CLIP ``vocab.json`` + ``merges.txt``."""
-    global _tokenizer_provider
-    _tokenizer_provider = provider
-
-
 def host_clip_tokenizer_dirs() -> list[Path]:
-    """Folders of the host's bundled CLIP tokenizer that exist: the provider's, then ComfyUI's
-    ``comfy/sd1_tokenizer/`` when a ``comfy`` package is already imported (it is not imported here)."""
-    dirs: list[Path] = [Path(d) for d in _tokenizer_provider()] if _tokenizer_provider is not None else []
+    """Folders of the host's bundled CLIP tokenizer that exist: ComfyUI's ``comfy/sd1_tokenizer/`` when a ``comfy``
+    package is already imported (it is not imported here)."""
+    dirs: list[Path] = []
     comfy = sys.modules.get("comfy")
     try:
         locations = list(getattr(comfy, "__path__", None) or [])

@@ -208,7 +208,6 @@ def no_host_tokenizer(monkeypatch):
     """No ComfyUI imported, no reno_rewards folders configured: the only local copies are the test's."""
     monkeypatch.delitem(sys.modules, "comfy", raising=False)
     monkeypatch.setattr(reward_paths, "_provider", None)
-    monkeypatch.setattr(reward_paths, "_tokenizer_provider", None)
     monkeypatch.delenv(reward_paths.ENV_VAR, raising=False)
 
 
