@@ -271,7 +271,10 @@ class DiffusersGenerator:
     initial noise on the chain's scale (Euler: ``init_noise_sigma * noise``; LCM/DDPM, whose samples live on the
     variance-preserving scale with ``init_noise_sigma`` 1: ``sqrt(1 + sigma_0^2) * noise``; flow: the noise as is).
     ``sampler``/``policy``: the chain's sampler and gradient policy; a stochastic sampler's per-step noises are drawn
-    from ``noise_seed`` (a CPU generator, float32, in step order) and held fixed across calls.
+    from a CPU generator seeded with ``noise_seed`` after one draw the size of the start noise (float32, in step order),
+    as a diffusers pipeline called with ``generator=`` draws its latents and then its steps' noise, and held fixed
+    across calls: with the start noise ``torch.randn(noise_shape, generator=Generator().manual_seed(noise_seed))`` the
+    steps' noises are the pipeline's for that seed (and never the start noise again).
     """
 
     kind: str
@@ -302,6 +305,7 @@ class DiffusersGenerator:
         key = (tuple(x.shape), x.device, x.dtype)
         if key not in self._noises:
             generator = torch.Generator("cpu").manual_seed(int(self.noise_seed))
+            torch.randn(x.shape, generator=generator, dtype=torch.float32)  # the start noise's draw
 
             def draw(sigma, sigma_next):
                 return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(device=x.device,
@@ -673,7 +677,8 @@ def build_generator(pipe, prompt: str, *, kind: str | None = None, height: int |
     one-step call), ``sampler`` one of ``optimizer.chain.SAMPLERS`` (default: the scheduler's own step: euler for
     SD-Turbo and FLUX, euler_ancestral for SDXL-Turbo, lcm for Hyper-SDXL, ddpm for PixArt DMD), ``gradient``
     ``exact`` / ``drtune`` / ``last k`` with ``gradient_steps`` its k (``GradientPolicy``; with several steps each step
-    is recomputed in the backward pass). A stochastic sampler's step noises come from ``noise_seed``.
+    is recomputed in the backward pass). A stochastic sampler's step noises come from ``noise_seed``, continuing the
+    stream that drew the start noise (see ``DiffusersGenerator``).
     """
     _diffusers()
     if not isinstance(prompt, str):

@@ -220,7 +220,8 @@ def reference_chain(model: Model, steps: int):
 def test_four_steps_are_the_nodes_chain_on_the_same_denoiser(folders, kind, gradient):
     """generate(noise) and its noise gradient = decode(run_chain(denoiser, x_T, the scheduler's 4 sigmas, policy)) with
     the denoiser, sigmas, start scale and drtune's skip coefficient written here from the pipeline; a stochastic
-    sampler's step noises drawn from the same seed (a CPU generator, float32, in step order)."""
+    sampler's step noises drawn from the same seed (a CPU generator, float32, in step order, after the start noise's
+    draw)."""
     steps, seed = 4, 7
     pipe = pipe64(folders, kind)
     gen, shape = build_generator(pipe, PROMPT, height=SIZE, width=SIZE, dtype=F64, steps=steps, gradient=gradient,
@@ -239,6 +240,7 @@ def test_four_steps_are_the_nodes_chain_on_the_same_denoiser(folders, kind, grad
         noises = None
         if gen.sampler in ("euler_ancestral", "lcm", "ddpm"):
             g = torch.Generator().manual_seed(seed)
+            torch.randn(x.shape, generator=g)  # the start noise's draw: the steps' noises continue its stream
             noises = draw_step_noises(x, gen.sampler, sigmas, None, flow=flow,
                                       noise_sampler=lambda s, sn: torch.randn(x.shape, generator=g).to(F64))
             assert sum(n is not None for n in noises) == (0 if gen.sampler == "euler" else steps - 1)
@@ -268,10 +270,10 @@ def test_four_steps_are_the_nodes_chain_on_the_same_denoiser(folders, kind, grad
     print(f"{kind} {gradient}: image {err:.3g} roundings of 1, grad {gerr:.3g} roundings of the exact max|grad|")
 
 
-def pipeline_steps(pipe, kind, noise, steps, seed):
-    """The pipeline's own call for ``steps`` steps (no guidance, as the official code), its scheduler's random draws
-    from a CPU generator seeded with ``seed``."""
-    kw = dict(latents=noise.clone(), num_inference_steps=steps, output_type="pt", height=SIZE, width=SIZE,
+def pipeline_steps(pipe, kind, steps, seed, latents=None):
+    """The pipeline's own call for ``steps`` steps (no guidance, as the official code), its latents (unless given) and
+    its scheduler's random draws from a CPU generator seeded with ``seed``."""
+    kw = dict(latents=latents, num_inference_steps=steps, output_type="pt", height=SIZE, width=SIZE,
               generator=torch.Generator().manual_seed(seed))
     if kind == "sd-turbo":
         kw.update(guidance_scale=1.0)
@@ -287,17 +289,19 @@ def pipeline_steps(pipe, kind, noise, steps, seed):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_four_steps_of_the_schedulers_own_sampler_are_the_pipelines_call(folders, kind):
-    """With the scheduler's own sampler (the default), 4 steps of the generator equal the pipeline's own 4-step call:
-    Euler, Euler ancestral, LCM, DDPM and flow Euler, the stochastic ones' fresh noise drawn as the scheduler draws it
-    (a float32 randn per step that adds noise, from the one CPU generator)."""
+    """With the scheduler's own sampler (the default), 4 steps of the generator from the seed's noise (run_diffusers_item's
+    draw) equal the pipeline's own 4-step call with a generator of that seed: Euler, Euler ancestral, LCM, DDPM and
+    flow Euler, the stochastic ones' fresh noise drawn as the scheduler draws it (a float32 randn per step that adds
+    noise, continuing the generator that drew the latents). FLUX's pipeline draws its latents unpacked, so it is given
+    ours (its Euler steps draw nothing)."""
     steps, seed = 4, 11
     pipe = load_pipeline(folders[kind])
     gen, shape = build_generator(pipe, PROMPT, height=SIZE, width=SIZE, steps=steps, noise_seed=seed)
     assert gen.sampler == OWN_SAMPLER[kind]
-    noise = noise_for(shape, dtype=torch.float32)
+    noise = noise_for(shape, seed=seed, dtype=torch.float32)
     with torch.no_grad():
         ours = gen(noise)
-        theirs = pipeline_steps(pipe, kind, noise, steps, seed)
+        theirs = pipeline_steps(pipe, kind, steps, seed, latents=noise.clone() if kind == "flux-schnell" else None)
     assert ours.shape == theirs.shape and ours.std().item() > 0.02
     diff = (ours - theirs.float()).abs().max().item()
     print(f"{kind}: max |4 steps - pipe(num_inference_steps=4)| = {diff:.3e}")
