@@ -22,6 +22,8 @@ class ReNOHistory:
     best_loss: list[float] = field(default_factory=list)
     best_noise: torch.Tensor | None = field(default=None, repr=False)  # (B, ...) float32, CPU
     stop_reason: str | None = None
+    # search, then gradient (nodes/search.py): {"candidates", "keep", "seeds", "weighted_total", "scores", "kept"}
+    search: dict | None = None
 
     @property
     def iterations(self) -> int:
@@ -68,4 +70,12 @@ class ReNOHistory:
             "rewards": self.rewards,
             "stop_reason": self.stop_reason,
             "chain": self.chain(),
+            **({"search": self.search_summary()} if self.search else {}),
         }
+
+    def search_summary(self) -> dict:
+        """The search before the gradient: candidates, kept seeds and their weighted totals, the best and worst."""
+        s = self.search
+        totals = s["weighted_total"]
+        return {"candidates": s["candidates"], "keep": s["keep"], "kept_seeds": [s["seeds"][i] for i in s["kept"]],
+                "kept_totals": [totals[i] for i in s["kept"]], "best": max(totals), "worst": min(totals)}

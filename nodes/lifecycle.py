@@ -330,6 +330,13 @@ class ReNORun:
         """What recomputes in backward for this run (measured, or the fixed choice of its memory mode)."""
         return self._plan(patchers)
 
+    def plain_plan(self) -> RunPlan:
+        """The plan of a pass without gradient (nothing recomputes): the VAE layout and attention of a gradient run,
+        so its images are the gradient run's iteration 0 (up to float rounding)."""
+        layout = self._vae_layout(frozenset())
+        return RunPlan(copy_saved=self._copying, channels_last=layout.channels_last, summary="no gradient",
+                       sdpa=self._sdpa, layout=layout.describe())
+
     def use_host_sampler(self) -> None:
         """Sample with the host's own sampler function (ReNO's runs); without it the pack's chain runs."""
         self._prepare_sampler()

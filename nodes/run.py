@@ -19,6 +19,7 @@ from .events import send_iteration
 from .history import ReNOHistory
 from .lifecycle import ChainSettings, ReNOBody, ReNORun, RunResult
 from .memory import check_mode
+from .search import check_search, search_candidates
 from .settings import compile_rewards
 
 log = logging.getLogger(__name__)
@@ -94,26 +95,37 @@ def check_result(result, node_name: str = "ReNO Sampler") -> None:
 
 def reno_sample(model, positive, negative, vae, latent_image, rewards, prompt, seed, config: ReNOConfig, cfg,
                 node_id=None, continue_from: ReNOHistory | None = None, memory: str = "auto", steps: int = 1,
-                scheduler: str = "simple", chain: ChainSettings = ChainSettings()):
+                scheduler: str = "simple", chain: ChainSettings = ChainSettings(), candidates: int = 1, keep: int = 1):
     """Run ReNO with ComfyUI's own sampling machinery; returns (LATENT, IMAGE, RENO_HISTORY).
 
     ``continue_from`` starts from a previous run's best noise instead of the seed's (change the weights
     or the prompt and keep refining). The sigmas are KSampler's for ``scheduler`` and ``steps``: one step of
     ``simple`` is the model's ``sigma_max`` (t=999 for ε/v/x0 models, 1.0 for flow models such as FLUX and SD3,
     whatever their shift).
+
+    ``candidates`` > 1: that many seeds' noises are generated and scored first, and the ``keep`` best start the run
+    (``nodes/search.py``); the images come out as a batch of ``keep``, best candidate first.
     """
     ensemble = make_ensemble(rewards, prompt)
     reward_info = reward_info_of(ensemble)
 
     samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+    candidates, keep = check_search(candidates, keep, samples.shape[0], continue_from)
     noise = start_noise(samples, seed, latent_image.get("batch_index"), continue_from)
     if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
         raise ValueError(f"ReNO Sampler: scheduler {scheduler!r} is not one of this ComfyUI's schedulers "
                          f"({', '.join(comfy.samplers.KSampler.SCHEDULERS)})")
     sigmas = host_sampling.ksampler_sigmas(model, scheduler, int(steps), chain.sampler)
+    check_mode(memory)  # an unknown memory mode fails here, before sampling
+    search = None
+    if candidates > 1:  # search, then gradient: the keep best of the candidates' noises start the run
+        pbar = progress_bar(candidates, node_id)
+        noise, search = search_candidates(
+            model, positive, negative, vae, samples, latent_image.get("noise_mask"), ensemble, seed, candidates, keep,
+            cfg, sigmas, chain, memory, on_batch=lambda done, total: pbar.update_absolute(done, total))
+        samples = samples.expand(keep, *samples.shape[1:]).contiguous()
 
     on_iteration = iteration_reporter(config.iterations, reward_info, node_id, node_id)
-    check_mode(memory)  # an unknown memory mode fails here, before sampling
     runs: list[RunResult] = []
     sampler = ReNOComfySampler(
         lambda: ReNORun(ensemble, vae, ReNOBody(config, on_iteration, PREVIEW_SIZE), memory_mode=memory,
@@ -130,6 +142,8 @@ def reno_sample(model, positive, negative, vae, latent_image, rewards, prompt, s
 
     latent_out = dict(latent_image)
     latent_out["samples"] = out_samples
+    if search is not None:  # the keep best candidates: a batch of their own
+        latent_out.pop("batch_index", None)
     image = result.best_image.float().movedim(1, -1).cpu()
     history = ReNOHistory(
         prompt=prompt,
@@ -144,5 +158,6 @@ def reno_sample(model, positive, negative, vae, latent_image, rewards, prompt, s
         best_loss=result.best_loss,
         best_noise=result.best_noise.cpu(),
         stop_reason=result.stop_reason,
+        search=search,
     )
     return latent_out, image, history

@@ -7,6 +7,7 @@ from .inputs import chain_input, chain_settings, finite_input, reno_config, reno
 from .memory import AUTO, MEMORY_INPUT
 from .preview_node import save_previews
 from .run import reno_sample
+from .search import MAX_CANDIDATES
 
 CATEGORY = "ReNO/sampling"
 
@@ -63,13 +64,25 @@ class ReNOSampler:
                 "memory": (MEMORY_INPUT[0], dict(MEMORY_INPUT[1])),
                 **{name: chain_input(name) for name in ("steps", "sampler_name", "scheduler", "gradient",
                                                         "gradient_steps")},
+                "candidates": ("INT", {
+                    "default": 1, "min": 1, "max": MAX_CANDIDATES, "advanced": True,
+                    "tooltip": "Search, then gradient: generate and score this many seeds' images first (seed, seed+1, "
+                               "...; no gradient, in batches) and run ReNO from the best 'keep' of them. 1: the seed's "
+                               "noise only (no search). Needs a latent with batch_size 1.",
+                }),
+                "keep": ("INT", {
+                    "default": 1, "min": 1, "max": MAX_CANDIDATES, "advanced": True,
+                    "tooltip": "How many of the best candidates continue with ReNO (the images come out as a batch of "
+                               "this many, the best candidate first). At most 'candidates'.",
+                }),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def sample(self, model, positive, negative, vae, latent_image, rewards, prompt, seed, iterations,
                learning_rate, cfg, regularization, grad_clip, continue_from=None, memory=AUTO, steps=1,
-               sampler_name="euler", scheduler="simple", gradient="exact", gradient_steps=1, unique_id=None):
+               sampler_name="euler", scheduler="simple", gradient="exact", gradient_steps=1, candidates=1, keep=1,
+               unique_id=None):
         cfg = finite_input("ReNO Sampler", "cfg", cfg, "1.0 = no guidance, for turbo models; the widget allows 0 to 30")
         config = reno_config(iterations, learning_rate, regularization, grad_clip)
         chain = chain_settings(sampler_name, gradient, gradient_steps)
@@ -77,7 +90,7 @@ class ReNOSampler:
         latent, image, history = with_oom_advice(
             "ReNO Sampler", reno_sample, model, positive, negative, vae, latent_image, rewards, prompt, seed, config,
             cfg, node_id=unique_id, continue_from=continue_from, memory=memory, steps=int(steps), scheduler=scheduler,
-            chain=chain,
+            chain=chain, candidates=candidates, keep=keep,
         )
         # reno_images/reno_prompt: the gallery's images as temp files and their prompt, for preference picks
         return {"ui": {"reno_summary": [history.summary()], "reno_chart": [history.chart()],

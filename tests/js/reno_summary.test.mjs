@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { chainLine, fmt, summaryLines } from "../../web/js/reno_summary.js";
+import { chainLine, fmt, searchLine, summaryLines } from "../../web/js/reno_summary.js";
 
 test("fmt keeps 4 significant digits and handles non-finite values", () => {
   assert.equal(fmt(81.44992065429688), "81.45");
@@ -69,4 +69,17 @@ test("summaryLines shows the chain after the per-image lines and before an early
 test("a sampler name from the server stays text", () => {
   const evil = "<img src=x onerror=alert(1)>";
   assert.equal(chainLine({ steps: 1, sampler: evil, gradient: "exact" }), `1 step · ${evil} · exact`);
+});
+
+test("summaryLines adds the search before the gradient after the chain, and nothing without one", () => {
+  const search = { candidates: 8, keep: 2, kept_seeds: [12, 15], kept_totals: [0.41, 0.4], best: 0.41, worst: 0.12 };
+  const lines = summaryLines({
+    iterations: 4, best_iteration: [3, 1], initial_loss: [2, 3], best_loss: [1, 2], stop_reason: null,
+    chain: { steps: 1, sampler: "euler", gradient: "exact", gradient_steps: 1 }, search,
+  });
+  assert.deepEqual(lines.slice(2), ["1 step · euler · exact", "search: 8 seeds, kept 12, 15 · weighted total 0.41 (worst 0.12)"]);
+  assert.equal(searchLine(undefined), null);
+  assert.equal(searchLine({ candidates: 1, kept_seeds: [3] }), null);
+  assert.equal(searchLine({ candidates: "x", kept_seeds: [3] }), null);
+  assert.equal(searchLine({ candidates: 3 }), null);
 });

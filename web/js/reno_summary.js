@@ -42,8 +42,23 @@ export function summaryLines(summary) {
   });
   const chain = chainLine(summary.chain);
   if (chain) lines.push(chain);
+  const search = searchLine(summary.search);
+  if (search) lines.push(search);
   if (summary.stop_reason) lines.push(`stopped: ${String(summary.stop_reason)}`);
   return lines;
+}
+
+/**
+ * The search before the gradient (ReNO Sampler's candidates / keep), from a summary's `search`
+ * ({candidates, keep, kept_seeds[], kept_totals[], best, worst}): "search: 8 seeds, kept 12, 15 · weighted total
+ * 0.41 (worst 0.12)". null for anything else.
+ */
+export function searchLine(search) {
+  if (!search || typeof search !== "object" || !Array.isArray(search.kept_seeds)) return null;
+  const n = Number(search.candidates);
+  if (!Number.isInteger(n) || n < 2) return null;
+  const seeds = search.kept_seeds.map((x) => String(x)).join(", ");
+  return `search: ${n} seeds, kept ${seeds} · weighted total ${fmt(search.best)} (worst ${fmt(search.worst)})`;
 }
 
 /**
