@@ -4,9 +4,9 @@
         [--repeats 1] [--rewards imagereward,hpsv2.1,pickscore,clipscore]
         [--rows "1-step,exact,drtune,last k,euler_ancestral exact"]
 
-A real ComfyUI engine (the host tests/comfy_host.py finds, booted headless on the CPU, as scripts/benchmark.py
+A real ComfyUI engine (the host testing/comfy_host.py finds, booted headless on the CPU, as scripts/benchmark.py
 does) runs ReNO Sampler on the tiny embedded SD model (``ReNOTestTinySD``, transformer depth 1) with tiny reward
-checkpoints in their real formats (tests/tiny_rewards.py; the paper's weights 1, 5, 0.05, 0.01). Rows
+checkpoints in their real formats (testing/tiny_rewards.py; the paper's weights 1, 5, 0.05, 0.01). Rows
 (``ROWS``): 1-step ReNO (``steps`` 1, today's default) and, at 4 steps with scheduler ``simple``, sampler
 ``euler`` with each gradient policy of the chain (``exact``; ``drtune`` and ``last k`` with ``gradient_steps``
 1), plus ``euler_ancestral`` with ``exact``. ``memory`` is the node's default (``auto``); the plan it chose is
@@ -102,9 +102,9 @@ import weakref
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 from benchmark import reset_peak_rss  # noqa: E402  (the node-path benchmark's RSS high-water reset)
+from reno_batch import import_pack  # noqa: E402
 
 PROMPT = "a red apple on a wooden table"
 WEIGHTS = {"imagereward": 1.0, "hpsv2.1": 5.0, "hpsv2": 5.0, "pickscore": 0.05, "clipscore": 0.01, "aesthetic": 0.5}
@@ -229,9 +229,10 @@ def weighted_total(history, index: int) -> float:
 
 
 def run_child(args) -> int:
-    import comfy_host
     import torch
-    from tiny_rewards import write_reward_root
+
+    comfy_host = import_pack("testing.comfy_host")
+    from reno_pack.testing.tiny_rewards import write_reward_root
 
     torch.set_num_threads(args.threads)
     row = ROWS[args.child]
@@ -418,8 +419,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child is not None:
         return run_child(args)
-    import comfy_host
-
+    comfy_host = import_pack("testing.comfy_host")
     if comfy_host.find_host() is None:
         print("no ComfyUI engine found: set COMFYUI_PATH or run scripts/setup_env.sh")
         return 2

@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def load_pack(name: str = "reno_pack"):
@@ -119,7 +118,7 @@ def main() -> int:
     args = ap.parse_args()
     load_pack()
     from reno_pack.reward_loaders import load_reward
-    from tiny_rewards import ALL_REWARDS, write_reward_root
+    from reno_pack.testing.tiny_rewards import ALL_REWARDS, write_reward_root
 
     root = write_reward_root(Path(tempfile.mkdtemp(prefix="reno-bench-")), ALL_REWARDS)
     tiny = {name: load_reward(name, [root], download=False) for name in ALL_REWARDS}

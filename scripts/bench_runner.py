@@ -3,7 +3,7 @@
     python scripts/bench_runner.py [--prompts 8] [--seeds 2] [--iterations 20] [--modes single,ray1,ray2]
 
 Runs the runner's own library (``runner.batch.run_batch``, as ``reno-batch`` does) on the tests' tiny ReNO workflow
-(tests/reno_prompts.py: the tiny embedded SD model, ReNO Sampler, tiny CLIPScore checkpoint in its real format) over
+(testing/reno_prompts.py: the tiny embedded SD model, ReNO Sampler, tiny CLIPScore checkpoint in its real format) over
 ``--prompts`` x ``--seeds`` items, every mode into its own output folder, each worker on one torch thread (so the
 modes do the same arithmetic). Per mode:
 
@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 PROMPTS = ["a photo of a cake", "a blue cup", "a red bicycle", "a green apple on a table", "a cat on a sofa",
@@ -58,9 +57,9 @@ def main(argv=None) -> int:
     workflow = importlib.import_module("reno_pack.runner.workflow")
     backends = importlib.import_module("reno_pack.runner.backends")
     ray_backend = importlib.import_module("reno_pack.runner.ray_backend")
-    comfy_host = importlib.import_module("comfy_host")
-    from reno_prompts import reno_api_prompt
-    from tiny_rewards import write_reward_root
+    comfy_host = importlib.import_module("reno_pack.testing.comfy_host")
+    from reno_pack.testing.reno_prompts import reno_api_prompt
+    from reno_pack.testing.tiny_rewards import write_reward_root
 
     work = Path(tempfile.mkdtemp(prefix="reno-bench-runner-"))
     models = work / "models"

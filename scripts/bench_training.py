@@ -6,10 +6,10 @@
     python scripts/bench_training.py --checkpoint sd_turbo.safetensors --models-dir /path/to/ComfyUI/models \\
         --size 512 --steps 10 --rows alignprop:1,drtune:1,refl:1 --rewards imagereward,hpsv2.1
 
-A real ComfyUI engine (the host tests/comfy_host.py finds, booted headless, as scripts/bench_multistep.py does)
+A real ComfyUI engine (the host testing/comfy_host.py finds, booted headless, as scripts/bench_multistep.py does)
 runs ReNO Train Reward LoRA. Without ``--checkpoint``: on the tiny SD model of the tests (``ReNOTestTinyFamily``
 sd15, transformer depth 1, its pseudo text encoder) with tiny reward checkpoints in their real formats
-(tests/tiny_rewards.py), on the CPU. With ``--checkpoint``: CheckpointLoaderSimple's model, CLIP and VAE from
+(testing/tiny_rewards.py), on the CPU. With ``--checkpoint``: CheckpointLoaderSimple's model, CLIP and VAE from
 ``--models-dir`` and the reward files in its ``reno_rewards`` folder, on the GPU when there is one.
 
 Rows are ``method:sampler_steps[:k]`` (k default 1; euler, scheduler simple, rank 8, batch 1, memory auto, no held-out
@@ -37,9 +37,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench_multistep import RSSPeak, run_child_row  # noqa: E402
+from reno_batch import import_pack  # noqa: E402
 
 PROMPTS = "a red cube on a blue sphere\na cat in a wizard hat\nthree apples in a bowl\na lighthouse in a storm"
 WEIGHTS = {"imagereward": 1.0, "hpsv2.1": 5.0, "hpsv2": 5.0, "pickscore": 0.05, "clipscore": 0.01, "aesthetic": 1.0}
@@ -48,8 +48,9 @@ RESULT_TAG = "BENCH_TRAINING_RESULT "
 
 
 def run_child(args) -> int:
-    import comfy_host
     import torch
+
+    comfy_host = import_pack("testing.comfy_host")
 
     method, steps, k = (args.child.split(":") + ["1"])[:3]
     host = comfy_host.find_host()
@@ -68,7 +69,7 @@ def run_child(args) -> int:
     if args.checkpoint:
         model, clip, vae = engine.call_node("CheckpointLoaderSimple", inference=True, ckpt_name=args.checkpoint)
     else:
-        from tiny_rewards import write_reward_root
+        from reno_pack.testing.tiny_rewards import write_reward_root
 
         write_reward_root(Path(engine.folder_paths.get_folder_paths("reno_rewards")[0]), args.reward_names)
         model, vae, _, _ = engine.call_node("ReNOTestTinyFamily", inference=True, family="sd15", transformer_depth=1,
@@ -180,8 +181,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child is not None:
         return run_child(args)
-    import comfy_host
-
+    comfy_host = import_pack("testing.comfy_host")
     if comfy_host.find_host() is None:
         print("no ComfyUI engine found: set COMFYUI_PATH or run scripts/setup_env.sh")
         return 2

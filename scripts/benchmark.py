@@ -4,7 +4,7 @@
     python scripts/benchmark.py --model sd-turbo,sdxl-turbo,hyper-sdxl [--device cuda] [--dtype bf16]
         [--size N] [--iterations 50] [--repeats 5] [--memory "auto,no checkpointing"]
 
-A real ComfyUI engine (the host tests/comfy_host.py finds) runs ReNO Sampler. ``--model tiny`` (the default)
+A real ComfyUI engine (the host testing/comfy_host.py finds) runs ReNO Sampler. ``--model tiny`` (the default)
 uses the tiny embedded model with tiny reward checkpoints in their real formats, on the CPU.
 ``--model sd-turbo|sdxl-turbo|hyper-sdxl`` (comma list allowed) builds the full-size architectures with random
 weights directly on the device (scripts/full_size_models.py): SD 2.1 UNet at 512 px, SDXL UNet at 512 px,
@@ -54,11 +54,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "scripts"))
+from reno_batch import import_pack  # noqa: E402
 
-import comfy_host  # noqa: E402
-from engine_support import pack_module  # noqa: E402
-from tiny_rewards import write_reward_root  # noqa: E402
+# the headless host and the tiny models are the pack's test fixtures (testing/), imported by name; this loads the
+# pack as the package reno_pack
+comfy_host = import_pack("testing.comfy_host")
+pack_module = comfy_host.pack_module
+from reno_pack.testing.tiny_rewards import write_reward_root  # noqa: E402
 
 PROMPT = "a red apple on a wooden table"
 WEIGHTS = {"imagereward": 1.0, "hpsv2.1": 5.0, "hpsv2": 5.0, "pickscore": 0.05, "clipscore": 0.01, "aesthetic": 0.5}

@@ -25,11 +25,14 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "scripts"))
+from reno_batch import import_pack  # noqa: E402
 
-import comfy_host  # noqa: E402
-from reno_prompts import SAMPLER_ID, SAVE_ID, reno_api_prompt  # noqa: E402
-from tiny_rewards import write_reward_root  # noqa: E402
+# the headless host and the tiny models are the pack's test fixtures (testing/), imported by name; this loads the
+# pack as the package reno_pack
+comfy_host = import_pack("testing.comfy_host")
+from reno_pack.testing.reno_prompts import SAMPLER_ID, SAVE_ID, reno_api_prompt  # noqa: E402
+from reno_pack.testing.tiny_rewards import write_reward_root  # noqa: E402
 
 PROMPT = "a red apple on a wooden table"
 # the paper's reward mix and weights

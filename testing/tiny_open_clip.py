@@ -148,7 +148,7 @@ def write_tiny_hps(folder, filename: str = HPS_FILE, seed: int = 0, tokenizer: s
     elif tokenizer == "bundled":
         vocab_size = 49408
     elif tokenizer == "tiny":
-        from tiny_rewards import write_clip_tokenizer
+        from .tiny_rewards import write_clip_tokenizer
 
         vocab_size = write_clip_tokenizer(folder)
     else:
@@ -180,7 +180,7 @@ def tiny_aesthetic_state_dict(in_dim: int, hidden=(64, 32, 16, 8), seed: int = 0
 
 def write_tiny_aesthetic(folder, seed: int = 0, dtype: torch.dtype = torch.float32, **clip_kwargs) -> Path:
     """An aesthetic reward folder: the predictor file + ``clip/`` (a tiny transformers CLIPModel folder)."""
-    from tiny_rewards import write_tiny_clip_folder
+    from .tiny_rewards import write_tiny_clip_folder
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Tiny reward checkpoints written in the real formats and folder layout (random weights).
 
-Used by the tests and by the headless demo. Nothing is downloaded: the CLIP tokenizer files are a
+Used by the tests, the headless demo and the CPU benchmarks. Nothing is downloaded: the CLIP tokenizer files are a
 real byte-level BPE vocabulary (every byte, with and without the end-of-word mark, a few merges and
 CLIP's two special tokens) in the same ``vocab.json``/``merges.txt`` format as the real one.
 """
@@ -92,16 +92,16 @@ def write_reward_root(root: Path, rewards=("clipscore", "pickscore")) -> Path:
         if name in ("clipscore", "pickscore"):
             write_tiny_clip_folder(folder, seed=seed + 1)
         elif name == "imagereward":
-            from tiny_imagereward import write_tiny_imagereward
+            from .tiny_imagereward import write_tiny_imagereward
 
             write_tiny_imagereward(folder, seed=seed + 1)
         elif name in ("hpsv2.1", "hpsv2"):
-            from tiny_open_clip import write_tiny_hps
+            from .tiny_open_clip import write_tiny_hps
 
             write_tiny_hps(folder, filename="HPS_v2.1_compressed.pt" if name == "hpsv2.1" else "HPS_v2_compressed.pt",
                            seed=seed + 1)
         elif name == "aesthetic":
-            from tiny_open_clip import write_tiny_aesthetic
+            from .tiny_open_clip import write_tiny_aesthetic
 
             write_tiny_aesthetic(folder, seed=seed + 1)
         else:

@@ -11,13 +11,7 @@ from reno_prompts import reno_api_prompt
 PROMPT_TEXT = "a photo of a cat"
 
 
-def pack_module(engine):
-    """The pack's module as ComfyUI loaded it (the 2025 engine keys sys.modules by path)."""
-    init = engine.workdir / "custom_nodes" / comfy_host.PACK_NAME / "__init__.py"
-    for module in list(sys.modules.values()):
-        if getattr(module, "__file__", None) == str(init):
-            return module
-    raise AssertionError(f"the pack loaded from {init} is not in sys.modules")
+pack_module = comfy_host.pack_module  # the pack's module as ComfyUI loaded it (testing/comfy_host.py)
 
 
 @contextlib.contextmanager

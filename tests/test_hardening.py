@@ -26,7 +26,7 @@ SURROGATE_PROMPT = "a photo of a cat \ud800 on the mat"
 
 @pytest.fixture(scope="module")
 def all_rewards_root(tmp_path_factory):
-    """A reno_rewards folder with a tiny checkpoint of every reward (tests/tiny_rewards.py ALL_REWARDS)."""
+    """A reno_rewards folder with a tiny checkpoint of every reward (testing/tiny_rewards.py ALL_REWARDS)."""
     return write_reward_root(tmp_path_factory.mktemp("all_rewards"), ALL_REWARDS)
 
 

@@ -68,6 +68,20 @@ def test_runner_imports_comfyui_only_inside_the_engine_boot():
             assert not comfy_imports(text), path
 
 
+def test_product_code_never_imports_the_testing_fixtures():
+    """``testing/`` (tiny models, the tests' headless host, the test-only fixture node pack) is for tests/, the demo
+    and the benchmarks, which import it by name: no product folder imports it, the pack's ``__init__`` (all that
+    ComfyUI loads of a pack) does not, and the registry archive and the wheel leave it out."""
+    imports_testing = re.compile(r"^\s*(?:from\s+\.+testing\b|from\s+[\w.]*\btesting\b|import\s+[\w.]*\btesting\b)", re.M)
+    for folder in ("optimizer", "reward_loaders", "preferences", "training", "generators", "runner", "nodes"):
+        for path in (ROOT / folder).rglob("*.py"):
+            assert not imports_testing.search(path.read_text()), path
+    assert not imports_testing.search((ROOT / "__init__.py").read_text())
+    assert "testing/" in (ROOT / ".comfyignore").read_text().split()
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert not [p for p in packages if "testing" in p.split(".")], packages
+
+
 def test_requirements_are_floors_without_torch_or_the_fragile_wheels():
     lines = [ln.split("#")[0].strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()]
     reqs = [ln for ln in lines if ln]

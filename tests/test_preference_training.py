@@ -1,6 +1,6 @@
 """Training an ImageReward-architecture reward on preference marks (training/preference_reward.py).
 
-Tiny ImageReward checkpoints in the real format (tests/tiny_imagereward.py) and preference datasets written in
+Tiny ImageReward checkpoints in the real format (testing/tiny_imagereward.py) and preference datasets written in
 the store's format (``<user>/reno_preferences/<dataset>/records.jsonl`` + ``images/``): the preferred images of a
 dataset are systematically of one colour, the rejected of another, chosen as the colour the base reward dislikes,
 so the base ranks the pairs mostly wrong and training must turn it round.

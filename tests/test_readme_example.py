@@ -2,7 +2,7 @@
 
 The code block is taken from README.md and run verbatim in a subprocess, with the pack importable as ``reno`` the way
 the README says (``pip install -e``: tests/editable_install.py builds and unpacks that editable install) and
-``RENO_REWARDS_DIR`` pointing at tiny reward checkpoints in the real formats (tests/tiny_rewards.py). Nothing is
+``RENO_REWARDS_DIR`` pointing at tiny reward checkpoints in the real formats (testing/tiny_rewards.py). Nothing is
 downloaded.
 """
 

@@ -2,7 +2,7 @@
 
 Every pipeline is diffusers' own class with tiny random components (UNet2DConditionModel, FluxTransformer2DModel,
 PixArtTransformer2DModel, AutoencoderKL, CLIPTextModel(WithProjection), T5EncoderModel). The CLIP tokenizer is the
-real byte-level BPE format of tests/tiny_rewards.py, the T5 tokenizer a real (tokenizers-backed) T5Tokenizer over a
+real byte-level BPE format of testing/tiny_rewards.py, the T5 tokenizer a real (tokenizers-backed) T5Tokenizer over a
 small Unigram vocabulary written here. Used by tests/test_diffusers_generators.py and tests/test_runner_diffusers.py;
 import it after ``pytest.importorskip("diffusers")``.
 """

