@@ -742,7 +742,7 @@ class DiffusersItemResult:
     noise_shape: tuple[int, ...]
     config: ReNOConfig
     result: ReNOResult
-    initial_image: torch.Tensor  # (1, 3, H, W) in [0, 1]: iteration 0, the plain one-step image
+    initial_image: torch.Tensor  # (1, 3, H, W) in [0, 1]: iteration 0, the plain (one- or N-step) image
     best_image: torch.Tensor
     initial_loss: float
     best_loss: float
