@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N prompts of the file")
     p.add_argument("--save-initial", action="store_true",
                    help="also save iteration 0 (the plain one-step image) in its own tree beside the best")
+    p.add_argument("--candidates", type=int, metavar="N",
+                   help="search, then gradient: score N seeds' images per item (the item's seed, seed+1, ...) and run "
+                        "ReNO from the best (ReNO Sampler's candidates, keep 1); default: the workflow's setting")
     p.add_argument("--prompt-node", action="append", default=[], metavar="ID[.INPUT]",
                    help="the node (and input) that gets the prompt text; repeatable (default: nodes titled "
                         "'[prompt]', else the text encoder feeding ReNO Sampler's positive input)")
@@ -181,7 +184,8 @@ def _source(args):
 
     if args.workflow is not None:
         return WorkflowSource(make_job(load_workflow(args.workflow), prompt_nodes=args.prompt_node,
-                                       sampler=args.sampler_node, save_initial=args.save_initial))
+                                       sampler=args.sampler_node, save_initial=args.save_initial,
+                                       candidates=args.candidates))
     dopts = {k: v for k, v in {"iterations": args.iterations, "learning_rate": args.learning_rate,
                                "device": args.device, "steps": args.steps, "sampler": args.sampler,
                                "gradient": args.gradient, "gradient_steps": args.gradient_steps}.items()

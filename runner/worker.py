@@ -66,7 +66,8 @@ def history_scores(history) -> dict:
 
     return {"rewards": rewards, "initial": at(0), "best": at(best), "best_iteration": best,
             "iterations": len(records), "stop_reason": history.stop_reason,
-            "vae_layout": (getattr(history, "config", None) or {}).get("vae_layout")}
+            "vae_layout": (getattr(history, "config", None) or {}).get("vae_layout"),
+            **({"search": history.search_summary()} if getattr(history, "search", None) else {})}
 
 
 VAE_LAYOUTS = {"as-loaded": "0", "channels-last": "1", "measured": None}
@@ -168,7 +169,9 @@ class ItemWorker:
             raise RuntimeError(f"the ReNO Sampler made {image.shape[0]} images; the runner makes one per seed: set the "
                                "latent's batch_size to 1 and use --seeds / --n-seeds")
         scores = history_scores(history)
-        vae_layout = scores.pop("vae_layout")
+        extra = {"vae_layout": scores.pop("vae_layout")}
+        if "search" in scores:  # search, then gradient: the candidates and the kept seed
+            extra["search"] = scores.pop("search")
         images = {"best": png_bytes(image[0])}
         if job.save_initial:
             init = self.engine.cached_outputs(job.initial_node)
@@ -184,4 +187,4 @@ class ItemWorker:
                 else:
                     child.unlink(missing_ok=True)
         return ItemResult(**scores, images=images, node_seconds=spans.get(job.sampler, float("nan")),
-                          extra={"vae_layout": vae_layout})
+                          extra=extra)

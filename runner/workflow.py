@@ -101,6 +101,8 @@ class Job:
         if self.save_initial:
             initial = copy.deepcopy(wf[self.sampler])
             initial["inputs"]["iterations"] = 1
+            if "candidates" in initial["inputs"]:  # the seed's own image, not the best candidate's
+                initial["inputs"].update(candidates=1, keep=1)
             initial.setdefault("_meta", {})["title"] = "ReNO batch: initial image (iteration 0)"
             wf[self.initial_node] = initial
         return wf
@@ -137,7 +139,7 @@ def _follow(workflow: dict, node_id: str, name: str, kinds: tuple[str, ...], typ
 
 
 def make_job(workflow: dict, *, prompt_nodes: list[str] = (), sampler: str | None = None,
-             save_initial: bool = False) -> Job:
+             save_initial: bool = False, candidates: int | None = None) -> Job:
     samplers = [k for k, n in workflow.items() if n["class_type"] == SAMPLER_CLASS]
     if sampler is not None:
         if sampler not in workflow or workflow[sampler]["class_type"] != SAMPLER_CLASS:
@@ -201,4 +203,9 @@ def make_job(workflow: dict, *, prompt_nodes: list[str] = (), sampler: str | Non
     seed = _follow(workflow, sampler, "seed", SOURCE_INT_INPUTS, int)
     if seed is None:
         raise WorkflowError(f"ReNO Sampler {sampler}'s seed is neither a number nor a link to an integer primitive")
+    if candidates is not None:  # search, then gradient, for every item: the best one of N seeds continues
+        if candidates < 1:
+            raise WorkflowError(f"--candidates {candidates}: use 1 (no search) or more")
+        workflow = copy.deepcopy(workflow)
+        workflow[sampler]["inputs"].update(candidates=int(candidates), keep=1)
     return Job(workflow, sampler, targets, seed, save_initial, notes)

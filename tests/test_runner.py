@@ -81,6 +81,21 @@ def test_marker_title_prompt_node_links_and_initial_copy():
     assert job.targets == [SAMPLER_ID, job.initial_node]
 
 
+def test_candidates_search_every_item_and_the_initial_copy_keeps_the_seeds_own_image():
+    wf = reno_api_prompt(prompt="p", iterations=5)
+    job = workflow.make_job(wf, save_initial=True, candidates=4)
+    assert "candidates" not in wf[SAMPLER_ID]["inputs"]  # the caller's workflow is not changed
+    built = job.build("q", 9)
+    assert built[SAMPLER_ID]["inputs"]["candidates"] == 4 and built[SAMPLER_ID]["inputs"]["keep"] == 1
+    assert built[job.initial_node]["inputs"]["candidates"] == 1 and built[job.initial_node]["inputs"]["keep"] == 1
+    assert workflow.workflow_sha256(job.workflow) != workflow.workflow_sha256(workflow.make_job(wf).workflow)
+    assert "candidates" not in workflow.make_job(wf).build("q", 9)[SAMPLER_ID]["inputs"]  # default: the workflow's
+    with pytest.raises(workflow.WorkflowError, match="--candidates 0"):
+        workflow.make_job(wf, candidates=0)
+    args = cli.build_parser().parse_args(["--workflow", "w.json", "--prompts", "p.txt", "--out", "o", "--candidates", "8"])
+    assert args.candidates == 8
+
+
 @pytest.mark.parametrize("mutate, match", [
     (lambda wf: wf.pop(SAMPLER_ID), "no ReNO Sampler"),
     (lambda wf: wf.__setitem__("70", dict(wf[SAMPLER_ID])), "2 ReNO Samplers"),

@@ -34,9 +34,9 @@ def runner_engine(fresh_engine):
 
 
 def make_config(tmp_path, *, layout="geneval", save_initial=False, seeds=(0, 1), lines=GENEVAL_LINES, name="p.jsonl",
-                out="out", threads=None):
+                out="out", threads=None, candidates=None):
     wf = reno_api_prompt(prompt="placeholder", iterations=ITERATIONS, rewards=(("clipscore", 1.0),))
-    job = workflow.make_job(wf, save_initial=save_initial)
+    job = workflow.make_job(wf, save_initial=save_initial, candidates=candidates)
     pf = tmp_path / name
     pf.write_text("\n".join(lines) + "\n")
     return batch.BatchConfig(source=backends.WorkflowSource(job), prompt_file=pf, out=tmp_path / out, seeds=list(seeds), layout=layout,
@@ -143,3 +143,16 @@ def test_ctrl_c_finishes_the_current_item_and_stops(runner_engine, tmp_path):
     summary = json.loads((cfg.out / "summary.json").read_text())
     assert summary["interrupted"] and summary["items"] == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+
+
+def test_candidates_search_each_item_and_the_record_names_the_kept_seed(runner_engine, tmp_path):
+    cfg = make_config(tmp_path, layout="plain", lines=["a photo of a cake"], name="p.txt", seeds=(5,), candidates=3,
+                      save_initial=True)
+    assert batch.run_batch(cfg) == batch.EXIT_OK
+    (r,) = read_jsonl(cfg.out / "results.jsonl")
+    s = r["search"]
+    assert s["candidates"] == 3 and s["keep"] == 1 and s["kept_seeds"][0] in (5, 6, 7)
+    # the run starts from the best candidate: its iteration 0 is that candidate's score (the search's best)
+    assert r["initial"]["total"] == pytest.approx(s["best"], abs=1e-4 * max(1.0, abs(s["best"])))
+    assert r["best"]["total"] >= r["initial"]["total"]
+    assert (cfg.out / "initial").is_dir()  # the seed's own image beside the best
