@@ -94,6 +94,26 @@ def normal_tensors(modules: Iterable[nn.Module | None]):
     return swapped_tensors(modules, lambda t: as_normal(t) if t.is_inference() else None)
 
 
+@contextlib.contextmanager
+def normal_attributes(objects: Iterable[object | None]):
+    """Swap each inference tensor held as a plain attribute of ``objects`` (not a module's parameter or buffer: a
+    latent format's ``latents_mean`` / ``latents_std``, made when the model was loaded under inference mode) for a
+    zero-copy normal one, for the duration; the originals are put back on exit, whatever happens. Without it the
+    first op of the gradient path that saves one (Wan 2.1 / Qwen-Image's ``process_out``: ``latent * latents_std``)
+    fails with "Inference tensors cannot be saved for backward"."""
+    swapped: list[tuple[object, str, torch.Tensor]] = []
+    try:
+        for obj in objects:
+            for name, value in list(vars(obj).items()) if obj is not None and hasattr(obj, "__dict__") else ():
+                if isinstance(value, torch.Tensor) and value.is_inference():
+                    swapped.append((obj, name, value))
+                    setattr(obj, name, as_normal(value))
+        yield len(swapped)
+    finally:
+        for obj, name, original in reversed(swapped):
+            setattr(obj, name, original)
+
+
 def channels_last_weights(modules: Iterable[nn.Module | None]):
     """Swap every 4-D parameter of ``modules`` for a channels-last copy (convolutions then run, and hand on
     their outputs, in NHWC); the originals are put back on exit, whatever happens."""

@@ -72,7 +72,7 @@ from ..optimizer.memory import (
 )
 from ..reward_loaders import RewardEnsemble
 from . import host, host_sampling, memory
-from .autograd import as_normal, channels_last_weights, normal_tensors
+from .autograd import as_normal, channels_last_weights, normal_attributes, normal_tensors
 from .foreign import control_modules
 from .inpaint import denoise_with_mask
 from .inputs import ChainSettings
@@ -122,12 +122,16 @@ def decode_with_grad(vae, latent: torch.Tensor) -> torch.Tensor:
     """VAE decode that keeps gradients: (B, C, h, w) latent -> (B, 3, H, W) image in [0, 1].
 
     ``VAE.decode`` copies to the CPU every call and may fall back to a tiled decode that runs under
-    ``inference_mode`` (silently dropping gradients); this calls the decoder on its device.
+    ``inference_mode`` (silently dropping gradients); this calls the decoder on its device. A 3-D (video) VAE
+    decoding one frame, as ComfyUI samples Qwen-Image's Wan 2.1 latent ((B, C, 1, h, w)), gives (B, 3, 1, H, W):
+    the frame axis is dropped, as VAE Decode folds frames into the batch.
     """
     model = vae.first_stage_model
     device = getattr(vae, "device", None) or next(model.parameters()).device
     dtype = getattr(vae, "vae_dtype", None) or next(model.parameters()).dtype
     out = model.decode(latent.to(device=device, dtype=dtype)).float()
+    if out.dim() == 5 and out.shape[2] == 1:
+        out = out[:, :, 0]
     if out.dim() != 4:
         raise ValueError(
             f"ReNO works on images; this VAE decodes to a tensor of shape {tuple(out.shape)} (video or audio VAE?)"
@@ -388,6 +392,7 @@ class ReNORun:
             stack.enter_context(host_sampling.samplers_with_gradients())  # the host's sampler functions build a graph
             stack.enter_context(host.compiler_off())  # e. no model compiler, no CUDA graphs
             stack.enter_context(normal_tensors(self._foreign_modules()))  # a. zero-copy normal tensors
+            stack.enter_context(normal_attributes([getattr(self.inner, "latent_format", None)]))  # a'. its statistics
             if plan.channels_last:  # b. the decoder's convolutions in NHWC
                 stack.enter_context(channels_last_weights([self.vae.first_stage_model]))
             if plan.sdpa:  # the decoder's unfused attention as PyTorch SDPA

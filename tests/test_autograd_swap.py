@@ -213,3 +213,34 @@ def test_a_wrapper_subclass_is_rebuilt_around_normal_inner_tensors():
     # float32: column sums of the 6 x 4 weight times its total (24 terms), in other orders (measured 0.5)
     assert_rounding_close(xg.grad, (dense.sum(0) * dense.sum()).expand(3, 4), 32)
     assert module.w is p
+
+
+def test_a_latent_formats_inference_statistics_are_swapped_for_the_run_and_put_back():
+    """A latent format holding its statistics as tensors made under inference mode (ComfyUI's Wan21, Qwen-Image's):
+    inside ``normal_attributes`` they are normal views of the same storage, so ``latent * std + mean`` can be saved
+    for backward and carries the gradient; afterwards the very same objects are back, after an error too."""
+
+    class LatentFormat:
+        scale_factor = 1.0
+
+        def __init__(self):
+            self.latents_mean = torch.tensor([0.5, -0.25]).view(1, 2, 1, 1)
+            self.latents_std = torch.tensor([2.0, 3.0]).view(1, 2, 1, 1)
+            self.name = "wan21"
+
+    with torch.inference_mode():
+        fmt = LatentFormat()
+    mean, std = fmt.latents_mean, fmt.latents_std
+    assert mean.is_inference() and std.is_inference()
+    x = torch.ones(1, 2, 2, 2, requires_grad=True)
+    with pytest.raises(RuntimeError, match="Inference tensors cannot be saved for backward"):
+        x * fmt.latents_std  # noqa: B018 (what process_out does, without the swap)
+    with autograd.normal_attributes([fmt, None]) as n:
+        assert n == 2 and not fmt.latents_mean.is_inference() and not fmt.latents_std.is_inference()
+        assert fmt.latents_std.data_ptr() == std.data_ptr() and fmt.name == "wan21"
+        (x * fmt.latents_std / fmt.scale_factor + fmt.latents_mean).sum().backward()
+    assert fmt.latents_mean is mean and fmt.latents_std is std
+    assert torch.equal(x.grad, std.expand(1, 2, 2, 2))
+    with pytest.raises(ValueError), autograd.normal_attributes([fmt]):
+        raise ValueError("boom")
+    assert fmt.latents_mean is mean and fmt.latents_std is std
