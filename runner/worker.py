@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from ..optimizer.memory import CHANNELS_LAST_ENV
+from ..optimizer.objective import weighted_total
 from . import engine as engine_mod
 from .backends import restore_threads, set_threads
 from .host import locate_host
@@ -61,14 +62,19 @@ def history_scores(history) -> dict:
 
     def at(i):
         s = {r["label"]: float(records[i]["scores"][r["label"]][0]) for r in rewards}
-        s["total"] = float(sum(r["weight"] * s[r["label"]] for r in rewards))
+        s["total"] = float(weighted_total((r["weight"], s[r["label"]]) for r in rewards))
         return s
 
     return {"rewards": rewards, "initial": at(0), "best": at(best), "best_iteration": best,
             "iterations": len(records), "stop_reason": history.stop_reason,
             "vae_layout": (getattr(history, "config", None) or {}).get("vae_layout"),
+            **{key: (getattr(history, "config", None) or {}).get(key) for key in GENERATION_KEYS},
             **({"search": history.search_summary()} if getattr(history, "search", None) else {})}
 
+
+#: what an item's record says of its generation (from the history's config): the model family ComfyUI detected, the
+#: sampler, scheduler and model calls the run backpropagated through
+GENERATION_KEYS = ("family", "sampler", "scheduler", "steps")
 
 VAE_LAYOUTS = {"as-loaded": "0", "channels-last": "1", "measured": None}
 
@@ -169,7 +175,7 @@ class ItemWorker:
             raise RuntimeError(f"the ReNO Sampler made {image.shape[0]} images; the runner makes one per seed: set the "
                                "latent's batch_size to 1 and use --seeds / --n-seeds")
         scores = history_scores(history)
-        extra = {"vae_layout": scores.pop("vae_layout")}
+        extra = {"vae_layout": scores.pop("vae_layout"), **{key: scores.pop(key) for key in GENERATION_KEYS}}
         if "search" in scores:  # search, then gradient: the candidates and the kept seed
             extra["search"] = scores.pop("search")
         images = {"best": png_bytes(image[0])}
