@@ -712,6 +712,10 @@ def build_generator(pipe, prompt: str, *, kind: str | None = None, height: int |
     parts = builder(pipe, prompt, kind, height, width, device, dtype, steps)
     policy = GradientPolicy(policy.mode, policy.k, recompute=steps > 1, skip=parts.skip)
     sampler = sampler or parts.sampler
+    if sampler == "lcm" and policy.mode == "last_k" and policy.k < steps:
+        raise ValueError(f"sampler 'lcm' with gradient 'last k' (k = {policy.k}) over {steps} steps: each lcm step starts "
+                         "from the previous step's prediction, which last k detaches, so no gradient reaches the noise; "
+                         "use gradient 'exact' or 'drtune', or gradient_steps >= steps")
     gen = DiffusersGenerator(
         kind=kind, height=height, width=width, noise_shape=tuple(parts.shape), timestep=parts.timestep, steps=steps,
         sampler=sampler, policy=policy, sigmas=parts.sigmas, flow=parts.flow, start_scale=parts.start_scale,
