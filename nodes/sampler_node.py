@@ -1,4 +1,4 @@
-"""ReNO Sampler: one-step generation whose initial noise is optimized for the connected rewards."""
+"""ReNO Sampler: generation (one step or a few) whose initial noise is optimized for the connected rewards."""
 
 from __future__ import annotations
 
