@@ -76,6 +76,12 @@ def iteration_reporter(iterations: int, reward_info: list[dict], event_node_id=N
     return on_iteration
 
 
+def model_family(model) -> str | None:
+    """The model's family as ComfyUI detected it: its ``supported_models`` class name (SD15, SDXL, Flux, ZImage...)."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    return type(config).__name__ if config is not None else None
+
+
 def chain_record(run: RunResult, chain: ChainSettings, scheduler: str | None) -> dict:
     """What the history keeps about the sampling chain (shown by ReNO Iteration Preview)."""
     return {"steps": len(run.sigmas) - 1, "sampler": chain.sampler, "scheduler": scheduler,
@@ -149,7 +155,8 @@ def reno_sample(model, positive, negative, vae, latent_image, rewards, prompt, s
         prompt=prompt,
         seed=int(seed),
         rewards=reward_info,
-        config={**config.to_dict(), "cfg": cfg, "memory": run.memory, "vae_layout": run.layout,
+        config={**config.to_dict(), "cfg": cfg, "family": model_family(model), "memory": run.memory,
+                "vae_layout": run.layout,
                 "attention": run.attention, **chain_record(run, chain, scheduler)},
         sigma=run.sigma,
         records=[r.to_dict() for r in result.records],

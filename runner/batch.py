@@ -300,6 +300,10 @@ def summarize(results: Iterable[dict]) -> dict:
         out["mean_seconds_per_item"] = sum(secs) / len(secs)
     if node:
         out["mean_node_seconds_per_item"] = sum(node) / len(node)
+    for key, name in (("family", "families"), ("sampler", "samplers")):  # what generated the images
+        seen = list(dict.fromkeys(r[key] for r in results if r.get(key)))
+        if seen:
+            out[name] = seen
     return out
 
 

@@ -34,8 +34,8 @@ def runner_engine(fresh_engine):
 
 
 def make_config(tmp_path, *, layout="geneval", save_initial=False, seeds=(0, 1), lines=GENEVAL_LINES, name="p.jsonl",
-                out="out", threads=None, candidates=None):
-    wf = reno_api_prompt(prompt="placeholder", iterations=ITERATIONS, rewards=(("clipscore", 1.0),))
+                out="out", threads=None, candidates=None, wf=None):
+    wf = wf or reno_api_prompt(prompt="placeholder", iterations=ITERATIONS, rewards=(("clipscore", 1.0),))
     job = workflow.make_job(wf, save_initial=save_initial, candidates=candidates)
     pf = tmp_path / name
     pf.write_text("\n".join(lines) + "\n")
@@ -156,3 +156,29 @@ def test_candidates_search_each_item_and_the_record_names_the_kept_seed(runner_e
     assert r["initial"]["total"] == pytest.approx(s["best"], abs=1e-4 * max(1.0, abs(s["best"])))
     assert r["best"]["total"] >= r["initial"]["total"]
     assert (cfg.out / "initial").is_dir()  # the seed's own image beside the best
+
+
+def in_subgraph(wf: dict, ids: set[str], parent: str = "57") -> dict:
+    """``wf`` as the frontend exports a workflow whose nodes ``ids`` sit inside subgraph node ``parent``: their ids
+    become ``parent:id`` (API format has no subgraphs, only these ids), links follow."""
+    new = {(f"{parent}:{k}" if k in ids else k): v for k, v in wf.items()}
+    for node in new.values():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) in ids:
+                node["inputs"][name] = [f"{parent}:{value[0]}", value[1]]
+    return new
+
+
+def test_a_reno_sampler_inside_a_subgraph_runs_and_the_summary_names_family_and_sampler(runner_engine, tmp_path):
+    from reno_prompts import SAMPLER_ID
+
+    wf = in_subgraph(reno_api_prompt(prompt="placeholder", iterations=ITERATIONS, rewards=(("clipscore", 1.0),)),
+                     {"2", SAMPLER_ID, "50"})
+    cfg = make_config(tmp_path, layout="plain", lines=["a photo of a cake"], name="p.txt", seeds=(0,), wf=wf,
+                      save_initial=True)
+    assert cfg.source.job.sampler == f"57:{SAMPLER_ID}" and ("57:2", "text") in cfg.source.job.text_targets
+    assert batch.run_batch(cfg) == batch.EXIT_OK
+    (r,) = read_jsonl(cfg.out / "results.jsonl")
+    assert r["prompt"] == "a photo of a cake" and r["iterations"] == ITERATIONS and r["sampler"] == "euler"
+    summary = json.loads((cfg.out / "summary.json").read_text())
+    assert summary["families"] == [r["family"]] and r["family"] and summary["samplers"] == ["euler"]
