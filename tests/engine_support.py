@@ -15,16 +15,32 @@ pack_module = comfy_host.pack_module  # the pack's module as ComfyUI loaded it (
 
 
 @contextlib.contextmanager
+def wrapped_generator(pack, wrap):
+    """While inside, every ReNO run's loop (``nodes.lifecycle.optimize_noise`` of ``pack``, the pack's module as
+    the engine loaded it) is given ``wrap(generate)`` in place of its generator (``wrap`` is called once per run).
+    Restored on exit."""
+    lifecycle = pack.nodes.lifecycle
+    real = lifecycle.optimize_noise
+
+    def optimize_noise(generate, objective, noise, config, callback=None):
+        return real(wrap(generate), objective, noise, config, callback)
+
+    lifecycle.optimize_noise = optimize_noise
+    try:
+        yield
+    finally:
+        lifecycle.optimize_noise = real
+
+
+@contextlib.contextmanager
 def first_iteration(engine):
     """While inside, every ReNO run records its iteration 0 from the loop itself: ``first["image"]`` (the decoded
     image, float32), ``first["extra"]`` (what the generator returns beside it: (B, 2, ...) KSampler's samples and
     x0) and ``first["grad"]`` (the gradient of iteration 0's loss + regularizer with respect to the noise). A run
     restarted with activation copies (an in-place model) keeps its last attempt's."""
-    lifecycle = pack_module(engine).nodes.lifecycle
-    real = lifecycle.optimize_noise
     first: dict = {}
 
-    def optimize_noise(generate, objective, noise, config, callback=None):
+    def wrap(generate):
         first.clear()
 
         def keep_grad(g):
@@ -39,13 +55,10 @@ def first_iteration(engine):
                 z.register_hook(keep_grad)
             return out
 
-        return real(generate_first, objective, noise, config, callback)
+        return generate_first
 
-    lifecycle.optimize_noise = optimize_noise
-    try:
+    with wrapped_generator(pack_module(engine), wrap):
         yield first
-    finally:
-        lifecycle.optimize_noise = real
 
 
 def fixture_families(engine):

@@ -21,11 +21,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reno_pack.optimizer.memory import recomputing
-from reno_pack.reward_loaders import RewardFilesMissing, RewardLoadError, clip_preprocess, comfy_to_bchw, load_reward
+from reno_pack.reward_loaders import RewardFilesMissing, RewardLoadError, clip_preprocess, load_reward
 from reno_pack.reward_loaders import open_clip_model as ocm
 from reno_pack.reward_loaders import paths as reward_paths
 from reno_pack.reward_loaders.download import DownloadError
 from reno_pack.reward_loaders.hps import HPS_FILES, find_clip_tokenizer, load_hps_folder
+from reward_checks import check_comfy_images_score_per_image, check_gradients_reach_the_image
 from tiny_open_clip import (
     open_clip_bpe_path,
     tiny_open_clip_config,
@@ -33,7 +34,7 @@ from tiny_open_clip import (
     write_open_clip_tokenizer_files,
     write_tiny_hps,
 )
-from tolerances import BATCH_K, REFERENCE_K, assert_rounding_close
+from tolerances import REFERENCE_K, assert_rounding_close
 
 PROMPT = "a photo of the cat on the mat"
 TESTS = Path(__file__).resolve().parent
@@ -136,20 +137,13 @@ def test_weights_are_frozen_float32_in_eval_mode(hps):
 
 
 def test_gradients_reach_the_image(hps):
-    images = torch.rand(2, 3, 64, 64, requires_grad=True)
-    hps(images, PROMPT).sum().backward()
-    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
-    assert all(p.grad is None for p in hps.parameters())
+    check_gradients_reach_the_image(hps, PROMPT)
 
 
 @settings(max_examples=5, deadline=None)
 @given(h=st.integers(16, 300), w=st.integers(16, 300), batch=st.integers(1, 3))
 def test_comfy_images_of_any_size_score_per_image(hps, h, w, batch):
-    comfy_images = torch.rand(batch, h, w, 3)
-    scores = hps(comfy_to_bchw(comfy_images), PROMPT)
-    assert scores.shape == (batch,) and torch.isfinite(scores).all()
-    one_by_one = torch.cat([hps(comfy_to_bchw(comfy_images[i : i + 1]), PROMPT) for i in range(batch)])
-    assert_rounding_close(scores, one_by_one, BATCH_K, at_least=1.0)  # float32 cosines, batch vs single
+    check_comfy_images_score_per_image(hps, PROMPT, h, w, batch)  # float32 cosines, batch vs single
 
 
 def test_long_prompt_is_truncated_and_said(hps, caplog):

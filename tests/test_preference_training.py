@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from image_files import bomb_jpeg
 from PIL import Image
 from reno_pack.reward_loaders.imagereward import load_imagereward_folder
 from reno_pack.training import preference_reward as pt
@@ -447,19 +448,6 @@ def test_the_pairs_of_a_prompt_with_many_marks_are_bounded_and_drawn_from_the_se
     c, _ = pt.load_preference_pairs(user, "many", seed=1)
     assert len(a) == 5 and a == b and a != c
     assert len({p.preferred for p in a}) == 4 and len({p.rejected for p in a}) == 4  # every mark used
-
-
-def bomb_jpeg(path: Path, width: int, height: int) -> Path:
-    """A tiny JPEG whose header claims ``width`` x ``height`` pixels (what a decompression bomb's header says)."""
-    import io
-
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), "red").save(buf, format="JPEG")
-    data = bytearray(buf.getvalue())
-    sof = data.index(b"\xff\xc0")  # baseline frame header: length (2), precision (1), height (2), width (2)
-    data[sof + 5: sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
-    path.write_bytes(bytes(data))
-    return path
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL warns over 89.5 megapixels

@@ -101,3 +101,19 @@ def fresh_engine(engine):
     yield engine
     engine.clear_progress_callbacks()
     engine.reset_interrupt()
+
+
+@pytest.fixture(scope="module")
+def pack(engine):
+    """The pack's module as ComfyUI loaded it (``comfy_host.pack_module``)."""
+    return comfy_host.pack_module(engine)
+
+
+@pytest.fixture(scope="module")
+def stack(engine, request):
+    """The test module's ``REWARDS`` [(name, weight), ...] chained through ReNO Load Reward, over tiny checkpoints
+    of every reward (``engine_support.reward_stack``). Modules with another recipe define their own ``stack``."""
+    from engine_support import reward_stack
+    from tiny_rewards import ALL_REWARDS
+
+    return reward_stack(engine, request.module.REWARDS, ALL_REWARDS)

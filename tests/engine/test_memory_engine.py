@@ -13,24 +13,12 @@ import sys
 
 import pytest
 import torch
-from engine_support import PROMPT_TEXT, first_iteration, fixture_families, pack_module, reward_stack
+from engine_support import PROMPT_TEXT, first_iteration, fixture_families, pack_module
 from tolerances import EPS32, GRAD_K, ORACLE_IMAGE_K, assert_rounding_close
 
 MODES = ["no checkpointing", "checkpoint rewards", "checkpoint rewards + VAE", "checkpoint all", "auto"]
 REWARDS = (("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01))
 ITERATIONS = 4
-
-
-@pytest.fixture(scope="module")
-def pack(engine):
-    return pack_module(engine)
-
-
-@pytest.fixture(scope="module")
-def stack(engine):
-    from tiny_rewards import ALL_REWARDS
-
-    return reward_stack(engine, REWARDS, ALL_REWARDS)
 
 
 def run(engine, parts, stack, memory, side=64):

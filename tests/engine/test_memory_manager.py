@@ -27,7 +27,7 @@ import contextlib
 import comfy_host
 import pytest
 import torch
-from engine_support import PROMPT_TEXT, depth_for, pack_module, reward_stack
+from engine_support import PROMPT_TEXT, depth_for, wrapped_generator
 
 REWARDS = (("pickscore", 1.0),)
 SEED = 3
@@ -37,18 +37,6 @@ MEMORY_MODES = ("no checkpointing", "checkpoint all")  # every activation kept; 
 
 
 # -- fixtures ------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def pack(engine):
-    return pack_module(engine)
-
-
-@pytest.fixture(scope="module")
-def stack(engine):
-    from tiny_rewards import ALL_REWARDS
-
-    return reward_stack(engine, REWARDS, ALL_REWARDS)
-
 
 @pytest.fixture(scope="module")
 def base(engine):
@@ -117,24 +105,19 @@ def partially_loaded(patcher):
 def first_noise_gradient(pack, seen: dict | None = None):
     """Records the gradient of the first backward pass with respect to the noise (``out["grad"]``) and, when ``seen``
     holds a ``during`` callable, what it returns inside the run (``out["during"]``)."""
-    lifecycle = pack.nodes.lifecycle
-    real = lifecycle.optimize_noise
     out: dict = {}
 
-    def capturing(generate, objective, noise, config, callback=None):
+    def wrap(generate):
         def forward(z, *args, **kwargs):
             if z.requires_grad and "grad" not in out:
                 z.register_hook(lambda g: out.setdefault("grad", g.detach().clone()))
             if seen is not None and "during" in seen:
                 out.setdefault("during", seen["during"]())
             return generate(z, *args, **kwargs)
-        return real(forward, objective, noise, config, callback)
+        return forward
 
-    lifecycle.optimize_noise = capturing
-    try:
+    with wrapped_generator(pack, wrap):
         yield out
-    finally:
-        lifecycle.optimize_noise = real
 
 
 def reno(engine, model, base, stack, memory="no checkpointing"):

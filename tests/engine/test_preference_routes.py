@@ -13,6 +13,7 @@ from pathlib import Path
 
 import comfy_host
 import pytest
+from image_files import bomb_jpeg
 from PIL import Image
 
 PREFIX = "/reno/preferences"
@@ -260,17 +261,6 @@ def test_the_three_nodes_give_the_gallery_images_and_prompt_to_mark(engine, rout
 
 
 # -- issue 20 §2: image work and listing off the event loop, a pixel cap, deeply nested JSON --------------------
-
-def bomb_jpeg(path: Path, width: int, height: int) -> Path:
-    """A tiny JPEG whose header claims ``width`` x ``height`` pixels (a decompression bomb's header)."""
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), "red").save(buf, format="JPEG")
-    data = bytearray(buf.getvalue())
-    sof = data.index(b"\xff\xc0")  # baseline frame header: length (2), precision (1), height (2), width (2)
-    data[sof + 5: sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
-    path.write_bytes(bytes(data))
-    return path
-
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL warns over 89.5 megapixels
 def test_an_image_over_the_pixel_cap_is_refused_from_its_header(routes, dirs):

@@ -10,22 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_support import PROMPT_TEXT, pack_module, reward_stack
+from engine_support import PROMPT_TEXT
 
 REWARDS = (("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01))
 EPS32 = torch.finfo(torch.float32).eps
-
-
-@pytest.fixture(scope="module")
-def pack(engine):
-    return pack_module(engine)
-
-
-@pytest.fixture(scope="module")
-def stack(engine):
-    from tiny_rewards import ALL_REWARDS
-
-    return reward_stack(engine, REWARDS, ALL_REWARDS)
 
 
 @pytest.fixture(scope="module")
