@@ -42,6 +42,8 @@ PICKSCORE = "yuvalkirstain/PickScore_v1"
 IMAGEREWARD = "THUDM/ImageReward"
 BERT_BASE = "google-bert/bert-base-uncased"
 HPS = "xswu/HPSv2"
+HPSV3 = "MizzenAI/HPSv3"
+QWEN2_VL_7B = "Qwen/Qwen2-VL-7B-Instruct"
 OPENAI_CLIP_L = "openai/clip-vit-large-patch14"
 AESTHETIC_URL = (
     "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac%2Blogos%2Bava1-l14-linearMSE.pth"
@@ -131,6 +133,12 @@ def _itercomp(folder: Path, roots: list[Path] | None, name: str, offset: float) 
     from .imagereward import load_itercomp_folder
 
     return load_itercomp_folder(folder, name, offset, roots)
+
+
+def _hpsv3(folder: Path, roots: list[Path] | None, name: str, offset: float) -> RewardModel:
+    from .hpsv3 import load_hpsv3_folder
+
+    return load_hpsv3_folder(folder, name, offset)
 
 
 def _itercomp_files(name: str) -> tuple[FileNeed, ...]:
@@ -250,6 +258,22 @@ REWARDS: dict[str, RewardSpec] = {
         description="IterComp non-spatial-relationship reward (ImageReward architecture): normalized reward",
         files=_itercomp_files("itercomp_nonspatial"),
         builder=_itercomp,
+    ),
+    "hpsv3": RewardSpec(
+        name="hpsv3",
+        offset=15.0,  # not in the ReNO paper (HPSv3 is later): above the best model averages of HPSv3's benchmark
+        paper_weight=1.0,  # no official ReNO weight
+        description="HPSv3 (Qwen2-VL-7B with a reward head trained on 1.08 M human preference pairs): the head's "
+                    "mean mu, higher is better; a 7B model, about 16 GB in bfloat16",
+        files=(
+            FileNeed(("HPSv3.safetensors",), Source(HPSV3)),
+            FileNeed(("config.json",), Source(QWEN2_VL_7B)),
+            FileNeed(("vocab.json", "tokenizer.json"), Source(QWEN2_VL_7B)),
+            FileNeed(("merges.txt", "tokenizer.json"), Source(QWEN2_VL_7B)),
+            FileNeed(("tokenizer_config.json",), Source(QWEN2_VL_7B)),
+            FileNeed(("preprocessor_config.json",), Source(QWEN2_VL_7B)),
+        ),
+        builder=_hpsv3,
     ),
 }
 

@@ -22,6 +22,7 @@ export const SUGGESTED_WEIGHTS = Object.freeze({
   itercomp_attribute: 1.0,
   itercomp_spatial: 1.0,
   itercomp_nonspatial: 1.0,
+  hpsv3: 1.0,
 });
 
 /** The suggested weight of `reward`, or null for a reward this table does not know. */
