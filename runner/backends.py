@@ -67,8 +67,15 @@ class DiffusersSource:
 
     kind = "diffusers"
 
+    #: the options that change what an item makes (not where it runs: device, rewards_dir)
+    GENERATION_OPTIONS = ("iterations", "learning_rate", "steps", "sampler", "gradient", "gradient_steps")
+
     def identity(self) -> dict:
-        return {"workflow_sha256": None, "diffusers": str(self.folder)}
+        """The pipeline folder, and the rewards and options that change the images: a resumed run with another
+        --steps, --sampler, --gradient, --reward... is refused instead of mixing two runs."""
+        return {"workflow_sha256": None, "diffusers": str(self.folder),
+                "diffusers_generation": {"rewards": [[str(n), float(w)] for n, w in self.rewards],
+                                         **{k: self.options[k] for k in self.GENERATION_OPTIONS if k in self.options}}}
 
     def build(self, options: dict) -> Backend:
         from .diffusers_hook import DiffusersBackend

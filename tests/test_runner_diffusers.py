@@ -208,3 +208,14 @@ def test_diffusers_batch_samples_several_steps_with_a_gradient_mode(setup, monke
     with pytest.raises(SystemExit) as exc:
         cli.main(argv(setup, out / "bad", "--steps", "4", "--gradient", "truncated"))
     assert exc.value.code == 2 and "--gradient 'truncated'" in capsys.readouterr().err
+
+
+def test_a_resumed_diffusers_run_with_other_steps_is_refused(setup, monkeypatch, capsys):
+    """Another --steps (or sampler, gradient, reward...) into the same --out would mix two runs: refused."""
+    monkeypatch.delenv("RENO_REWARDS_DIR", raising=False)
+    out = setup["tmp"] / "resume-steps"
+    common = ("--models-dir", str(setup["models"]), "--seeds", "0", "--limit", "1")
+    assert cli.main(argv(setup, out, *common, "--steps", "2", "--iterations", "1")) == 0, capsys.readouterr().err
+    with pytest.raises(SystemExit, match="different diffusers_generation"):
+        cli.main(argv(setup, out, *common, "--steps", "3", "--iterations", "1"))
+    assert cli.main(argv(setup, out, *common, "--steps", "2", "--iterations", "1")) == 0  # the same run resumes
