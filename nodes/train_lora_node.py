@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ..optimizer.chain import SAMPLERS
-from ..optimizer.reward_training import METHODS, StepRecord, TrainConfig, TrainResult
+from ..training.reward_finetuning import METHODS, StepRecord, TrainConfig, TrainResult
 from .events import send_iteration
 from .guards import check_model_and_vae, with_oom_advice
 from .history import ReNOHistory

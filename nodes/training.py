@@ -25,7 +25,8 @@ import comfy.sample
 import comfy.samplers
 import torch
 
-from ..optimizer.reward_training import (
+from ..reward_loaders import RewardEnsemble
+from ..training.reward_finetuning import (
     RewardTerm,
     Rollout,
     RolloutOutcome,
@@ -36,7 +37,6 @@ from ..optimizer.reward_training import (
     rollout_chain,
     train,
 )
-from ..reward_loaders import RewardEnsemble
 from . import memory
 from .bridge import ReNOComfySampler
 from .lifecycle import ChainSettings, ReNORun, RunBody, RunPlan, RunResult, preview_image

@@ -8,10 +8,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tolerances import assert_rounding_close
-
-from optimizer.chain import ChainSpec, run_chain
-from optimizer.reward_training import (
+from reno_pack.optimizer.chain import ChainSpec, run_chain
+from reno_pack.training.reward_finetuning import (
     METHODS,
     RewardTerm,
     Rollout,
@@ -22,6 +20,7 @@ from optimizer.reward_training import (
     run_rollout,
     train,
 )
+from tolerances import assert_rounding_close
 
 # float64 toy: the gradient-identity tests compare two computation orders of the same gradient, and latents of
 # 15-45 make float32's rounding (eps32 * 45 = 5e-6) as large as a real difference would be
@@ -245,7 +244,7 @@ def test_reno_drtune_policy_with_the_skip_coefficient_is_the_papers_noise_gradie
     """GradientPolicy("drtune", k, skip=...) (what ReNO Sampler runs): eps = net(x.detach()) before the last k steps
     and the full step after, so the start noise's gradient flows through the sampler's linear updates with the
     network's output held fixed."""
-    from optimizer.chain import GradientPolicy
+    from reno_pack.optimizer.chain import GradientPolicy
 
     net = ToyNet()
     x = start().requires_grad_(True)

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .chain import ChainSpec, Denoiser, StepGradients, run_chain
-from .objective import reward_loss as weighted_reward_loss
+from ..optimizer.chain import ChainSpec, Denoiser, StepGradients, run_chain
+from ..optimizer.objective import reward_loss as weighted_reward_loss
 
 METHODS = ("alignprop", "drtune", "refl")
 #: DRTune stops within the last 40% of the schedule
