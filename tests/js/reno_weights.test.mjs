@@ -5,7 +5,7 @@ import { SUGGESTED_WEIGHTS, followingWeight, suggestedWeight } from "../../web/j
 test("suggested weights are the paper's mix, aesthetic 1.0 when chosen, IterComp 1.0", () => {
   assert.deepEqual({ ...SUGGESTED_WEIGHTS }, {
     imagereward: 1, "hpsv2.1": 5, hpsv2: 5, pickscore: 0.05, clipscore: 0.01, aesthetic: 1,
-    itercomp_attribute: 1, itercomp_spatial: 1, itercomp_nonspatial: 1,
+    itercomp_attribute: 1, itercomp_spatial: 1, itercomp_nonspatial: 1, hpsv3: 1,
   });
   assert.equal(suggestedWeight("itercomp_spatial"), 1);
   assert.equal(suggestedWeight("pickscore"), 0.05);
