@@ -33,6 +33,8 @@ CARDS: dict[str, tuple[str, str, str, str]] = {
     "ReNO 12 Train a reward LoRA on SD-Turbo": (
         "Reward LoRA", "AlignProp · 1 step · 8 prompts", "ImageReward 1 · HPSv2.1 5", "training"),
     "ReNO 13 Z-Image-Turbo, 8 steps": ("Z-Image-Turbo", "8 steps res_multistep · 1024 px", PAPER_MIX, "through 8 steps"),
+    "ReNO 14 Qwen-Image, Lightning 2 steps": ("Qwen-Image 2512", "2 steps euler · 1328 px", PAPER_MIX, "LoRA · 2 steps"),
+    "ReNO 15 FLUX.2 Klein, 4 steps": ("FLUX.2 Klein 4B", "4 steps euler · 1024 px", PAPER_MIX, "custom sampler"),
 }
 
 

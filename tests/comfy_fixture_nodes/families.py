@@ -13,10 +13,17 @@
 | ``flux`` | ``supported_models.Flux`` (guidance-distilled, like FLUX.1-dev) | flow | Flux, 16 ch | cross-attn, ``pooled_output``, ``guidance`` |
 | ``flux_schnell`` | ``supported_models.FluxSchnell`` (no guidance embed) | flow | Flux, 16 ch | cross-attn, ``pooled_output`` |
 | ``z_image`` | ``supported_models.ZImage`` (Lumina2 / NextDiT, Z-Image modulation, shift 3) | flow | Flux, 16 ch | cross-attn of Qwen3-4B's width (2560), ``attention_mask`` |
+| ``qwen_image`` | ``supported_models.QwenImage`` (MMDiT of ``comfy/ldm/qwen_image``) | flow | Wan21, 16 ch, 5-D (one frame) | cross-attn of Qwen2.5-VL-7B's width (3584), ``attention_mask`` |
+| ``flux2`` | ``supported_models.Flux2`` (FLUX.2 Klein's detected config, no guidance embed) | flow | Flux2, 128 ch (16x) | cross-attn of Klein 4B's Qwen3-4B three-layer tap (7680) |
 
 The VAE is a tiny SD-style ``AutoencoderKL`` (8x) with the family's latent channels, inside
 ``comfy.sd.VAE``; for ``z_image`` it is FLUX's ``ae`` as ``comfy.sd.VAE`` builds it (an ``AutoencodingEngine``
-with the SD ``Encoder``/``Decoder``, no quant convs), tiny. Everything is float32 on the CPU, initialised deterministically from ``seed``.
+with the SD ``Encoder``/``Decoder``, no quant convs), tiny; for ``qwen_image`` the Qwen-Image VAE (Wan 2.1's causal 3-D
+``WanVAE``, detected by ``comfy.sd.VAE`` from its state dict, ``dim`` read from the weights), tiny; for ``flux2`` the
+FLUX.2 VAE (``AutoencoderKL`` with quant convs and ``batch_norm_latent``: 2x2 patching of 32 channels to 128,
+normalized by the BatchNorm's running statistics), tiny. ``write_qwen_lightning_lora`` writes a tiny LoRA in the
+layout of the Qwen-Image Lightning LoRAs (bare ``transformer_blocks.*`` module names, ``lora_down``/``lora_up``/``alpha``)
+for core ``LoraLoaderModelOnly``. Everything is float32 on the CPU, initialised deterministically from ``seed``.
 ``family_unavailable(family)`` says why the running engine cannot build a family (None when it can).
 """
 
@@ -29,6 +36,10 @@ from . import _init_module_weights, build_tiny_model, text_to_context, tiny_unet
 CONTEXT_DIM = 32
 #: Z-Image's caption features: Qwen3-4B's hidden width (comfy/text_encoders/z_image.py, embedding_size=2560)
 QWEN3_4B_DIM = 2560
+#: Qwen-Image's text features: Qwen2.5-VL-7B's hidden width (QwenImageTransformer2DModel joint_attention_dim)
+QWEN25_VL_7B_DIM = 3584
+#: FLUX.2 Klein 4B's text features: Qwen3-4B's hidden states of 3 layers side by side (comfy Flux2TEModel), 3 x 2560
+KLEIN_4B_CONTEXT_DIM = 3 * QWEN3_4B_DIM
 POOLED_DIM = 32
 FLUX_GUIDANCE = 3.5
 
@@ -42,6 +53,8 @@ FAMILIES = {
     "flux": ("Flux", 16),
     "flux_schnell": ("FluxSchnell", 16),
     "z_image": ("ZImage", 16),
+    "qwen_image": ("QwenImage", 16),
+    "flux2": ("Flux2", 128),
 }
 
 
@@ -97,6 +110,24 @@ def _unet_config(family: str, depth: int) -> dict:
                 "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512], "rope_theta": 256.0,
                 "ffn_dim_multiplier": 8.0 / 3.0, "z_image_modulation": True, "time_scale": 1000.0,
                 "pad_tokens_multiple": 32}
+    if family == "qwen_image":
+        # model_detection reads image_model, in_channels (16 latent channels x 2x2 patch) and num_layers; the rest are
+        # QwenImageTransformer2DModel's defaults (24 heads of 128, RoPE axes (16, 56, 56), text width 3584): here 2 heads
+        # of 128 (the same RoPE), one block
+        return {"image_model": "qwen_image", "in_channels": 64, "num_layers": max(1, int(depth)),
+                "num_attention_heads": 2}
+    if family == "flux2":
+        # model_detection's FLUX.2 config (axes [32]*4, theta 2000, mlp 3, global modulation, SiLU MLP, no biases,
+        # patch 1 over 128 channels, no vector input), Klein 4B's text width (7680) and no guidance embed (the distilled
+        # Klein), at hidden 256: 2 heads of 128 (0.33 detects heads = hidden // sum(axes)), one double and one single block
+        config = {"image_model": "flux2", "in_channels": 128, "out_channels": 128, "patch_size": 1, "vec_in_dim": None,
+                  "context_in_dim": KLEIN_4B_CONTEXT_DIM, "hidden_size": 256, "mlp_ratio": 3.0, "num_heads": 2,
+                  "depth": max(1, int(depth)), "depth_single_blocks": 1, "axes_dim": [32, 32, 32, 32], "theta": 2000,
+                  "qkv_bias": False, "guidance_embed": False, "global_modulation": True, "mlp_silu_act": True,
+                  "ops_bias": False, "default_ref_method": "index", "ref_index_scale": 10.0}
+        if _flux_param("txt_ids_dims"):  # 0.33 detects FLUX.2 with txt_ids_dims [3]
+            config["txt_ids_dims"] = [3]
+        return config
     raise ValueError(f"unknown family {family!r}")
 
 
@@ -130,6 +161,8 @@ def build_family_model(family: str, transformer_depth: int = 1, seed: int = 0):
     offload = mm.unet_offload_device()
     model = model_config.get_model({}, device=offload)
     _init_module_weights(model.diffusion_model, seed + 17 * len(family), 0.04)
+    if family in ("qwen_image", "flux2"):
+        _unit_gains(model.diffusion_model)
     gen = torch.Generator().manual_seed(seed + 99)
     with torch.no_grad():  # buffers made with torch.empty (SD3's pos_embed): real checkpoints load them
         for buf in model.diffusion_model.buffers():
@@ -138,6 +171,17 @@ def build_family_model(family: str, transformer_depth: int = 1, seed: int = 0):
     model.to(torch.float32)
     model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=offload)
+
+
+def _unit_gains(module: torch.nn.Module) -> None:
+    """Norm gains that ``_init_module_weights`` takes for weights (RMS norms' ``gamma`` of shape (C, 1, 1[, 1]), the
+    Qwen-Image blocks' RMSNorm ``weight``), set to one, as trained models roughly have them."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "gamma" or (leaf == "weight" and "norm" in type(owner).__name__.lower()):
+                p.fill_(1.0)
 
 
 def _flux_ae(ddconfig: dict, embed_dim=None):
@@ -169,6 +213,10 @@ def build_family_vae(family: str, seed: int = 0):
             vae = comfy.sd.VAE(sd=sd, config={"params": params}, dtype=torch.float32)
         vae.latent_channels = channels
         return vae
+    if family == "qwen_image":
+        return _wan21_vae(seed)
+    if family == "flux2":
+        return _flux2_vae(ddconfig, seed)
     proto = AutoencoderKL(ddconfig=dict(ddconfig), embed_dim=channels)
     _init_module_weights(proto, seed + 1_000_003, 0.04, {"decoder.conv_out.weight": 0.03})
     sd = {k: v.detach().clone() for k, v in proto.state_dict().items()}
@@ -177,11 +225,78 @@ def build_family_vae(family: str, seed: int = 0):
     return vae
 
 
+def _wan21_vae(seed: int):
+    """The Qwen-Image VAE (Wan 2.1's) at dim 8 (the real one: 96): a tiny ``WanVAE`` state dict that ``comfy.sd.VAE``
+    detects as Wan 2.1 (``decoder.middle.0.residual.0.gamma``; ``dim`` from ``decoder.head.0.gamma``)."""
+    import comfy.sd
+    from comfy.ldm.wan.vae import WanVAE
+
+    proto = WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                   temperal_downsample=[False, True, True], dropout=0.0)
+    _init_module_weights(proto, seed + 1_000_003, 0.08, {"decoder.head.2.weight": 0.03})
+    _unit_gains(proto)
+    sd = {k: v.detach().clone() for k, v in proto.state_dict().items()}
+    return comfy.sd.VAE(sd=sd, dtype=torch.float32)
+
+
+def _flux2_vae(ddconfig: dict, seed: int):
+    """The FLUX.2 VAE (``flux2-vae``) as ``comfy.sd.VAE`` detects it (``bn.running_mean`` -> ``batch_norm_latent``;
+    ``post_quant_conv`` -> ``AutoencoderKL``; 32 channels patched 2x2 to 128, 16x down), at ch 32 (the real one: 128,
+    which detection fixes): built through the config path, with what detection sets on the VAE."""
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    ddconfig = dict(ddconfig, z_channels=32, batch_norm_latent=True)
+    params = {"ddconfig": ddconfig, "embed_dim": 32}
+    proto = AutoencoderKL(ddconfig=dict(ddconfig), embed_dim=32)
+    _init_module_weights(proto, seed + 1_000_003, 0.04, {"decoder.conv_out.weight": 0.03})
+    gen = torch.Generator().manual_seed(seed + 1_000_033)
+    with torch.no_grad():  # the latent statistics a trained VAE keeps in its BatchNorm
+        proto.bn.running_mean.copy_(torch.randn(proto.bn.running_mean.shape, generator=gen) * 0.1)
+        proto.bn.running_var.copy_(0.5 + torch.rand(proto.bn.running_var.shape, generator=gen))
+    sd = {k: v.detach().clone() for k, v in proto.state_dict().items()}
+    vae = comfy.sd.VAE(sd=sd, config={"params": params}, dtype=torch.float32)
+    vae.latent_channels = 4 * 32
+    vae.downscale_ratio = vae.upscale_ratio = 16
+    return vae
+
+
+def write_qwen_lightning_lora(model, path, rank: int = 4, seed: int = 0):
+    """A tiny LoRA for the ``qwen_image`` fixture model in the Qwen-Image Lightning LoRAs' layout: for every Linear of
+    every transformer block (attention q/k/v/out of both streams, the MLPs, the modulations) the bare module name
+    (``transformer_blocks.0.attn.to_q``) with ``.lora_down.weight``, ``.lora_up.weight`` and ``.alpha``, which
+    ComfyUI's QwenImage key map reads directly. Returns (path, state dict)."""
+    from pathlib import Path
+
+    import safetensors.torch
+
+    gen = torch.Generator().manual_seed(seed + 4242)
+    sd = {}
+    dm = model.model.diffusion_model
+    for name, mod in dm.named_modules():
+        if not name.startswith("transformer_blocks.") or not isinstance(mod, torch.nn.Linear):
+            continue
+        out_f, in_f = mod.weight.shape
+        sd[f"{name}.lora_down.weight"] = torch.randn(rank, in_f, generator=gen) * 0.2
+        sd[f"{name}.lora_up.weight"] = torch.randn(out_f, rank, generator=gen) * 0.2
+        sd[f"{name}.alpha"] = torch.tensor(float(rank))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(sd, str(path))
+    return path, sd
+
+
 def family_conditioning(family: str, text: str):
     """``[[context, {extra keys}]]`` as the family's text encoders would make it."""
     if family == "z_image":  # Qwen3-4B hidden states (layer -2) and their attention mask, no pooled output
         ctx = text_to_context(text, QWEN3_4B_DIM)
         return [[ctx, {"attention_mask": torch.ones(ctx.shape[:2], dtype=torch.long)}]]
+    if family == "qwen_image":  # Qwen2.5-VL-7B's last hidden states and their attention mask
+        ctx = text_to_context(text, QWEN25_VL_7B_DIM)
+        return [[ctx, {"attention_mask": torch.ones(ctx.shape[:2], dtype=torch.long)}]]
+    if family == "flux2":  # Klein's three Qwen3-4B layers side by side (Flux2 pads to 512 tokens); CLIP Text Encode
+        # always sets pooled_output, None for this encoder (0.3.75's Flux.encode_adm reads the key)
+        return [[text_to_context(text, KLEIN_4B_CONTEXT_DIM), {"pooled_output": None}]]
     ctx = text_to_context(text, CONTEXT_DIM)
     pooled = text_to_context("pooled:" + str(text), POOLED_DIM, tokens=1)[:, 0]
     extra: dict = {}

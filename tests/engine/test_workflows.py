@@ -15,8 +15,9 @@ import pytest
 WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
 FRONTEND_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
-#: core node modules the workflows use besides the conftest's (ModelSamplingDiscrete for LCM-LoRA)
-EXTRA_NODES = ("nodes_model_advanced.py",)
+#: core node modules the workflows use besides the conftest's (ModelSamplingDiscrete for LCM-LoRA, ModelSamplingAuraFlow;
+#: Flux2Scheduler and EmptyFlux2LatentImage for FLUX.2 Klein)
+EXTRA_NODES = ("nodes_model_advanced.py", "nodes_flux.py")
 #: the model-file inputs of the loaders the workflows use, and the model folder each lists
 MODEL_INPUTS = {"ckpt_name": "checkpoints", "unet_name": "diffusion_models", "lora_name": "loras",
                 "vae_name": "vae", "clip_name": "text_encoders", "clip_name1": "text_encoders",
@@ -37,6 +38,9 @@ FEW_STEP = {
     # ComfyUI's image_z_image_turbo template: KSampler 8 steps, res_multistep, simple, cfg 1
     "ReNO 13 Z-Image-Turbo, 8 steps.json": {"steps": 8, "sampler_name": "res_multistep", "scheduler": "simple", "cfg": 1.0,
                                 "learning_rate": 5.0},
+    # ComfyUI's image_qwen_image_2512_with_2steps_lora template: KSampler 2 steps, euler, simple, cfg 1
+    "ReNO 14 Qwen-Image, Lightning 2 steps.json": {"steps": 2, "sampler_name": "euler", "scheduler": "simple", "cfg": 1.0,
+                                                   "learning_rate": 5.0},
 }
 PAPER_MIX = [("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01)]
 
