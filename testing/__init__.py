@@ -9,7 +9,8 @@ the registry archive (``.comfyignore``) and the wheel (``pyproject.toml``). Its 
   folder layout (``write_reward_root``).
 * ``comfy_host``: the batch runner's engine (``runner/engine.py``) with the tests' defaults (the torchvision
   stand-in asked for explicitly, the models folder inside the workdir, the fixture pack).
-  It loads ``tests/comfy_fixture_nodes/``, a separate, test-only ComfyUI node pack (tiny SD model of every
-  family, deterministic conditioning), by path.
+* ``comfy_fixture_nodes/``: a separate, test-only ComfyUI node pack (tiny models of every family, deterministic
+  conditioning), loaded by path by ``comfy_host.boot_engine`` under its own name; the pack's ``__init__`` never
+  imports it, so ComfyUI registers none of its nodes with the pack's.
 * ``reno_prompts``: API-format ReNO prompts on the tiny fixture model.
 """

@@ -32,7 +32,7 @@ PACK_DIR = Path(__file__).resolve().parents[1]
 PACK_NAME = _engine.PACK_NAME
 #: The test-only node pack (tiny SD model, deterministic conditioning): a pack of its own, loaded by path; the
 #: pack's ``__init__`` never imports it.
-FIXTURE_PACK_DIR = PACK_DIR / "tests" / "comfy_fixture_nodes"
+FIXTURE_PACK_DIR = Path(__file__).resolve().parent / "comfy_fixture_nodes"
 FIXTURE_PACK_NAME = "ComfyUI-ReNO-test-fixtures"
 
 SOURCES = _engine.SOURCES
@@ -76,7 +76,7 @@ __all__ = [
 
 
 def default_pack_name(path: str | os.PathLike) -> str:
-    """``PACK_NAME`` for the repo root, ``FIXTURE_PACK_NAME`` for ``tests/comfy_fixture_nodes``, else the folder."""
+    """``PACK_NAME`` for the repo root, ``FIXTURE_PACK_NAME`` for ``testing/comfy_fixture_nodes``, else the folder."""
     p = Path(path).resolve()
     if p == FIXTURE_PACK_DIR.resolve():
         return FIXTURE_PACK_NAME

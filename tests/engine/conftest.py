@@ -31,7 +31,7 @@ ENGINE_PACK_DIRS = [
 
 #: Third-party node packs the engine tests use when a checkout is named (packs load only at boot):
 #: $COMFYUI_GGUF_PATH -> city96/ComfyUI-GGUF (tests/engine/test_gguf.py; without it that test uses the
-#: test-only replica in tests/comfy_fixture_nodes/gguf_replica.py). A set variable that names no node
+#: test-only replica in testing/comfy_fixture_nodes/gguf_replica.py). A set variable that names no node
 #: pack fails the engine tests at collection rather than silently testing something else.
 THIRD_PARTY_PACK_ENV = {"COMFYUI_GGUF_PATH": "ComfyUI-GGUF"}
 

@@ -14,7 +14,7 @@ small ones; ``tests/tiny_gguf.py``) and loaded by
 * ``ComfyUI-GGUF``: the real pack's ``UnetLoaderGGUF``, when ``COMFYUI_GGUF_PATH`` names a checkout (the engine
   loads it at boot, see ``tests/engine/conftest.py``); skipped with the reason otherwise;
 * ``replica``: ``ReNOTestUnetLoaderGGUFReplica``, the test-only replica of the same mechanism
-  (``tests/comfy_fixture_nodes/gguf_replica.py``), which always runs (CI has no ComfyUI-GGUF: it is not on PyPI).
+  (``testing/comfy_fixture_nodes/gguf_replica.py``), which always runs (CI has no ComfyUI-GGUF: it is not on PyPI).
 
 Both need the PyPI package ``gguf`` (the writer, and the loaders' reader); without it the module skips.
 """
