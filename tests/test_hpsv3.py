@@ -198,3 +198,20 @@ def test_loads_through_the_registry_and_refuses_a_foreign_checkpoint(folder, tmp
     (bad / CHECKPOINT).write_bytes(b"not a safetensors file")
     with pytest.raises(RewardLoadError, match="could not read"):
         load_hpsv3_folder(bad)
+
+
+def test_recomputed_blocks_give_the_same_score_and_gradient(folder):
+    """The memory planner's recomputation finds the vision blocks and decoder layers and changes nothing."""
+    from reno_pack.optimizer.memory import find_blocks, recomputing
+
+    model = load_hpsv3_folder(folder)
+    blocks = find_blocks(model)
+    assert len(blocks) == len(model.visual.blocks) + len(model.language_model.layers)
+    x = as_bchw(uint8_images(1, 448, 448, seed=9)).requires_grad_(True)
+    score = model(x, PROMPT)
+    (grad,) = torch.autograd.grad(score.sum(), x)
+    with recomputing(model):
+        score2 = model(x, PROMPT)
+        (grad2,) = torch.autograd.grad(score2.sum(), x)
+    torch.testing.assert_close(score2, score, rtol=0, atol=0)
+    torch.testing.assert_close(grad2, grad, rtol=1e-6, atol=1e-9)
