@@ -357,11 +357,13 @@ def load_hpsv3_folder(folder: Path, name: str = "hpsv3", offset: float = 10.0,
         tokenizer.add_tokens([AddedToken(REWARD_TOKEN, special=True, normalized=False)], special_tokens=True)
     reward_id = tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
-    if image_id != config.image_token_id or reward_id >= embed[0] or len(tokenizer) != embed[0]:
+    # the authors resized the embedding to the tokenizer's length right after adding <|Reward|>: its row is the last
+    if image_id != config.image_token_id or reward_id != embed[0] - 1:
         raise RewardLoadError(
-            f"{name}: the tokenizer in {folder} does not belong to this checkpoint: {len(tokenizer)} tokens with "
-            f"{REWARD_TOKEN} (id {reward_id}; {IMAGE_PAD} id {image_id}, config.json says {config.image_token_id}) "
-            f"but the checkpoint embeds {embed[0]}. Use the tokenizer files of {QWEN2VL_REPO}."
+            f"{name}: the tokenizer in {folder} does not belong to this checkpoint: {REWARD_TOKEN} gets id {reward_id} "
+            f"({len(tokenizer)} tokens; {IMAGE_PAD} id {image_id}, config.json says {config.image_token_id}) but the "
+            f"checkpoint embeds {embed[0]} tokens, the last being {REWARD_TOKEN}. Use the tokenizer files of "
+            f"{QWEN2VL_REPO}."
         )
     return HPSv3Reward(
         modules["visual"], modules["language_model"], modules["rm_head"].float(), tokenizer,

@@ -215,3 +215,19 @@ def test_recomputed_blocks_give_the_same_score_and_gradient(folder):
         (grad2,) = torch.autograd.grad(score2.sum(), x)
     torch.testing.assert_close(score2, score, rtol=0, atol=0)
     torch.testing.assert_close(grad2, grad, rtol=1e-6, atol=1e-9)
+
+
+def test_a_tokenizer_of_another_size_is_refused(folder, tmp_path):
+    """<|Reward|> must land on the checkpoint's last embedding row, as the authors' resize put it."""
+    other = tmp_path / "hpsv3"
+    other.mkdir()
+    for f in folder.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    vocab = json.loads((other / "vocab.json").read_text(encoding="utf-8"))
+    config = json.loads((other / "tokenizer_config.json").read_text(encoding="utf-8"))
+    shift = {str(int(i) + 1): v for i, v in config["added_tokens_decoder"].items()}
+    vocab["Ġcat"] = len(vocab)  # one more BPE entry moves every special token up by one
+    (other / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (other / "tokenizer_config.json").write_text(json.dumps({**config, "added_tokens_decoder": shift}), encoding="utf-8")
+    with pytest.raises(RewardLoadError, match="does not belong to this checkpoint"):
+        load_hpsv3_folder(other)
