@@ -2,7 +2,7 @@
 
 ``reward_loss``: ``sum_i w_i (c_i - r_i)``, ReNO's loss on the noise and AlignProp's and DRTune's on a LoRA, or
 ``sum_i w_i relu(c_i - r_i)`` (ReFL); ``weighted_total``: ``sum_i w_i r_i``, the weighted reward that ReNO
-maximizes and that the nodes report. ``reward_loaders.RewardEnsemble``, ``optimizer.reward_training.reward_loss``
+maximizes and that the nodes report. ``reward_loaders.RewardEnsemble``, ``training.reward_finetuning.reward_loss``
 and the nodes' charts, live events and reports all compute them here.
 """
 
