@@ -169,6 +169,7 @@ class HPSv3Reward(RewardModel):
     """
 
     fp32_modules = ("rm_head",)
+    text_modules = ("language_model.embed_tokens",)
 
     def __init__(self, visual: nn.Module, language_model: nn.Module, rm_head: nn.Module, tokenizer, *,
                  image_token_id: int, reward_token_id: int, name: str = "hpsv3", offset: float = 10.0,
@@ -188,12 +189,21 @@ class HPSv3Reward(RewardModel):
         self.eval()
 
     # -- text ---------------------------------------------------------------------------------------
-    def encode_text(self, prompt: str) -> torch.Tensor:
+    def token_ids(self, prompt: str) -> torch.Tensor:
+        """The scoring text's token ids (``hpsv3_text``), with one ``<|image_pad|>``."""
         ids = self.tokenizer(hpsv3_text(prompt), add_special_tokens=False)["input_ids"]
         ids = torch.tensor(ids, dtype=torch.long)
         if int((ids == self.image_token_id).sum()) != 1 or int((ids == self.reward_token_id).sum()) != 1:
             raise ValueError(f"{self.name}: the prompt may not contain the special tokens {IMAGE_PAD} or {REWARD_TOKEN}")
-        return ids.to(self.param_device())
+        return ids
+
+    def encode_text(self, prompt: str) -> torch.Tensor:
+        """(L, hidden + 1): the token embeddings of ``token_ids`` and a last column marking the image slot (1) and
+        ``<|Reward|>`` (2). The embedding table (1 GB in bf16) is then needed once per prompt: a text module."""
+        embed = self.language_model.embed_tokens
+        ids = self.token_ids(prompt).to(embed.weight.device)
+        kind = (ids == self.image_token_id).to(embed.weight.dtype) + 2 * (ids == self.reward_token_id).to(embed.weight.dtype)
+        return torch.cat([embed(ids), kind[:, None]], dim=-1)
 
     # -- image --------------------------------------------------------------------------------------
     def preprocess_key(self) -> tuple:
@@ -224,18 +234,17 @@ class HPSv3Reward(RewardModel):
     def score(self, pixel_values: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         b = pixel_values.shape[0]
         image = self.image_embeddings(pixel_values)
-        ids = text_features.to(image.device)
-        at = int((ids == self.image_token_id).nonzero()[0, 0])
-        embed = self.language_model.embed_tokens
-        before, after = embed(ids[:at]), embed(ids[at + 1:])
-        inputs = torch.cat([before.expand(b, -1, -1), image.to(before.dtype), after.expand(b, -1, -1)], dim=1)
+        feats = text_features.to(image.device, self.language_model.norm.weight.dtype)
+        kind, text = feats[:, -1], feats[:, :-1]
+        at, reward = int((kind == 1).nonzero()[0, 0]), int((kind == 2).nonzero()[0, 0])
+        before, after = text[:at], text[at + 1:]
+        inputs = torch.cat([before.expand(b, -1, -1), image.to(text.dtype), after.expand(b, -1, -1)], dim=1)
         length = inputs.shape[1]
         # the authors call the decoder without position ids: sequential positions on all three rope axes
         positions = torch.arange(length, device=inputs.device).view(1, 1, -1).expand(3, b, -1)
         hidden = self.language_model(inputs_embeds=inputs, position_ids=positions, use_cache=False)
         hidden = getattr(hidden, "last_hidden_state", hidden[0] if isinstance(hidden, tuple) else hidden)
-        reward_at = at + image.shape[1] + int((ids[at + 1:] == self.reward_token_id).nonzero()[0, 0])
-        x = hidden[:, reward_at]
+        x = hidden[:, reward + image.shape[1] - 1]  # the image slot's one row became image.shape[1] rows
         x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # the authors keep rm_head in float32
         for m in (self.rm_head if isinstance(self.rm_head, nn.Sequential) else [self.rm_head]):
             if isinstance(m, nn.Linear):

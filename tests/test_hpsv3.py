@@ -72,7 +72,7 @@ def test_score_equals_the_authors_inference_code(folder, model, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     oracle = json.loads((tmp_path / "out.json").read_text())
 
-    ids = model.text_features(PROMPT)
+    ids = model.token_ids(PROMPT)
     at = int((ids == model.image_token_id).nonzero()[0, 0])
     pixels = model.preprocess(as_bchw(images))
     flat, grid = qwen2vl_patches(pixels)
@@ -234,3 +234,15 @@ def test_a_tokenizer_of_another_size_is_refused(folder, tmp_path):
     (other / "tokenizer_config.json").write_text(json.dumps({**config, "added_tokens_decoder": shift}), encoding="utf-8")
     with pytest.raises(RewardLoadError, match="does not belong to this checkpoint"):
         load_hpsv3_folder(other)
+
+
+def test_the_embedding_table_is_a_text_module_not_needed_per_iteration(folder):
+    """Text features carry the prompt's token embeddings, so the 1 GB table can leave the GPU after them."""
+    model = load_hpsv3_folder(folder)
+    x = as_bchw(uint8_images(1, 448, 448, seed=11))
+    with torch.no_grad():
+        before = model(x, PROMPT)
+        model.offload_text_towers("meta")  # gone for good: any use of it would fail
+        after = model(x, PROMPT)
+    assert model.language_model.embed_tokens.weight.is_meta
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
