@@ -56,3 +56,13 @@ def pytest_report_header(config):
     import comfy_host
 
     return comfy_host.report_line()
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.slow`` tests run only with RENO_SLOW=1 (each skip says so)."""
+    if os.environ.get("RENO_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow cross product: run with RENO_SLOW=1 (README, Tests)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -86,6 +86,46 @@ def test_every_host_sampler_equals_ksampler_at_one_iteration_and_reaches_the_noi
     assert not failures, "\n".join(failures)
 
 
+@pytest.mark.slow
+def test_every_sampler_with_every_scheduler_equals_ksampler(engine, stack):
+    """The oracle table: every sampler x every scheduler of the host x both families, at one iteration (no update),
+    max abs error against KSampler. RENO_ORACLE_TABLE=PATH writes it as Markdown (the README's table)."""
+    import os
+
+    import comfy.samplers
+
+    samplers, schedulers = list(comfy.samplers.KSampler.SAMPLERS), list(comfy.samplers.KSampler.SCHEDULERS)
+    table: dict[tuple[str, str], dict[str, float]] = {}
+    failures = []
+    for family in FAMILIES:
+        p = build(engine, family)
+        for scheduler in schedulers:
+            for name in samplers:
+                try:
+                    latent, _, _ = reno(engine, p, stack, name, iterations=1, scheduler=scheduler)
+                except Exception as exc:  # noqa: BLE001 - every pair is tried; the failures are listed together
+                    failures.append(f"{family} {name} {scheduler}: {type(exc).__name__}: {exc}")
+                    continue
+                want = ksampler(engine, p, name, scheduler=scheduler)
+                err = float((latent["samples"].float() - want.float()).abs().max())
+                table.setdefault((name, scheduler), {})[family] = err
+                if err > max(1e-5, 64 * EPS32 * float(want.abs().max())):
+                    failures.append(f"{family} {name} {scheduler}: max abs error {err:.3g}")
+    lines = [f"| sampler | {' | '.join(schedulers)} |", "|---|" + "---|" * len(schedulers)]
+    for name in samplers:
+        cells = []
+        for scheduler in schedulers:
+            errs = table.get((name, scheduler), {})
+            cells.append(" / ".join(f"{errs[f]:.1g}" if f in errs else "fail" for f in FAMILIES))
+        lines.append(f"| `{name}` | {' | '.join(cells)} |")
+    text = "\n".join(lines) + "\n"
+    print(f"\n[oracle table] max abs error vs KSampler, {STEPS} steps, one iteration ({' / '.join(FAMILIES)})\n{text}")
+    if os.environ.get("RENO_ORACLE_TABLE"):
+        with open(os.environ["RENO_ORACLE_TABLE"], "w", encoding="utf-8") as f:
+            f.write(text)
+    assert not failures, "\n".join(failures)
+
+
 @pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "lcm", "dpmpp_2m", "ddpm"])
 def test_the_host_path_gradient_equals_the_chains(engine, stack, sampler, monkeypatch):
     """One update through the host's sampler function and through ``optimizer/chain.py`` (the host-free reference,
