@@ -178,6 +178,30 @@ def test_the_weighted_reward_rises_over_six_iterations(f_engine, stack):
     assert total[-1] > total[0] and total[at] > total[0]
 
 
+def test_recomputing_every_part_gives_the_same_run(f_engine, stack):
+    """memory 'checkpoint all' (the transformer's steps, the FLUX.2 decoder's blocks and the rewards recompute in the
+    backward pass) runs the same optimization as 'no checkpointing': the same losses and gradient norms at both
+    iterations, up to float32 rounding (the second's loss follows from the first's gradient)."""
+    engine = f_engine
+    parts = build(engine)
+    results = {}
+    for memory in ("no checkpointing", "checkpoint all"):
+        sampler = reno_sampler(engine, parts, stack, iterations=2, memory=memory)
+        runs = []
+        sampler.on_result = runs.append
+        sample(engine, parts, sampler)
+        results[memory] = runs[0].result
+    plain, recomputed = results["no checkpointing"], results["checkpoint all"]
+    for a, b in zip(plain.records, recomputed.records):
+        assert a.loss[0] == pytest.approx(b.loss[0], rel=1e-5, abs=1e-6), (a.iteration, a.loss, b.loss)
+        if a.grad_norm:
+            assert a.grad_norm[0] == pytest.approx(b.grad_norm[0], rel=1e-4), (a.grad_norm, b.grad_norm)
+    blocks = pack_module(engine).nodes.memory.vae_blocks(parts["vae"])
+    print(f"\n[flux2 memory] {engine.info}: {len(blocks)} decoder blocks; losses {[r.loss[0] for r in plain.records]} "
+          f"(no checkpointing) vs {[r.loss[0] for r in recomputed.records]} (checkpoint all)")
+    assert blocks
+
+
 def test_a_run_leaves_nothing_on_comfyuis_objects(f_engine, stack):
     """As test_z_image's test of the same name, on the FLUX.2 chain (SamplerCustomAdvanced, Flux2Scheduler's 4 sigmas):
     per module of the FLUX.2 transformer, the VAE (its BatchNorm statistics included) and the rewards, the same

@@ -175,6 +175,25 @@ def test_the_weighted_reward_rises_over_six_iterations(q_engine, stack, lora_fil
     assert total[-1] > total[0] and total[history.best_iteration[0]] > total[0]
 
 
+def test_recomputing_every_part_gives_the_same_run(q_engine, stack, lora_file):
+    """memory 'checkpoint all' (the MMDiT's steps, the rewards and what the pack finds as the Wan 2.1 decoder's blocks
+    recompute in the backward pass) runs the same optimization as 'no checkpointing': the same losses and gradient
+    norms at both iterations, up to float32 rounding (the second's loss follows from the first's gradient). (Today the decoder's blocks found are only its three
+    parameter-free ``Upsample`` modules, printed: its causal ``ResidualBlock``s, which read and write the feature cache
+    as they run, are not recomputed, so the Qwen-Image VAE's activations are kept whatever the memory mode.)"""
+    engine = q_engine
+    parts = build(engine, lora_file)
+    runs = {m: reno(engine, parts, stack, iterations=2, memory=m)[2] for m in ("no checkpointing", "checkpoint all")}
+    plain, recomputed = runs["no checkpointing"], runs["checkpoint all"]
+    for a, b in zip(plain.records, recomputed.records):
+        assert a["loss"][0] == pytest.approx(b["loss"][0], rel=1e-5, abs=1e-6), (a["iteration"], a["loss"], b["loss"])
+        if a["grad_norm"]:
+            assert a["grad_norm"][0] == pytest.approx(b["grad_norm"][0], rel=1e-4), (a["grad_norm"], b["grad_norm"])
+    blocks = pack_module(engine).nodes.memory.vae_blocks(parts["vae"])
+    print(f"\n[qwen-image memory] {engine.info}: {len(blocks)} decoder blocks ({sorted({type(b).__name__ for b in blocks})}); losses {[r['loss'][0] for r in plain.records]} (no checkpointing) vs "
+          f"{[r['loss'][0] for r in recomputed.records]} (checkpoint all)")
+
+
 def test_a_run_leaves_nothing_on_comfyuis_objects(q_engine, stack, lora_file):
     """As test_z_image's test of the same name, on the Qwen-Image chain (the LoRA patched in, the 3-D VAE): per module
     of the MMDiT, the VAE and the rewards, the same attributes and per tensor the same object, values and flags."""
