@@ -8,7 +8,7 @@
 * Every rollout is one ComfyUI sampling call (``comfy.sample.sample_custom``: ComfyUI loads the model, encodes
   the conditioning, applies CFG) whose sampler is the pack's one bridge (``ReNOComfySampler``) running a
   ``ReNORun`` (``nodes/lifecycle.py``: normal tensors, recomputation, Cancel per block, the in-place retry) whose
-  body is a ``RolloutBody``: the rollout drawn by ``optimizer.reward_training`` in place of ReNO's loop, and the
+  body is a ``RolloutBody``: the rollout drawn by ``training.reward_finetuning`` in place of ReNO's loop, and the
   backward of its loss into the LoRA.
 * The held-out reward is measured with ComfyUI's own ``comfy.sample.sample`` (what a KSampler with the trained
   LoRA gives) and a plain VAE decode, without gradients.

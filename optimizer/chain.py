@@ -135,7 +135,7 @@ class GradientPolicy:
 
 @dataclass(frozen=True)
 class StepGradients:
-    """A per-step gradient choice, for training rollouts (``optimizer.reward_training``) that pick their steps.
+    """A per-step gradient choice, for training rollouts (``training.reward_finetuning``) that pick their steps.
 
     ``attached``: the steps whose denoiser call builds a graph (output attached: gradient to the parameters);
     every other step runs without autograd. ``detach_input``: every call's input is detached (DRTune), so the
