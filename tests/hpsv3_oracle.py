@@ -2,10 +2,11 @@
 tiny checkpoint folder. Test-only: it runs in a separate virtual environment that has ``hpsv3`` (installed with
 ``--no-deps``) and the transformers it pins (4.45.2), never in the pack's; tests/test_hpsv3.py starts it.
 
-    python hpsv3_oracle.py FOLDER IMAGES.npy PROMPT OUT.json
+    python hpsv3_oracle.py FOLDER PROMPT OUT.json IMAGES.npy [IMAGES.npy ...]
 
-FOLDER is a reward folder as ``testing/tiny_hpsv3.write_tiny_hpsv3`` writes it; IMAGES.npy is uint8 (B, H, W, 3).
-Writes ``{"scores": [mu per image], "input_ids": [...], "pixel_values_shape": [...]}``.
+FOLDER is a reward folder as ``testing/tiny_hpsv3.write_tiny_hpsv3`` writes it; each IMAGES.npy is uint8 (B, H, W, 3)
+(one batch). Writes a list, per batch, of ``{"scores": [mu per image], "input_ids": [...], "pixel_values_shape": [...],
+"image_grid_thw": [...], "pixel_values_head": [...]}``.
 
 The package imports training-only modules at import time (trl, peft, datasets, pandas, matplotlib, tensorboard,
 fire) that inference never calls, and torchvision (used only for tensor and video inputs; this machine has no
@@ -56,7 +57,7 @@ def _install_stubs() -> None:
     _stub("torchvision", io=sys.modules["torchvision.io"], transforms=transforms, __version__="0.0.0")
 
 
-def main(folder: str, images_npy: str, prompt: str, out_json: str) -> None:
+def main(folder: str, prompt: str, out_json: str, *batches: str) -> None:
     import numpy as np
     import torch
     from PIL import Image
@@ -91,21 +92,23 @@ def main(folder: str, images_npy: str, prompt: str, out_json: str) -> None:
         config_path.write_text(yaml_text)
 
         inferencer = HPSv3RewardInferencer(str(config_path), str(folder / "HPSv3.safetensors"), device="cpu")
-        images = [Image.fromarray(a) for a in np.load(images_npy)]
-        with torch.no_grad():
-            batch = inferencer.prepare_batch(images, [prompt] * len(images))
-            rewards = inferencer.reward(images, [prompt] * len(images))
-        result = {
-            "scores": [float(r[0]) for r in rewards],  # mu ("we select miu as the final output")
-            "input_ids": batch["input_ids"][0].tolist(),
-            "pixel_values_shape": list(batch["pixel_values"].shape),
-            "image_grid_thw": batch["image_grid_thw"].tolist(),
-            "pixel_values_head": batch["pixel_values"][:4, :8].tolist(),
-        }
-        Path(out_json).write_text(json.dumps(result))
+        results = []
+        for images_npy in batches:
+            images = [Image.fromarray(a) for a in np.load(images_npy)]
+            with torch.no_grad():
+                batch = inferencer.prepare_batch(images, [prompt] * len(images))
+                rewards = inferencer.reward(images, [prompt] * len(images))
+            results.append({
+                "scores": [float(r[0]) for r in rewards],  # mu ("we select miu as the final output")
+                "input_ids": batch["input_ids"][0].tolist(),
+                "pixel_values_shape": list(batch["pixel_values"].shape),
+                "image_grid_thw": batch["image_grid_thw"].tolist(),
+                "pixel_values_head": batch["pixel_values"][:4, :8].tolist(),
+            })
+        Path(out_json).write_text(json.dumps(results))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:])
