@@ -164,8 +164,9 @@ def ranknet_head(shapes: dict[str, tuple[int, ...]]) -> nn.Module:
 class HPSv3Reward(RewardModel):
     """``score = mu``: the first output of the reward head at the ``<|Reward|>`` token (the loss is ``offset - mu``).
 
-    ``text_features(prompt)`` are the token ids of the scoring text (``hpsv3_text``) with one ``<|image_pad|>``; the
-    image's ``<|image_pad|>`` count follows its size, so it is spliced in per call in ``score``.
+    ``text_features(prompt)`` are the token embeddings of the scoring text (``hpsv3_text``, one ``<|image_pad|>``)
+    with a column marking the image slot and ``<|Reward|>``; the number of image tokens follows the image's size, so
+    the vision tower's output is spliced into the slot per call in ``score``.
     """
 
     fp32_modules = ("rm_head",)
