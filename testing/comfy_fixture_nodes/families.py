@@ -15,10 +15,13 @@
 | ``z_image`` | ``supported_models.ZImage`` (Lumina2 / NextDiT, Z-Image modulation, shift 3) | flow | Flux, 16 ch | cross-attn of Qwen3-4B's width (2560), ``attention_mask`` |
 | ``qwen_image`` | ``supported_models.QwenImage`` (MMDiT of ``comfy/ldm/qwen_image``) | flow | Wan21, 16 ch, 5-D (one frame) | cross-attn of Qwen2.5-VL-7B's width (3584), ``attention_mask`` |
 | ``flux2`` | ``supported_models.Flux2`` (FLUX.2 Klein's detected config, no guidance embed) | flow | Flux2, 128 ch (16x) | cross-attn of Klein 4B's Qwen3-4B three-layer tap (7680) |
+| ``krea2`` | ``supported_models.Krea2`` (single-stream DiT of ``comfy/ldm/krea2``, shift 1.15; ComfyUI 0.33+) | flow | Wan21, 16 ch, 5-D (one frame) | cross-attn: a 12-layer tap side by side (12 x 256 here; Qwen3-VL-4B's is 12 x 2560) |
+| ``chroma`` | ``supported_models.Chroma`` (FLUX-schnell-derived, distilled guidance approximator, no vector input) | flow | Flux, 16 ch | cross-attn of T5-XXL's width (4096), ``pooled_output`` None |
+| ``lumina2`` | ``supported_models.Lumina2`` (NextDiT as Lumina-Image 2.0, shift 6) | flow | Flux, 16 ch | cross-attn of Gemma-2-2B's width (2304), ``attention_mask`` |
 
 The VAE is a tiny SD-style ``AutoencoderKL`` (8x) with the family's latent channels, inside
-``comfy.sd.VAE``; for ``z_image`` it is FLUX's ``ae`` as ``comfy.sd.VAE`` builds it (an ``AutoencodingEngine``
-with the SD ``Encoder``/``Decoder``, no quant convs), tiny; for ``qwen_image`` the Qwen-Image VAE (Wan 2.1's causal 3-D
+``comfy.sd.VAE``; for ``z_image``, ``chroma`` and ``lumina2`` it is FLUX's ``ae`` as ``comfy.sd.VAE`` builds it (an ``AutoencodingEngine``
+with the SD ``Encoder``/``Decoder``, no quant convs), tiny; for ``qwen_image`` and ``krea2`` the Qwen-Image VAE (Wan 2.1's causal 3-D
 ``WanVAE``, detected by ``comfy.sd.VAE`` from its state dict, ``dim`` read from the weights), tiny; for ``flux2`` the
 FLUX.2 VAE (``AutoencoderKL`` with quant convs and ``batch_norm_latent``: 2x2 patching of 32 channels to 128,
 normalized by the BatchNorm's running statistics), tiny. ``write_qwen_lightning_lora`` writes a tiny LoRA in the
@@ -40,6 +43,13 @@ QWEN3_4B_DIM = 2560
 QWEN25_VL_7B_DIM = 3584
 #: FLUX.2 Klein 4B's text features: Qwen3-4B's hidden states of 3 layers side by side (comfy Flux2TEModel), 3 x 2560
 KLEIN_4B_CONTEXT_DIM = 3 * QWEN3_4B_DIM
+#: Krea 2's text features: hidden states of 12 Qwen3-VL-4B layers side by side (comfy/text_encoders/krea2.py), each
+#: 2560 wide in the real model; the tiny model's text-fusion adapter reads them at 256 (its width is read from the weights)
+KREA2_TXT_LAYERS, KREA2_TINY_TXT_DIM = 12, 256
+#: Chroma's text features: T5-XXL's width
+T5_XXL_DIM = 4096
+#: Lumina-Image 2.0's caption features: Gemma-2-2B's hidden width
+GEMMA2_2B_DIM = 2304
 POOLED_DIM = 32
 FLUX_GUIDANCE = 3.5
 
@@ -55,6 +65,9 @@ FAMILIES = {
     "z_image": ("ZImage", 16),
     "qwen_image": ("QwenImage", 16),
     "flux2": ("Flux2", 128),
+    "krea2": ("Krea2", 16),
+    "chroma": ("Chroma", 16),
+    "lumina2": ("Lumina2", 16),
 }
 
 
@@ -128,6 +141,39 @@ def _unet_config(family: str, depth: int) -> dict:
         if _flux_param("txt_ids_dims"):  # 0.33 detects FLUX.2 with txt_ids_dims [3]
             config["txt_ids_dims"] = [3]
         return config
+    if family == "krea2":
+        # model_detection's Krea 2 config (head width 128: heads = wq rows // 128; patch 2; 16 channels; txtlayers from
+        # the projector, txtdim from the adapter's norm) at features 256: 2 heads of 128 sharing 1 key/value head (the
+        # real model: 48 and 12), one block; the text-fusion adapter at 256 wide (2 heads of 128), 12 layers tapped
+        return {"image_model": "krea2", "features": 256, "channels": 16, "patch": 2, "layers": max(1, int(depth)),
+                "heads": 2, "kvheads": 1, "txtlayers": KREA2_TXT_LAYERS, "txtdim": KREA2_TINY_TXT_DIM, "txtheads": 2,
+                "txtkvheads": 2}
+    if family == "chroma":
+        # model_detection's Chroma config (FLUX's: axes [16, 56, 56] -> heads of 128, theta 10000, mlp 4, qkv bias,
+        # patch 2 over 16 channels = 64 in/out, T5-XXL text; the approximator: in 64, 5 layers of 5120 out to the
+        # hidden size) at hidden 256: 2 heads, one double and one single block, the approximator 1 layer of 64 wide
+        config = {"image_model": "chroma", "in_channels": 64, "out_channels": 64, "patch_size": 2,
+                  "context_in_dim": T5_XXL_DIM, "hidden_size": 256, "mlp_ratio": 4.0, "num_heads": 2,
+                  "depth": max(1, int(depth)), "depth_single_blocks": 1, "axes_dim": [16, 56, 56], "theta": 10000,
+                  "qkv_bias": True, "in_dim": 64, "out_dim": 256, "hidden_dim": 64, "n_layers": 1}
+        import dataclasses
+
+        import comfy.ldm.chroma.model
+
+        fields = {f.name for f in dataclasses.fields(comfy.ldm.chroma.model.ChromaParams)}
+        if "txt_ids_dims" in fields:  # 0.33 (FLUX's detection gives [])
+            config["txt_ids_dims"] = []
+        if "vec_in_dim" in fields:  # 0.33: no vector_in in Chroma's weights -> None
+            config["vec_in_dim"] = None
+        return config
+    if family == "lumina2":
+        # model_detection's "Original Lumina 2" config (dim 2304: 24 heads of 96, 8 key/value heads, axes [32, 32, 32],
+        # lens [300, 512, 512], theta 10000, ffn 4, qk norm, Gemma-2-2B captions) at dim 288: 3 heads of 96 sharing one
+        # key/value head, one layer and one refiner layer each
+        return {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 288, "cap_feat_dim": GEMMA2_2B_DIM,
+                "n_layers": max(1, int(depth)), "n_refiner_layers": 1, "n_heads": 3, "n_kv_heads": 1, "qk_norm": True,
+                "axes_dims": [32, 32, 32], "axes_lens": [300, 512, 512], "rope_theta": 10000.0,
+                "ffn_dim_multiplier": 4.0}
     raise ValueError(f"unknown family {family!r}")
 
 
@@ -163,6 +209,8 @@ def build_family_model(family: str, transformer_depth: int = 1, seed: int = 0):
     _init_module_weights(model.diffusion_model, seed + 17 * len(family), 0.04)
     if family in ("qwen_image", "flux2"):
         _unit_gains(model.diffusion_model)
+    if family == "krea2":
+        _krea2_gains(model.diffusion_model, seed)
     gen = torch.Generator().manual_seed(seed + 99)
     with torch.no_grad():  # buffers made with torch.empty (SD3's pos_embed): real checkpoints load them
         for buf in model.diffusion_model.buffers():
@@ -182,6 +230,19 @@ def _unit_gains(module: torch.nn.Module) -> None:
             leaf = name.rsplit(".", 1)[-1]
             if leaf == "gamma" or (leaf == "weight" and "norm" in type(owner).__name__.lower()):
                 p.fill_(1.0)
+
+
+def _krea2_gains(module: torch.nn.Module, seed: int) -> None:
+    """Krea 2 stores its RMSNorm gains zero-centred (weight = 1 + scale) and its per-block modulation offsets as 1-D
+    parameters, which ``_init_module_weights`` fills with one: gains set to zero (unit weight), offsets small random."""
+    gen = torch.Generator().manual_seed(seed + 2026)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "scale":
+                p.zero_()
+            elif leaf == "lin":
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.04)
 
 
 def _flux_ae(ddconfig: dict, embed_dim=None):
@@ -205,7 +266,7 @@ def build_family_vae(family: str, seed: int = 0):
     ddconfig = {"double_z": True, "z_channels": channels, "resolution": 64, "in_channels": 3, "out_ch": 3,
                 "ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
     params = {"ddconfig": ddconfig, "embed_dim": channels}
-    if family == "z_image":  # the FLUX ae: comfy.sd.VAE's config path builds AutoencoderKL, so it is handed the ae
+    if family in ("z_image", "chroma", "lumina2"):  # the FLUX ae: comfy.sd.VAE's config path builds AutoencoderKL, so it is handed the ae
         proto = _flux_ae(ddconfig)
         _init_module_weights(proto, seed + 1_000_003, 0.04, {"decoder.conv_out.weight": 0.03})
         sd = {k: v.detach().clone() for k, v in proto.state_dict().items()}
@@ -213,7 +274,7 @@ def build_family_vae(family: str, seed: int = 0):
             vae = comfy.sd.VAE(sd=sd, config={"params": params}, dtype=torch.float32)
         vae.latent_channels = channels
         return vae
-    if family == "qwen_image":
+    if family in ("qwen_image", "krea2"):
         return _wan21_vae(seed)
     if family == "flux2":
         return _flux2_vae(ddconfig, seed)
@@ -293,6 +354,13 @@ def family_conditioning(family: str, text: str):
         return [[ctx, {"attention_mask": torch.ones(ctx.shape[:2], dtype=torch.long)}]]
     if family == "qwen_image":  # Qwen2.5-VL-7B's last hidden states and their attention mask
         ctx = text_to_context(text, QWEN25_VL_7B_DIM)
+        return [[ctx, {"attention_mask": torch.ones(ctx.shape[:2], dtype=torch.long)}]]
+    if family == "krea2":  # the 12 tapped layers flattened side by side (Krea2TEModel); its all-ones mask is dropped
+        return [[text_to_context(text, KREA2_TXT_LAYERS * KREA2_TINY_TXT_DIM), {}]]
+    if family == "chroma":  # T5-XXL's hidden states; CLIP Text Encode sets pooled_output (None for T5)
+        return [[text_to_context(text, T5_XXL_DIM), {"pooled_output": None}]]
+    if family == "lumina2":  # Gemma-2-2B hidden states (layer -2) and their attention mask
+        ctx = text_to_context(text, GEMMA2_2B_DIM)
         return [[ctx, {"attention_mask": torch.ones(ctx.shape[:2], dtype=torch.long)}]]
     if family == "flux2":  # Klein's three Qwen3-4B layers side by side (Flux2 pads to 512 tokens); CLIP Text Encode
         # always sets pooled_output, None for this encoder (0.3.75's Flux.encode_adm reads the key)
