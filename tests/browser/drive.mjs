@@ -192,17 +192,25 @@ try {
     result.workflows[path.basename(file)] = await page.evaluate(async (data) => {
       await window.app.loadGraphData(data);
       const nodes = window.app.graph._nodes ?? window.app.graph.nodes;
+      // ...and those inside its subgraph nodes (a node whose type is a subgraph's id; none on older frontends)
+      const inner = (list) => list.flatMap((n) => {
+        const sub = n.isSubgraphNode?.() ? n.subgraph._nodes ?? n.subgraph.nodes : [];
+        return [...sub, ...inner(sub)];
+      });
+      const all = nodes.concat(inner(nodes));
       const problems = [];
       const options = (w) => (typeof w.options?.values === "function" ? w.options.values() : w.options?.values) ?? [];
       const missingModel = (n) => (n.widgets ?? []).some((w) => typeof w.value === "string"
         && /\.(safetensors|sft|ckpt|pt|pth|bin|gguf)$/i.test(w.value) && !options(w).includes(w.value));
-      for (const n of nodes) {
-        if (!window.LiteGraph.registered_node_types[n.type]) problems.push(`${n.id} ${n.type}: type not registered`);
+      for (const n of all) {
+        if (!window.LiteGraph.registered_node_types[n.type] && !n.isSubgraphNode?.()) {
+          problems.push(`${n.id} ${n.type}: type not registered`);
+        }
         // (the current frontend flags a loader whose model file is not installed: the shipped workflows' files are not)
         if (n.has_errors && !missingModel(n)) problems.push(`${n.id} ${n.type}: has_errors`);
       }
       const value = (n, name) => n.widgets?.find((w) => w.name === name)?.value ?? null;
-      const loaders = nodes.filter((n) => n.type === "ReNORewardLoader")
+      const loaders = all.filter((n) => n.type === "ReNORewardLoader")
         .map((n) => ({ id: Number(n.id), reward: value(n, "reward"), weight: value(n, "weight") }));
       let api = null;
       try {
@@ -227,7 +235,7 @@ try {
                    shown: Boolean(rect && rect.height > 4 && getComputedStyle(el).visibility !== "hidden"),
                    vue: Boolean(document.querySelector(`[data-node-id="${n.id}"]`)) };
         });
-      return { nodes: nodes.length, types: nodes.map((n) => n.type), problems, loaders, api, boxes, prompts };
+      return { nodes: nodes.length, types: all.map((n) => n.type), problems, loaders, api, boxes, prompts };
     }, wf);
     if (shots) {
       // the graph alone: fitted to the window, then cut to the nodes' boxes (and groups), no menus, toolbar or map

@@ -35,6 +35,8 @@ CARDS: dict[str, tuple[str, str, str, str]] = {
     "ReNO 13 Z-Image-Turbo, 8 steps": ("Z-Image-Turbo", "8 steps res_multistep · 1024 px", PAPER_MIX, "through 8 steps"),
     "ReNO 14 Qwen-Image, Lightning 2 steps": ("Qwen-Image 2512", "2 steps euler · 1328 px", PAPER_MIX, "LoRA · 2 steps"),
     "ReNO 15 FLUX.2 Klein, 4 steps": ("FLUX.2 Klein 4B", "4 steps euler · 1024 px", PAPER_MIX, "custom sampler"),
+    "ReNO 16 Z-Image-Turbo as a subgraph": ("Z-Image-Turbo", "8 steps res_multistep · 1024 px", PAPER_MIX,
+                                            "one subgraph node"),
 }
 
 

@@ -74,7 +74,7 @@ THUMBNAIL_EXT = "jpg"  # what frontend 1.32.9 asks for a custom node's template 
 CHAIN_LINE = "1 step · euler · exact"  # the tiny workflow's ReNO Sampler runs at the chain's defaults
 #: a saved ReNO Sampler's chain widgets that a workflow saved before them lacks: the frontend gives the defaults
 CHAIN_DEFAULTS = {"memory": "auto", "steps": 1, "sampler_name": "euler", "scheduler": "simple", "gradient": "exact",
-                  "gradient_steps": 1}
+                  "gradient_steps": 1, "candidates": 1, "keep": 1}
 UPDATE_DOCS = os.environ.get("RENO_UPDATE_DOCS") == "1"  # write the thumbnails and docs/browser_screenshot.png
 #: the frontend ComfyUI 0.3.75 ships (the venv's comfyui-frontend-package), and the newest on PyPI, unpacked by
 #: scripts/setup_env.sh into <venv>/frontends/ (served with ComfyUI's --front-end-root; never installed)
@@ -259,7 +259,8 @@ def check_result(r: dict, base: Path, frontend: str, renderer: str, workflows: l
         problems = got["problems"]
         assert got["nodes"] > 0 and not problems, (wf.name, got)
         assert any(t.startswith("ReNOSampler") or t == TRAINER for t in got["types"]), (wf.name, got["types"])
-        saved = {n["id"]: n["widgets_values"][:2] for n in json.loads(wf.read_text())["nodes"] if n["type"] == "ReNORewardLoader"}
+        saved = {n["id"]: n["widgets_values"][:2] for n, _ in _nodes_and_api_ids(json.loads(wf.read_text()))
+                 if n["type"] == "ReNORewardLoader"}
         assert {x["id"]: [x["reward"], x["weight"]] for x in got["loaders"]} == saved, (wf.name, got["loaders"])
         overlapping += _overlaps(wf.name, got["boxes"])
         _check_one_prompt_source(wf.name, got["api"])
@@ -543,17 +544,34 @@ def _check_reno_widgets(wf: Path, api: dict, object_info: dict) -> None:
     """The API prompt the frontend builds for a shipped workflow gives each ReNO sampler input the value saved at
     its position in widgets_values (INPUT_TYPES order, append-only), and the appended inputs a workflow saved
     before them lacks their defaults (an old workflow keeps running one step)."""
-    for n in json.loads(wf.read_text())["nodes"]:
+    for n, api_id in _nodes_and_api_ids(json.loads(wf.read_text())):
         if n["type"] not in ("ReNOSampler", "ReNOSamplerCustom", TRAINER):
             continue
         names = _widget_inputs(object_info[n["type"]])
         saved = dict(zip(names, n["widgets_values"]))
-        inputs = api[str(n["id"])]["inputs"]
+        inputs = api[api_id]["inputs"]
         for name in names:
             if ":" in name or isinstance(inputs.get(name), list):  # control value; a linked widget
                 continue
             want = saved[name] if name in saved else CHAIN_DEFAULTS[name]
             assert inputs.get(name) == want, (wf.name, n["type"], name, inputs.get(name), want)
+
+
+def _nodes_and_api_ids(wf: dict, prefix: str = "") -> list[tuple[dict, str]]:
+    """A saved workflow's nodes with their ids in the API prompt: those inside a subgraph node (its type a subgraph
+    of definitions.subgraphs) too, as "<subgraph node id>:<id>" (the frontend's graphToPrompt)."""
+    subgraphs = {sg["id"]: sg for sg in wf.get("definitions", {}).get("subgraphs", [])}
+
+    def walk(nodes: list, prefix: str) -> list[tuple[dict, str]]:
+        out = []
+        for n in nodes:
+            if n["type"] in subgraphs:
+                out += walk(subgraphs[n["type"]]["nodes"], f"{prefix}{n['id']}:")
+            else:
+                out.append((n, f"{prefix}{n['id']}"))
+        return out
+
+    return walk(wf["nodes"], prefix)
 
 
 def _check_thumbnails(workflows, templates, shots: Path) -> None:

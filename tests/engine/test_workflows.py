@@ -1,6 +1,11 @@
 """Every shipped workflow is a valid UI-format graph whose nodes exist and whose widget values fit; converted
 to an API prompt (widget values by INPUT_TYPES order, as the frontend's graphToPrompt does) it passes the
-engine's own validate_prompt, and the few-step workflows run the sampling chain their model is made for."""
+engine's own validate_prompt, and the few-step workflows run the sampling chain their model is made for.
+
+A workflow may hold subgraphs (``definitions.subgraphs``, a node whose type is a subgraph's id is an instance of
+it): its API prompt is the frontend's, with no subgraph in it: each inner node once per instance, id
+``"<instance id>:<inner id>"``, links through the subgraph's inputs and outputs followed to the nodes they come
+from (an input left unlinked on the instance gives the instance's widget value)."""
 
 from __future__ import annotations
 
@@ -38,6 +43,9 @@ FEW_STEP = {
     # ComfyUI's image_z_image_turbo template: KSampler 8 steps, res_multistep, simple, cfg 1
     "ReNO 13 Z-Image-Turbo, 8 steps.json": {"steps": 8, "sampler_name": "res_multistep", "scheduler": "simple", "cfg": 1.0,
                                 "learning_rate": 5.0},
+    # ReNO 13 with its ReNO part collapsed into one subgraph node (the frontend's Convert to Subgraph)
+    "ReNO 16 Z-Image-Turbo as a subgraph.json": {"steps": 8, "sampler_name": "res_multistep", "scheduler": "simple",
+                                                 "cfg": 1.0, "learning_rate": 5.0},
     # ComfyUI's image_qwen_image_2512_with_2steps_lora template: KSampler 2 steps, euler, simple, cfg 1
     "ReNO 14 Qwen-Image, Lightning 2 steps.json": {"steps": 2, "sampler_name": "euler", "scheduler": "simple", "cfg": 1.0,
                                                    "learning_rate": 5.0},
@@ -100,7 +108,7 @@ def test_workflow_nodes_exist_and_widget_values_fit(path, wf_engine):
     engine = wf_engine
     wf = json.loads(path.read_text())
     missing = []
-    for n in wf["nodes"]:
+    for n in all_nodes(wf):
         if n["type"] in FRONTEND_ONLY:
             continue
         cls = engine.nodes.NODE_CLASS_MAPPINGS.get(n["type"])
@@ -129,12 +137,75 @@ def test_workflow_nodes_exist_and_widget_values_fit(path, wf_engine):
         pytest.skip(f"{path.name}: core node type(s) {sorted(set(missing))} are not in {engine.info} (newer ComfyUI)")
 
 
+SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20  # the ids of a subgraph's input and output nodes in its links
+
+
+def _subgraphs(wf: dict) -> dict[str, dict]:
+    return {sg["id"]: sg for sg in wf.get("definitions", {}).get("subgraphs", [])}
+
+
+def _links(graph: dict) -> dict[int, tuple]:
+    """A graph's links by id as (origin, origin slot, target, target slot, type): the top level saves them as
+    lists, a subgraph definition as objects."""
+    return {lk[0]: tuple(lk[1:6]) for lk in graph["links"]} if graph["links"] and isinstance(graph["links"][0], list) \
+        else {lk["id"]: (lk["origin_id"], lk["origin_slot"], lk["target_id"], lk["target_slot"], lk["type"])
+              for lk in graph["links"]}
+
+
+def all_nodes(wf: dict) -> list[dict]:
+    """The workflow's nodes, those inside its subgraph definitions included, its subgraph instances left out
+    (a workflow without subgraphs: its nodes)."""
+    subgraphs = _subgraphs(wf)
+    return [n for n in wf["nodes"] if n["type"] not in subgraphs] + [n for sg in subgraphs.values() for n in sg["nodes"]]
+
+
+def flat_nodes(wf: dict) -> list[tuple[str, dict, dict]]:
+    """Each node the API prompt holds as (its prompt id, the node, {linked input: [source id, slot] or the
+    promoted widget's value}), subgraphs expanded as the frontend's graphToPrompt does (module docstring)."""
+    subgraphs = _subgraphs(wf)
+    flat = []
+
+    def source(graph: dict, links: dict, prefix: str, parent, link_id):
+        """What link `link_id` of `graph` carries: [prompt id, slot], a value, or None (unconnected)."""
+        origin, slot = links[link_id][:2]
+        if origin == SUBGRAPH_INPUT:  # from the instance's input `slot`: its link outside, or its widget's value
+            instance, outer_graph, outer_links, outer_prefix, outer_parent = parent
+            inp = instance["inputs"][slot]
+            if inp.get("link") is not None:
+                return source(outer_graph, outer_links, outer_prefix, outer_parent, inp["link"])
+            widgets = [i["name"] for i in instance["inputs"] if i.get("widget")]
+            if inp.get("widget") and inp["name"] in widgets:
+                return instance["widgets_values"][widgets.index(inp["name"])]
+            return None
+        node = next(n for n in graph["nodes"] if n["id"] == origin)
+        if node["type"] in subgraphs:  # from the instance's output `slot`: the inner link into the output node
+            sg = subgraphs[node["type"]]
+            inner = _links(sg)
+            (inner_id,) = [i for i, lk in inner.items() if lk[2] == SUBGRAPH_OUTPUT and lk[3] == slot]
+            return source(sg, inner, f"{prefix}{origin}:", (node, graph, links, prefix, parent), inner_id)
+        return [f"{prefix}{origin}", slot]
+
+    def walk(graph: dict, prefix: str, parent) -> None:
+        links = _links(graph)
+        for n in graph["nodes"]:
+            if n["type"] in subgraphs:
+                if n.get("mode", 0) == 0:
+                    walk(subgraphs[n["type"]], f"{prefix}{n['id']}:", (n, graph, links, prefix, parent))
+                continue
+            sources = {inp["name"]: source(graph, links, prefix, parent, inp["link"])
+                       for inp in n.get("inputs", []) if inp.get("link") is not None}
+            flat.append((f"{prefix}{n['id']}", n, {k: v for k, v in sources.items() if v is not None}))
+
+    walk(wf, "", None)
+    return flat
+
+
 def to_api(wf: dict, engine) -> dict:
     """The API prompt of a UI-format workflow: each widget value to its input by INPUT_TYPES order (a seed's
-    control_after_generate value skipped), each link to [source id, slot], a linked widget's own value dropped."""
+    control_after_generate value skipped), each link to [source id, slot], a linked widget's own value dropped
+    (subgraphs expanded: flat_nodes)."""
     prompt = {}
-    links = {lk[0]: lk for lk in wf["links"]}
-    for n in wf["nodes"]:
+    for node_id, n, sources in flat_nodes(wf):
         if n["type"] in FRONTEND_ONLY or n.get("mode", 0) != 0:
             continue
         cls = engine.nodes.NODE_CLASS_MAPPINGS[n["type"]]
@@ -142,11 +213,8 @@ def to_api(wf: dict, engine) -> dict:
         for (name, _), value in zip(widget_names(cls), n.get("widgets_values", [])):
             if ":" not in name:
                 inputs[name] = value
-        for inp in n.get("inputs", []):
-            if inp.get("link") is not None:
-                lk = links[inp["link"]]
-                inputs[inp["name"]] = [str(lk[1]), lk[2]]
-        prompt[str(n["id"])] = {"class_type": n["type"], "inputs": inputs}
+        inputs.update(sources)
+        prompt[node_id] = {"class_type": n["type"], "inputs": inputs}
     return prompt
 
 
@@ -177,7 +245,7 @@ def placeholder_models(engine, prompt: dict, root: Path):
 
 
 def _core_types_missing(wf: dict, engine) -> list[str]:
-    return sorted({n["type"] for n in wf["nodes"]
+    return sorted({n["type"] for n in all_nodes(wf)
                    if n["type"] not in FRONTEND_ONLY and n["type"] not in engine.nodes.NODE_CLASS_MAPPINGS})
 
 
@@ -212,12 +280,12 @@ def test_workflow_api_prompt_passes_validation(path, wf_engine, tmp_path):
 
 
 def _reno_nodes(wf: dict, type_: str) -> list[dict]:
-    return [n for n in wf["nodes"] if n["type"] == type_]
+    return [n for n in all_nodes(wf) if n["type"] == type_]
 
 
 def _by_name(engine, node: dict) -> dict:
     cls = engine.nodes.NODE_CLASS_MAPPINGS[node["type"]]
-    return {name: v for (name, _), v in zip(widget_names(cls), node["widgets_values"]) if ":" not in name}
+    return {name: v for (name, _), v in zip(widget_names(cls), node.get("widgets_values", [])) if ":" not in name}
 
 
 @pytest.mark.parametrize("name", sorted(FEW_STEP))
@@ -240,7 +308,7 @@ def test_few_step_workflow_runs_its_models_chain(name, wf_engine):
     (note,) = _reno_nodes(wf, "Note")
     text = note["widgets_values"][0]
     assert "https://huggingface.co/" in text and "not measured yet" in text
-    for n in wf["nodes"]:
+    for n in all_nodes(wf):
         for key, value in _by_name(engine, n).items() if n["type"] not in FRONTEND_ONLY else ():
             if key in MODEL_INPUTS and MODEL_INPUTS[key] != "text_encoders":
                 assert value in text, f"{name}: the Note does not name {value}"
@@ -306,3 +374,73 @@ def test_hyper_sdxl_1step_runs_at_t_800(wf_engine):
     # the workflow's 6-decimal literal (off by <= 5e-7) against the float32 schedule (<= 2 roundings of ~5.1)
     assert abs(float(sigma) - float(ms.sigma(torch.tensor(800.0)))) <= 5e-7 + 2 * torch.finfo(torch.float32).eps * 5.2
     assert _by_name(engine, next(n for n in wf["nodes"] if n["type"] == "ReNOSamplerCustom"))["learning_rate"] == 10.0
+
+
+SUBGRAPH_WORKFLOWS = [p for p in WORKFLOWS if _subgraphs(json.loads(p.read_text()))]
+
+
+@pytest.mark.parametrize("path", SUBGRAPH_WORKFLOWS, ids=lambda p: p.name)
+def test_subgraphs_are_consistent(path):
+    """Each subgraph definition's links are wired both ways (through its input and output nodes too), with one
+    type at both ends; each instance has the inputs and outputs of its subgraph, in order."""
+    wf = json.loads(path.read_text())
+    subgraphs = _subgraphs(wf)
+    for sg in subgraphs.values():
+        nodes = {n["id"]: n for n in sg["nodes"]}
+        assert len(nodes) == len(sg["nodes"])
+        for link_id, (origin, o_slot, target, t_slot, kind) in _links(sg).items():
+            if origin == SUBGRAPH_INPUT:
+                out = sg["inputs"][o_slot]
+                assert link_id in out["linkIds"], f"{sg['name']}: link {link_id} is not on its input"
+            else:
+                out = nodes[origin]["outputs"][o_slot]
+                assert link_id in out["links"], f"{sg['name']}: link {link_id} is not on its origin"
+            if target == SUBGRAPH_OUTPUT:
+                inp = sg["outputs"][t_slot]
+                assert link_id in inp["linkIds"], f"{sg['name']}: link {link_id} is not on its output"
+            else:
+                inp = nodes[target]["inputs"][t_slot]
+                assert inp["link"] == link_id, f"{sg['name']}: link {link_id} is not on its target"
+            assert out["type"] == inp["type"] == kind, f"{sg['name']}: link {link_id}: {out['type']} -> {inp['type']}"
+        linked = set(_links(sg))
+        for n in sg["nodes"]:
+            for inp in n.get("inputs", []):
+                assert inp.get("link") is None or inp["link"] in linked
+    instances = [n for n in wf["nodes"] if n["type"] in subgraphs]
+    assert instances, f"{path.name}: no node is an instance of its subgraphs"
+    for n in instances:
+        sg = subgraphs[n["type"]]
+        assert [(i["name"], i["type"]) for i in n["inputs"]] == [(i["name"], i["type"]) for i in sg["inputs"]]
+        assert [(o["name"], o["type"]) for o in n["outputs"]] == [(o["name"], o["type"]) for o in sg["outputs"]]
+
+
+def test_the_z_image_subgraph_workflow_sends_what_the_z_image_workflow_sends(wf_engine):
+    """ReNO 16 is ReNO 13 with its ReNO part (ModelSamplingAuraFlow, the prompt's encoding and the zeroed negative,
+    the reward loaders, the ReNO Sampler) in one subgraph node (model, clip, prompt, vae, latent and the promoted
+    seed in; image and history out): its API prompt is ReNO 13's, the inner nodes' ids as "<instance>:<id>"."""
+    engine = wf_engine
+    plain = json.loads((WORKFLOWS[0].parent / "ReNO 13 Z-Image-Turbo, 8 steps.json").read_text())
+    wf = json.loads((WORKFLOWS[0].parent / "ReNO 16 Z-Image-Turbo as a subgraph.json").read_text())
+    (sg,) = _subgraphs(wf).values()
+    (instance,) = [n for n in wf["nodes"] if n["type"] == sg["id"]]
+    assert instance["title"] == sg["name"] == "ReNO Z-Image"
+    assert [i.get("label", i["name"]) for i in instance["inputs"]] == ["model", "clip", "prompt", "vae", "latent", "seed"]
+    assert [o["name"] for o in instance["outputs"]] == ["image", "history"]
+    inner = {str(n["id"]) for n in sg["nodes"]}
+    assert {n["type"] for n in sg["nodes"]} == {"ModelSamplingAuraFlow", "CLIPTextEncode", "ConditioningZeroOut",
+                                                "ReNORewardLoader", "ReNOSampler"}
+
+    def rename(node_id: str) -> str:
+        return f"{instance['id']}:{node_id}" if node_id in inner else node_id
+
+    want = {rename(i): {"class_type": n["class_type"],
+                        "inputs": {k: [rename(v[0]), v[1]] if isinstance(v, list) else v for k, v in n["inputs"].items()}}
+            for i, n in to_api(plain, engine).items()}
+    got = to_api(wf, engine)
+    for node_id, node in got.items():  # inputs appended to a node after ReNO 13 was saved: at their defaults
+        cls = engine.nodes.NODE_CLASS_MAPPINGS[node["class_type"]]
+        optional = cls.INPUT_TYPES().get("optional", {})
+        for k in set(node["inputs"]) - set(want.get(node_id, {}).get("inputs", {})):
+            assert k in optional and node["inputs"].pop(k) == optional[k][1]["default"], (node_id, k)
+    assert got == want
+    assert got[f"{instance['id']}:13"]["inputs"]["seed"] == instance["widgets_values"][1]  # the promoted seed widget
