@@ -19,6 +19,8 @@ STEPS, SAMPLER, SCHEDULER, SHIFT, SIDE, SEED = 8, "res_multistep", "simple", 3.0
 PAPER_MIX = (("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01))
 EPS32 = torch.finfo(torch.float32).eps
 WORKFLOW = "ReNO 13 Z-Image-Turbo, 8 steps.json"
+#: the same graph with its ReNO part in one subgraph node (its API ids "<subgraph node>:<inner id>")
+SUBGRAPH_WORKFLOW = "ReNO 16 Z-Image-Turbo as a subgraph.json"
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +151,9 @@ def test_a_run_leaves_nothing_on_comfyuis_objects(z_engine, stack, memory):
     assert set(parts["model"].__dict__) == model_attrs
 
 
-def test_the_shipped_workflow_runs_through_the_engine_on_tiny_weights(z_engine, stack):
-    """The shipped workflow (``WORKFLOW``) as Queue sends it (the frontend's graphToPrompt), with its three loaders
+@pytest.mark.parametrize("workflow", [WORKFLOW, SUBGRAPH_WORKFLOW])
+def test_the_shipped_workflow_runs_through_the_engine_on_tiny_weights(z_engine, stack, workflow):
+    """The shipped workflow (``WORKFLOW``; ``SUBGRAPH_WORKFLOW``, expanded) as Queue sends it (the frontend's graphToPrompt), with its three loaders
     swapped for the tiny family (diffusion model and VAE) and the tiny text encoder, at 64 px and 2 iterations: it
     executes, and ReNO Sampler ran the template's chain (8 steps of res_multistep, AuraFlow shift 3)."""
     import importlib.util
@@ -163,7 +166,7 @@ def test_the_shipped_workflow_runs_through_the_engine_on_tiny_weights(z_engine, 
     spec.loader.exec_module(test_workflows)
     to_api = test_workflows.to_api
     engine = z_engine
-    wf = json.loads((Path(__file__).resolve().parents[2] / "workflows" / WORKFLOW).read_text())
+    wf = json.loads((Path(__file__).resolve().parents[2] / "workflows" / workflow).read_text())
     prompt = to_api(wf, engine)
     ids = {node["class_type"]: i for i, node in prompt.items()}
     # the template's graph (image_z_image_turbo), the prompt typed once for CLIP Text Encode and ReNO
