@@ -74,11 +74,21 @@ def reno_sampler(engine, parts, stack, *, iterations, lr=5.0, memory=None):
 
 def test_the_tiny_model_is_chroma_as_the_template_loads_it(c_engine):
     import comfy.latent_formats
+    import comfy.model_detection
     import comfy.supported_models
 
     parts = build(c_engine)
     inner = parts["model"].model
     assert type(inner.model_config) is comfy.supported_models.Chroma
+    # real key names: ComfyUI's own detection reads the tiny weights as Chroma with the fixture's weight-derived config
+    sd = inner.diffusion_model.state_dict()
+    detected = comfy.model_detection.detect_unet_config(sd, "")
+    config = fixture_families(c_engine)._unet_config("chroma", 1)
+    assert {k: detected[k] for k in ("image_model", "hidden_size", "context_in_dim", "in_channels", "out_channels", "patch_size", "depth",
+                                   "depth_single_blocks", "axes_dim")} == {
+        k: config[k] for k in ("image_model", "hidden_size", "context_in_dim", "in_channels", "out_channels", "patch_size", "depth",
+                                   "depth_single_blocks", "axes_dim")}
+    assert type(comfy.model_detection.model_config_from_unet_config(detected, sd)) is comfy.supported_models.Chroma
     dm = inner.diffusion_model
     assert type(dm).__name__ == "Chroma" and dm.txt_in.in_features == 4096 and dm.img_in.in_features == 64
     assert dm.distilled_guidance_layer.out_proj.out_features == dm.hidden_size == 256

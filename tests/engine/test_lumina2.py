@@ -69,11 +69,19 @@ def ksampler(engine, parts, seed=SEED):
 
 def test_the_tiny_model_is_lumina2_as_the_template_loads_it(l_engine):
     import comfy.latent_formats
+    import comfy.model_detection
     import comfy.supported_models
 
     parts = build(l_engine)
     inner = parts["model"].model
     assert type(inner.model_config) is comfy.supported_models.Lumina2
+    # real key names: ComfyUI's own detection reads the tiny weights as Lumina2 with the fixture's weight-derived config
+    sd = inner.diffusion_model.state_dict()
+    detected = comfy.model_detection.detect_unet_config(sd, "")
+    config = fixture_families(l_engine)._unet_config("lumina2", 1)
+    assert {k: detected[k] for k in ("image_model", "dim", "cap_feat_dim", "n_layers", "in_channels", "patch_size", "qk_norm")} == {
+        k: config[k] for k in ("image_model", "dim", "cap_feat_dim", "n_layers", "in_channels", "patch_size", "qk_norm")}
+    assert type(comfy.model_detection.model_config_from_unet_config(detected, sd)) is comfy.supported_models.Lumina2
     dm = inner.diffusion_model
     assert type(dm).__name__ == "NextDiT" and dm.cap_embedder[1].in_features == 2304
     assert dm.layers[0].attention.n_local_heads == 3 and dm.layers[0].attention.n_local_kv_heads == 1
