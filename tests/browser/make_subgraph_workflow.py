@@ -1,10 +1,10 @@
-"""Write workflows/ReNO 16 Z-Image-Turbo as a subgraph.json with the real frontend (test-only tool).
+"""Write workflows/ReNO 02 Z-Image-Turbo as a subgraph.json with the real frontend (test-only tool).
 
     .venv/bin/python tests/browser/make_subgraph_workflow.py [--frontend 1.58.1] [--raw OUT.json]
 
 Starts ComfyUI with this pack as tests/browser/test_browser.py does (tests/browser/serve_comfyui.py, the frontend
 unpacked in <venv>/frontends/), then tests/browser/make_subgraph_workflow.mjs loads
-``ReNO 13 Z-Image-Turbo, 8 steps.json`` in headless chromium, selects its ReNO part (ModelSamplingAuraFlow, the
+``ReNO 01 Z-Image-Turbo, 8 steps (start here).json`` in headless chromium, selects its ReNO part (ModelSamplingAuraFlow, the
 prompt's CLIP Text Encode and its zeroed negative, the four reward loaders, the ReNO Sampler) and collapses it into
 one subgraph node with the frontend's own ``convertToSubgraph`` (what "Convert to Subgraph" runs); the graph the
 frontend serializes is saved as the new workflow, with its Note. Its inputs: model, clip, vae, latent, prompt; its
@@ -31,8 +31,8 @@ sys.path.insert(0, str(HERE))
 import comfy_host  # noqa: E402
 from test_browser import CHROMIUM, FRONTEND_CACHE, _free_port, _wait_for_server  # noqa: E402
 
-SOURCE = ROOT / "workflows" / "ReNO 13 Z-Image-Turbo, 8 steps.json"
-TARGET = ROOT / "workflows" / "ReNO 16 Z-Image-Turbo as a subgraph.json"
+SOURCE = ROOT / "workflows" / "ReNO 01 Z-Image-Turbo, 8 steps (start here).json"
+TARGET = ROOT / "workflows" / "ReNO 02 Z-Image-Turbo as a subgraph.json"
 TITLE = "ReNO Z-Image"
 #: ModelSamplingAuraFlow, CLIP Text Encode, ConditioningZeroOut, the four ReNO Reward Loaders, ReNO Sampler
 INNER = [5, 6, 7, 9, 10, 11, 12, 13]
@@ -41,7 +41,7 @@ LABELS = {"inputs": {"text": "prompt", "latent_image": "latent"}, "outputs": {}}
 POSITIONS = {"1": [40, -200], "2": [40, 45], "3": [40, 205], "4": [40, 380], "8": [40, 500],
              "subgraph": [500, 45], "14": [880, 45], "15": [880, 520], "16": [40, 700]}
 NOTE_ADDED = (
-    "\n\nThe ReNO part of 'ReNO 13 Z-Image-Turbo, 8 steps' (ModelSamplingAuraFlow, the prompt's encoding and its "
+    "\n\nThe ReNO part of 'ReNO 01 Z-Image-Turbo, 8 steps (start here)' (ModelSamplingAuraFlow, the prompt's encoding and its "
     "zeroed negative, the four reward loaders and the ReNO Sampler) is one reusable subgraph node, "
     f"'{TITLE}': model, clip, vae, latent and prompt in, the image and the iteration history out. "
     "Open the node to change the rewards, steps or learning rate inside it.")

@@ -18,24 +18,25 @@ PAPER_MIX = "ImageReward 1 · HPSv2.1 5 · PickScore 0.05 · CLIPScore 0.01"
 
 #: file stem -> (model, line of facts, reward mix, tag); the stem's number is the order
 CARDS: dict[str, tuple[str, str, str, str]] = {
-    "ReNO 01 SD-Turbo (start here)": ("SD-Turbo", "1 step · 512 px · lr 5", PAPER_MIX, "start here · 5.2 GB"),
-    "ReNO 02 SDXL-Turbo": ("SDXL-Turbo", "1 step · 512 px · lr 5", PAPER_MIX, "6.9 GB"),
-    "ReNO 03 FLUX.1-schnell": ("FLUX.1-schnell", "1 step · 512 px · lr 5", PAPER_MIX, "4 files · 29 GB"),
-    "ReNO 04 SD3.5-Large-Turbo": ("SD3.5 Large Turbo", "1 step · 1024 px · lr 10", PAPER_MIX, "gated download"),
-    "ReNO 05 SD-Turbo, custom sampler": ("SD-Turbo", "SamplerCustomAdvanced · 1 step", PAPER_MIX, "custom sampler"),
-    "ReNO 06 SDXL-Lightning, 4 steps": ("SDXL-Lightning", "4 steps euler · 1024 px · lr 10", PAPER_MIX, "through 4 steps"),
-    "ReNO 07 FLUX.1-schnell, 4 steps": ("FLUX.1-schnell", "4 steps euler · 512 px · lr 5", PAPER_MIX, "through 4 steps"),
-    "ReNO 08 FLUX.1-schnell, optimize at 1 step, render at 4": (
+    "ReNO 05 SD-Turbo": ("SD-Turbo", "1 step · 512 px · lr 5", PAPER_MIX, "smallest · 5.2 GB"),
+    "ReNO 06 SDXL-Turbo": ("SDXL-Turbo", "1 step · 512 px · lr 5", PAPER_MIX, "6.9 GB"),
+    "ReNO 07 FLUX.1-schnell": ("FLUX.1-schnell", "1 step · 512 px · lr 5", PAPER_MIX, "4 files · 29 GB"),
+    "ReNO 08 SD3.5-Large-Turbo": ("SD3.5 Large Turbo", "1 step · 1024 px · lr 10", PAPER_MIX, "gated download"),
+    "ReNO 09 SD-Turbo, custom sampler": ("SD-Turbo", "SamplerCustomAdvanced · 1 step", PAPER_MIX, "custom sampler"),
+    "ReNO 10 SDXL-Lightning, 4 steps": ("SDXL-Lightning", "4 steps euler · 1024 px · lr 10", PAPER_MIX, "through 4 steps"),
+    "ReNO 11 FLUX.1-schnell, 4 steps": ("FLUX.1-schnell", "4 steps euler · 512 px · lr 5", PAPER_MIX, "through 4 steps"),
+    "ReNO 12 FLUX.1-schnell, optimize at 1 step, render at 4": (
         "FLUX.1-schnell", "1 step, rendered at 4 · 512 px", PAPER_MIX, "ReNO Noise"),
-    "ReNO 09 Hyper-SDXL, 1 step": ("Hyper-SDXL", "1 step at t = 800 · 1024 px", PAPER_MIX, "custom sampler"),
-    "ReNO 10 SDXL with the Hyper-SD 8-step LoRA": ("SDXL + Hyper-SD", "8 steps euler · 1024 px · lr 10", PAPER_MIX, "LoRA"),
-    "ReNO 11 SD 1.5 with LCM-LoRA, 4 steps": ("SD 1.5 + LCM", "4 steps lcm · 512 px · lr 5", PAPER_MIX, "LoRA"),
-    "ReNO 12 Train a reward LoRA on SD-Turbo": (
+    "ReNO 13 Hyper-SDXL, 1 step": ("Hyper-SDXL", "1 step at t = 800 · 1024 px", PAPER_MIX, "custom sampler"),
+    "ReNO 14 SDXL with the Hyper-SD 8-step LoRA": ("SDXL + Hyper-SD", "8 steps euler · 1024 px · lr 10", PAPER_MIX, "LoRA"),
+    "ReNO 15 SD 1.5 with LCM-LoRA, 4 steps": ("SD 1.5 + LCM", "4 steps lcm · 512 px · lr 5", PAPER_MIX, "LoRA"),
+    "ReNO 16 Train a reward LoRA on SD-Turbo": (
         "Reward LoRA", "AlignProp · 1 step · 8 prompts", "ImageReward 1 · HPSv2.1 5", "training"),
-    "ReNO 13 Z-Image-Turbo, 8 steps": ("Z-Image-Turbo", "8 steps res_multistep · 1024 px", PAPER_MIX, "through 8 steps"),
-    "ReNO 14 Qwen-Image, Lightning 2 steps": ("Qwen-Image 2512", "2 steps euler · 1328 px", PAPER_MIX, "LoRA · 2 steps"),
-    "ReNO 15 FLUX.2 Klein, 4 steps": ("FLUX.2 Klein 4B", "4 steps euler · 1024 px", PAPER_MIX, "custom sampler"),
-    "ReNO 16 Z-Image-Turbo as a subgraph": ("Z-Image-Turbo", "8 steps res_multistep · 1024 px", PAPER_MIX,
+    "ReNO 01 Z-Image-Turbo, 8 steps (start here)": ("Z-Image-Turbo", "8 steps res_multistep · 1024 px", PAPER_MIX,
+                                                    "start here · 8 steps"),
+    "ReNO 03 Qwen-Image, Lightning 2 steps": ("Qwen-Image 2512", "2 steps euler · 1328 px", PAPER_MIX, "LoRA · 2 steps"),
+    "ReNO 04 FLUX.2 Klein, 4 steps": ("FLUX.2 Klein 4B", "4 steps euler · 1024 px", PAPER_MIX, "custom sampler"),
+    "ReNO 02 Z-Image-Turbo as a subgraph": ("Z-Image-Turbo", "8 steps res_multistep · 1024 px", PAPER_MIX,
                                             "one subgraph node"),
 }
 

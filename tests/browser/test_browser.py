@@ -79,7 +79,7 @@ UPDATE_DOCS = os.environ.get("RENO_UPDATE_DOCS") == "1"  # write the thumbnails 
 #: the frontend ComfyUI 0.3.75 ships (the venv's comfyui-frontend-package), and the newest on PyPI, unpacked by
 #: scripts/setup_env.sh into <venv>/frontends/ (served with ComfyUI's --front-end-root; never installed)
 SHIPPED_FRONTEND, NEWEST_FRONTEND = "1.32.9", "1.58.1"
-MISSING_MODELS_WORKFLOW = "ReNO 03 FLUX.1-schnell.json"  # four loaders' files: diffusion model, two text encoders, VAE
+MISSING_MODELS_WORKFLOW = "ReNO 07 FLUX.1-schnell.json"  # four loaders' files: diffusion model, two text encoders, VAE
 FRONTEND_CACHE = Path(os.environ.get("RENO_FRONTEND_CACHE", Path(sys.prefix) / "frontends"))
 #: (frontend, renderer): the classic canvas (LiteGraph) and Nodes 2.0 (the Vue renderer, setting Comfy.VueNodes.Enabled)
 VARIANTS = [(SHIPPED_FRONTEND, "classic"), (SHIPPED_FRONTEND, "nodes2"), (NEWEST_FRONTEND, "classic"),
@@ -629,7 +629,7 @@ def _check_template_browser(workflows, got) -> None:
     assert got and not got.get("error"), got
     assert got["api"] == want, got["api"]
     assert got.get("titles") == want, got
-    assert want[0] == "ReNO 01 SD-Turbo (start here)", want
+    assert want[0] == "ReNO 01 Z-Image-Turbo, 8 steps (start here)", want
 
 
 def _check_cards(workflows, cards: Path) -> None:

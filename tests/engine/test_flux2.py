@@ -25,7 +25,7 @@ from engine_support import PROMPT_TEXT, first_iteration, fixture_families, pack_
 STEPS, SAMPLER, SIDE, SEED = 4, "euler", 64, 3
 PAPER_MIX = (("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01))
 EPS32 = torch.finfo(torch.float32).eps
-WORKFLOW = "ReNO 15 FLUX.2 Klein, 4 steps.json"
+WORKFLOW = "ReNO 04 FLUX.2 Klein, 4 steps.json"
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from engine_support import PROMPT_TEXT, fixture_families, pack_module, reward_st
 STEPS, SAMPLER, SCHEDULER, SHIFT, SIDE, SEED = 2, "euler", "simple", 3.0, 64, 3
 PAPER_MIX = (("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01))
 EPS32 = torch.finfo(torch.float32).eps
-WORKFLOW = "ReNO 14 Qwen-Image, Lightning 2 steps.json"
+WORKFLOW = "ReNO 03 Qwen-Image, Lightning 2 steps.json"
 #: the template's LoRA file name: the tiny LoRA is written under it, so the shipped workflow loads it unchanged
 LORA = "Wuli-Qwen-Image-2512-Turbo-LoRA-2steps-V1.0-bf16.safetensors"
 

@@ -30,24 +30,24 @@ MODEL_INPUTS = {"ckpt_name": "checkpoints", "unet_name": "diffusion_models", "lo
 CHAIN = ("steps", "sampler_name", "scheduler", "gradient", "gradient_steps")
 #: what each few-step workflow's ReNO node must run (the model's own sampler, scheduler and steps)
 FEW_STEP = {
-    "ReNO 06 SDXL-Lightning, 4 steps.json": {"steps": 4, "sampler_name": "euler", "scheduler": "sgm_uniform", "cfg": 1.0,
+    "ReNO 10 SDXL-Lightning, 4 steps.json": {"steps": 4, "sampler_name": "euler", "scheduler": "sgm_uniform", "cfg": 1.0,
                                        "learning_rate": 10.0},
-    "ReNO 10 SDXL with the Hyper-SD 8-step LoRA.json": {"steps": 8, "sampler_name": "euler", "scheduler": "sgm_uniform",
+    "ReNO 14 SDXL with the Hyper-SD 8-step LoRA.json": {"steps": 8, "sampler_name": "euler", "scheduler": "sgm_uniform",
                                            "cfg": 1.0, "learning_rate": 10.0},
-    "ReNO 11 SD 1.5 with LCM-LoRA, 4 steps.json": {"steps": 4, "sampler_name": "lcm", "scheduler": "sgm_uniform", "cfg": 1.0,
+    "ReNO 15 SD 1.5 with LCM-LoRA, 4 steps.json": {"steps": 4, "sampler_name": "lcm", "scheduler": "sgm_uniform", "cfg": 1.0,
                                       "learning_rate": 5.0},
-    "ReNO 07 FLUX.1-schnell, 4 steps.json": {"steps": 4, "sampler_name": "euler", "scheduler": "simple", "cfg": 1.0,
+    "ReNO 11 FLUX.1-schnell, 4 steps.json": {"steps": 4, "sampler_name": "euler", "scheduler": "simple", "cfg": 1.0,
                                      "learning_rate": 5.0},
-    "ReNO 08 FLUX.1-schnell, optimize at 1 step, render at 4.json": {"steps": 1, "sampler_name": "euler", "scheduler": "simple",
+    "ReNO 12 FLUX.1-schnell, optimize at 1 step, render at 4.json": {"steps": 1, "sampler_name": "euler", "scheduler": "simple",
                                               "cfg": 1.0, "learning_rate": 5.0},
     # ComfyUI's image_z_image_turbo template: KSampler 8 steps, res_multistep, simple, cfg 1
-    "ReNO 13 Z-Image-Turbo, 8 steps.json": {"steps": 8, "sampler_name": "res_multistep", "scheduler": "simple", "cfg": 1.0,
+    "ReNO 01 Z-Image-Turbo, 8 steps (start here).json": {"steps": 8, "sampler_name": "res_multistep", "scheduler": "simple", "cfg": 1.0,
                                 "learning_rate": 5.0},
-    # ReNO 13 with its ReNO part collapsed into one subgraph node (the frontend's Convert to Subgraph)
-    "ReNO 16 Z-Image-Turbo as a subgraph.json": {"steps": 8, "sampler_name": "res_multistep", "scheduler": "simple",
+    # ReNO 01 with its ReNO part collapsed into one subgraph node (the frontend's Convert to Subgraph)
+    "ReNO 02 Z-Image-Turbo as a subgraph.json": {"steps": 8, "sampler_name": "res_multistep", "scheduler": "simple",
                                                  "cfg": 1.0, "learning_rate": 5.0},
     # ComfyUI's image_qwen_image_2512_with_2steps_lora template: KSampler 2 steps, euler, simple, cfg 1
-    "ReNO 14 Qwen-Image, Lightning 2 steps.json": {"steps": 2, "sampler_name": "euler", "scheduler": "simple", "cfg": 1.0,
+    "ReNO 03 Qwen-Image, Lightning 2 steps.json": {"steps": 2, "sampler_name": "euler", "scheduler": "simple", "cfg": 1.0,
                                                    "learning_rate": 5.0},
 }
 PAPER_MIX = [("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01)]
@@ -318,11 +318,11 @@ def test_lora_workflows_load_the_lora_as_their_makers_say(wf_engine):
     """Hyper-SD 8-step LoRA at full strength (ByteDance fuses the SDXL LoRAs at scale 1); LCM-LoRA through
     LoraLoader then ModelSamplingDiscrete(lcm) into ReNO, as ComfyUI runs LCM."""
     engine = wf_engine
-    hyper = json.loads((WORKFLOWS[0].parent / "ReNO 10 SDXL with the Hyper-SD 8-step LoRA.json").read_text())
+    hyper = json.loads((WORKFLOWS[0].parent / "ReNO 14 SDXL with the Hyper-SD 8-step LoRA.json").read_text())
     (lora,) = _reno_nodes(hyper, "LoraLoader")
     assert _by_name(engine, lora) == {"lora_name": "Hyper-SDXL-8steps-lora.safetensors", "strength_model": 1.0,
                                       "strength_clip": 1.0}
-    lcm = json.loads((WORKFLOWS[0].parent / "ReNO 11 SD 1.5 with LCM-LoRA, 4 steps.json").read_text())
+    lcm = json.loads((WORKFLOWS[0].parent / "ReNO 15 SD 1.5 with LCM-LoRA, 4 steps.json").read_text())
     prompt = to_api(lcm, engine)
     (reno,) = [n for n in prompt.values() if n["class_type"] == "ReNOSampler"]
     sampling = prompt[reno["inputs"]["model"][0]]
@@ -334,7 +334,7 @@ def test_flux_render_workflow_renders_the_optimized_noise_at_4_steps(wf_engine):
     """ReNO at 1 step; ReNO Noise -> SamplerCustomAdvanced (BasicGuider, KSamplerSelect euler, BasicScheduler
     simple 4 steps, the same model and latent); both images saved."""
     engine = wf_engine
-    wf = json.loads((WORKFLOWS[0].parent / "ReNO 08 FLUX.1-schnell, optimize at 1 step, render at 4.json").read_text())
+    wf = json.loads((WORKFLOWS[0].parent / "ReNO 12 FLUX.1-schnell, optimize at 1 step, render at 4.json").read_text())
     prompt = to_api(wf, engine)
     (reno_id,) = [i for i, n in prompt.items() if n["class_type"] == "ReNOSampler"]
     (host,) = [n for n in prompt.values() if n["class_type"] == "SamplerCustomAdvanced"]
@@ -357,7 +357,7 @@ def test_hyper_sdxl_1step_runs_at_t_800(wf_engine):
     """Hyper-SDXL 1-step goes through ReNO Sampler (custom) with sigmas [sigma(t=800), 0]: BasicScheduler (simple,
     1 step) then SetFirstSigma; the model maps that sigma to exactly timestep 800."""
     engine = wf_engine
-    wf = json.loads((WORKFLOWS[0].parent / "ReNO 09 Hyper-SDXL, 1 step.json").read_text())
+    wf = json.loads((WORKFLOWS[0].parent / "ReNO 13 Hyper-SDXL, 1 step.json").read_text())
     prompt = to_api(wf, engine)
     (host,) = [n for n in prompt.values() if n["class_type"] == "SamplerCustomAdvanced"]
     assert prompt[host["inputs"]["sampler"][0]]["class_type"] == "ReNOSamplerCustom"
@@ -415,12 +415,12 @@ def test_subgraphs_are_consistent(path):
 
 
 def test_the_z_image_subgraph_workflow_sends_what_the_z_image_workflow_sends(wf_engine):
-    """ReNO 16 is ReNO 13 with its ReNO part (ModelSamplingAuraFlow, the prompt's encoding and the zeroed negative,
+    """ReNO 02 is ReNO 01 with its ReNO part (ModelSamplingAuraFlow, the prompt's encoding and the zeroed negative,
     the reward loaders, the ReNO Sampler) in one subgraph node (model, clip, prompt, vae, latent and the promoted
-    seed in; image and history out): its API prompt is ReNO 13's, the inner nodes' ids as "<instance>:<id>"."""
+    seed in; image and history out): its API prompt is ReNO 01's, the inner nodes' ids as "<instance>:<id>"."""
     engine = wf_engine
-    plain = json.loads((WORKFLOWS[0].parent / "ReNO 13 Z-Image-Turbo, 8 steps.json").read_text())
-    wf = json.loads((WORKFLOWS[0].parent / "ReNO 16 Z-Image-Turbo as a subgraph.json").read_text())
+    plain = json.loads((WORKFLOWS[0].parent / "ReNO 01 Z-Image-Turbo, 8 steps (start here).json").read_text())
+    wf = json.loads((WORKFLOWS[0].parent / "ReNO 02 Z-Image-Turbo as a subgraph.json").read_text())
     (sg,) = _subgraphs(wf).values()
     (instance,) = [n for n in wf["nodes"] if n["type"] == sg["id"]]
     assert instance["title"] == sg["name"] == "ReNO Z-Image"
@@ -437,7 +437,7 @@ def test_the_z_image_subgraph_workflow_sends_what_the_z_image_workflow_sends(wf_
                         "inputs": {k: [rename(v[0]), v[1]] if isinstance(v, list) else v for k, v in n["inputs"].items()}}
             for i, n in to_api(plain, engine).items()}
     got = to_api(wf, engine)
-    for node_id, node in got.items():  # inputs appended to a node after ReNO 13 was saved: at their defaults
+    for node_id, node in got.items():  # inputs appended to a node after ReNO 01 was saved: at their defaults
         cls = engine.nodes.NODE_CLASS_MAPPINGS[node["class_type"]]
         optional = cls.INPUT_TYPES().get("optional", {})
         for k in set(node["inputs"]) - set(want.get(node_id, {}).get("inputs", {})):

@@ -18,9 +18,9 @@ from engine_support import PROMPT_TEXT, fixture_families, reward_stack
 STEPS, SAMPLER, SCHEDULER, SHIFT, SIDE, SEED = 8, "res_multistep", "simple", 3.0, 64, 3
 PAPER_MIX = (("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01))
 EPS32 = torch.finfo(torch.float32).eps
-WORKFLOW = "ReNO 13 Z-Image-Turbo, 8 steps.json"
+WORKFLOW = "ReNO 01 Z-Image-Turbo, 8 steps (start here).json"
 #: the same graph with its ReNO part in one subgraph node (its API ids "<subgraph node>:<inner id>")
-SUBGRAPH_WORKFLOW = "ReNO 16 Z-Image-Turbo as a subgraph.json"
+SUBGRAPH_WORKFLOW = "ReNO 02 Z-Image-Turbo as a subgraph.json"
 
 
 @pytest.fixture(scope="module")

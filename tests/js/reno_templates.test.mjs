@@ -3,16 +3,16 @@ import test from "node:test";
 
 import { installTemplateOrder, packFolder, sortPackTemplates } from "../../web/js/reno_templates.js";
 
-const OURS = ["ReNO 10 SDXL with the Hyper-SD 8-step LoRA", "ReNO 02 SDXL-Turbo", "ReNO 01 SD-Turbo (start here)",
-  "ReNO 12 Train a reward LoRA on SD-Turbo", "ReNO 09 Hyper-SDXL, 1 step"];
+const OURS = ["ReNO 14 SDXL with the Hyper-SD 8-step LoRA", "ReNO 06 SDXL-Turbo", "ReNO 05 SD-Turbo",
+  "ReNO 16 Train a reward LoRA on SD-Turbo", "ReNO 13 Hyper-SDXL, 1 step"];
 
 test("the pack's own templates come sorted by their number, other packs' lists untouched", () => {
   const other = ["b", "a"];
   const out = sortPackTemplates({ "ComfyUI-ReNO": OURS, other }, "ComfyUI-ReNO");
-  assert.deepEqual(out["ComfyUI-ReNO"], ["ReNO 01 SD-Turbo (start here)", "ReNO 02 SDXL-Turbo",
-    "ReNO 09 Hyper-SDXL, 1 step", "ReNO 10 SDXL with the Hyper-SD 8-step LoRA", "ReNO 12 Train a reward LoRA on SD-Turbo"]);
+  assert.deepEqual(out["ComfyUI-ReNO"], ["ReNO 05 SD-Turbo", "ReNO 06 SDXL-Turbo",
+    "ReNO 13 Hyper-SDXL, 1 step", "ReNO 14 SDXL with the Hyper-SD 8-step LoRA", "ReNO 16 Train a reward LoRA on SD-Turbo"]);
   assert.equal(out.other, other);
-  assert.deepEqual(OURS[0], "ReNO 10 SDXL with the Hyper-SD 8-step LoRA"); // the input is not changed
+  assert.deepEqual(OURS[0], "ReNO 14 SDXL with the Hyper-SD 8-step LoRA"); // the input is not changed
 });
 
 test("anything that is not a template index passes through", () => {
@@ -34,7 +34,7 @@ test("the wrapped getWorkflowTemplates answers the server's index with the pack'
   assert.equal(installTemplateOrder(api, "ComfyUI-ReNO"), false); // not wrapped twice
   const index = await api.getWorkflowTemplates();
   assert.equal(api.calls, 1); // `this` is the api
-  assert.equal(index["ComfyUI-ReNO"][0], "ReNO 01 SD-Turbo (start here)");
+  assert.equal(index["ComfyUI-ReNO"][0], "ReNO 05 SD-Turbo");
   assert.equal(installTemplateOrder({}, "ComfyUI-ReNO"), false);
   assert.equal(installTemplateOrder(api, null), false);
 });
