@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Union
 
-from .items import Item, Outcome
+from .items import Item, Outcome, restore_threads, set_threads  # noqa: F401 (their home is items.py)
 from .workflow import Job, workflow_sha256
 
 
@@ -103,21 +103,3 @@ def source_from_wire(d: dict) -> Source:
         return DiffusersSource(Path(d["folder"]), [(str(n), float(w)) for n, w in d["rewards"]], dict(d["options"]),
                                bool(d["save_initial"]))
     raise ValueError(f"unknown backend kind {d['kind']!r}")
-
-
-def set_threads(threads) -> int | None:
-    """``torch.set_num_threads(threads)`` when ``threads`` is given; the count before (to restore), else None."""
-    if not threads:
-        return None
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
-    return before
-
-
-def restore_threads(before: int | None) -> None:
-    if before is not None:
-        import torch
-
-        torch.set_num_threads(before)

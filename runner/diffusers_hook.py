@@ -14,10 +14,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Protocol
 
-from .backends import DiffusersSource, restore_threads, set_threads
-from .items import Item, ItemResult, Outcome, timed
+from .items import Item, ItemResult, Outcome, restore_threads, set_threads, timed
 from .worker import png_bytes
+
+
+class DiffusersSource(Protocol):
+    """What this backend reads of its source (``backends.DiffusersSource``, which builds it)."""
+
+    folder: Path
+    rewards: list[tuple[str, float]]
+    options: dict
+    save_initial: bool
 
 EXIT_BAD_INPUT = 2
 

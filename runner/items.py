@@ -113,3 +113,21 @@ def timed(make: Callable[[Item], ItemResult], item: Item) -> Outcome:
         return ItemFailure.from_exception(e, time.perf_counter() - t0)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def set_threads(threads) -> int | None:
+    """``torch.set_num_threads(threads)`` when ``threads`` is given; the count before (to restore), else None."""
+    if not threads:
+        return None
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    return before
+
+
+def restore_threads(before: int | None) -> None:
+    if before is not None:
+        import torch
+
+        torch.set_num_threads(before)

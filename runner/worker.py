@@ -17,9 +17,8 @@ from pathlib import Path
 from ..optimizer.memory import CHANNELS_LAST_ENV
 from ..optimizer.objective import weighted_total
 from . import engine as engine_mod
-from .backends import restore_threads, set_threads
 from .host import locate_host
-from .items import Item, ItemResult, Outcome, timed
+from .items import Item, ItemResult, Outcome, restore_threads, set_threads, timed
 from .workflow import Job
 
 #: Engine options a worker accepts (CLI → here; JSON-able, sent to Ray workers).

@@ -28,12 +28,7 @@ TEST_HELPER_PREFIXES = ("tiny_",)
 
 # Edges of cycles that other work in progress removes (issue 24): allowed for now, each with its reason. Delete an
 # entry once its edge is gone; an entry whose edge no longer exists fails the test, so the list cannot go stale.
-TEMPORARY_EDGES = {
-    # runner/backends.py imports the item worker and the diffusers backend inside functions, and both import
-    # backends back (the runner is being restructured; its backends should not know their implementations)
-    ("runner.backends", "runner.worker"),
-    ("runner.backends", "runner.diffusers_hook"),
-}
+TEMPORARY_EDGES: set = set()  # cycle edges being removed (each must still exist; none now)
 
 
 @dataclass(frozen=True)
