@@ -8,6 +8,7 @@ import folder_paths
 
 from ..reward_loaders import FOLDER_NAME, set_search_path_provider
 from .custom_sampler_node import ReNOSamplerCustom
+from .noise_model_node import ReNONoiseModel, ReNOTrainNoiseModel
 from .noise_node import ReNONoise
 from .preference_routes import register as _register_preference_routes
 from .preview_node import ReNOIterationPreview
@@ -38,6 +39,8 @@ NODE_CLASS_MAPPINGS = {
     "ReNONoise": ReNONoise,
     "ReNORewardLoRATrainer": ReNORewardLoRATrainer,
     "ReNOTrainPreferenceReward": ReNOTrainPreferenceReward,
+    "ReNOTrainNoiseModel": ReNOTrainNoiseModel,
+    "ReNONoiseModel": ReNONoiseModel,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -49,4 +52,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ReNONoise": "ReNO Noise",
     "ReNORewardLoRATrainer": "ReNO Train Reward LoRA",
     "ReNOTrainPreferenceReward": "ReNO Train Preference Reward",
+    "ReNOTrainNoiseModel": "ReNO Train Noise Model",
+    "ReNONoiseModel": "ReNO Noise Model",
 }

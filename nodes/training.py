@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,10 +80,47 @@ class Adapters:
         return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.lora.items()}
 
 
-def attach_adapters(model, rank: int, existing: dict | None = None, algorithm: str = "LoRA", seed: int = 0) -> Adapters:
+class AdapterSwitch:
+    """A shared on/off flag for switched adapters (``attach_adapters(..., switch=...)``): one model load computes
+    both the base model (off) and the adapted one (on). ``with switch.turned(True): ...`` sets it for a block."""
+
+    def __init__(self, on: bool = False):
+        self.on = on
+
+    @contextlib.contextmanager
+    def turned(self, on: bool):
+        before, self.on = self.on, on
+        try:
+            yield
+        finally:
+            self.on = before
+
+
+class SwitchedAdapter(torch.nn.Module):
+    """A weight wrapper that applies ``adapter`` while ``switch.on``, and returns the weight unchanged otherwise."""
+
+    def __init__(self, adapter: torch.nn.Module, switch: AdapterSwitch):
+        super().__init__()
+        self.adapter = adapter
+        self.switch = switch
+
+    def forward(self, weight):
+        return self.adapter(weight) if self.switch.on else weight
+
+    def passive_memory_usage(self):
+        return self.adapter.passive_memory_usage()
+
+    def move_to(self, device):
+        return self.adapter.move_to(device=device)
+
+
+def attach_adapters(model, rank: int, existing: dict | None = None, algorithm: str = "LoRA", seed: int = 0,
+                    switch: AdapterSwitch | None = None) -> Adapters:
     """A clone of ``model`` with trainable adapters on every weight and bias of its diffusion model (as core
     ``TrainLoraNode``); ``existing`` (a LORA_MODEL) initializes the adapters it has (training continues). The new
-    adapters' random initialization is drawn from ``seed`` (the global random state is left as it was)."""
+    adapters' random initialization is drawn from ``seed`` (the global random state is left as it was). With a
+    ``switch``, each adapter is attached inside a ``SwitchedAdapter`` (those are the ``modules``): the adapters act
+    only while the switch is on."""
     adapter_maps, adapters, BiasDiff = weight_adapter_api()
     existing = existing or {}
     if not isinstance(existing, dict):
@@ -115,12 +153,14 @@ def attach_adapters(model, rank: int, existing: dict | None = None, algorithm: s
                         adapter = adapter_maps[algorithm].create_train(m.weight, rank=rank, alpha=1.0).to(torch.float32)
                     for name, p in adapter.named_parameters():
                         lora[f"{n}.{name}"] = p
+                    if switch is not None:
+                        adapter = SwitchedAdapter(adapter, switch)
                     mp.add_weight_wrapper(key, adapter)
                     modules.append(adapter)
                 else:
-                    modules.append(_diff(mp, key, f"{n}.diff", m.weight, existing, lora, used, BiasDiff))
+                    modules.append(_diff(mp, key, f"{n}.diff", m.weight, existing, lora, used, BiasDiff, switch))
             if getattr(m, "bias", None) is not None:
-                modules.append(_diff(mp, f"{n}.bias", f"{n}.diff_b", m.bias, existing, lora, used, BiasDiff))
+                modules.append(_diff(mp, f"{n}.bias", f"{n}.diff_b", m.bias, existing, lora, used, BiasDiff, switch))
     unknown = sorted(set(existing) - used - {k for k in existing if k.endswith(".alpha")})
     if unknown:
         raise ValueError(f"ReNO Train Reward LoRA: existing_lora has {len(unknown)} tensor(s) this model has no "
@@ -130,7 +170,8 @@ def attach_adapters(model, rank: int, existing: dict | None = None, algorithm: s
     return Adapters(mp, lora, modules)
 
 
-def _diff(mp, key: str, name: str, like: torch.Tensor, existing: dict, lora: dict, used: set, BiasDiff):
+def _diff(mp, key: str, name: str, like: torch.Tensor, existing: dict, lora: dict, used: set, BiasDiff,
+          switch: AdapterSwitch | None = None):
     start = existing.get(name)
     if start is not None:
         if tuple(start.shape) != tuple(like.shape):
@@ -142,6 +183,8 @@ def _diff(mp, key: str, name: str, like: torch.Tensor, existing: dict, lora: dic
         value = torch.zeros(like.shape, dtype=torch.float32)
     p = torch.nn.Parameter(value.to(like.device), requires_grad=True)
     module = BiasDiff(p)
+    if switch is not None:
+        module = SwitchedAdapter(module, switch)
     lora[name] = p
     mp.add_weight_wrapper(key, module)
     return module
@@ -250,14 +293,17 @@ def trainer_sigmas(model, sampling: Sampling) -> torch.Tensor:
 
 
 def held_out_reward(patcher, vae, rewards, prompts: PromptSet, negative, sampling: Sampling, seed: int,
-                    previews: list | None = None) -> float:
+                    previews: list | None = None, noise_for: Callable | None = None) -> float:
     """The mean weighted reward of the held-out prompts (one image each, fixed seeds), as a KSampler makes them
-    with ``patcher``; appends the first prompt's image (h, w, 3 uint8) to ``previews``."""
+    with ``patcher``; appends the first prompt's image (h, w, 3 uint8) to ``previews``. ``noise_for(noise, positive,
+    latent)`` replaces each seed's noise (the noise model's hyper-noise)."""
     latent = empty_latent(patcher, sampling.width, sampling.height)
     totals = []
     with torch.inference_mode():
         for i, (text, positive) in enumerate(zip(prompts.texts, prompts.conds)):
             noise = comfy.sample.prepare_noise(latent, seed + i)
+            if noise_for is not None:
+                noise = noise_for(noise, positive, latent)
             samples = comfy.sample.sample(patcher, noise, sampling.steps, sampling.cfg, sampling.sampler,
                                           sampling.scheduler, positive, negative, latent, seed=seed + i,
                                           disable_pbar=True)
