@@ -94,6 +94,51 @@ def kernel_error(exc: BaseException) -> RuntimeError | None:
         "ComfyUI without comfy-kitchen.")
 
 
+#: quantized weight layouts (``QuantizedTensor`` of ``comfy.quant_ops``) whose layers give the input a gradient, as
+#: checked by ``tests/engine/test_quantized.py``. 0.3.75: its own ``TensorCoreFP8Layout`` (``mixed_precision_ops``;
+#: on a GPU without fp8 matrix multiply, and on CPUs, dequantized per call). 0.33.0 (comfy-kitchen 0.2.31): the fp8
+#: layouts, NVFP4 and MXFP8 (``QuantLinearFunc``'s backward dequantizes the weight; dequantized per call where the
+#: GPU lacks the format) and ``TensorWiseINT8Layout`` with or without ConvRot (comfy-kitchen's ``mm`` handlers run
+#: the backward's matrix multiply, the incoming gradient quantized per row to int8). Not listed, so refused:
+#: ``TensorCoreConvRotW4A4Layout`` (convrot_w4a4) and ``AsymW4A8Int8Layout`` (asym_w4a8_int8), whose handlers
+#: accept only the forward's transposed weight ("GEMM expects RHS W.T" in the backward), and any layout added later.
+GRADIENT_LAYOUTS = frozenset({
+    "TensorCoreFP8Layout", "TensorCoreFP8E4M3Layout", "TensorCoreFP8E5M2Layout", "TensorCoreNVFP4Layout",
+    "TensorCoreMXFP8Layout", "TensorWiseINT8Layout",
+})
+
+
+def _layout_name(weight) -> str | None:
+    """The ``QuantizedTensor`` layout of a weight (0.33 comfy-kitchen: ``_layout_cls``, a name; 0.3.75:
+    ``_layout_type``), or None for a plain tensor (fp8 dtypes included: the host casts those per call)."""
+    layout = getattr(weight, "_layout_cls", None) or getattr(weight, "_layout_type", None)
+    if layout is None or isinstance(layout, str):
+        return layout
+    return getattr(layout, "__name__", str(layout))
+
+
+def quantized_error(model) -> RuntimeError | None:
+    """A clear refusal, before the run, for a model whose weights are stored in a quantized format through which no
+    gradient reaches the noise on this host (a layout not in ``GRADIENT_LAYOUTS``); None when every weight can pass
+    one. ``model``: the diffusion model (a ``torch.nn.Module``, ComfyUI's ``BaseModel``)."""
+    found: dict[str, tuple[str, int]] = {}
+    for name, module in model.named_modules():
+        layout = _layout_name(module._parameters.get("weight"))
+        if layout is None or layout in GRADIENT_LAYOUTS:
+            continue
+        fmt = getattr(module, "quant_format", None) or layout
+        first, count = found.get(fmt, (name, 0))
+        found[fmt] = (first, count + 1)
+    if not found:
+        return None
+    what = "; ".join(f"{fmt} ({count} layers, the first {first})" for fmt, (first, count) in found.items())
+    return RuntimeError(
+        f"ReNO: this diffusion model's weights are quantized as {what}. On ComfyUI {version()} the matrix multiply of "
+        f"that format has no backward pass, so no gradient can reach the noise. Load the same model as a bf16 / fp16 "
+        f"file, or an fp8 (fp8_scaled) or int8 one, with UNETLoader's weight_dtype 'default' (or 'fp8_e4m3fn' to "
+        f"store the bf16 file's weights in fp8).")
+
+
 # -- step noise ------------------------------------------------------------------------------------------------
 
 def step_noise_sampler(x: torch.Tensor, seed: int | None):

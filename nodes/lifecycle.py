@@ -667,6 +667,9 @@ class ReNORun:
         self.model_sampling = self.inner.model_sampling
         self.max_denoise = max_denoise
         self._copying = _IN_PLACE.get(self.inner, False)
+        refusal = host.quantized_error(self.inner)  # a quantized format without a backward: refused before any work
+        if refusal is not None:
+            raise refusal
         return self._load(model_wrap)
 
     def _take_inputs(self, sigmas, extra_args, noise, latent_image, denoise_mask) -> None:
