@@ -117,26 +117,48 @@ def _layout_name(weight) -> str | None:
     return getattr(layout, "__name__", str(layout))
 
 
+def _scaled_fp8_matmul(module) -> bool:
+    """0.3.75: a layer of ``comfy.ops.scaled_fp8_ops(fp8_matrix_mult=True)``, what a scaled-fp8 file (a ``scaled_fp8``
+    key of other than 2 elements) loads as on a GPU with fp8 compute (Ada, Hopper, Blackwell). Its ``fp8_linear``
+    clamps the activations in place (``torch.clamp(..., out=)``), which fails as soon as they carry a gradient. The
+    flag is the class's closure (``scaled_fp8_ops``'s argument). 0.33 converts such files to ``comfy_quant`` layers,
+    whose fp8 path has a backward (``QuantLinearFunc``)."""
+    fn = getattr(type(module), "forward_comfy_cast_weights", None)
+    code = getattr(fn, "__code__", None)
+    if code is None or "scaled_fp8_ops" not in getattr(fn, "__qualname__", "") \
+            or "fp8_matrix_mult" not in code.co_freevars:
+        return False
+    return bool(fn.__closure__[code.co_freevars.index("fp8_matrix_mult")].cell_contents)
+
+
 def quantized_error(model) -> RuntimeError | None:
     """A clear refusal, before the run, for a model whose weights are stored in a quantized format through which no
     gradient reaches the noise on this host (a layout not in ``GRADIENT_LAYOUTS``); None when every weight can pass
     one. ``model``: the diffusion model (a ``torch.nn.Module``, ComfyUI's ``BaseModel``)."""
     found: dict[str, tuple[str, int]] = {}
     for name, module in model.named_modules():
-        layout = _layout_name(module._parameters.get("weight"))
-        if layout is None or layout in GRADIENT_LAYOUTS:
-            continue
-        fmt = getattr(module, "quant_format", None) or layout
+        if _scaled_fp8_matmul(module):
+            fmt = "scaled fp8 with fp8 matrix multiplication (a GPU with fp8 compute)"
+        else:
+            layout = _layout_name(module._parameters.get("weight"))
+            if layout is None or layout in GRADIENT_LAYOUTS:
+                continue
+            fmt = getattr(module, "quant_format", None) or layout
         first, count = found.get(fmt, (name, 0))
         found[fmt] = (first, count + 1)
     if not found:
         return None
     what = "; ".join(f"{fmt} ({count} layers, the first {first})" for fmt, (first, count) in found.items())
+    if any(fmt.startswith("scaled fp8") for fmt in found):
+        instead = ("Load the model's bf16 / fp16 file with UNETLoader's weight_dtype 'default', or 'fp8_e4m3fn' to "
+                   "store its weights in fp8 (cast per layer: that runs), or update ComfyUI (0.33 runs scaled fp8 "
+                   "files with a backward pass).")
+    else:
+        instead = ("Load the same model as a bf16 / fp16 file, or an fp8 (fp8_scaled) or int8 one, with UNETLoader's "
+                   "weight_dtype 'default' (or 'fp8_e4m3fn' to store the bf16 file's weights in fp8).")
     return RuntimeError(
         f"ReNO: this diffusion model's weights are quantized as {what}. On ComfyUI {version()} the matrix multiply of "
-        f"that format has no backward pass, so no gradient can reach the noise. Load the same model as a bf16 / fp16 "
-        f"file, or an fp8 (fp8_scaled) or int8 one, with UNETLoader's weight_dtype 'default' (or 'fp8_e4m3fn' to "
-        f"store the bf16 file's weights in fp8).")
+        f"that format has no backward pass, so no gradient can reach the noise. {instead}")
 
 
 # -- step noise ------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ numbers are printed (``pytest -s``). Formats a host lacks skip naming the engine
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -40,7 +41,7 @@ FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 #: in the forward pass and each row of the incoming gradient in the backward pass (its mm handler): errors of
 #: ~1/127 of a row's largest element per layer, which cost the cosine about their square; a few hundred times that
 #: bounds it through the tiny UNet (measured on 0.33.0: see the README).
-COSINE_DEFICIT = {"fp8": 1e-9, "int8": 1e-2}
+COSINE_DEFICIT = {"fp8": 1e-9, "int8": 1e-2, "fp8 matmul": 1e-2}
 
 
 # -- fixtures ------------------------------------------------------------------------------------------------
@@ -328,3 +329,57 @@ def test_format_without_backward_is_refused(engine, pack, base, stack, folder, w
         host.quantized_error = check
     print(f"[{case}] without the check: {type(failed.value).__name__}: {str(failed.value)[:160]}")
     assert case not in str(failed.value)
+
+
+# -- 4. fp8 matrix multiplication, as ComfyUI loads fp8 files for a GPU with fp8 compute -----------------------------
+
+@contextlib.contextmanager
+def fp8_compute():
+    """While inside, ComfyUI is told the device multiplies in fp8 (``mm.supports_fp8_compute``, which
+    ``comfy.ops.pick_operations`` reads when the model loads): the ops it picks on Ada, Hopper and Blackwell GPUs.
+    torch's ``_scaled_mm`` runs on CPUs too."""
+    import comfy.model_management as mm
+
+    real = mm.supports_fp8_compute
+    mm.supports_fp8_compute = lambda *args, **kwargs: True
+    try:
+        yield
+    finally:
+        mm.supports_fp8_compute = real
+
+
+FP8_MATMUL = {"scaled fp8": scaled_fp8, "fp8 comfy_quant": fp8_comfy_quant}
+
+
+@pytest.mark.parametrize("case", list(FP8_MATMUL))
+def test_fp8_matrix_multiply_as_on_a_gpu(engine, pack, base, stack, folder, weights, case):
+    """0.33: both files run (``QuantLinearFunc``: the activations multiplied in fp8 as KSampler does, the backward
+    through the dequantized weight). 0.3.75: the fp8 comfy_quant file runs; the scaled-fp8 file loads as
+    ``scaled_fp8_ops(fp8_matrix_mult=True)``, whose fp8 linear fails under autograd: refused by name."""
+    import comfy.ops
+
+    sd, linears = weights
+    out, metadata, deq = FP8_MATMUL[case](sd, linears, engine)
+    with fp8_compute():
+        model = unet_loader(engine, write(folder, f"{case} fp8 matmul", out, metadata))
+    reference = unet_loader(engine, write(folder, f"{case} fp8 matmul dequantized", deq, None))
+    host = pack.nodes.host
+    if case == "scaled fp8" and hasattr(comfy.ops, "scaled_fp8_ops"):
+        with first_iteration(engine) as first, pytest.raises(Exception) as refused:
+            reno(engine, base, stack, model, 2)
+        message = str(refused.value)
+        print(f"\n[{case}, fp8 matmul] refused: {message}")
+        assert "image" not in first, "the run started before refusing"
+        assert "scaled fp8" in message and host.version() in message and "bf16" in message, message
+        check = host.quantized_error
+        host.quantized_error = lambda model: None
+        try:
+            with pytest.raises(Exception) as failed:
+                reno(engine, base, stack, model, 2)
+        finally:
+            host.quantized_error = check
+        print(f"[{case}, fp8 matmul] without the check: {type(failed.value).__name__}: {str(failed.value)[:160]}")
+        assert "automatic differentiation" in str(failed.value)
+        return
+    assert host.quantized_error(model.model) is None
+    check_format(engine, base, stack, f"{case}, fp8 matmul", model, reference, COSINE_DEFICIT["fp8 matmul"])
