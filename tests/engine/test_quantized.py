@@ -11,7 +11,10 @@ layers ComfyUI's quantized ops cover; convolutions stay float32) and loaded with
   its own ``QuantizedTensor``; 0.33 comfy-kitchen's);
 * on 0.33 (comfy-kitchen): ``int8_tensorwise``, ``int8_tensorwise`` with ConvRot (per-row scales, Hadamard-rotated
   groups), built with the host's own ``QuantizedTensor.from_float`` and its state dict;
-* on 0.33: ``convrot_w4a4`` and ``asym_w4a8_int8``, whose matrix multiply has no backward: refused by name.
+* on 0.33: ``convrot_w4a4`` and ``asym_w4a8_int8``, whose matrix multiply has no backward: refused by name;
+* the fp8 files and UNETLoader's ``fp8_e4m3fn_fast`` as ComfyUI loads them for a GPU with fp8 compute (its
+  ``supports_fp8_compute`` made true while loading; torch's fp8 ``_scaled_mm`` runs on CPUs): 0.3.75's
+  ``scaled_fp8_ops(fp8_matrix_mult=True)`` has no backward and is refused by name.
 
 For each format that runs: (a) the oracle, ReNO at one iteration == KSampler on the same quantized model; (b) the
 noise gradient is finite, non-zero, and points where the same model's gradient does with its weights dequantized to
@@ -383,3 +386,33 @@ def test_fp8_matrix_multiply_as_on_a_gpu(engine, pack, base, stack, folder, weig
         return
     assert host.quantized_error(model.model) is None
     check_format(engine, base, stack, f"{case}, fp8 matmul", model, reference, COSINE_DEFICIT["fp8 matmul"])
+
+
+def test_fp8_fast_weight_dtype_as_on_a_gpu(engine, base, stack, folder, weights):
+    """UNETLoader's fp8_e4m3fn_fast on a GPU with fp8 compute (``comfy.ops.fp8_ops``): KSampler multiplies each
+    Linear's activations in fp8; in ReNO's gradient pass ComfyUI's own ``fp8_linear`` cannot run on activations that
+    carry a gradient (it clamps them in place, ``torch.clamp(..., out=)``), and ``fp8_ops`` falls back to its cast
+    path (the fp8 weights cast to float32) for those layers. So the gradient is the dequantized model's, and ReNO's
+    iteration 0 differs from KSampler's by the fp8 rounding of the activations, not by float rounding: measured and
+    printed, bounded at fp8's precision (eps 2^-3) of the noised latent."""
+    sd, _ = weights
+    path = write(folder, "fp32", sd, None)
+    with fp8_compute():
+        model = unet_loader(engine, path, "fp8_e4m3fn_fast")
+    deq = {k: (v.to(torch.float8_e4m3fn).float() if v.dim() > 1 else v) for k, v in sd.items()}
+    reference = unet_loader(engine, write(folder, "fp8_e4m3fn_dequantized", deq, None))
+    latent, _, history = reno(engine, base, stack, model, 1)
+    ks, ks_ref = ksampler(engine, base, model), ksampler(engine, base, reference)
+    scale = history.sigma * float(history.best_noise.abs().max()) + float(base["latent"]["samples"].abs().max())
+    fp8_diff = float((ks["samples"] - ks_ref["samples"]).abs().max())
+    err = float((latent["samples"] - ks["samples"]).abs().max())
+    grad, first, best, best_i = gradient_and_gain(engine, base, stack, model, ITERATIONS)
+    ref_grad, *_ = gradient_and_gain(engine, base, stack, reference, 2)
+    cos = cosine(grad, ref_grad)
+    print(f"\n[fp8_e4m3fn_fast, fp8 matmul] KSampler fp8 vs float32 matmul {fp8_diff:.3g}; ReNO iteration 0 vs KSampler "
+          f"{err:.3g} (noised latent {scale:.3g}); noise gradient vs dequantized float32: cosine {cos:.9f}; weighted "
+          f"reward {first:.4f} -> {best:.4f} (iteration {best_i} of {ITERATIONS})")
+    assert fp8_diff > 0, "KSampler did not multiply in fp8: the fp8 path was not taken"
+    assert err <= 2.0 ** -3 * scale
+    assert torch.isfinite(grad).all() and 1 - cos <= COSINE_DEFICIT["fp8 matmul"]
+    assert best_i > 0 and best > first
