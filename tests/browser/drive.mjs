@@ -355,9 +355,12 @@ try {
       await page.waitForFunction((names) => [...document.querySelectorAll("*")].some(
         (e) => e.children.length === 0 && names.includes(e.textContent.trim())), stems, { timeout: 20000 });
       await page.waitForTimeout(1000);
+      // a card shows its title and, under it, a description made from the name ("-" as spaces): for a name without
+      // "-" the two read the same, so a title repeated right after itself is one card
       result.templateBrowser.titles = await page.evaluate((names) => [...document.querySelectorAll("*")]
         .filter((e) => e.children.length === 0 && names.includes(e.textContent.trim()))
-        .map((e) => e.textContent.trim()), stems);
+        .map((e) => e.textContent.trim())
+        .filter((t, i, all) => i === 0 || t !== all[i - 1]), stems);
       if (args["template-browser-shot"]) await page.screenshot({ path: args["template-browser-shot"] });
     } catch (e) {
       result.templateBrowser.error = String(e).slice(0, 500);
