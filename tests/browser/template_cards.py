@@ -32,6 +32,8 @@ CARDS: dict[str, tuple[str, str, str, str]] = {
     "ReNO 15 SD 1.5 with LCM-LoRA, 4 steps": ("SD 1.5 + LCM", "4 steps lcm · 512 px · lr 5", PAPER_MIX, "LoRA"),
     "ReNO 16 Train a reward LoRA on SD-Turbo": (
         "Reward LoRA", "AlignProp · 1 step · 8 prompts", "ImageReward 1 · HPSv2.1 5", "training"),
+    "ReNO 17 Train a noise model on SD-Turbo": (
+        "Noise model", "HyperNoise · 1 step · 8 prompts", "ImageReward 1 · HPSv2.1 5", "training"),
     "ReNO 01 Z-Image-Turbo, 8 steps (start here)": ("Z-Image-Turbo", "8 steps res_multistep · 1024 px", PAPER_MIX,
                                                     "start here · 8 steps"),
     "ReNO 03 Qwen-Image, Lightning 2 steps": ("Qwen-Image 2512", "2 steps euler · 1328 px", PAPER_MIX, "LoRA · 2 steps"),

@@ -141,6 +141,16 @@ def test_the_noise_renders_as_reno_samplers_iteration_0_from_the_history(engine,
     assert_rounding_close(latent["samples"], rendered, ORACLE_LATENT_K, msg="ReNO iteration 0 vs SamplerCustomAdvanced")
 
 
+def test_recomputing_in_backward_gives_the_same_noise_model(engine, sd, stack):
+    """With every block recomputed in the backward pass (memory: checkpoint all) the adapters get the gradients they
+    get with nothing recomputed: each recomputed block sees the switch as its forward pass did."""
+    kept = trainer(engine, sd, stack, training_steps=2, held_out="", memory="no checkpointing")["result"][0]
+    recomputed = trainer(engine, sd, stack, training_steps=2, held_out="", memory="checkpoint all")["result"][0]
+    assert set(kept) == set(recomputed)
+    for k in kept:
+        torch.testing.assert_close(recomputed[k], kept[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
 def test_nothing_stays_on_comfyuis_objects(engine, sd, stack, trained):
     base = ksampler(engine, sd)
     no_adapters_left(sd["model"])
