@@ -76,6 +76,21 @@ def depth_for(engine) -> int:
     return 1
 
 
+def tiny_sd_parts(engine, rewards, batch=1):
+    """The tiny SD chain's inputs to ReNO Sampler, as the nodes make them (under inference mode, like the executor):
+    model, vae, positive (PROMPT_TEXT), negative (""), a 64 px latent_image of ``batch`` and the ``rewards``
+    [(name, weight), ...] chained through ReNO Load Reward (their checkpoints already in the rewards folder)."""
+    model, vae = engine.call_node("ReNOTestTinySD", inference=True, transformer_depth=depth_for(engine),
+                                  context_dim=32, seed=0)
+    (pos,) = engine.call_node("ReNOTestConditioning", inference=True, text=PROMPT_TEXT, context_dim=32)
+    (neg,) = engine.call_node("ReNOTestConditioning", inference=True, text="", context_dim=32)
+    (latent,) = engine.call_node("EmptyLatentImage", inference=True, width=64, height=64, batch_size=batch)
+    stack = None
+    for name, weight in rewards:
+        (stack,) = engine.call_node("ReNORewardLoader", inference=True, reward=name, weight=weight, rewards=stack)
+    return dict(model=model, vae=vae, positive=pos, negative=neg, latent_image=latent, rewards=stack)
+
+
 def reward_stack(engine, rewards, files=None):
     """Tiny reward checkpoints (``files``: reward names, default those of ``rewards``) written into the engine's
     models/reno_rewards folder, then ReNO Load Reward chained over ``rewards`` [(name, weight), ...] as a workflow

@@ -22,7 +22,7 @@ LIBRARIES = ("optimizer", "reward_loaders", "generators", "preferences", "traini
 COMFYUI = {"comfy", "comfy_extras", "folder_paths", "nodes", "server", "execution", "comfy_api", "latent_preview"}
 # tests/ and testing/ and their modules as top-level names (tests/ is on sys.path in the tests), and reno_pack: the
 # name the tests import the pack under
-TEST_HELPERS = {"tests", "testing", "conftest", "comfy_host", "engine_support", "reno_prompts", "fake_hub",
+TEST_HELPERS = {"tests", "testing", "conftest", "comfy_host", "engine_support", "family_support", "reno_prompts", "fake_hub",
                 "tolerances", "editable_install", "comfy_fixture_nodes", "reno_pack"}
 TEST_HELPER_PREFIXES = ("tiny_",)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import comfy_host
 import pytest
 import torch
-from engine_support import PROMPT_TEXT, depth_for, pack_module, reno_prompt
+from engine_support import PROMPT_TEXT, depth_for, pack_module, reno_prompt, tiny_sd_parts
 from reno_prompts import SAMPLER_ID, SAVE_ID
 from tolerances import (
     BATCH_K,
@@ -42,18 +42,11 @@ def reward_dir(engine, pack):
 
 def call_chain(engine, *, iterations, seed=0, batch=1, rewards=(("pickscore", 1.0), ("clipscore", 0.5))):
     """Run the nodes directly (under inference mode, like the executor); returns the pieces."""
-    model, vae = engine.call_node("ReNOTestTinySD", inference=True, transformer_depth=depth_for(engine),
-                                  context_dim=32, seed=0)
-    (pos,) = engine.call_node("ReNOTestConditioning", inference=True, text=PROMPT_TEXT, context_dim=32)
-    (neg,) = engine.call_node("ReNOTestConditioning", inference=True, text="", context_dim=32)
-    (latent,) = engine.call_node("EmptyLatentImage", inference=True, width=64, height=64, batch_size=batch)
-    stack = None
-    for name, weight in rewards:
-        (stack,) = engine.call_node("ReNORewardLoader", inference=True, reward=name, weight=weight, rewards=stack)
-    out = engine.call_node("ReNOSampler", inference=True, model=model, positive=pos, negative=neg, vae=vae,
-                           latent_image=latent, rewards=stack, prompt=PROMPT_TEXT, seed=seed, iterations=iterations,
+    p = tiny_sd_parts(engine, rewards, batch)
+    out = engine.call_node("ReNOSampler", inference=True, **p, prompt=PROMPT_TEXT, seed=seed, iterations=iterations,
                            learning_rate=5.0, cfg=1.0, regularization=0.01, grad_clip=0.1)
-    return dict(model=model, vae=vae, pos=pos, neg=neg, latent=latent, rewards=stack, out=out["result"], ui=out["ui"])
+    return dict(model=p["model"], vae=p["vae"], pos=p["positive"], neg=p["negative"], latent=p["latent_image"],
+                rewards=p["rewards"], out=out["result"], ui=out["ui"])
 
 
 # -- the public contract ------------------------------------------------------------------------------

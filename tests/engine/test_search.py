@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_support import PROMPT_TEXT, depth_for
+from engine_support import PROMPT_TEXT, tiny_sd_parts
 from tolerances import ORACLE_IMAGE_K, ORACLE_LATENT_K, assert_rounding_close, rounding_tol, weighted_score_scale
 
 REWARDS = (("pickscore", 1.0), ("clipscore", 0.5))
@@ -21,15 +21,7 @@ def reward_dir(engine):
 
 
 def parts(engine, batch=1):
-    model, vae = engine.call_node("ReNOTestTinySD", inference=True, transformer_depth=depth_for(engine),
-                                  context_dim=32, seed=0)
-    (pos,) = engine.call_node("ReNOTestConditioning", inference=True, text=PROMPT_TEXT, context_dim=32)
-    (neg,) = engine.call_node("ReNOTestConditioning", inference=True, text="", context_dim=32)
-    (latent,) = engine.call_node("EmptyLatentImage", inference=True, width=64, height=64, batch_size=batch)
-    stack = None
-    for name, weight in REWARDS:
-        (stack,) = engine.call_node("ReNORewardLoader", inference=True, reward=name, weight=weight, rewards=stack)
-    return dict(model=model, vae=vae, positive=pos, negative=neg, latent_image=latent, rewards=stack)
+    return tiny_sd_parts(engine, REWARDS, batch)
 
 
 def sample(engine, p, *, seed=0, iterations=3, **extra):
