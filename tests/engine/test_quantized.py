@@ -421,3 +421,49 @@ def test_fp8_fast_weight_dtype_as_on_a_gpu(engine, base, stack, folder, weights)
     assert err <= 2.0 ** -3 * scale
     assert torch.isfinite(grad).all() and 1 - cos <= COSINE_DEFICIT["fp8 matmul"]
     assert best_i > 0 and best > first
+
+
+# -- 5. int8 with a fused input activation (0.33: Wan, LTX-Video, MiniMax MLPs) ------------------------------------
+
+def test_int8_fused_activation_gradient_needs_training_mode(engine, pack):
+    """``comfy.ops.linear_input_act(linear, x, act)`` = ``linear(act(x))``: for an int8 layer ComfyUI 0.33 folds
+    ``act`` into comfy-kitchen's int8 linear kernel, whose gradient is not that of ``linear(act(x))``, unless
+    ``comfy.model_management.in_training`` is set (then it runs ``act`` eagerly). The run sets it
+    (``host.training_mode``): inside, the input gradient is the dequantized layer's at int8's precision; outside it
+    is silently another one (the control that shows why the run must set it)."""
+    import comfy.ops
+
+    if not hasattr(comfy.ops, "linear_input_act"):
+        pytest.skip(f"{engine.info} has no fused input activation (comfy.ops.linear_input_act)")
+    import comfy.quant_ops as q
+
+    torch.manual_seed(0)
+    w, bias, x0 = torch.randn(64, 256) * 0.05, torch.randn(64) * 0.1, torch.randn(2, 5, 256)
+    ops = comfy.ops.mixed_precision_ops({"mixed_ops": True}, torch.float32,
+                                        disabled={"float8_e4m3fn", "float8_e5m2", "nvfp4", "mxfp8"})
+    layer = ops.Linear(256, 64, device="cpu")
+    qt = q.QuantizedTensor.from_float(w, "TensorWiseINT8Layout")
+    sd = {**qt.state_dict("weight"), "bias": bias,
+          "comfy_quant": torch.tensor(list(json.dumps({"format": "int8_tensorwise"}).encode()), dtype=torch.uint8)}
+    layer.load_state_dict(sd, strict=False)
+    assert isinstance(layer.weight, q.QuantizedTensor)
+
+    def act(x):
+        return torch.nn.functional.gelu(x, approximate="tanh")
+
+    def grad_of(f):
+        x = x0.clone().requires_grad_()
+        (g,) = torch.autograd.grad(f(x).square().sum(), x)
+        return g
+
+    reference = grad_of(lambda x: torch.nn.functional.linear(act(x), qt.dequantize().float(), bias))
+    with pack.nodes.host.training_mode():
+        inside = grad_of(lambda x: comfy.ops.linear_input_act(layer, x, "gelu_tanh"))
+    outside = grad_of(lambda x: comfy.ops.linear_input_act(layer, x, "gelu_tanh"))
+    cos_in, cos_out = cosine(inside, reference), cosine(outside, reference)
+    print(f"\n[int8 fused gelu] input gradient vs the dequantized layer's: cosine {cos_in:.6f} in the run's training "
+          f"mode, {cos_out:.6f} without it")
+    assert 1 - cos_in <= COSINE_DEFICIT["int8"]
+    assert 1 - cos_out > COSINE_DEFICIT["int8"], (
+        "comfy-kitchen's fused int8 activation now has the right gradient: host.training_mode is no longer needed "
+        "for it (update its docstring)")
