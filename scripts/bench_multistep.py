@@ -84,14 +84,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import gc
 import json
 import os
-import platform
 import re
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -103,6 +100,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+from bench_common import comma_list, find_host, print_header  # noqa: E402
 from benchmark import reset_peak_rss  # noqa: E402  (the node-path benchmark's RSS high-water reset)
 from reno_batch import import_pack  # noqa: E402
 
@@ -236,9 +234,8 @@ def run_child(args) -> int:
 
     torch.set_num_threads(args.threads)
     row = ROWS[args.child]
-    host = comfy_host.find_host()
+    host = find_host(comfy_host)
     if host is None:
-        print("no ComfyUI engine found: set COMFYUI_PATH or run scripts/setup_env.sh")
         return 2
     engine = comfy_host.boot_engine(host, [comfy_host.FIXTURE_PACK_DIR, comfy_host.PACK_DIR],
                                     Path(tempfile.mkdtemp(prefix="reno-bench-multistep-")), cpu=True)
@@ -317,14 +314,8 @@ def parse_args(argv=None):
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--part", default="time", choices=PARTS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    args.reward_names = [n.strip() for n in args.rewards.split(",") if n.strip()]
-    bad = [n for n in args.reward_names if n not in WEIGHTS]
-    if bad or not args.reward_names:
-        ap.error(f"--rewards: unknown {', '.join(bad) or '(none)'}; choose from {', '.join(WEIGHTS)}")
-    args.row_names = [n.strip() for n in args.rows.split(",") if n.strip()]
-    bad = [n for n in args.row_names if n not in ROWS]
-    if bad or not args.row_names:
-        ap.error(f"--rows: unknown {', '.join(bad) or '(none)'}; choose from {', '.join(ROWS)}")
+    args.reward_names = comma_list(ap, "--rewards", args.rewards, WEIGHTS)
+    args.row_names = comma_list(ap, "--rows", args.rows, ROWS)
     if args.child is not None and args.child not in ROWS:
         ap.error(f"--child: unknown row {args.child!r}")
     if args.iterations < 3:
@@ -419,14 +410,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child is not None:
         return run_child(args)
-    comfy_host = import_pack("testing.comfy_host")
-    if comfy_host.find_host() is None:
-        print("no ComfyUI engine found: set COMFYUI_PATH or run scripts/setup_env.sh")
+    if find_host(import_pack("testing.comfy_host")) is None:
         return 2
-    env = f"COMFYUI_PATH={shlex.quote(os.environ['COMFYUI_PATH'])} " if os.environ.get("COMFYUI_PATH") else ""
-    print(f"command: {env}{shlex.join(['python', 'scripts/bench_multistep.py', *sys.argv[1:]])}")
-    print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='minutes')}; "
-          f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}", flush=True)
+    print_header("scripts/bench_multistep.py", with_env=True)
     times: dict[str, list[dict]] = {name: [] for name in args.row_names}
     memory: dict[str, dict] = {}
     for round_ in range(args.repeats):

@@ -25,11 +25,8 @@ before it.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -38,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+from bench_common import comma_list, find_host, print_header  # noqa: E402
 from bench_multistep import RSSPeak, run_child_row  # noqa: E402
 from reno_batch import import_pack  # noqa: E402
 
@@ -53,9 +51,8 @@ def run_child(args) -> int:
     comfy_host = import_pack("testing.comfy_host")
 
     method, steps, k = (args.child.split(":") + ["1"])[:3]
-    host = comfy_host.find_host()
+    host = find_host(comfy_host)
     if host is None:
-        print("no ComfyUI engine found: set COMFYUI_PATH or run scripts/setup_env.sh")
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="reno-bench-training-"))
     cuda = torch.cuda.is_available() and not args.cpu
@@ -132,10 +129,7 @@ def parse_args(argv=None):
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON to this file")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    args.reward_names = [n.strip() for n in args.rewards.split(",") if n.strip()]
-    bad = [n for n in args.reward_names if n not in WEIGHTS]
-    if bad or not args.reward_names:
-        ap.error(f"--rewards: unknown {', '.join(bad) or '(none)'}; choose from {', '.join(WEIGHTS)}")
+    args.reward_names = comma_list(ap, "--rewards", args.rewards, WEIGHTS)
     args.row_names = [r.strip() for r in args.rows.split(",") if r.strip()]
     for r in args.row_names:
         method, steps, *rest = r.split(":") + [""]
@@ -181,13 +175,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child is not None:
         return run_child(args)
-    comfy_host = import_pack("testing.comfy_host")
-    if comfy_host.find_host() is None:
-        print("no ComfyUI engine found: set COMFYUI_PATH or run scripts/setup_env.sh")
+    if find_host(import_pack("testing.comfy_host")) is None:
         return 2
-    print(f"command: {shlex.join(['python', 'scripts/bench_training.py', *sys.argv[1:]])}")
-    print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='minutes')}; machine: {platform.machine()}, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}", flush=True)
+    print_header("scripts/bench_training.py")
     rows = []
     for name in args.row_names:
         r = run_row(args, name)

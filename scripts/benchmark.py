@@ -46,7 +46,6 @@ import gc
 import platform
 import re
 import resource
-import shlex
 import statistics
 import sys
 import tempfile
@@ -55,6 +54,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+from bench_common import comma_list, command_line, find_host  # noqa: E402
 from reno_batch import import_pack  # noqa: E402
 
 # the headless host and the tiny models are the pack's test fixtures (testing/), imported by name; this loads the
@@ -152,14 +152,8 @@ def parse_args(argv=None):
                          "warm-up, timing and peak (default: the node's default; ignored if the node has no "
                          "'memory' input)")
     args = ap.parse_args(argv)
-    args.models = [m.strip() for m in args.model.split(",") if m.strip()]
-    unknown = [m for m in args.models if m != "tiny" and m not in FULL_MODELS]
-    if unknown or not args.models:
-        ap.error(f"--model: unknown {', '.join(unknown) or '(none)'}; choose from tiny, {', '.join(FULL_MODELS)}")
-    args.reward_names = [n.strip() for n in args.rewards.split(",") if n.strip()]
-    bad = [n for n in args.reward_names if n not in WEIGHTS]
-    if bad or not args.reward_names:
-        ap.error(f"--rewards: unknown {', '.join(bad) or '(none)'}; choose from {', '.join(WEIGHTS)}")
+    args.models = comma_list(ap, "--model", args.model, ("tiny", *FULL_MODELS))
+    args.reward_names = comma_list(ap, "--rewards", args.rewards, WEIGHTS)
     if args.iterations is not None and args.iterations < 2:
         ap.error("--iterations must be at least 2 (iteration times are the gaps between iterations)")
     if args.repeats < 1:
@@ -184,11 +178,6 @@ def parse_args(argv=None):
     if "tiny" in args.models and args.device != "cpu":
         ap.error("the tiny model runs on the CPU: benchmark it in its own run (without --device cuda)")
     return args
-
-
-def command_line() -> str:
-    env = f"COMFYUI_PATH={shlex.quote(os.environ['COMFYUI_PATH'])} " if os.environ.get("COMFYUI_PATH") else ""
-    return env + shlex.join(["python", *sys.argv])
 
 
 # -- the tiny model (CPU) -------------------------------------------------------------------------------
@@ -610,9 +599,8 @@ def main(argv=None) -> int:
     set_threads(args.threads)
     full = [m for m in args.models if m != "tiny"]
 
-    host = comfy_host.find_host()
+    host = find_host(comfy_host)
     if host is None:
-        print("no ComfyUI engine found: set COMFYUI_PATH or run scripts/setup_env.sh")
         return 2
     engine = comfy_host.boot_engine(host, [comfy_host.FIXTURE_PACK_DIR, comfy_host.PACK_DIR],
                                     Path(tempfile.mkdtemp(prefix="reno-bench-")), cpu=args.device != "cuda")
