@@ -234,7 +234,11 @@ def noise_model_noise(model, noise_model: dict, positive, samples: torch.Tensor,
     if float(strength) == 0.0:
         return eps, eps.clone()
     switch = AdapterSwitch(False)
-    adapters = attach_adapters(model, 1, noise_model, switch=switch)
+    try:
+        adapters = attach_adapters(model, 1, noise_model, switch=switch)
+    except ValueError as e:  # attach_adapters names the trainer's input: name this node's
+        raise ValueError(str(e).replace("ReNO Train Reward LoRA: existing_lora", "ReNO Noise Model: noise_model")
+                         ) from None
     adapters.freeze()
     try:
         hyper = hyper_noise(adapters.patcher, switch, eps, positive, samples, strength)

@@ -141,14 +141,17 @@ def test_the_noise_renders_as_reno_samplers_iteration_0_from_the_history(engine,
     assert_rounding_close(latent["samples"], rendered, ORACLE_LATENT_K, msg="ReNO iteration 0 vs SamplerCustomAdvanced")
 
 
-def test_recomputing_in_backward_gives_the_same_noise_model(engine, sd, stack):
-    """With every block recomputed in the backward pass (memory: checkpoint all) the adapters get the gradients they
-    get with nothing recomputed: each recomputed block sees the switch as its forward pass did."""
-    kept = trainer(engine, sd, stack, training_steps=2, held_out="", memory="no checkpointing")["result"][0]
-    recomputed = trainer(engine, sd, stack, training_steps=2, held_out="", memory="checkpoint all")["result"][0]
-    assert set(kept) == set(recomputed)
-    for k in kept:
-        torch.testing.assert_close(recomputed[k], kept[k], rtol=1e-4, atol=1e-6, msg=k)
+def test_recomputing_in_backward_gives_the_same_gradient(engine, sd, stack):
+    """With every block recomputed in the backward pass (memory: checkpoint all) the adapters get the gradient they
+    get with nothing recomputed: each recomputed block sees the switch as its forward pass did (were the adapters'
+    part recomputed with the switch off, their gradient would be 0). Compared at the first step, before AdamW (whose
+    first update is about lr * sign(g) for any g above its epsilon, so rounding-level differences of near-zero
+    gradient components would show in the weights)."""
+    kept = trainer(engine, sd, stack, training_steps=1, held_out="", memory="no checkpointing")["result"][1]
+    recomputed = trainer(engine, sd, stack, training_steps=1, held_out="", memory="checkpoint all")["result"][1]
+    assert kept.records[0]["grad_norm"][0] > 0
+    assert recomputed.records[0]["loss"][0] == pytest.approx(kept.records[0]["loss"][0], rel=1e-5)
+    assert recomputed.records[0]["grad_norm"][0] == pytest.approx(kept.records[0]["grad_norm"][0], rel=1e-4)
 
 
 def test_nothing_stays_on_comfyuis_objects(engine, sd, stack, trained):
@@ -193,3 +196,13 @@ def test_cancel_stops_training_and_leaves_the_model_unpatched(engine, sd, stack)
 def test_bad_inputs_are_named(engine, sd, stack, kw, match):
     with pytest.raises(ValueError, match=match):
         trainer(engine, sd, stack, **kw)
+
+
+def test_a_noise_model_of_another_model_is_refused_by_name(engine, sd):
+    bogus = {"diffusion_model.not_a_layer.lora_up.weight": torch.zeros(4, 4),
+             "diffusion_model.not_a_layer.lora_down.weight": torch.zeros(4, 4)}
+    with pytest.raises(ValueError, match=r"^ReNO Noise Model: noise_model .*another model family"):
+        noise_model(engine, sd, bogus)
+    with pytest.raises(ValueError, match=r"^ReNO Noise Model: noise_model must be a LORA_MODEL"):
+        noise_model(engine, sd, {})
+    no_adapters_left(sd["model"])
