@@ -17,7 +17,7 @@ from pathlib import Path
 import comfy_host
 import pytest
 import torch
-from engine_support import PROMPT_TEXT, first_iteration, fixture_families, pack_module
+from engine_support import PROMPT_TEXT, first_iteration, fixture_families, pack_module, reward_stack
 
 #: the paper's reward mix, every family test's stack
 PAPER_MIX = (("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01))
@@ -50,6 +50,60 @@ def family_engine(engine, family, *, extra_nodes=None, needs=()):
     if missing:
         pytest.skip(f"{engine.info} has no {', '.join(missing)}")
     return engine
+
+
+def family_fixtures(name, family, *, extra_nodes=None, needs=()):
+    """A family test module's two module-scoped fixtures: ``name`` (``family_engine``'s engine) and ``stack`` (the
+    paper's mix on it). Use as ``x_engine, stack = family_fixtures("x_engine", "x", ...)``."""
+
+    @pytest.fixture(scope="module", name=name)
+    def engine_fixture(engine):
+        return family_engine(engine, family, extra_nodes=extra_nodes, needs=needs)
+
+    @pytest.fixture(scope="module", name="stack")
+    def stack_fixture(request):
+        return reward_stack(request.getfixturevalue(name), PAPER_MIX)
+
+    return engine_fixture, stack_fixture
+
+
+def tiny_family(engine, family, *, text=PROMPT_TEXT, negative_text=""):
+    """The tiny family's (model, vae, positive, negative) (ReNO's test node ``ReNOTestTinyFamily``, depth 1)."""
+    return engine.call_node("ReNOTestTinyFamily", inference=True, family=family, transformer_depth=1, seed=0, text=text,
+                            negative_text=negative_text)
+
+
+def aura_flow(engine, model, shift):
+    (model,) = engine.call_node("ModelSamplingAuraFlow", inference=True, model=model, shift=shift)
+    return model
+
+
+def zero_out(engine, positive):
+    (neg,) = engine.call_node("ConditioningZeroOut", inference=True, conditioning=positive)
+    return neg
+
+
+def empty_latent(engine, node, side):
+    (latent,) = engine.call_node(node, inference=True, width=side, height=side, batch_size=1)
+    return latent
+
+
+def assert_aura_flow_shift(patcher, shift):
+    ms = patcher.get_model_object("model_sampling")
+    assert float(ms.shift) == shift and float(ms.multiplier) == 1.0  # ModelSamplingAuraFlow's patch
+
+
+def assert_flux_ae(vae):
+    first = vae.first_stage_model
+    assert type(first).__name__ == "AutoencodingEngine" and not hasattr(first, "post_quant_conv")  # FLUX's ae
+
+
+def oracle_bounds(reference):
+    """The oracle's tolerances at ``reference`` (the host sampler's latent tensor): float32 rounding of the same host
+    functions through the steps (0.33: ReNO runs the RoPE in plain torch under in_training, KSampler may use
+    comfy-kitchen's fused rms_rope), a few hundred eps of the latents' magnitude; the image is in [0, 1] after a VAE
+    that only scales such errors by its small random weights. (bound_latent, bound_image)."""
+    return max(1e-5, 256 * EPS32 * float(reference.abs().max())), max(1e-5, 256 * EPS32)
 
 
 def assert_detected_as(engine, inner, family, config_class, keys):
@@ -98,11 +152,7 @@ def check_ksampler_oracle(engine, parts, stack, chain, label, setting, *, latent
         assert image.shape == ks_image.shape == image_shape
     err_latent = float((latent["samples"].float() - ks["samples"].float()).abs().max())
     err_image = float((image.float() - ks_image.float()).abs().max())
-    # float32 rounding of the same host functions through the steps (0.33: ReNO runs the RoPE in plain torch under
-    # in_training, KSampler may use comfy-kitchen's fused rms_rope): a few hundred eps of the latents' magnitude; the
-    # image is in [0, 1] after a VAE that only scales such errors by its small random weights
-    bound_latent = max(1e-5, 256 * EPS32 * float(ks["samples"].abs().max()))
-    bound_image = max(1e-5, 256 * EPS32)
+    bound_latent, bound_image = oracle_bounds(ks["samples"])
     print(f"\n[{label} oracle] {engine.info}: {setting}: max abs error latent {err_latent:.3g} (bound "
           f"{bound_latent:.3g}, max |latent| {float(ks['samples'].abs().max()):.3g}), image {err_image:.3g} (bound "
           f"{bound_image:.3g})")
@@ -150,6 +200,18 @@ def reno_sampler(engine, parts, stack, chain, *, iterations, lr=5.0, memory=None
     return s
 
 
+def custom_parts(engine, model, vae, positive, negative, chain, *, schedule, latent_node, side):
+    """The SamplerCustomAdvanced template's inputs: CFGGuider at the chain's cfg, the sigmas ``schedule()`` makes, an
+    empty ``latent_node`` latent of ``side`` px, RandomNoise at the chain's seed (in the templates' order)."""
+    (guider,) = engine.call_node("CFGGuider", inference=True, model=model, positive=positive, negative=negative,
+                                 cfg=chain.cfg)
+    sigmas = schedule()
+    latent = empty_latent(engine, latent_node, side)
+    (noise,) = engine.call_node("RandomNoise", inference=True, noise_seed=chain.seed)
+    return dict(model=model, vae=vae, positive=positive, negative=negative, guider=guider, sigmas=sigmas,
+                latent=latent, noise=noise)
+
+
 def core_sampler(engine, chain):
     (core,) = engine.call_node("KSamplerSelect", inference=True, sampler_name=chain.sampler)
     return core
@@ -179,8 +241,7 @@ def check_custom_oracle(engine, parts, stack, chain, label, setting, *, latent_s
     reno_image = first["image"].movedim(1, -1)
     err_image = float((reno_image - want_image.float()).abs().max())
     err_decoded = float((got_image.float() - want_image.float()).abs().max())
-    bound_latent = max(1e-5, 256 * EPS32 * float(want["samples"].abs().max()))
-    bound_image = max(1e-5, 256 * EPS32)
+    bound_latent, bound_image = oracle_bounds(want["samples"])
     print(f"\n[{label} oracle] {engine.info}: {setting}: max abs error latent {err_latent:.3g} (bound "
           f"{bound_latent:.3g}, max |latent| {float(want['samples'].abs().max()):.3g}), ReNO's image {err_image:.3g}, "
           f"VAE Decode of its latent {err_decoded:.3g} (bound {bound_image:.3g})")
@@ -268,6 +329,27 @@ def assert_run_leaves_nothing(parts, stack, *, first_run, baseline, second_run, 
     assert set(parts["model"].__dict__) == model_attrs
     if latent_statistics:
         assert {n: (v, v.is_inference()) for n, v in vars(fmt).items() if isinstance(v, torch.Tensor)} == fmt_tensors
+
+
+def check_ksampler_run_leaves_nothing(engine, parts, stack, chain, *, memory=None, latent_statistics=False):
+    """``assert_run_leaves_nothing`` for a KSampler template: a one-iteration ReNO Sampler run first, a KSampler call
+    (seed 0) as the baseline, then a two-iteration run (``memory``: its memory mode, where given)."""
+    assert_run_leaves_nothing(parts, stack, first_run=lambda: reno(engine, parts, stack, chain, iterations=1),
+                              baseline=lambda: ksampler(engine, parts, chain, seed=0),
+                              second_run=lambda: reno(engine, parts, stack, chain, iterations=2, memory=memory),
+                              latent_statistics=latent_statistics)
+
+
+def check_custom_run_leaves_nothing(engine, parts, stack, chain):
+    """``assert_run_leaves_nothing`` for a SamplerCustomAdvanced template: SamplerCustomAdvanced with a one-iteration
+    ReNO Sampler (custom) first, with KSamplerSelect as the baseline, then with a two-iteration ReNO Sampler
+    (custom)."""
+    assert_run_leaves_nothing(parts, stack,
+                              first_run=lambda: sample(engine, parts, reno_sampler(engine, parts, stack, chain,
+                                                                                   iterations=1)),
+                              baseline=lambda: sample(engine, parts, core_sampler(engine, chain)),
+                              second_run=lambda: sample(engine, parts, reno_sampler(engine, parts, stack, chain,
+                                                                                    iterations=2)))
 
 
 def check_vae_gradient(engine, vae, latent_shape, side, label, *, away_from_clamp=False):
@@ -359,6 +441,20 @@ def swap_loaders_for_tiny(prompt, ids, family):
         for name, value in node["inputs"].items():
             if isinstance(value, list) and value[0] == vae:
                 node["inputs"][name] = [unet, 1]
+
+
+def run_ksampler_workflow_on_tiny(engine, prompt, ids, family, chain, *, template_side):
+    """A KSampler template's workflow from its latent on: the EmptySD3LatentImage of ``template_side`` px, the prompt
+    typed once, the loaders swapped for the tiny ``family``, the latent at 64 px, ReNO Sampler with the chain's
+    settings at 2 iterations: it executes and saves."""
+    assert {k: prompt[ids["EmptySD3LatentImage"]]["inputs"][k] for k in ("width", "height")} == {
+        "width": template_side, "height": template_side}
+    assert_prompt_typed_once(prompt, ids, "ReNOSampler")
+    swap_loaders_for_tiny(prompt, ids, family)
+    prompt[ids["EmptySD3LatentImage"]]["inputs"].update(width=64, height=64)
+    reno_inputs = assert_reno_sampler_runs_the_chain(prompt, ids, chain)
+    reno_inputs["iterations"] = 2
+    execute_and_check(engine, prompt, ids)
 
 
 def execute_and_check(engine, prompt, ids):

@@ -12,52 +12,27 @@ KSamplerSelect euler, latent and decoded image. (b) The weighted reward (the pap
 
 from __future__ import annotations
 
-import pytest
+import family_support as fam
 import torch
-from engine_support import PROMPT_TEXT, reward_stack
-from family_support import (
-    PAPER_MIX,
-    Chain,
-    assert_detected_as,
-    assert_run_leaves_nothing,
-    check_custom_oracle,
-    check_custom_reward_rises,
-    core_sampler,
-    family_engine,
-    reno_sampler,
-    sample,
-)
 
 STEPS, SAMPLER, SCHEDULER, SHIFT, CFG, SIDE, SEED = 26, "euler", "beta", 1.0, 3.5, 64, 3
-CHAIN = Chain(STEPS, SAMPLER, SCHEDULER, cfg=CFG, seed=SEED)
+CHAIN = fam.Chain(STEPS, SAMPLER, SCHEDULER, cfg=CFG, seed=SEED)
 NEGATIVE_TEXT = ("This low quality greyscale unfinished sketch is inaccurate and flawed. The image is very blurred and "
                  "lacks detail with excessive chromatic aberrations and artifacts.")
 
 
-@pytest.fixture(scope="module")
-def c_engine(engine):
-    """The engine with ModelSamplingAuraFlow (comfy_extras/nodes_model_advanced.py), as test_workflows boots it."""
-    return family_engine(engine, "chroma", extra_nodes="nodes_model_advanced.py",
-                         needs=("ModelSamplingAuraFlow", "BasicScheduler", "SamplerCustomAdvanced", "CFGGuider"))
-
-
-@pytest.fixture(scope="module")
-def stack(c_engine):
-    return reward_stack(c_engine, PAPER_MIX)
+#: the engine with ModelSamplingAuraFlow (comfy_extras/nodes_model_advanced.py), as test_workflows boots it
+c_engine, stack = fam.family_fixtures("c_engine", "chroma", extra_nodes="nodes_model_advanced.py", needs=(
+    "ModelSamplingAuraFlow", "BasicScheduler", "SamplerCustomAdvanced", "CFGGuider"))
 
 
 def build(engine):
     """The template's graph up to the sampler, on the tiny family."""
-    model, vae, pos, neg = engine.call_node("ReNOTestTinyFamily", inference=True, family="chroma", transformer_depth=1,
-                                            seed=0, text=PROMPT_TEXT, negative_text=NEGATIVE_TEXT)
-    (model,) = engine.call_node("ModelSamplingAuraFlow", inference=True, model=model, shift=SHIFT)
-    (guider,) = engine.call_node("CFGGuider", inference=True, model=model, positive=pos, negative=neg, cfg=CFG)
-    (sigmas,) = engine.call_node("BasicScheduler", inference=True, model=model, scheduler=SCHEDULER, steps=STEPS,
-                                 denoise=1.0)
-    (latent,) = engine.call_node("EmptySD3LatentImage", inference=True, width=SIDE, height=SIDE, batch_size=1)
-    (noise,) = engine.call_node("RandomNoise", inference=True, noise_seed=SEED)
-    return dict(model=model, vae=vae, positive=pos, negative=neg, guider=guider, sigmas=sigmas, latent=latent,
-                noise=noise)
+    model, vae, pos, neg = fam.tiny_family(engine, "chroma", negative_text=NEGATIVE_TEXT)
+    model = fam.aura_flow(engine, model, SHIFT)
+    return fam.custom_parts(engine, model, vae, pos, neg, CHAIN, latent_node="EmptySD3LatentImage", side=SIDE,
+                            schedule=lambda: engine.call_node("BasicScheduler", inference=True, model=model,
+                                                              scheduler=SCHEDULER, steps=STEPS, denoise=1.0)[0])
 
 
 def test_the_tiny_model_is_chroma_as_the_template_loads_it(c_engine):
@@ -68,42 +43,32 @@ def test_the_tiny_model_is_chroma_as_the_template_loads_it(c_engine):
     inner = parts["model"].model
     assert type(inner.model_config) is comfy.supported_models.Chroma
     # real key names: ComfyUI's own detection reads the tiny weights as Chroma with the fixture's weight-derived config
-    assert_detected_as(c_engine, inner, "chroma", comfy.supported_models.Chroma,
-                       ("image_model", "hidden_size", "context_in_dim", "in_channels", "out_channels", "patch_size",
+    fam.assert_detected_as(c_engine, inner, "chroma", comfy.supported_models.Chroma,
+                           ("image_model", "hidden_size", "context_in_dim", "in_channels", "out_channels", "patch_size",
                         "depth", "depth_single_blocks", "axes_dim"))
     dm = inner.diffusion_model
     assert type(dm).__name__ == "Chroma" and dm.txt_in.in_features == 4096 and dm.img_in.in_features == 64
     assert dm.distilled_guidance_layer.out_proj.out_features == dm.hidden_size == 256
     assert isinstance(inner.latent_format, comfy.latent_formats.Flux)
-    ms = parts["model"].get_model_object("model_sampling")
-    assert float(ms.shift) == SHIFT and float(ms.multiplier) == 1.0  # ModelSamplingAuraFlow's patch
-    vae = parts["vae"].first_stage_model
-    assert type(vae).__name__ == "AutoencodingEngine" and not hasattr(vae, "post_quant_conv")  # FLUX's ae
+    fam.assert_aura_flow_shift(parts["model"], SHIFT)
+    fam.assert_flux_ae(parts["vae"])
     assert parts["latent"]["samples"].shape == (1, 16, SIDE // 8, SIDE // 8)
     assert parts["sigmas"].shape == (STEPS + 1,) and float(parts["sigmas"][0]) == 1.0 and float(parts["sigmas"][-1]) == 0
     assert not torch.equal(parts["positive"][0][0], parts["negative"][0][0])  # a real negative prompt, not zeroed
 
 
 def test_oracle_one_iteration_equals_the_templates_custom_sampler(c_engine, stack):
-    check_custom_oracle(c_engine, build(c_engine), stack, CHAIN, "chroma",
-                        f"{STEPS} steps {SAMPLER}/{SCHEDULER} cfg {CFG}", latent_shape=(1, 16, SIDE // 8, SIDE // 8))
+    fam.check_custom_oracle(c_engine, build(c_engine), stack, CHAIN, "chroma",
+                            f"{STEPS} steps {SAMPLER}/{SCHEDULER} cfg {CFG}", latent_shape=(1, 16, SIDE // 8, SIDE // 8))
 
 
 def test_the_weighted_reward_rises_over_six_iterations(c_engine, stack):
     # the chain ran BasicScheduler's sigmas
-    check_custom_reward_rises(c_engine, build(c_engine), stack, CHAIN, "chroma")
+    fam.check_custom_reward_rises(c_engine, build(c_engine), stack, CHAIN, "chroma")
 
 
 def test_a_run_leaves_nothing_on_comfyuis_objects(c_engine, stack):
     """As test_flux2's test of the same name, on the Chroma chain (SamplerCustomAdvanced, 26 beta sigmas, cfg 3.5): per
     module of the Chroma transformer, the ae and the rewards, the same attributes and per tensor the same object,
     values and flags."""
-    engine = c_engine
-    parts = build(engine)
-    # the first run: ComfyUI's first-load bookkeeping
-    assert_run_leaves_nothing(parts, stack,
-                              first_run=lambda: sample(engine, parts, reno_sampler(engine, parts, stack, CHAIN,
-                                                                                   iterations=1)),
-                              baseline=lambda: sample(engine, parts, core_sampler(engine, CHAIN)),
-                              second_run=lambda: sample(engine, parts, reno_sampler(engine, parts, stack, CHAIN,
-                                                                                    iterations=2)))
+    fam.check_custom_run_leaves_nothing(c_engine, build(c_engine), stack, CHAIN)

@@ -15,58 +15,26 @@ FLUX.2 VAE decode carries the gradient to the latent (autograd against a central
 
 from __future__ import annotations
 
-import pytest
-from engine_support import PROMPT_TEXT, pack_module, reward_stack
-from family_support import (
-    MEMORY_MODES,
-    PAPER_MIX,
-    Chain,
-    assert_prompt_typed_once,
-    assert_run_leaves_nothing,
-    assert_same_optimization,
-    assert_template_loaders,
-    check_custom_oracle,
-    check_custom_reward_rises,
-    check_vae_gradient,
-    core_sampler,
-    custom_run,
-    execute_and_check,
-    family_engine,
-    reno_sampler,
-    sample,
-    swap_loaders_for_tiny,
-    workflow_prompt,
-)
+import family_support as fam
+from engine_support import pack_module
 
 STEPS, SAMPLER, SIDE, SEED = 4, "euler", 64, 3
-CHAIN = Chain(STEPS, SAMPLER, seed=SEED)
+CHAIN = fam.Chain(STEPS, SAMPLER, seed=SEED)
 WORKFLOW = "ReNO 04 FLUX.2 Klein, 4 steps.json"
 
 
-@pytest.fixture(scope="module")
-def f_engine(engine):
-    """The engine with Flux2Scheduler and EmptyFlux2LatentImage (comfy_extras/nodes_flux.py), as test_workflows boots
-    it."""
-    return family_engine(engine, "flux2", extra_nodes="nodes_flux.py",
-                         needs=("Flux2Scheduler", "EmptyFlux2LatentImage", "SamplerCustomAdvanced", "CFGGuider"))
-
-
-@pytest.fixture(scope="module")
-def stack(f_engine):
-    return reward_stack(f_engine, PAPER_MIX)
+#: the engine with Flux2Scheduler and EmptyFlux2LatentImage (comfy_extras/nodes_flux.py), as test_workflows boots it
+f_engine, stack = fam.family_fixtures("f_engine", "flux2", extra_nodes="nodes_flux.py", needs=(
+    "Flux2Scheduler", "EmptyFlux2LatentImage", "SamplerCustomAdvanced", "CFGGuider"))
 
 
 def build(engine):
     """The template's graph up to the sampler, on the tiny family."""
-    model, vae, pos, _ = engine.call_node("ReNOTestTinyFamily", inference=True, family="flux2", transformer_depth=1,
-                                          seed=0, text=PROMPT_TEXT, negative_text="")
-    (neg,) = engine.call_node("ConditioningZeroOut", inference=True, conditioning=pos)
-    (guider,) = engine.call_node("CFGGuider", inference=True, model=model, positive=pos, negative=neg, cfg=1.0)
-    (sigmas,) = engine.call_node("Flux2Scheduler", inference=True, steps=STEPS, width=SIDE, height=SIDE)
-    (latent,) = engine.call_node("EmptyFlux2LatentImage", inference=True, width=SIDE, height=SIDE, batch_size=1)
-    (noise,) = engine.call_node("RandomNoise", inference=True, noise_seed=SEED)
-    return dict(model=model, vae=vae, positive=pos, negative=neg, guider=guider, sigmas=sigmas, latent=latent,
-                noise=noise)
+    model, vae, pos, _ = fam.tiny_family(engine, "flux2")
+    neg = fam.zero_out(engine, pos)
+    return fam.custom_parts(engine, model, vae, pos, neg, CHAIN, latent_node="EmptyFlux2LatentImage", side=SIDE,
+                            schedule=lambda: engine.call_node("Flux2Scheduler", inference=True, steps=STEPS, width=SIDE,
+                                                              height=SIDE)[0])
 
 
 def test_the_tiny_model_is_flux2_klein_as_the_template_loads_it(f_engine):
@@ -91,8 +59,9 @@ def test_the_tiny_model_is_flux2_klein_as_the_template_loads_it(f_engine):
 
 
 def test_oracle_one_iteration_equals_the_templates_custom_sampler(f_engine, stack):
-    check_custom_oracle(f_engine, build(f_engine), stack, CHAIN, "flux2", f"{STEPS} steps {SAMPLER}, Flux2Scheduler",
-                        latent_shape=(1, 128, SIDE // 16, SIDE // 16))
+    fam.check_custom_oracle(f_engine, build(f_engine), stack, CHAIN, "flux2",
+                            f"{STEPS} steps {SAMPLER}, Flux2Scheduler",
+                            latent_shape=(1, 128, SIDE // 16, SIDE // 16))
 
 
 def test_the_flux2_vae_decode_carries_the_gradient_to_the_latent(f_engine):
@@ -100,12 +69,13 @@ def test_the_flux2_vae_decode_carries_the_gradient_to_the_latent(f_engine):
     FLUX.2 VAE: the autograd directional derivative equals a central difference of the decode (float32), and the
     image is VAE Decode's."""
     parts = build(f_engine)
-    check_vae_gradient(f_engine, parts["vae"], (1, 128, SIDE // 16, SIDE // 16), SIDE, "flux2", away_from_clamp=True)
+    fam.check_vae_gradient(f_engine, parts["vae"], (1, 128, SIDE // 16, SIDE // 16), SIDE, "flux2",
+                           away_from_clamp=True)
 
 
 def test_the_weighted_reward_rises_over_six_iterations(f_engine, stack):
     # the chain ran Flux2Scheduler's sigmas
-    check_custom_reward_rises(f_engine, build(f_engine), stack, CHAIN, "flux2")
+    fam.check_custom_reward_rises(f_engine, build(f_engine), stack, CHAIN, "flux2")
 
 
 def test_recomputing_every_part_gives_the_same_run(f_engine, stack):
@@ -114,9 +84,12 @@ def test_recomputing_every_part_gives_the_same_run(f_engine, stack):
     iterations, up to float32 rounding (the second's loss follows from the first's gradient)."""
     engine = f_engine
     parts = build(engine)
-    results = {m: custom_run(engine, parts, stack, CHAIN, iterations=2, memory=m)[1][0].result for m in MEMORY_MODES}
+    results = {}
+    for memory in fam.MEMORY_MODES:
+        _, runs = fam.custom_run(engine, parts, stack, CHAIN, iterations=2, memory=memory)
+        results[memory] = runs[0].result
     plain, recomputed = results["no checkpointing"], results["checkpoint all"]
-    assert_same_optimization(plain.records, recomputed.records)
+    fam.assert_same_optimization(plain.records, recomputed.records)
     blocks = pack_module(engine).nodes.memory.vae_blocks(parts["vae"])
     print(f"\n[flux2 memory] {engine.info}: {len(blocks)} decoder blocks; losses {[r.loss[0] for r in plain.records]} "
           f"(no checkpointing) vs {[r.loss[0] for r in recomputed.records]} (checkpoint all)")
@@ -127,15 +100,7 @@ def test_a_run_leaves_nothing_on_comfyuis_objects(f_engine, stack):
     """As test_z_image's test of the same name, on the FLUX.2 chain (SamplerCustomAdvanced, Flux2Scheduler's 4 sigmas):
     per module of the FLUX.2 transformer, the VAE (its BatchNorm statistics included) and the rewards, the same
     attributes and per tensor the same object, values and flags."""
-    engine = f_engine
-    parts = build(engine)
-    # the first run: ComfyUI's first-load bookkeeping
-    assert_run_leaves_nothing(parts, stack,
-                              first_run=lambda: sample(engine, parts, reno_sampler(engine, parts, stack, CHAIN,
-                                                                                   iterations=1)),
-                              baseline=lambda: sample(engine, parts, core_sampler(engine, CHAIN)),
-                              second_run=lambda: sample(engine, parts, reno_sampler(engine, parts, stack, CHAIN,
-                                                                                    iterations=2)))
+    fam.check_custom_run_leaves_nothing(f_engine, build(f_engine), stack, CHAIN)
 
 
 def test_the_shipped_workflow_runs_through_the_engine_on_tiny_weights(f_engine, stack):
@@ -144,11 +109,11 @@ def test_the_shipped_workflow_runs_through_the_engine_on_tiny_weights(f_engine, 
     primitives feed both the latent and Flux2Scheduler) and 2 iterations: it executes the template's chain with ReNO
     Sampler (custom) as SamplerCustomAdvanced's SAMPLER."""
     engine = f_engine
-    prompt, ids = workflow_prompt(engine, WORKFLOW, ignore=("PrimitiveInt",))
+    prompt, ids = fam.workflow_prompt(engine, WORKFLOW, ignore=("PrimitiveInt",))
     # the template's graph (image_flux2_klein_text_to_image, the distilled 4B subgraph), the prompt typed once
-    assert_template_loaders(prompt, ids, unet="flux-2-klein-4b.safetensors", clip="qwen_3_4b.safetensors",
-                            clip_type="flux2", vae="flux2-vae.safetensors")
-    assert_prompt_typed_once(prompt, ids, "ReNOSamplerCustom")
+    fam.assert_template_loaders(prompt, ids, unet="flux-2-klein-4b.safetensors", clip="qwen_3_4b.safetensors",
+                                clip_type="flux2", vae="flux2-vae.safetensors")
+    fam.assert_prompt_typed_once(prompt, ids, "ReNOSamplerCustom")
     guider = prompt[ids["CFGGuider"]]["inputs"]
     assert guider["cfg"] == 1.0 and guider["model"] == [ids["UNETLoader"], 0]
     assert guider["positive"] == [ids["CLIPTextEncode"], 0] and guider["negative"] == [ids["ConditioningZeroOut"], 0]
@@ -166,8 +131,8 @@ def test_the_shipped_workflow_runs_through_the_engine_on_tiny_weights(f_engine, 
     assert reno_inputs["sampler_name"] == SAMPLER and reno_inputs["vae"] == [ids["VAELoader"], 0]
     assert prompt[ids["VAEDecode"]]["inputs"] == {"samples": [ids["SamplerCustomAdvanced"], 0],
                                                   "vae": [ids["VAELoader"], 0]}
-    swap_loaders_for_tiny(prompt, ids, "flux2")
+    fam.swap_loaders_for_tiny(prompt, ids, "flux2")
     for key in ("width", "height"):
         prompt[sched[key][0]]["inputs"]["value"] = SIDE
     reno_inputs["iterations"] = 2
-    execute_and_check(engine, prompt, ids)
+    fam.execute_and_check(engine, prompt, ids)

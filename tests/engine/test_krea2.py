@@ -13,42 +13,21 @@ with the reason. The numbers are printed (pytest -s).
 
 from __future__ import annotations
 
+import family_support as fam
 import pytest
-from engine_support import PROMPT_TEXT, reward_stack
-from family_support import (
-    PAPER_MIX,
-    Chain,
-    assert_detected_as,
-    assert_run_leaves_nothing,
-    check_ksampler_oracle,
-    check_reward_rises,
-    checkpointed_runs,
-    family_engine,
-    ksampler,
-    reno,
-)
 
 STEPS, SAMPLER, SCHEDULER, SHIFT, SIDE, SEED = 8, "euler", "simple", 1.15, 64, 3
-CHAIN = Chain(STEPS, SAMPLER, SCHEDULER, cfg=1.0, seed=SEED)
+CHAIN = fam.Chain(STEPS, SAMPLER, SCHEDULER, cfg=1.0, seed=SEED)
 
 
-@pytest.fixture(scope="module")
-def k_engine(engine):
-    return family_engine(engine, "krea2")
-
-
-@pytest.fixture(scope="module")
-def stack(k_engine):
-    return reward_stack(k_engine, PAPER_MIX)
+k_engine, stack = fam.family_fixtures("k_engine", "krea2")
 
 
 def build(engine):
     """The template's graph up to the sampler, on the tiny family."""
-    model, vae, pos, _ = engine.call_node("ReNOTestTinyFamily", inference=True, family="krea2", transformer_depth=1,
-                                          seed=0, text=PROMPT_TEXT, negative_text="")
-    (neg,) = engine.call_node("ConditioningZeroOut", inference=True, conditioning=pos)
-    (latent,) = engine.call_node("EmptyLatentImage", inference=True, width=SIDE, height=SIDE, batch_size=1)
-    return dict(model=model, vae=vae, positive=pos, negative=neg, latent_image=latent)
+    model, vae, pos, _ = fam.tiny_family(engine, "krea2")
+    return dict(model=model, vae=vae, positive=pos, negative=fam.zero_out(engine, pos),
+                latent_image=fam.empty_latent(engine, "EmptyLatentImage", SIDE))
 
 
 def test_the_tiny_model_is_krea2_as_the_template_loads_it(k_engine):
@@ -60,8 +39,8 @@ def test_the_tiny_model_is_krea2_as_the_template_loads_it(k_engine):
     inner = parts["model"].model
     assert type(inner.model_config) is comfy.supported_models.Krea2
     # real key names: ComfyUI's own detection reads the tiny weights as Krea2 with the fixture's weight-derived config
-    assert_detected_as(k_engine, inner, "krea2", comfy.supported_models.Krea2,
-                       ("image_model", "features", "channels", "patch", "layers", "heads", "kvheads", "txtlayers",
+    fam.assert_detected_as(k_engine, inner, "krea2", comfy.supported_models.Krea2,
+                           ("image_model", "features", "channels", "patch", "layers", "heads", "kvheads", "txtlayers",
                         "txtdim"))
     dm = inner.diffusion_model
     assert type(dm).__name__ == "SingleStreamDiT" and dm.txtlayers == 12 and dm.first.in_features == 16 * 2 * 2
@@ -77,12 +56,12 @@ def test_the_tiny_model_is_krea2_as_the_template_loads_it(k_engine):
 
 
 def test_oracle_one_iteration_equals_the_templates_ksampler(k_engine, stack):
-    check_ksampler_oracle(k_engine, build(k_engine), stack, CHAIN, "krea2", f"{STEPS} steps {SAMPLER}/{SCHEDULER}",
-                          latent_shape=(1, 16, 1, SIDE // 8, SIDE // 8), image_shape=(1, SIDE, SIDE, 3))
+    fam.check_ksampler_oracle(k_engine, build(k_engine), stack, CHAIN, "krea2", f"{STEPS} steps {SAMPLER}/{SCHEDULER}",
+                              latent_shape=(1, 16, 1, SIDE // 8, SIDE // 8), image_shape=(1, SIDE, SIDE, 3))
 
 
 def test_the_weighted_reward_rises_over_six_iterations(k_engine, stack):
-    check_reward_rises(k_engine, build(k_engine), stack, CHAIN, "krea2")
+    fam.check_reward_rises(k_engine, build(k_engine), stack, CHAIN, "krea2")
 
 
 def test_recomputing_every_part_gives_the_same_run(k_engine, stack):
@@ -90,7 +69,7 @@ def test_recomputing_every_part_gives_the_same_run(k_engine, stack):
     backward pass) runs the same optimization as 'no checkpointing': the same losses and gradient norms at both
     iterations, up to float32 rounding."""
     engine = k_engine
-    plain, recomputed = checkpointed_runs(engine, build(engine), stack, CHAIN)
+    plain, recomputed = fam.checkpointed_runs(engine, build(engine), stack, CHAIN)
     print(f"\n[krea2 memory] {engine.info}: losses {[r['loss'][0] for r in plain]} (no checkpointing) vs "
           f"{[r['loss'][0] for r in recomputed]} (checkpoint all)")
 
@@ -98,9 +77,4 @@ def test_recomputing_every_part_gives_the_same_run(k_engine, stack):
 def test_a_run_leaves_nothing_on_comfyuis_objects(k_engine, stack):
     """As test_qwen_image's test of the same name, on the Krea 2 chain: per module of the DiT, the VAE and the rewards,
     the same attributes and per tensor the same object, values and flags; Wan 2.1's latent statistics restored."""
-    engine = k_engine
-    parts = build(engine)
-    assert_run_leaves_nothing(parts, stack, first_run=lambda: reno(engine, parts, stack, CHAIN, iterations=1),
-                              baseline=lambda: ksampler(engine, parts, CHAIN, seed=0),
-                              second_run=lambda: reno(engine, parts, stack, CHAIN, iterations=2),
-                              latent_statistics=True)
+    fam.check_ksampler_run_leaves_nothing(k_engine, build(k_engine), stack, CHAIN, latent_statistics=True)

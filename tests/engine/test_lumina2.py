@@ -13,48 +13,29 @@ paper's mix) rises over 6 iterations. (c) The run leaves nothing on ComfyUI's ob
 
 from __future__ import annotations
 
-import pytest
+import family_support as fam
 import torch
-from engine_support import PROMPT_TEXT, reward_stack
-from family_support import (
-    PAPER_MIX,
-    Chain,
-    assert_detected_as,
-    assert_run_leaves_nothing,
-    check_ksampler_oracle,
-    check_reward_rises,
-    family_engine,
-    ksampler,
-    reno,
-)
+from engine_support import PROMPT_TEXT
 
 STEPS, SAMPLER, SCHEDULER, SHIFT, CFG, SIDE, SEED = 30, "res_multistep", "simple", 4.0, 4.0, 64, 3
-CHAIN = Chain(STEPS, SAMPLER, SCHEDULER, cfg=CFG, seed=SEED)
+CHAIN = fam.Chain(STEPS, SAMPLER, SCHEDULER, cfg=CFG, seed=SEED)
 #: the template's system prompts, put before the prompts it encodes (StringConcatenate)
 POSITIVE_SYSTEM = "You are an assistant designed to generate high quality anime images based on textual prompts. <Prompt Start> "
 NEGATIVE_SYSTEM = "You are an assistant designed to generate low-quality images based on textual prompts <Prompt Start> "
 NEGATIVE_TEXT = "blurry, worst quality, low quality, jpeg artifacts, signature, watermark"
 
 
-@pytest.fixture(scope="module")
-def l_engine(engine):
-    """The engine with ModelSamplingAuraFlow (comfy_extras/nodes_model_advanced.py), as test_workflows boots it."""
-    return family_engine(engine, "lumina2", extra_nodes="nodes_model_advanced.py")
-
-
-@pytest.fixture(scope="module")
-def stack(l_engine):
-    return reward_stack(l_engine, PAPER_MIX)
+#: the engine with ModelSamplingAuraFlow (comfy_extras/nodes_model_advanced.py), as test_workflows boots it
+l_engine, stack = fam.family_fixtures("l_engine", "lumina2", extra_nodes="nodes_model_advanced.py")
 
 
 def build(engine):
     """The template's graph up to the sampler, on the tiny family."""
-    model, vae, pos, neg = engine.call_node("ReNOTestTinyFamily", inference=True, family="lumina2", transformer_depth=1,
-                                            seed=0, text=POSITIVE_SYSTEM + PROMPT_TEXT,
-                                            negative_text=NEGATIVE_SYSTEM + NEGATIVE_TEXT)
-    (model,) = engine.call_node("ModelSamplingAuraFlow", inference=True, model=model, shift=SHIFT)
-    (latent,) = engine.call_node("EmptySD3LatentImage", inference=True, width=SIDE, height=SIDE, batch_size=1)
-    return dict(model=model, vae=vae, positive=pos, negative=neg, latent_image=latent)
+    model, vae, pos, neg = fam.tiny_family(engine, "lumina2", text=POSITIVE_SYSTEM + PROMPT_TEXT,
+                                           negative_text=NEGATIVE_SYSTEM + NEGATIVE_TEXT)
+    model = fam.aura_flow(engine, model, SHIFT)
+    return dict(model=model, vae=vae, positive=pos, negative=neg,
+                latent_image=fam.empty_latent(engine, "EmptySD3LatentImage", SIDE))
 
 
 def test_the_tiny_model_is_lumina2_as_the_template_loads_it(l_engine):
@@ -65,35 +46,29 @@ def test_the_tiny_model_is_lumina2_as_the_template_loads_it(l_engine):
     inner = parts["model"].model
     assert type(inner.model_config) is comfy.supported_models.Lumina2
     # real key names: ComfyUI's own detection reads the tiny weights as Lumina2 with the fixture's weight-derived config
-    assert_detected_as(l_engine, inner, "lumina2", comfy.supported_models.Lumina2,
-                       ("image_model", "dim", "cap_feat_dim", "n_layers", "in_channels", "patch_size", "qk_norm"))
+    fam.assert_detected_as(l_engine, inner, "lumina2", comfy.supported_models.Lumina2,
+                           ("image_model", "dim", "cap_feat_dim", "n_layers", "in_channels", "patch_size", "qk_norm"))
     dm = inner.diffusion_model
     assert type(dm).__name__ == "NextDiT" and dm.cap_embedder[1].in_features == 2304
     assert dm.layers[0].attention.n_local_heads == 3 and dm.layers[0].attention.n_local_kv_heads == 1
     assert dm.layers[0].adaLN_modulation[-1].in_features == 288  # Lumina 2's adaLN (min(dim, 1024)), not Z-Image's 256
     assert isinstance(inner.latent_format, comfy.latent_formats.Flux)
-    ms = parts["model"].get_model_object("model_sampling")
-    assert float(ms.shift) == SHIFT and float(ms.multiplier) == 1.0  # ModelSamplingAuraFlow's patch
-    vae = parts["vae"].first_stage_model
-    assert type(vae).__name__ == "AutoencodingEngine" and not hasattr(vae, "post_quant_conv")  # FLUX's ae
+    fam.assert_aura_flow_shift(parts["model"], SHIFT)
+    fam.assert_flux_ae(parts["vae"])
     assert parts["latent_image"]["samples"].shape == (1, 16, SIDE // 8, SIDE // 8)
     assert not torch.equal(parts["positive"][0][0], parts["negative"][0][0])  # a real negative prompt, not zeroed
 
 
 def test_oracle_one_iteration_equals_the_templates_ksampler(l_engine, stack):
-    check_ksampler_oracle(l_engine, build(l_engine), stack, CHAIN, "lumina2",
-                          f"{STEPS} steps {SAMPLER}/{SCHEDULER} cfg {CFG}")
+    fam.check_ksampler_oracle(l_engine, build(l_engine), stack, CHAIN, "lumina2",
+                              f"{STEPS} steps {SAMPLER}/{SCHEDULER} cfg {CFG}")
 
 
 def test_the_weighted_reward_rises_over_six_iterations(l_engine, stack):
-    check_reward_rises(l_engine, build(l_engine), stack, CHAIN, "lumina2")
+    fam.check_reward_rises(l_engine, build(l_engine), stack, CHAIN, "lumina2")
 
 
 def test_a_run_leaves_nothing_on_comfyuis_objects(l_engine, stack):
     """As test_z_image's test of the same name, on the Lumina 2 chain (30 steps of res_multistep at cfg 4): per module
     of the NextDiT, the ae and the rewards, the same attributes and per tensor the same object, values and flags."""
-    engine = l_engine
-    parts = build(engine)
-    assert_run_leaves_nothing(parts, stack, first_run=lambda: reno(engine, parts, stack, CHAIN, iterations=1),
-                              baseline=lambda: ksampler(engine, parts, CHAIN, seed=0),
-                              second_run=lambda: reno(engine, parts, stack, CHAIN, iterations=2))
+    fam.check_ksampler_run_leaves_nothing(l_engine, build(l_engine), stack, CHAIN)

@@ -15,51 +15,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import family_support as fam
 import pytest
-from engine_support import PROMPT_TEXT, fixture_families, pack_module, reward_stack
-from family_support import (
-    PAPER_MIX,
-    Chain,
-    assert_prompt_typed_once,
-    assert_reno_sampler_runs_the_chain,
-    assert_run_leaves_nothing,
-    assert_template_loaders,
-    check_ksampler_oracle,
-    check_reward_rises,
-    check_vae_gradient,
-    checkpointed_runs,
-    execute_and_check,
-    family_engine,
-    ksampler,
-    reno,
-    swap_loaders_for_tiny,
-    workflow_prompt,
-)
+from engine_support import fixture_families, pack_module
 
 STEPS, SAMPLER, SCHEDULER, SHIFT, SIDE, SEED = 2, "euler", "simple", 3.0, 64, 3
-CHAIN = Chain(STEPS, SAMPLER, SCHEDULER, cfg=1.0, seed=SEED)
+CHAIN = fam.Chain(STEPS, SAMPLER, SCHEDULER, cfg=1.0, seed=SEED)
 WORKFLOW = "ReNO 03 Qwen-Image, Lightning 2 steps.json"
 #: the template's LoRA file name: the tiny LoRA is written under it, so the shipped workflow loads it unchanged
 LORA = "Wuli-Qwen-Image-2512-Turbo-LoRA-2steps-V1.0-bf16.safetensors"
 
 
-@pytest.fixture(scope="module")
-def q_engine(engine):
-    """The engine with ModelSamplingAuraFlow (comfy_extras/nodes_model_advanced.py), as test_workflows boots it."""
-    return family_engine(engine, "qwen_image", extra_nodes="nodes_model_advanced.py")
-
-
-@pytest.fixture(scope="module")
-def stack(q_engine):
-    return reward_stack(q_engine, PAPER_MIX)
+#: the engine with ModelSamplingAuraFlow (comfy_extras/nodes_model_advanced.py), as test_workflows boots it
+q_engine, stack = fam.family_fixtures("q_engine", "qwen_image", extra_nodes="nodes_model_advanced.py")
 
 
 @pytest.fixture(scope="module")
 def lora_file(q_engine):
     """The tiny LoRA in the engine's loras folder (under the template's file name) and its state dict."""
     engine = q_engine
-    (model, *_) = engine.call_node("ReNOTestTinyFamily", inference=True, family="qwen_image", transformer_depth=1,
-                                   seed=0, text="", negative_text="")
+    (model, *_) = fam.tiny_family(engine, "qwen_image", text="")
     folder = Path(engine.folder_paths.get_folder_paths("loras")[0])
     assert engine.workdir in folder.parents, f"loras folder {folder} is outside the test workdir"
     return fixture_families(engine).write_qwen_lightning_lora(model, folder / LORA)
@@ -67,14 +42,12 @@ def lora_file(q_engine):
 
 def build(engine, lora_file):
     """The template's graph up to the sampler, on the tiny family."""
-    model, vae, pos, _ = engine.call_node("ReNOTestTinyFamily", inference=True, family="qwen_image",
-                                          transformer_depth=1, seed=0, text=PROMPT_TEXT, negative_text="")
+    model, vae, pos, _ = fam.tiny_family(engine, "qwen_image")
     (model,) = engine.call_node("LoraLoaderModelOnly", inference=True, model=model, lora_name=lora_file[0].name,
                                 strength_model=1.0)
-    (model,) = engine.call_node("ModelSamplingAuraFlow", inference=True, model=model, shift=SHIFT)
-    (neg,) = engine.call_node("ConditioningZeroOut", inference=True, conditioning=pos)
-    (latent,) = engine.call_node("EmptySD3LatentImage", inference=True, width=SIDE, height=SIDE, batch_size=1)
-    return dict(model=model, vae=vae, positive=pos, negative=neg, latent_image=latent)
+    model = fam.aura_flow(engine, model, SHIFT)
+    return dict(model=model, vae=vae, positive=pos, negative=fam.zero_out(engine, pos),
+                latent_image=fam.empty_latent(engine, "EmptySD3LatentImage", SIDE))
 
 
 def test_the_tiny_model_is_qwen_image_as_the_template_loads_it(q_engine, lora_file):
@@ -90,8 +63,7 @@ def test_the_tiny_model_is_qwen_image_as_the_template_loads_it(q_engine, lora_fi
     dm = inner.diffusion_model
     assert type(dm).__name__ == "QwenImageTransformer2DModel" and dm.txt_in.in_features == 3584
     assert isinstance(inner.latent_format, comfy.latent_formats.Wan21)
-    ms = patcher.get_model_object("model_sampling")
-    assert float(ms.shift) == SHIFT and float(ms.multiplier) == 1.0  # ModelSamplingAuraFlow's patch
+    fam.assert_aura_flow_shift(patcher, SHIFT)
     # every module of the LoRA file maps onto the model (nothing silently dropped) and LoraLoaderModelOnly patched them
     path, sd = lora_file
     modules = {k[: -len(".lora_up.weight")] for k in sd if k.endswith(".lora_up.weight")}
@@ -106,9 +78,9 @@ def test_the_tiny_model_is_qwen_image_as_the_template_loads_it(q_engine, lora_fi
 
 def test_oracle_one_iteration_equals_the_templates_ksampler(q_engine, stack, lora_file):
     # ComfyUI samples Qwen-Image in 5-D (one frame: fix_empty_latent_channels) and VAE Decode folds frames into the batch
-    check_ksampler_oracle(q_engine, build(q_engine, lora_file), stack, CHAIN, "qwen-image",
-                          f"{STEPS} steps {SAMPLER}/{SCHEDULER} with the LoRA",
-                          latent_shape=(1, 16, 1, SIDE // 8, SIDE // 8), image_shape=(1, SIDE, SIDE, 3))
+    fam.check_ksampler_oracle(q_engine, build(q_engine, lora_file), stack, CHAIN, "qwen-image",
+                              f"{STEPS} steps {SAMPLER}/{SCHEDULER} with the LoRA",
+                              latent_shape=(1, 16, 1, SIDE // 8, SIDE // 8), image_shape=(1, SIDE, SIDE, 3))
 
 
 def test_the_qwen_image_vae_decode_carries_the_gradient_to_the_latent(q_engine, lora_file):
@@ -116,11 +88,11 @@ def test_the_qwen_image_vae_decode_carries_the_gradient_to_the_latent(q_engine, 
     autograd directional derivative equals a central difference of the decode (float32), and the image is VAE
     Decode's."""
     parts = build(q_engine, lora_file)
-    check_vae_gradient(q_engine, parts["vae"], (1, 16, 1, SIDE // 8, SIDE // 8), SIDE, "qwen-image")
+    fam.check_vae_gradient(q_engine, parts["vae"], (1, 16, 1, SIDE // 8, SIDE // 8), SIDE, "qwen-image")
 
 
 def test_the_weighted_reward_rises_over_six_iterations(q_engine, stack, lora_file):
-    check_reward_rises(q_engine, build(q_engine, lora_file), stack, CHAIN, "qwen-image")
+    fam.check_reward_rises(q_engine, build(q_engine, lora_file), stack, CHAIN, "qwen-image")
 
 
 def test_recomputing_every_part_gives_the_same_run(q_engine, stack, lora_file):
@@ -131,7 +103,7 @@ def test_recomputing_every_part_gives_the_same_run(q_engine, stack, lora_file):
     as they run, are not recomputed, so the Qwen-Image VAE's activations are kept whatever the memory mode.)"""
     engine = q_engine
     parts = build(engine, lora_file)
-    plain, recomputed = checkpointed_runs(engine, parts, stack, CHAIN)
+    plain, recomputed = fam.checkpointed_runs(engine, parts, stack, CHAIN)
     blocks = pack_module(engine).nodes.memory.vae_blocks(parts["vae"])
     print(f"\n[qwen-image memory] {engine.info}: {len(blocks)} decoder blocks ({sorted({type(b).__name__ for b in blocks})}); losses {[r['loss'][0] for r in plain]} (no checkpointing) vs "
           f"{[r['loss'][0] for r in recomputed]} (checkpoint all)")
@@ -140,13 +112,8 @@ def test_recomputing_every_part_gives_the_same_run(q_engine, stack, lora_file):
 def test_a_run_leaves_nothing_on_comfyuis_objects(q_engine, stack, lora_file):
     """As test_z_image's test of the same name, on the Qwen-Image chain (the LoRA patched in, the 3-D VAE): per module
     of the MMDiT, the VAE and the rewards, the same attributes and per tensor the same object, values and flags."""
-    engine = q_engine
-    parts = build(engine, lora_file)
     # the first run: ComfyUI's own first-load bookkeeping (LoRA patching) happens there
-    assert_run_leaves_nothing(parts, stack, first_run=lambda: reno(engine, parts, stack, CHAIN, iterations=1),
-                              baseline=lambda: ksampler(engine, parts, CHAIN, seed=0),
-                              second_run=lambda: reno(engine, parts, stack, CHAIN, iterations=2),
-                              latent_statistics=True)
+    fam.check_ksampler_run_leaves_nothing(q_engine, build(q_engine, lora_file), stack, CHAIN, latent_statistics=True)
 
 
 def test_the_shipped_workflow_runs_through_the_engine_on_tiny_weights(q_engine, stack, lora_file):
@@ -154,20 +121,13 @@ def test_the_shipped_workflow_runs_through_the_engine_on_tiny_weights(q_engine, 
     swapped for the tiny family (diffusion model and VAE) and the tiny text encoder, the tiny LoRA under the
     template's LoRA name, at 64 px and 2 iterations: it executes, and ReNO Sampler ran the template's chain."""
     engine = q_engine
-    prompt, ids = workflow_prompt(engine, WORKFLOW)
+    prompt, ids = fam.workflow_prompt(engine, WORKFLOW)
     # the template's graph (image_qwen_image_2512_with_2steps_lora), the prompt typed once for CLIP Text Encode and ReNO
-    assert_template_loaders(prompt, ids, unet="qwen_image_2512_fp8_e4m3fn.safetensors",
-                            clip="qwen_2.5_vl_7b_fp8_scaled.safetensors", clip_type="qwen_image",
-                            vae="qwen_image_vae.safetensors")
+    fam.assert_template_loaders(prompt, ids, unet="qwen_image_2512_fp8_e4m3fn.safetensors",
+                                clip="qwen_2.5_vl_7b_fp8_scaled.safetensors", clip_type="qwen_image",
+                                vae="qwen_image_vae.safetensors")
     lora = prompt[ids["LoraLoaderModelOnly"]]["inputs"]
     assert lora["lora_name"] == LORA and lora["strength_model"] == 1.0 and lora["model"] == [ids["UNETLoader"], 0]
     sampling = prompt[ids["ModelSamplingAuraFlow"]]["inputs"]
     assert sampling["shift"] == SHIFT and sampling["model"] == [ids["LoraLoaderModelOnly"], 0]
-    assert {k: prompt[ids["EmptySD3LatentImage"]]["inputs"][k] for k in ("width", "height")} == {
-        "width": 1328, "height": 1328}
-    assert_prompt_typed_once(prompt, ids, "ReNOSampler")
-    swap_loaders_for_tiny(prompt, ids, "qwen_image")
-    prompt[ids["EmptySD3LatentImage"]]["inputs"].update(width=64, height=64)
-    reno_inputs = assert_reno_sampler_runs_the_chain(prompt, ids, CHAIN)
-    reno_inputs["iterations"] = 2
-    execute_and_check(engine, prompt, ids)
+    fam.run_ksampler_workflow_on_tiny(engine, prompt, ids, "qwen_image", CHAIN, template_side=1328)
