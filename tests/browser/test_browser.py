@@ -87,6 +87,7 @@ VARIANTS = [(SHIPPED_FRONTEND, "classic"), (SHIPPED_FRONTEND, "nodes2"), (NEWEST
 
 
 TRAINER = "ReNORewardLoRATrainer"
+TRAINERS = (TRAINER, "ReNOTrainNoiseModel")  # the nodes that train on a prompt list (their own prompts)
 
 def _requirements() -> tuple[Path, Path]:
     node = shutil.which("node")
@@ -258,7 +259,7 @@ def check_result(r: dict, base: Path, frontend: str, renderer: str, workflows: l
         got = r["workflows"][wf.name]
         problems = got["problems"]
         assert got["nodes"] > 0 and not problems, (wf.name, got)
-        assert any(t.startswith("ReNOSampler") or t == TRAINER for t in got["types"]), (wf.name, got["types"])
+        assert any(t.startswith("ReNOSampler") or t in TRAINERS for t in got["types"]), (wf.name, got["types"])
         saved = {n["id"]: n["widgets_values"][:2] for n, _ in _nodes_and_api_ids(json.loads(wf.read_text()))
                  if n["type"] == "ReNORewardLoader"}
         assert {x["id"]: [x["reward"], x["weight"]] for x in got["loaders"]} == saved, (wf.name, got["loaders"])
@@ -502,8 +503,8 @@ def _check_one_prompt_source(name: str, api: dict) -> None:
     """In the API prompt a shipped workflow queues, ReNO's prompt and the positive CLIP Text Encode's text are
     the same link to one String primitive, so the text is typed once."""
     renos = [n for n in api.values() if n["class_type"] in ("ReNOSampler", "ReNOSamplerCustom")]
-    trainers = [n for n in api.values() if n["class_type"] == TRAINER]
-    if trainers and not renos:  # the LoRA trainer encodes its own prompt list (one per line) and held-out prompts
+    trainers = [n for n in api.values() if n["class_type"] in TRAINERS]
+    if trainers and not renos:  # a trainer encodes its own prompt list (one per line) and held-out prompts
         for t in trainers:
             assert str(t["inputs"]["prompts"]).strip() and str(t["inputs"].get("held_out", "")).strip(), (name, t)
         return
