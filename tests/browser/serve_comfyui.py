@@ -2,7 +2,7 @@
 
     python tests/browser/serve_comfyui.py --root COMFY_ROOT --base BASE_DIR --port N [--front-end-root DIR]
 
-Installs the test-only torchvision stand-in (testing/comfy_host.py), then runs ComfyUI's own
+Installs the test-only torchvision and torchaudio stand-ins where those do not import (testing/comfy_host.py), then runs ComfyUI's own
 ``main.py`` with runpy, on the CPU, listening on 127.0.0.1, with models/, custom_nodes/, input/,
 output/, temp/ and user/ under BASE_DIR:
 
@@ -62,9 +62,10 @@ def main() -> None:
         (base / sub).mkdir(parents=True, exist_ok=True)
 
     sys.path.insert(0, str(TESTS))
-    from comfy_host import install_torchvision_standin
+    from comfy_host import install_torchaudio_standin, install_torchvision_standin
 
     install_torchvision_standin()
+    install_torchaudio_standin()  # ComfyUI 0.33+ imports torchaudio at startup (comfy/sd.py: the LTX audio VAE)
     sys.path.remove(str(TESTS))  # tests/ must not shadow anything ComfyUI imports
 
     cli = (root / "comfy" / "cli_args.py").read_text(encoding="utf-8")
