@@ -22,6 +22,8 @@ export const SEARCH_ALIASES = {
   ReNONoise: ["optimized noise", "reuse noise", "noise from history"],
   ReNORewardLoRATrainer: ["reward fine-tuning", "train lora", "lora training", "alignprop", "drtune", "refl"],
   ReNOTrainPreferenceReward: ["train reward model", "preference learning", "fine-tune reward", "my taste", "personal reward"],
+  ReNOTrainNoiseModel: ["hypernoise", "noise hypernetwork", "noise model", "amortized reno"],
+  ReNONoiseModel: ["hypernoise", "noise hypernetwork", "hyper noise"],
 };
 
 /** Give each ReNO node definition in `defs` (name -> definition, as /object_info sends them) its search aliases
