@@ -7,34 +7,28 @@ The logic is in ``nodes/noise_model.py``; the training record, progress and char
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import comfy.utils
-import torch
-from PIL import Image
 
-from ..training.reward_finetuning import StepRecord
-from .events import send_iteration
-from .guards import check_model_and_vae, with_oom_advice
+from .guards import check_model_and_vae
 from .history import ReNOHistory
 from .inputs import finite_input, scheduler_input
 from .memory import AUTO, MEMORY_INPUT, check_mode
 from .noise_model import noise_model_noise, noise_sigma, train_noise_model
 from .noise_node import OptimizedNoise
-from .run import make_ensemble, model_sampling_of, reward_info_of
+from .run import model_sampling_of
 from .train_lora_node import (
-    HELD_OUT,
     MIN_LEARNING_RATE,
     _held_out_files,
-    history_record,
     train_config,
-    training_history,
+    train_with_progress,
+    training_prompts,
     training_summary,
 )
-from .training import PREVIEW_SIZE, Sampling, encode_prompts, parse_prompts
+from .training import Sampling
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +113,7 @@ class ReNOTrainNoiseModel:
 def train_noise_model_node(model, clip, vae, rewards, prompts, training_steps, learning_rate, rank, regularization,
                            sampler_steps, sampler_name, scheduler, seed, held_out="", width=512, height=512,
                            batch_size=1, eval_every=10, memory=AUTO, unique_id=None):
-    texts = parse_prompts(prompts)
-    if not texts:
-        raise ValueError(f"{NODE}: 'prompts' is empty: write the training prompts, one per line.")
-    held_texts = parse_prompts(held_out)
-    overlap = sorted(set(texts) & set(held_texts))
-    if overlap:
-        raise ValueError(f"{NODE}: the held-out prompts must never be trained on, but {overlap[0]!r} is in both "
-                         "'prompts' and 'held_out'.")
+    texts, held_texts = training_prompts(NODE, prompts, held_out)
     if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
         raise ValueError(f"{NODE}: sampler_name {sampler_name!r} is not one of this ComfyUI's samplers")
     if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
@@ -139,36 +126,13 @@ def train_noise_model_node(model, clip, vae, rewards, prompts, training_steps, l
     config = train_config(method="alignprop", steps=int(training_steps), learning_rate=lr, batch_size=int(batch_size),
                           sampler_steps=int(sampler_steps), k=1, eval_every=int(eval_every), seed=int(seed) % 2**63)
     check_model_and_vae(model, vae)
-    reward_info = reward_info_of(make_ensemble(rewards, texts[0], NODE))
     sampling = Sampling(int(sampler_steps), sampler_name, scheduler, 1.0, int(width), int(height))
-    train_set = encode_prompts(clip, texts)
-    held_set = encode_prompts(clip, held_texts) if held_texts else None
-    negative = encode_prompts(clip, [""]).conds[0]
-
-    info = reward_info + ([{"label": HELD_OUT, "name": HELD_OUT, "weight": 0.0, "offset": 0.0}] if held_set else [])
-    pbar = comfy.utils.ProgressBar(config.steps, node_id=unique_id)
-    held_previews: list[torch.Tensor] = []
-    step_previews: list[torch.Tensor] = []
-    records: list[dict] = []
-
-    def on_step(record: StepRecord):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        rec = history_record(record, reward_info, record.held_out_last if held_set else None)
-        records.append(rec)
-        preview = record.preview
-        step_previews.append(preview)
-        pbar.update_absolute(record.step, config.steps,
-                             ("JPEG", Image.fromarray(preview[0].numpy()), PREVIEW_SIZE) if preview is not None
-                             else None)
-        send_iteration(unique_id, SimpleNamespace(**{k: rec[k] for k in ("iteration", "loss", "scores", "latent_norm",
-                                                                         "grad_norm")}),
-                       config.steps, info, [rec["iteration"]], preview)
-
-    adapters, result = with_oom_advice(
-        NODE, train_noise_model, model, vae, rewards, train_set, held_set, negative, sampling, config, int(rank), lam,
-        memory, on_step, held_previews)
+    adapters, result, history, held_previews = train_with_progress(
+        NODE, clip, rewards, texts, held_texts, config, sampling, unique_id,
+        lambda train_set, held_set, negative, on_step, previews: train_noise_model(
+            model, vae, rewards, train_set, held_set, negative, sampling, config, int(rank), lam, memory, on_step,
+            previews))
     lora = adapters.state()
-    history = training_history(texts, held_texts, info, config, sampling, records, step_previews, result)
     history.config.update({"method": "hypernoise", "regularization": lam, "rank": int(rank)})
     held = ""
     if result.held_out_before is not None:

@@ -129,14 +129,7 @@ def train_node(model, clip, vae, rewards, prompts, method, training_steps, learn
                grad_accumulation, sampler_steps, sampler_name, scheduler, cfg, k, seed, existing_lora=None,
                held_out="", width=512, height=512, eval_every=10, early_stop_patience=0, memory=AUTO,
                unique_id=None):
-    texts = parse_prompts(prompts)
-    if not texts:
-        raise ValueError(f"{NODE}: 'prompts' is empty: write the training prompts, one per line.")
-    held_texts = parse_prompts(held_out)
-    overlap = sorted(set(texts) & set(held_texts))
-    if overlap:
-        raise ValueError(f"{NODE}: the held-out prompts must never be trained on, but {overlap[0]!r} is in both "
-                         "'prompts' and 'held_out'.")
+    texts, held_texts = training_prompts(NODE, prompts, held_out)
     if sampler_name not in SAMPLERS:
         raise ValueError(f"{NODE}: sampler_name {sampler_name!r} is not one of {', '.join(SAMPLERS)}")
     if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
@@ -148,8 +141,41 @@ def train_node(model, clip, vae, rewards, prompts, method, training_steps, learn
                           grad_accumulation=int(grad_accumulation), sampler_steps=int(sampler_steps), k=int(k),
                           eval_every=int(eval_every), patience=int(early_stop_patience), seed=int(seed) % 2**63)
     check_model_and_vae(model, vae)
-    reward_info = reward_info_of(make_ensemble(rewards, texts[0], NODE))  # no reward: the samplers' message
     sampling = Sampling(int(sampler_steps), sampler_name, scheduler, cfg, int(width), int(height))
+    adapters, result, history, held_previews = train_with_progress(
+        NODE, clip, rewards, texts, held_texts, config, sampling, unique_id,
+        lambda train_set, held_set, negative, on_step, previews: train_reward_lora(
+            model, vae, rewards, train_set, held_set, negative, sampling, config, int(rank), existing_lora, memory,
+            on_step, previews))
+    lora = adapters.state()
+    trained = apply_lora(model, lora)
+    log.info("%s: %s", NODE, summary_line(result, config))
+    ui = {"reno_chart": [history.chart()], "reno_training": [training_summary(result, config, held_texts)]}
+    if held_previews:
+        ui["images"] = _held_out_files(held_previews, result)
+    return {"ui": ui, "result": (trained, lora, history)}
+
+
+def training_prompts(node: str, prompts: str, held_out: str) -> tuple[list[str], list[str]]:
+    """(training prompts, held-out prompts), one per line; refused when there is none to train on or when a held-out
+    prompt is also trained on."""
+    texts = parse_prompts(prompts)
+    if not texts:
+        raise ValueError(f"{node}: 'prompts' is empty: write the training prompts, one per line.")
+    held_texts = parse_prompts(held_out)
+    overlap = sorted(set(texts) & set(held_texts))
+    if overlap:
+        raise ValueError(f"{node}: the held-out prompts must never be trained on, but {overlap[0]!r} is in both "
+                         "'prompts' and 'held_out'.")
+    return texts, held_texts
+
+
+def train_with_progress(node: str, clip, rewards, texts: list[str], held_texts: list[str], config: TrainConfig,
+                        sampling: Sampling, unique_id, train):
+    """The trainers' shared frame: the prompts encoded once, every step reported (progress bar with the step's
+    preview, a live chart event, Cancel), ``train(train_set, held_set, negative, on_step, held_previews)`` run with
+    the out-of-memory advice; returns (adapters, TrainResult, the RENO_HISTORY of the steps, held-out previews)."""
+    reward_info = reward_info_of(make_ensemble(rewards, texts[0], node))  # no reward: the samplers' message
     train_set = encode_prompts(clip, texts)
     held_set = encode_prompts(clip, held_texts) if held_texts else None
     negative = encode_prompts(clip, [""]).conds[0]
@@ -173,17 +199,9 @@ def train_node(model, clip, vae, rewards, prompts, method, training_steps, learn
                                                                          "grad_norm")}),
                        config.steps, info, [rec["iteration"]], preview)
 
-    adapters, result = with_oom_advice(
-        NODE, train_reward_lora, model, vae, rewards, train_set, held_set, negative, sampling, config, int(rank),
-        existing_lora, memory, on_step, held_previews)
-    lora = adapters.state()
-    trained = apply_lora(model, lora)
+    adapters, result = with_oom_advice(node, train, train_set, held_set, negative, on_step, held_previews)
     history = training_history(texts, held_texts, info, config, sampling, records, step_previews, result)
-    log.info("%s: %s", NODE, summary_line(result, config))
-    ui = {"reno_chart": [history.chart()], "reno_training": [training_summary(result, config, held_texts)]}
-    if held_previews:
-        ui["images"] = _held_out_files(held_previews, result)
-    return {"ui": ui, "result": (trained, lora, history)}
+    return adapters, result, history, held_previews
 
 
 def train_config(**fields) -> TrainConfig:
