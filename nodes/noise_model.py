@@ -30,7 +30,6 @@ import comfy.sample
 import comfy.samplers
 import torch
 
-from ..reward_loaders import RewardEnsemble
 from ..training.reward_finetuning import (
     RewardTerm,
     RolloutOutcome,
@@ -38,12 +37,10 @@ from ..training.reward_finetuning import (
     TrainConfig,
     TrainResult,
     reward_loss,
-    train,
 )
 from . import memory
-from .bridge import ReNOComfySampler
 from .inpaint import denoise_with_mask
-from .lifecycle import ChainSettings, ReNORun, RunBody, RunPlan, RunResult, preview_image
+from .lifecycle import ReNORun, RunBody, RunPlan, RunResult, preview_image
 from .run import PREVIEW_SIZE, model_sampling_of
 from .training import (
     Adapters,
@@ -51,9 +48,8 @@ from .training import (
     PromptSet,
     Sampling,
     attach_adapters,
-    empty_latent,
     held_out_reward,
-    trainer_sigmas,
+    train_adapters,
     unload_training_clone,
 )
 
@@ -186,40 +182,21 @@ def train_noise_model(model, vae, rewards, train_prompts: PromptSet, held_out: P
     reward is that of one-pass hyper-noise generation (``ε'`` from the noise model, the image from the base model)."""
     switch = AdapterSwitch(False)
     adapters = attach_adapters(model, rank, None, seed=config.seed, switch=switch)
-    mp = adapters.patcher
-    params = adapters.parameters()
-    sigmas = trainer_sigmas(model, sampling)
-    latent = empty_latent(model, sampling.width, sampling.height)
-    plans: dict = {}
-    ensembles = [RewardEnsemble(list(rewards), t) for t in train_prompts.texts]
-
-    def rollout(request: RolloutRequest) -> RolloutOutcome:
-        bodies: list[NoiseModelBody] = []
-
-        def make_run():
-            bodies.append(NoiseModelBody(request, switch, params, plans, regularization))
-            return ReNORun(ensembles[request.prompt_index], vae, bodies[-1], memory_mode=memory_mode,
-                           model_patcher=mp, chain=ChainSettings(sampling.sampler))
-
-        noise = comfy.sample.prepare_noise(latent, request.noise_seed)
-        comfy.sample.sample_custom(mp, noise, sampling.cfg, ReNOComfySampler(make_run), sigmas,
-                                   train_prompts.conds[request.prompt_index], negative, latent, disable_pbar=True,
-                                   seed=request.noise_seed)
-        return bodies[-1].outcome
-
+    params, plans = adapters.parameters(), {}
     evaluate = None
     if held_out is not None and held_out.texts:
         def evaluate(step: int) -> float:
-            return held_out_reward(mp, vae, rewards, held_out, negative, sampling, config.seed, held_out_previews,
-                                   noise_for=lambda noise, positive, lat: hyper_noise(mp, switch, noise, positive, lat))
+            return held_out_reward(adapters.patcher, vae, rewards, held_out, negative, sampling, config.seed,
+                                   held_out_previews,
+                                   noise_for=lambda noise, positive, lat: hyper_noise(adapters.patcher, switch, noise,
+                                                                                     positive, lat))
 
     try:
-        with torch.inference_mode(False):
-            result = train(params, rollout, config, len(train_prompts.texts), evaluate, on_step)
+        result = train_adapters(adapters, model, vae, rewards, train_prompts, negative, sampling, config, memory_mode,
+                                lambda request: NoiseModelBody(request, switch, params, plans, regularization),
+                                evaluate, on_step)
     finally:
         switch.on = False
-        adapters.freeze()
-        unload_training_clone(adapters)
     return adapters, result
 
 

@@ -323,40 +323,51 @@ def train_reward_lora(model, vae, rewards, train_prompts: PromptSet, held_out: P
                       held_out_previews: list | None = None) -> tuple[Adapters, TrainResult]:
     """Train a LoRA on ``model`` against ``rewards`` over ``train_prompts`` (see the module docstring)."""
     adapters = attach_adapters(model, rank, existing, seed=config.seed)
+    params, plans = adapters.parameters(), {}
+    evaluate = None
+    if held_out is not None and held_out.texts:
+        def evaluate(step: int) -> float:
+            return held_out_reward(adapters.patcher, vae, rewards, held_out, negative, sampling, config.seed,
+                                   held_out_previews)
+
+    result = train_adapters(adapters, model, vae, rewards, train_prompts, negative, sampling, config, memory_mode,
+                            lambda request: RolloutBody(request, config.method, params, plans), evaluate, on_step)
+    return adapters, result
+
+
+def train_adapters(adapters: Adapters, model, vae, rewards, train_prompts: PromptSet, negative, sampling: Sampling,
+                   config: TrainConfig, memory_mode: str, make_body: Callable, evaluate: Callable | None,
+                   on_step: Callable | None) -> TrainResult:
+    """The trainers' loop around the run lifecycle: each rollout is one ComfyUI sampling call (``sample_custom``)
+    through the pack's bridge, whose run has the body ``make_body(request)`` makes (its ``outcome`` is the
+    rollout's); the training loop is ``training.reward_finetuning.train``. Done, failed or cancelled, the adapters are
+    frozen and taken off the shared model."""
     mp = adapters.patcher
-    params = adapters.parameters()
     sigmas = trainer_sigmas(model, sampling)
     latent = empty_latent(model, sampling.width, sampling.height)
-    plans: dict = {}
     ensembles = [RewardEnsemble(list(rewards), t) for t in train_prompts.texts]
 
     def rollout(request: RolloutRequest) -> RolloutOutcome:
-        bodies: list[RolloutBody] = []
+        bodies: list = []
 
         def make_run():
-            bodies.append(RolloutBody(request, config.method, params, plans))
+            bodies.append(make_body(request))
             return ReNORun(ensembles[request.prompt_index], vae, bodies[-1], memory_mode=memory_mode, model_patcher=mp,
                            chain=ChainSettings(sampling.sampler))
 
         # the same bridge as ReNO's samplers (no preview callback: the trainer reports per training step)
-        sampler = ReNOComfySampler(make_run)
         noise = comfy.sample.prepare_noise(latent, request.noise_seed)
-        comfy.sample.sample_custom(mp, noise, sampling.cfg, sampler, sigmas, train_prompts.conds[request.prompt_index],
-                                   negative, latent, disable_pbar=True, seed=request.noise_seed)
+        comfy.sample.sample_custom(mp, noise, sampling.cfg, ReNOComfySampler(make_run), sigmas,
+                                   train_prompts.conds[request.prompt_index], negative, latent, disable_pbar=True,
+                                   seed=request.noise_seed)
         return bodies[-1].outcome
-
-    evaluate = None
-    if held_out is not None and held_out.texts:
-        def evaluate(step: int) -> float:
-            return held_out_reward(mp, vae, rewards, held_out, negative, sampling, config.seed, held_out_previews)
 
     try:
         with torch.inference_mode(False):
-            result = train(params, rollout, config, len(train_prompts.texts), evaluate, on_step)
+            return train(adapters.parameters(), rollout, config, len(train_prompts.texts), evaluate, on_step)
     finally:
         adapters.freeze()
         unload_training_clone(adapters)  # done or cancelled: nothing of the adapters stays on the shared model
-    return adapters, result
 
 
 def apply_lora(model, lora: dict, strength: float = 1.0):
