@@ -73,9 +73,64 @@ def training_mode():
     before = mm.in_training
     mm.in_training = True
     try:
-        yield
+        with split_half_rope_with_backward():
+            yield
     finally:
         mm.in_training = before
+
+
+class _SplitHalfRope(torch.autograd.Function):
+    """comfy-kitchen's split-half RoPE kernel ``apply_rope_split_half1(x, freqs)`` with a backward. The kernel rotates
+    each pair of elements (k, k + d/2) by the 2x2 matrix ``freqs[..., k, :, :]`` (its docstring's formula), a linear
+    map of x, so the gradient is the transposed matrices applied by the same kernel (freqs are positions: no
+    gradient)."""
+
+    @staticmethod
+    def forward(ctx, kernel, x, freqs):
+        ctx.kernel = kernel
+        ctx.save_for_backward(freqs)
+        return kernel(x, freqs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (freqs,) = ctx.saved_tensors
+        return None, ctx.kernel(grad.contiguous(), freqs.transpose(-1, -2).contiguous()), None
+
+
+class _KitchenWithRopeBackward:
+    """``comfy.quant_ops.ck`` during a run: comfy-kitchen itself, but for its split-half RoPE kernels, which are given
+    the backward of ``_SplitHalfRope``."""
+
+    def __init__(self, ck):
+        self._ck = ck
+
+    def __getattr__(self, name):
+        return getattr(self._ck, name)
+
+    def apply_rope_split_half1(self, x, freqs_cis):
+        return _SplitHalfRope.apply(self._ck.apply_rope_split_half1, x, freqs_cis)
+
+    def apply_rope_split_half(self, xq, xk, freqs_cis):
+        return self.apply_rope_split_half1(xq, freqs_cis), self.apply_rope_split_half1(xk, freqs_cis)
+
+
+@contextlib.contextmanager
+def split_half_rope_with_backward():
+    """comfy-kitchen's split-half RoPE kernels (``apply_rope_split_half``/``1``) differentiable for the run, restored
+    after. They have no autograd formula, and 0.33.0's ERNIE-Image calls them in its ``in_training`` path too
+    (``comfy/ldm/ernie/model.py``: the norm, then ``comfy.quant_ops.ck.apply_rope_split_half``), so the backward
+    failed with "no autograd formula" there. Only ``comfy.quant_ops.ck`` is swapped, which is how the models reach
+    the kernels; the forward is the kernel's own. Hosts without comfy-kitchen: nothing to do."""
+    quant_ops = getattr(comfy, "quant_ops", None)
+    ck = getattr(quant_ops, "ck", None)
+    if ck is None or isinstance(ck, _KitchenWithRopeBackward) or not hasattr(ck, "apply_rope_split_half1"):
+        yield
+        return
+    quant_ops.ck = _KitchenWithRopeBackward(ck)
+    try:
+        yield
+    finally:
+        quant_ops.ck = ck
 
 
 def kernel_error(exc: BaseException) -> RuntimeError | None:

@@ -1,10 +1,11 @@
 """Shared parts of the model-family engine tests (tests/engine/test_z_image.py, test_qwen_image.py, test_flux2.py,
-test_chroma.py, test_krea2.py, test_lumina2.py): each builds its template's graph on the tiny fixture family and checks
-the same things (importable: tests/ is on sys.path). What differs per family is passed in: the chain's settings
-(``Chain``), the label its numbers are printed under, the shapes it expects.
+test_chroma.py, test_krea2.py, test_lumina2.py, test_lens.py, test_mage_flow.py, test_ernie_image.py): each builds its
+template's graph on the tiny fixture family and checks the same things (importable: tests/ is on sys.path). What
+differs per family is passed in: the chain's settings (``Chain``), the label its numbers are printed under, the shapes
+it expects.
 
 Two kinds of chain: a KSampler template (ReNO Sampler in place of KSampler: ``reno``, ``ksampler``) and a
-SamplerCustomAdvanced template (ReNO Sampler (custom) as its SAMPLER: ``reno_sampler``, ``sample``).
+SamplerCustomAdvanced or SamplerCustom template (ReNO Sampler (custom) as its SAMPLER: ``reno_sampler``, ``sample``).
 """
 
 from __future__ import annotations
@@ -38,11 +39,12 @@ class Chain:
 
 
 def family_engine(engine, family, *, extra_nodes=None, needs=()):
-    """The engine for ``family``'s tests: booted with ``extra_nodes`` (a comfy_extras file, as test_workflows boots
-    it) where the host has that file; the test skips with the reason where the family or a node of ``needs`` is
-    missing."""
-    if extra_nodes and (engine.host.root / "comfy_extras" / extra_nodes).is_file():
-        comfy_host.boot_engine(engine.host, (), extra_nodes=[extra_nodes])
+    """The engine for ``family``'s tests: booted with ``extra_nodes`` (a comfy_extras file, or a tuple of them, as
+    test_workflows boots it) where the host has that file; the test skips with the reason where the family or a node
+    of ``needs`` is missing."""
+    for name in (extra_nodes,) if isinstance(extra_nodes, str) else (extra_nodes or ()):
+        if (engine.host.root / "comfy_extras" / name).is_file():
+            comfy_host.boot_engine(engine.host, (), extra_nodes=[name])
     reason = fixture_families(engine).family_unavailable(family)
     if reason:
         pytest.skip(f"{engine.info}: {reason}")
@@ -186,7 +188,15 @@ def checkpointed_runs(engine, parts, stack, chain):
 
 
 def sample(engine, parts, sampler):
-    """SamplerCustomAdvanced on ``parts`` (noise, guider, sigmas, latent) with ``sampler``: its latent."""
+    """SamplerCustomAdvanced on ``parts`` (noise, guider, sigmas, latent) with ``sampler``: its latent. Parts of a
+    SamplerCustom template (``samplercustom_parts``: no guider) run SamplerCustom (add_noise on, the chain's seed and
+    cfg) instead."""
+    if "guider" not in parts:
+        out = engine.call_node("SamplerCustom", inference=True, model=parts["model"], add_noise=True,
+                               noise_seed=parts["seed"], cfg=parts["cfg"], positive=parts["positive"],
+                               negative=parts["negative"], sampler=sampler, sigmas=parts["sigmas"],
+                               latent_image=parts["latent"])
+        return out[0]
     out = engine.call_node("SamplerCustomAdvanced", inference=True, noise=parts["noise"], guider=parts["guider"],
                            sampler=sampler, sigmas=parts["sigmas"], latent_image=parts["latent"])
     return out[0]
@@ -210,6 +220,15 @@ def custom_parts(engine, model, vae, positive, negative, chain, *, schedule, lat
     (noise,) = engine.call_node("RandomNoise", inference=True, noise_seed=chain.seed)
     return dict(model=model, vae=vae, positive=positive, negative=negative, guider=guider, sigmas=sigmas,
                 latent=latent, noise=noise)
+
+
+def samplercustom_parts(engine, model, vae, positive, negative, chain, *, schedule, latent_node, side):
+    """The SamplerCustom template's inputs (``sample`` runs SamplerCustom on them): the sigmas ``schedule()`` makes, an
+    empty ``latent_node`` latent of ``side`` px, the chain's seed and cfg."""
+    sigmas = schedule()
+    latent = empty_latent(engine, latent_node, side)
+    return dict(model=model, vae=vae, positive=positive, negative=negative, sigmas=sigmas, latent=latent,
+                seed=chain.seed, cfg=chain.cfg)
 
 
 def core_sampler(engine, chain):

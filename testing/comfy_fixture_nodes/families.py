@@ -18,13 +18,17 @@
 | ``krea2`` | ``supported_models.Krea2`` (single-stream DiT of ``comfy/ldm/krea2``, shift 1.15; ComfyUI 0.33+) | flow | Wan21, 16 ch, 5-D (one frame) | cross-attn: a 12-layer tap side by side (12 x 256 here; Qwen3-VL-4B's is 12 x 2560) |
 | ``chroma`` | ``supported_models.Chroma`` (FLUX-schnell-derived, distilled guidance approximator, no vector input) | flow | Flux, 16 ch | cross-attn of T5-XXL's width (4096), ``pooled_output`` None |
 | ``lumina2`` | ``supported_models.Lumina2`` (NextDiT as Lumina-Image 2.0, shift 6) | flow | Flux, 16 ch | cross-attn of Gemma-2-2B's width (2304), ``attention_mask`` |
+| ``lens`` | ``supported_models.Lens`` (dual-stream MMDiT of ``comfy/ldm/lens``; ComfyUI 0.33+; ``families_2026``) | flow | Flux2, 128 ch (16x) | cross-attn: 4 GPT-OSS-20B layers side by side (4 x 2880), ``attention_mask``; zero-length for an empty prompt |
+| ``mage_flow`` | ``supported_models.MageFlow`` (Qwen-Image blocks, patch 1, shift 6; ComfyUI 0.33+; ``families_2026``) | flow | Flux2, 128 ch (16x) | cross-attn of Qwen3-VL-4B's width (2560) |
+| ``ernie_image`` | ``supported_models.ErnieImage`` (shared-adaLN DiT, multiplier 1000, shift 3; ComfyUI 0.33+; ``families_2026``) | flow | Flux2, 128 ch (16x) | cross-attn of Ministral-3-3B's width (3072), ``attention_mask`` |
 
 The VAE is a tiny SD-style ``AutoencoderKL`` (8x) with the family's latent channels, inside
 ``comfy.sd.VAE``; for ``z_image``, ``chroma`` and ``lumina2`` it is FLUX's ``ae`` as ``comfy.sd.VAE`` builds it (an ``AutoencodingEngine``
 with the SD ``Encoder``/``Decoder``, no quant convs), tiny; for ``qwen_image`` and ``krea2`` the Qwen-Image VAE (Wan 2.1's causal 3-D
 ``WanVAE``, detected by ``comfy.sd.VAE`` from its state dict, ``dim`` read from the weights), tiny; for ``flux2`` the
 FLUX.2 VAE (``AutoencoderKL`` with quant convs and ``batch_norm_latent``: 2x2 patching of 32 channels to 128,
-normalized by the BatchNorm's running statistics), tiny. ``write_qwen_lightning_lora`` writes a tiny LoRA in the
+normalized by the BatchNorm's running statistics), tiny (for ``lens`` and ``ernie_image`` too; for ``mage_flow``
+the Mage VAE: ``families_2026.mage_vae``). ``write_qwen_lightning_lora`` writes a tiny LoRA in the
 layout of the Qwen-Image Lightning LoRAs (bare ``transformer_blocks.*`` module names, ``lora_down``/``lora_up``/``alpha``)
 for core ``LoraLoaderModelOnly``. Everything is float32 on the CPU, initialised deterministically from ``seed``.
 ``family_unavailable(family)`` says why the running engine cannot build a family (None when it can).
@@ -35,6 +39,7 @@ from __future__ import annotations
 import torch
 
 from . import _init_module_weights, build_tiny_model, text_to_context, tiny_unet_config
+from . import families_2026 as _f26
 
 CONTEXT_DIM = 32
 #: Z-Image's caption features: Qwen3-4B's hidden width (comfy/text_encoders/z_image.py, embedding_size=2560)
@@ -68,6 +73,9 @@ FAMILIES = {
     "krea2": ("Krea2", 16),
     "chroma": ("Chroma", 16),
     "lumina2": ("Lumina2", 16),
+    "lens": ("Lens", 128),
+    "mage_flow": ("MageFlow", 128),
+    "ernie_image": ("ErnieImage", 128),
 }
 
 
@@ -174,6 +182,8 @@ def _unet_config(family: str, depth: int) -> dict:
                 "n_layers": max(1, int(depth)), "n_refiner_layers": 1, "n_heads": 3, "n_kv_heads": 1, "qk_norm": True,
                 "axes_dims": [32, 32, 32], "axes_lens": [300, 512, 512], "rope_theta": 10000.0,
                 "ffn_dim_multiplier": 4.0}
+    if family in _f26.NAMES:  # Lens, Mage-Flow, ERNIE-Image
+        return _f26.unet_config(family, depth)
     raise ValueError(f"unknown family {family!r}")
 
 
@@ -276,8 +286,10 @@ def build_family_vae(family: str, seed: int = 0):
         return vae
     if family in ("qwen_image", "krea2"):
         return _wan21_vae(seed)
-    if family == "flux2":
+    if family in ("flux2", "lens", "ernie_image"):  # flux2-vae.safetensors
         return _flux2_vae(ddconfig, seed)
+    if family == "mage_flow":
+        return _f26.mage_vae(seed)
     proto = AutoencoderKL(ddconfig=dict(ddconfig), embed_dim=channels)
     _init_module_weights(proto, seed + 1_000_003, 0.04, {"decoder.conv_out.weight": 0.03})
     sd = {k: v.detach().clone() for k, v in proto.state_dict().items()}
@@ -349,6 +361,8 @@ def write_qwen_lightning_lora(model, path, rank: int = 4, seed: int = 0):
 
 def family_conditioning(family: str, text: str):
     """``[[context, {extra keys}]]`` as the family's text encoders would make it."""
+    if family in _f26.NAMES:
+        return _f26.conditioning(family, text)
     if family == "z_image":  # Qwen3-4B hidden states (layer -2) and their attention mask, no pooled output
         ctx = text_to_context(text, QWEN3_4B_DIM)
         return [[ctx, {"attention_mask": torch.ones(ctx.shape[:2], dtype=torch.long)}]]
@@ -408,7 +422,7 @@ class TinyTextEncoder:
     def __init__(self, family: str):
         self.family = family
 
-    def tokenize(self, text: str):
+    def tokenize(self, text: str, **kwargs):  # TextEncodeMageFlowEdit passes images=[]
         return {"text": str(text)}
 
     def encode_from_tokens_scheduled(self, tokens, unprojected=False, add_dict=None, show_pbar=True):
