@@ -21,14 +21,17 @@
 | ``lens`` | ``supported_models.Lens`` (dual-stream MMDiT of ``comfy/ldm/lens``; ComfyUI 0.33+; ``families_2026``) | flow | Flux2, 128 ch (16x) | cross-attn: 4 GPT-OSS-20B layers side by side (4 x 2880), ``attention_mask``; zero-length for an empty prompt |
 | ``mage_flow`` | ``supported_models.MageFlow`` (Qwen-Image blocks, patch 1, shift 6; ComfyUI 0.33+; ``families_2026``) | flow | Flux2, 128 ch (16x) | cross-attn of Qwen3-VL-4B's width (2560) |
 | ``ernie_image`` | ``supported_models.ErnieImage`` (shared-adaLN DiT, multiplier 1000, shift 3; ComfyUI 0.33+; ``families_2026``) | flow | Flux2, 128 ch (16x) | cross-attn of Ministral-3-3B's width (3072), ``attention_mask`` |
+| ``hidream`` | ``supported_models.HiDream`` (HiDream-I1: MoE double/single blocks, a Llama layer per block; ``families_hidream_hunyuan``) | flow | Flux, 16 ch | cross-attn of T5-XXL (4096), ``pooled_output`` (CLIP-L + CLIP-G, 2048), ``conditioning_llama3`` (32 Llama-3.1-8B layers of 4096) |
+| ``hunyuan_image21`` | ``supported_models.HunyuanImage21`` (HunyuanVideo DiT, 2-D 1x1 patches, ByT5 mapper, shift 5; ``families_hidream_hunyuan``) | flow | HunyuanImage21, 64 ch (32x) | cross-attn of Qwen2.5-VL-7B's width (3584), ``attention_mask`` |
 
 The VAE is a tiny SD-style ``AutoencoderKL`` (8x) with the family's latent channels, inside
-``comfy.sd.VAE``; for ``z_image``, ``chroma`` and ``lumina2`` it is FLUX's ``ae`` as ``comfy.sd.VAE`` builds it (an ``AutoencodingEngine``
+``comfy.sd.VAE``; for ``z_image``, ``chroma``, ``lumina2`` and ``hidream`` it is FLUX's ``ae`` as ``comfy.sd.VAE`` builds it (an ``AutoencodingEngine``
 with the SD ``Encoder``/``Decoder``, no quant convs), tiny; for ``qwen_image`` and ``krea2`` the Qwen-Image VAE (Wan 2.1's causal 3-D
 ``WanVAE``, detected by ``comfy.sd.VAE`` from its state dict, ``dim`` read from the weights), tiny; for ``flux2`` the
 FLUX.2 VAE (``AutoencoderKL`` with quant convs and ``batch_norm_latent``: 2x2 patching of 32 channels to 128,
 normalized by the BatchNorm's running statistics), tiny (for ``lens`` and ``ernie_image`` too; for ``mage_flow``
-the Mage VAE: ``families_2026.mage_vae``). ``write_qwen_lightning_lora`` writes a tiny LoRA in the
+the Mage VAE: ``families_2026.mage_vae``); for ``hunyuan_image21`` the HunyuanImage 2.1 VAE (32x, 64 channels,
+detected by ``comfy.sd.VAE`` from its weights), tiny. ``write_qwen_lightning_lora`` writes a tiny LoRA in the
 layout of the Qwen-Image Lightning LoRAs (bare ``transformer_blocks.*`` module names, ``lora_down``/``lora_up``/``alpha``)
 for core ``LoraLoaderModelOnly``. Everything is float32 on the CPU, initialised deterministically from ``seed``.
 ``family_unavailable(family)`` says why the running engine cannot build a family (None when it can).
@@ -40,6 +43,7 @@ import torch
 
 from . import _init_module_weights, build_tiny_model, text_to_context, tiny_unet_config
 from . import families_2026 as _f26
+from . import families_hidream_hunyuan as _hh
 
 CONTEXT_DIM = 32
 #: Z-Image's caption features: Qwen3-4B's hidden width (comfy/text_encoders/z_image.py, embedding_size=2560)
@@ -76,6 +80,8 @@ FAMILIES = {
     "lens": ("Lens", 128),
     "mage_flow": ("MageFlow", 128),
     "ernie_image": ("ErnieImage", 128),
+    "hidream": ("HiDream", 16),
+    "hunyuan_image21": ("HunyuanImage21", 64),
 }
 
 
@@ -184,6 +190,8 @@ def _unet_config(family: str, depth: int) -> dict:
                 "ffn_dim_multiplier": 4.0}
     if family in _f26.NAMES:  # Lens, Mage-Flow, ERNIE-Image
         return _f26.unet_config(family, depth)
+    if family in ("hidream", "hunyuan_image21"):
+        return getattr(_hh, f"{family}_unet_config")(depth)
     raise ValueError(f"unknown family {family!r}")
 
 
@@ -276,7 +284,7 @@ def build_family_vae(family: str, seed: int = 0):
     ddconfig = {"double_z": True, "z_channels": channels, "resolution": 64, "in_channels": 3, "out_ch": 3,
                 "ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
     params = {"ddconfig": ddconfig, "embed_dim": channels}
-    if family in ("z_image", "chroma", "lumina2"):  # the FLUX ae: comfy.sd.VAE's config path builds AutoencoderKL, so it is handed the ae
+    if family in ("z_image", "chroma", "lumina2", "hidream"):  # the FLUX ae: comfy.sd.VAE's config path builds AutoencoderKL, so it is handed the ae
         proto = _flux_ae(ddconfig)
         _init_module_weights(proto, seed + 1_000_003, 0.04, {"decoder.conv_out.weight": 0.03})
         sd = {k: v.detach().clone() for k, v in proto.state_dict().items()}
@@ -290,6 +298,8 @@ def build_family_vae(family: str, seed: int = 0):
         return _flux2_vae(ddconfig, seed)
     if family == "mage_flow":
         return _f26.mage_vae(seed)
+    if family == "hunyuan_image21":
+        return _hh.hunyuan_image21_vae(seed)
     proto = AutoencoderKL(ddconfig=dict(ddconfig), embed_dim=channels)
     _init_module_weights(proto, seed + 1_000_003, 0.04, {"decoder.conv_out.weight": 0.03})
     sd = {k: v.detach().clone() for k, v in proto.state_dict().items()}
@@ -369,6 +379,8 @@ def family_conditioning(family: str, text: str):
     if family == "qwen_image":  # Qwen2.5-VL-7B's last hidden states and their attention mask
         ctx = text_to_context(text, QWEN25_VL_7B_DIM)
         return [[ctx, {"attention_mask": torch.ones(ctx.shape[:2], dtype=torch.long)}]]
+    if family in ("hidream", "hunyuan_image21"):
+        return getattr(_hh, f"{family}_conditioning")(text)
     if family == "krea2":  # the 12 tapped layers flattened side by side (Krea2TEModel); its all-ones mask is dropped
         return [[text_to_context(text, KREA2_TXT_LAYERS * KREA2_TINY_TXT_DIM), {}]]
     if family == "chroma":  # T5-XXL's hidden states; CLIP Text Encode sets pooled_output (None for T5)
