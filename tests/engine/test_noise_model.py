@@ -89,22 +89,34 @@ def test_the_offset_is_exactly_zero_before_training(engine, sd):
     no_adapters_left(sd["model"])
 
 
-def test_training_raises_the_reward_and_hyper_noise_beats_plain_generation(engine, sd, trained):
+def test_training_raises_the_reward_and_hyper_noise_beats_plain_generation(engine, sd, stack, trained):
     lora, history = trained["result"]
-    summary = trained["ui"]["reno_training"][0]
-    evaluations = summary["evaluations"]
-    rewards = [r["scores"]["aesthetic"][0] for r in history.records]
-    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
-    print(f"\n[noise model] training reward (mean of 5 steps) {first:.3f} -> {last:.3f}; held-out weighted reward "
-          f"plain {evaluations[0][1]:.3f} -> hyper-noise {evaluations[-1][1]:.3f} ({evaluations})")
-    assert [s for s, _ in evaluations] == [0, 10, 20]
+    # the training trajectory is chaotic in float32: at lr 0.1 a rounding-level difference (another CPU, another
+    # thread count) grows within ~5 steps into another run. One run's 5-step training gain was +2.2 here and +0.46 on
+    # CI's CPU; over 17 runs (seeds 0-5 at 1 and 2 threads, 0-3 at 3) it spread 0.6-2.8 (mean 2.1, sd 0.65) and the
+    # held-out gain 1.4-3.5 (mean 2.6, sd 0.65); at seed 0 alone, across 1/2/3 threads, 1.8-2.4 and 2.3-3.2. So the
+    # claims are asked of the mean of three training runs (seeds 0, 1, 2: sd / sqrt(3), about 0.4), not of one run
+    runs = [trained] + [trainer(engine, sd, stack, seed=seed) for seed in (1, 2)]
+    train_gains, held_gains = [], []
+    for seed, run in enumerate(runs):
+        evaluations = run["ui"]["reno_training"][0]["evaluations"]
+        assert [s for s, _ in evaluations] == [0, 10, 20]
+        rewards = [r["scores"]["aesthetic"][0] for r in run["result"][1].records]
+        first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+        # step 0's evaluation is plain generation (the offset is zero before training); the last is one-pass
+        # hyper-noise, at the same fixed noises
+        train_gains.append(last - first)
+        held_gains.append(evaluations[-1][1] - evaluations[0][1])
+        print(f"\n[noise model] seed {seed}: training reward (mean of 5 steps) {first:.3f} -> {last:.3f}; held-out "
+              f"weighted reward plain {evaluations[0][1]:.3f} -> hyper-noise {evaluations[-1][1]:.3f} ({evaluations})")
+    train_gain, held_gain = sum(train_gains) / 3, sum(held_gains) / 3
+    print(f"[noise model] mean of 3 runs: training gain {train_gain:+.3f}, held-out gain {held_gain:+.3f}")
     # each step draws other noise, so one step's reward spreads by about 0.5 around the trend and a 5-step mean by
-    # about 0.25; and the trajectory is chaotic in float32 (other CPUs and thread counts round differently: the
-    # 5-step gain was +2.2 here and +0.46 on CI's CPU): the training rewards must go up, the margin is asked of the
-    # held-out reward below, measured at the same fixed noises before and after
-    assert last > first
-    # step 0's evaluation is plain generation (the offset is zero before training); the last is one-pass hyper-noise
-    assert evaluations[-1][1] > evaluations[0][1] + 0.5
+    # about 0.25: the training rewards must go up (measured mean +2.1 to +2.6 at 1/2/3 threads)
+    assert train_gain > 0, train_gains
+    # hyper-noise beats plain generation on the held-out prompts by a margin (measured mean +2.3 to +2.9 at 1/2/3
+    # threads: 0.5 is 5 sd of the 3-run mean below its expected 2.6)
+    assert held_gain > 0.5, held_gains
     assert history.iterations == 20 and history.config["method"] == "hypernoise"
     assert history.config["regularization"] == pytest.approx(0.1)
     # a plain LORA_MODEL: ComfyUI's keys, nothing trainable, the up matrices trained away from zero
