@@ -40,6 +40,10 @@ CARDS: dict[str, tuple[str, str, str, str]] = {
     "ReNO 04 FLUX.2 Klein, 4 steps": ("FLUX.2 Klein 4B", "4 steps euler · 1024 px", PAPER_MIX, "custom sampler"),
     "ReNO 02 Z-Image-Turbo as a subgraph": ("Z-Image-Turbo", "8 steps res_multistep · 1024 px", PAPER_MIX,
                                             "one subgraph node"),
+    "ReNO 18 Krea 2 Turbo, 8 steps": ("Krea 2 Turbo", "8 steps euler · 1024 px", PAPER_MIX, "ComfyUI 0.33+ · 17 GB"),
+    "ReNO 19 Chroma, 26 steps": ("Chroma1-HD", "26 steps euler · cfg 3.5 · 1024 px", PAPER_MIX, "custom sampler"),
+    "ReNO 20 Lumina 2 (NetaYume), 30 steps": ("NetaYume Lumina", "30 steps res_multistep · cfg 4", PAPER_MIX,
+                                              "one file · 9.9 GB"),
 }
 
 

@@ -501,7 +501,8 @@ def _resolve_text(api: dict, value, seen=()) -> str | None:
 
 def _check_one_prompt_source(name: str, api: dict) -> None:
     """In the API prompt a shipped workflow queues, ReNO's prompt and the positive CLIP Text Encode's text are
-    the same link to one String primitive, so the text is typed once."""
+    the same link to one String primitive (for the encoder, after a String primitive's system prompt through
+    StringConcatenate where the template puts one first), so the text is typed once."""
     renos = [n for n in api.values() if n["class_type"] in ("ReNOSampler", "ReNOSamplerCustom")]
     trainers = [n for n in api.values() if n["class_type"] in TRAINERS]
     if trainers and not renos:  # a trainer encodes its own prompt list (one per line) and held-out prompts
@@ -520,9 +521,14 @@ def _check_one_prompt_source(name: str, api: dict) -> None:
         text = _resolve_text(api, link)
         assert text and text.strip(), (name, "the prompt primitive is empty")
         for enc in encoders:
-            assert enc["inputs"]["text"] == link, (name, "CLIP Text Encode and ReNO read different sources",
-                                                   enc["inputs"]["text"], link)
-            assert _resolve_text(api, enc["inputs"]["text"]) == text
+            source = enc["inputs"]["text"]
+            if isinstance(source, list) and api.get(str(source[0]), {}).get("class_type") == "StringConcatenate":
+                # a fixed system prompt before the prompt (Lumina 2's template): the prompt is still typed once
+                concat = api[str(source[0])]["inputs"]
+                assert _resolve_text(api, concat["string_a"]), (name, "no system prompt before the prompt", concat)
+                source = concat["string_b"]
+            assert source == link, (name, "CLIP Text Encode and ReNO read different sources", source, link)
+            assert _resolve_text(api, source) == text
 
 
 def _widget_inputs(info: dict) -> list[str]:

@@ -7,8 +7,8 @@ pack (``ReNOTestTinyFamily`` family ``krea2``), the Qwen-Image VAE (Wan 2.1's ca
 off, as shipped): the model as loaded (no ModelSampling patch: Krea2's own shift 1.15), ConditioningZeroOut negative,
 EmptyLatentImage, KSampler 8 steps, cfg 1, ``euler`` / ``simple``. (a) Oracle: ReNO Sampler at one iteration (no
 update) equals that KSampler, latent and decoded image. (b) The weighted reward (the paper's mix) rises over 6
-iterations. (c) The run leaves nothing on ComfyUI's objects. On an engine without ``Krea2`` (0.3.75) every test skips
-with the reason. The numbers are printed (pytest -s).
+iterations. (c) The run leaves nothing on ComfyUI's objects. (d) The shipped workflow (``WORKFLOW``) runs on the tiny
+weights. On an engine without ``Krea2`` (0.3.75) every test skips with the reason. The numbers are printed (pytest -s).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 
 STEPS, SAMPLER, SCHEDULER, SHIFT, SIDE, SEED = 8, "euler", "simple", 1.15, 64, 3
 CHAIN = fam.Chain(STEPS, SAMPLER, SCHEDULER, cfg=1.0, seed=SEED)
+WORKFLOW = "ReNO 18 Krea 2 Turbo, 8 steps.json"
 
 
 k_engine, stack = fam.family_fixtures("k_engine", "krea2")
@@ -78,3 +79,29 @@ def test_a_run_leaves_nothing_on_comfyuis_objects(k_engine, stack):
     """As test_qwen_image's test of the same name, on the Krea 2 chain: per module of the DiT, the VAE and the rewards,
     the same attributes and per tensor the same object, values and flags; Wan 2.1's latent statistics restored."""
     fam.check_ksampler_run_leaves_nothing(k_engine, build(k_engine), stack, CHAIN, latent_statistics=True)
+
+
+def test_the_shipped_workflow_runs_through_the_engine_on_tiny_weights(k_engine, stack):
+    """The shipped workflow (``WORKFLOW``) as Queue sends it (the frontend's graphToPrompt), with its three loaders
+    swapped for the tiny family (diffusion model and VAE) and the tiny text encoder, at 64 px and 2 iterations: it
+    executes, and ReNO Sampler ran the template's chain (8 steps of euler / simple at cfg 1 on the model as loaded, a
+    zeroed negative, EmptyLatentImage)."""
+    engine = k_engine
+    prompt, ids = fam.workflow_prompt(engine, WORKFLOW)
+    # the template's graph (image_krea2_turbo_t2i's subgraph, its prompt enhancement and style LoRA left out)
+    fam.assert_template_loaders(prompt, ids, unet="krea2_turbo_fp8_scaled.safetensors",
+                                clip="qwen3vl_4b_fp8_scaled.safetensors", clip_type="krea2",
+                                vae="qwen_image_vae.safetensors")
+    fam.assert_prompt_typed_once(prompt, ids, "ReNOSampler")
+    assert {k: prompt[ids["EmptyLatentImage"]]["inputs"][k] for k in ("width", "height")} == {"width": 1024,
+                                                                                            "height": 1024}
+    reno_inputs = prompt[ids["ReNOSampler"]]["inputs"]
+    assert {k: reno_inputs[k] for k in ("steps", "sampler_name", "scheduler", "cfg")} == {
+        "steps": STEPS, "sampler_name": SAMPLER, "scheduler": SCHEDULER, "cfg": CHAIN.cfg}
+    assert reno_inputs["model"] == [ids["UNETLoader"], 0]  # no ModelSampling node: Krea2's own shift
+    assert reno_inputs["negative"] == [ids["ConditioningZeroOut"], 0]
+    assert reno_inputs["latent_image"] == [ids["EmptyLatentImage"], 0]
+    fam.swap_loaders_for_tiny(prompt, ids, "krea2")
+    prompt[ids["EmptyLatentImage"]]["inputs"].update(width=SIDE, height=SIDE)
+    reno_inputs["iterations"] = 2
+    fam.execute_and_check(engine, prompt, ids)

@@ -21,8 +21,9 @@ WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.j
 FRONTEND_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 #: core node modules the workflows use besides the conftest's (ModelSamplingDiscrete for LCM-LoRA, ModelSamplingAuraFlow;
-#: Flux2Scheduler and EmptyFlux2LatentImage for FLUX.2 Klein)
-EXTRA_NODES = ("nodes_model_advanced.py", "nodes_flux.py")
+#: Flux2Scheduler and EmptyFlux2LatentImage for FLUX.2 Klein; T5TokenizerOptions for Chroma; StringConcatenate for
+#: Lumina 2's system prompt)
+EXTRA_NODES = ("nodes_model_advanced.py", "nodes_flux.py", "nodes_cond.py", "nodes_string.py")
 #: the model-file inputs of the loaders the workflows use, and the model folder each lists
 MODEL_INPUTS = {"ckpt_name": "checkpoints", "unet_name": "diffusion_models", "lora_name": "loras",
                 "vae_name": "vae", "clip_name": "text_encoders", "clip_name1": "text_encoders",
@@ -49,7 +50,24 @@ FEW_STEP = {
     # ComfyUI's image_qwen_image_2512_with_2steps_lora template: KSampler 2 steps, euler, simple, cfg 1
     "ReNO 03 Qwen-Image, Lightning 2 steps.json": {"steps": 2, "sampler_name": "euler", "scheduler": "simple", "cfg": 1.0,
                                                    "learning_rate": 5.0},
+    # ComfyUI's image_krea2_turbo_t2i template: KSampler 8 steps, euler, simple, cfg 1
+    "ReNO 18 Krea 2 Turbo, 8 steps.json": {"steps": 8, "sampler_name": "euler", "scheduler": "simple", "cfg": 1.0,
+                                           "learning_rate": 5.0},
+    # ComfyUI's image_netayume_lumina_t2i template: KSampler 30 steps, res_multistep, simple, cfg 4 (not few-step:
+    # the model's own chain all the same)
+    "ReNO 20 Lumina 2 (NetaYume), 30 steps.json": {"steps": 30, "sampler_name": "res_multistep", "scheduler": "simple",
+                                                   "cfg": 4.0, "learning_rate": 5.0},
 }
+#: what each SamplerCustomAdvanced template's ReNO Sampler (custom) must run (the template's KSamplerSelect sampler;
+#: its steps are the template's scheduler's, checked by the family tests on tiny weights)
+CUSTOM_CHAIN = {
+    # image_flux2_klein_text_to_image: KSamplerSelect euler, Flux2Scheduler 4 steps, CFGGuider cfg 1
+    "ReNO 04 FLUX.2 Klein, 4 steps.json": {"sampler_name": "euler", "learning_rate": 5.0},
+    # image_chroma_text_to_image: KSamplerSelect euler, BasicScheduler beta 26 steps, CFGGuider cfg 3.5
+    "ReNO 19 Chroma, 26 steps.json": {"sampler_name": "euler", "learning_rate": 5.0},
+}
+#: workflows whose model family is newer than some engines: (the comfy.supported_models class they need)
+NEEDS_MODEL_CLASS = {"ReNO 18 Krea 2 Turbo, 8 steps.json": "Krea2"}
 PAPER_MIX = [("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipscore", 0.01)]
 
 
@@ -255,6 +273,13 @@ def test_workflow_api_prompt_passes_validation(path, wf_engine, tmp_path):
     and every ReNO Sampler gets the sampling-chain inputs: the saved ones, or the defaults (one step, euler,
     simple, exact) for a workflow saved before they existed."""
     engine = wf_engine
+    needs = NEEDS_MODEL_CLASS.get(path.name)
+    if needs:
+        import comfy.supported_models
+
+        if not hasattr(comfy.supported_models, needs):
+            pytest.skip(f"{path.name}: {engine.info} has no comfy.supported_models.{needs} (its loaders' types do not "
+                        "validate there: a newer ComfyUI runs it)")
     wf = json.loads(path.read_text())
     missing = _core_types_missing(wf, engine)
     assert not missing, f"{path.name}: {missing} not registered on {engine.info}"
@@ -303,6 +328,35 @@ def test_few_step_workflow_runs_its_models_chain(name, wf_engine):
     want = FEW_STEP[name]
     assert {k: values[k] for k in want} == want
     assert values["gradient"] == "exact" and values["memory"] == "auto"
+    mix = [tuple(n["widgets_values"][:2]) for n in _reno_nodes(wf, "ReNORewardLoader")]
+    assert mix == PAPER_MIX
+    (note,) = _reno_nodes(wf, "Note")
+    text = note["widgets_values"][0]
+    assert "https://huggingface.co/" in text and "not measured yet" in text
+    for n in all_nodes(wf):
+        for key, value in _by_name(engine, n).items() if n["type"] not in FRONTEND_ONLY else ():
+            if key in MODEL_INPUTS and MODEL_INPUTS[key] != "text_encoders":
+                assert value in text, f"{name}: the Note does not name {value}"
+
+
+@pytest.mark.parametrize("name", sorted(CUSTOM_CHAIN))
+def test_custom_sampler_workflow_runs_its_models_chain(name, wf_engine):
+    """Each SamplerCustomAdvanced template's workflow saves every ReNO Sampler (custom) widget with the template's
+    sampler (KSamplerSelect's) and the learning rate, runs it as SamplerCustomAdvanced's SAMPLER, and has the
+    paper's reward mix and a Note naming its files."""
+    engine = wf_engine
+    wf = json.loads(next(p for p in WORKFLOWS if p.name == name).read_text())
+    (reno,) = _reno_nodes(wf, "ReNOSamplerCustom")
+    cls = engine.nodes.NODE_CLASS_MAPPINGS["ReNOSamplerCustom"]
+    assert len(reno["widgets_values"]) == len(widget_names(cls)), "every ReNO Sampler (custom) widget saved"
+    values = _by_name(engine, reno)
+    want = CUSTOM_CHAIN[name]
+    assert {k: values[k] for k in want} == want
+    assert values["gradient"] == "exact" and values["memory"] == "auto"
+    assert not _reno_nodes(wf, "KSamplerSelect"), "ReNO Sampler (custom) is the SAMPLER in KSamplerSelect's place"
+    (host,) = _reno_nodes(wf, "SamplerCustomAdvanced")
+    (link,) = [lk for lk in wf["links"] if lk[3] == host["id"] and lk[5] == "SAMPLER"]
+    assert link[1] == reno["id"]
     mix = [tuple(n["widgets_values"][:2]) for n in _reno_nodes(wf, "ReNORewardLoader")]
     assert mix == PAPER_MIX
     (note,) = _reno_nodes(wf, "Note")
