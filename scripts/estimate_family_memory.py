@@ -343,7 +343,8 @@ def model_runner(model, family: Family, shape: tuple[int, ...], batch: int) -> C
         x = z.repeat(batch, *([1] * (z.dim() - 1))) if batch > 1 else z * 1.0
         sigma = model.model_sampling.sigma_max.reshape(1).repeat(batch).float()
         conds = model.extra_conds(input_x=x, noise=x, device=x.device, latent_image=torch.zeros_like(x), **cond)
-        kwargs = {k: v.cond for k, v in conds.items()}
+        # as the sampler batches conds: each repeated to the batch (a guidance scalar becomes one per row)
+        kwargs = {k: v.process_cond(batch_size=batch, device=x.device).cond for k, v in conds.items()}
         return model.apply_model(x, sigma, **kwargs)
 
     return run
@@ -560,6 +561,12 @@ def estimate_family(env, family: Family, reward_profiles: list, reward_weight_by
     no_ckpt, every = peaks(mem, profiles, family.steps)
     weights = {"model": params * family.weight_bytes, "vae": vae_params * 2, "rewards": reward_weight_bytes}
     est = Estimate(family, params, weights, profiles, no_ckpt, every, time.perf_counter() - start)
+    if family.steps > 1:
+        est.notes.append(f"{family.steps} steps: one step's activations ({step.saved_bytes / 1e9:.1f} GB"
+                         f"{', cond + uncond' if batch > 1 else ''}) are alive in both modes (a step recomputes whole)")
+    if not vae_profile.checkpointable:
+        est.notes.append(f"the VAE decoder has no blocks the planner finds (nodes/memory.vae_blocks): its "
+                         f"{vae_profile.saved_bytes / 1e9:.1f} GB are kept even with checkpoint all")
     log(f"[{family.name}] one model call {step.saved_bytes / GIB:.2f} GiB (blocks {step.blocks}, largest "
         f"{step.max_block_bytes / GIB:.3f} GiB); VAE {vae_profile.saved_bytes / GIB:.2f} GiB; peak "
         f"{no_ckpt / GIB:.2f} / {every / GIB:.2f} GiB; {est.seconds:.0f} s")
@@ -597,7 +604,9 @@ def table(estimates: Sequence[Estimate], engine_label: str) -> str:
             f"{w['rewards'] / 1e9:.1f}) | estimated {(e.weight_bytes + e.no_checkpointing) / 1e9:.1f} "
             f"(activations {e.no_checkpointing / 1e9:.1f}) | estimated {(e.weight_bytes + e.checkpoint_all) / 1e9:.1f} "
             f"(activations {e.checkpoint_all / 1e9:.1f}) |")
-    return "\n".join(rows) + f"\n\nEstimated on {engine_label} (CPU, random weights, see the script's docstring)."
+    notes = [f"- {e.family.title}: " + "; ".join(e.notes) for e in estimates if e.notes]
+    return "\n".join(rows + [""] + notes) + (
+        f"\n\nEstimated on {engine_label} (CPU, random weights, see the script's docstring).")
 
 
 # -- the engine --------------------------------------------------------------------------------------------------------
