@@ -26,6 +26,7 @@ FOLDER = {
     "CLIPLoader": "text_encoders",
     "DualCLIPLoader": "text_encoders",
     "TripleCLIPLoader": "text_encoders",
+    "QuadrupleCLIPLoader": "text_encoders",
     "LoraLoader": "loras",
     "LoraLoaderModelOnly": "loras",
 }

@@ -44,6 +44,12 @@ CARDS: dict[str, tuple[str, str, str, str]] = {
     "ReNO 19 Chroma, 26 steps": ("Chroma1-HD", "26 steps euler · cfg 3.5 · 1024 px", PAPER_MIX, "custom sampler"),
     "ReNO 20 Lumina 2 (NetaYume), 30 steps": ("NetaYume Lumina", "30 steps res_multistep · cfg 4", PAPER_MIX,
                                               "one file · 9.9 GB"),
+    "ReNO 21 Lens Turbo, 4 steps": ("Lens Turbo", "4 steps euler · 1440 px", PAPER_MIX, "ComfyUI 0.33+ · 20 GB"),
+    "ReNO 22 Mage-Flow Turbo, 4 steps": ("Mage-Flow Turbo", "4 steps euler · 1024 px", PAPER_MIX,
+                                         "ComfyUI 0.33+ · int8 · 12 GB"),
+    "ReNO 23 ERNIE-Image Turbo, 8 steps": ("ERNIE-Image Turbo", "8 steps euler · 1024 px", PAPER_MIX,
+                                           "ComfyUI 0.33+ · 22 GB"),
+    "ReNO 24 HiDream-I1 Fast, 16 steps": ("HiDream-I1 Fast", "16 steps euler · 1024 px", PAPER_MIX, "6 files · 31 GB"),
 }
 
 

@@ -88,6 +88,11 @@ VARIANTS = [(SHIPPED_FRONTEND, "classic"), (SHIPPED_FRONTEND, "nodes2"), (NEWEST
 
 TRAINER = "ReNORewardLoRATrainer"
 TRAINERS = (TRAINER, "ReNOTrainNoiseModel")  # the nodes that train on a prompt list (their own prompts)
+#: core nodes of a ComfyUI newer than the browser test's server may be (0.33+: not in 0.3.75): a workflow using them
+#: loads there with them as missing nodes (only those), and what the frontend queues for it is not checked there
+NEWER_NODES = {"ReNO 22 Mage-Flow Turbo, 4 steps.json": {"TextEncodeMageFlowEdit"}}
+#: the positive text encoders a prompt primitive feeds, and the input it feeds
+ENCODERS = {"CLIPTextEncode": "text", "TextEncodeMageFlowEdit": "prompt"}
 
 def _requirements() -> tuple[Path, Path]:
     node = shutil.which("node")
@@ -257,16 +262,20 @@ def check_result(r: dict, base: Path, frontend: str, renderer: str, workflows: l
     overlapping: list = []
     for wf in workflows:
         got = r["workflows"][wf.name]
-        problems = got["problems"]
+        absent = NEWER_NODES.get(wf.name, set()) - set(object_info)  # missing nodes on this server, where it is older
+        problems = [p for p in got["problems"] if p.split(":", 1)[0].split(" ", 1)[-1] not in absent]
         assert got["nodes"] > 0 and not problems, (wf.name, got)
         assert any(t.startswith("ReNOSampler") or t in TRAINERS for t in got["types"]), (wf.name, got["types"])
         saved = {n["id"]: n["widgets_values"][:2] for n, _ in _nodes_and_api_ids(json.loads(wf.read_text()))
                  if n["type"] == "ReNORewardLoader"}
         assert {x["id"]: [x["reward"], x["weight"]] for x in got["loaders"]} == saved, (wf.name, got["loaders"])
         overlapping += _overlaps(wf.name, got["boxes"])
+        _check_linked_prompt(wf.name, got["prompts"])
+        if absent:
+            print(f"{wf.name}: {sorted(absent)} not on this server (a newer ComfyUI's): its queued prompt not checked")
+            continue
         _check_one_prompt_source(wf.name, got["api"])
         _check_reno_widgets(wf, got["api"], object_info)
-        _check_linked_prompt(wf.name, got["prompts"])
     assert not overlapping, f"overlapping nodes at load (workflow, id, type, id, type): {overlapping}"
     _check_after_run(workflows, r["workflows"], frontend, renderer)
 
@@ -500,7 +509,8 @@ def _resolve_text(api: dict, value, seen=()) -> str | None:
 
 
 def _check_one_prompt_source(name: str, api: dict) -> None:
-    """In the API prompt a shipped workflow queues, ReNO's prompt and the positive CLIP Text Encode's text are
+    """In the API prompt a shipped workflow queues, ReNO's prompt and the positive CLIP Text Encode's text (Text
+    Encode Mage-Flow Edit's prompt) are
     the same link to one String primitive (for the encoder, after a String primitive's system prompt through
     StringConcatenate where the template puts one first), so the text is typed once."""
     renos = [n for n in api.values() if n["class_type"] in ("ReNOSampler", "ReNOSamplerCustom")]
@@ -512,8 +522,8 @@ def _check_one_prompt_source(name: str, api: dict) -> None:
     assert renos, (name, "no ReNO sampler in the API prompt")
     positives = [n["inputs"]["positive"] for n in api.values() if "positive" in n["inputs"]]
     encoders = [api[str(link[0])] for link in positives if isinstance(link, list) and str(link[0]) in api]
-    encoders = [n for n in encoders if n["class_type"] == "CLIPTextEncode"]
-    assert encoders, (name, "no CLIPTextEncode feeds a positive input")
+    encoders = [n for n in encoders if n["class_type"] in ENCODERS]
+    assert encoders, (name, "no CLIPTextEncode (or other text encoder) feeds a positive input")
     for reno in renos:
         link = reno["inputs"].get("prompt")
         assert isinstance(link, list), (name, f"ReNO's prompt is not linked: {link!r}")
@@ -521,7 +531,7 @@ def _check_one_prompt_source(name: str, api: dict) -> None:
         text = _resolve_text(api, link)
         assert text and text.strip(), (name, "the prompt primitive is empty")
         for enc in encoders:
-            source = enc["inputs"]["text"]
+            source = enc["inputs"][ENCODERS[enc["class_type"]]]
             if isinstance(source, list) and api.get(str(source[0]), {}).get("class_type") == "StringConcatenate":
                 # a fixed system prompt before the prompt (Lumina 2's template): the prompt is still typed once
                 concat = api[str(source[0])]["inputs"]

@@ -10,7 +10,8 @@ shipped): the model as loaded (no ModelSampling patch), CLIP Text Encode with a 
 EmptyFlux2LatentImage, KSampler 8 steps, cfg 1, ``euler`` / ``simple``. (a) Oracle: ReNO Sampler at one iteration
 (no update) equals that KSampler, latent and decoded image. (b) The weighted reward (the paper's mix) rises over 6
 iterations. (c) The run leaves nothing on ComfyUI's objects. (d) The split-half RoPE kernel ERNIE-Image calls in its
-``in_training`` path has a backward for the run (the pack gives it one: without it the backward failed). On an engine
+``in_training`` path has a backward for the run (the pack gives it one: without it the backward failed). (e) The shipped workflow
+(``WORKFLOW``) runs on the tiny weights. On an engine
 without ``ErnieImage`` (0.3.75) every test skips with the reason. The numbers are printed (pytest -s).
 """
 
@@ -21,6 +22,7 @@ import pytest
 
 STEPS, SAMPLER, SCHEDULER, SHIFT, SIDE, SEED = 8, "euler", "simple", 3.0, 64, 3
 CHAIN = fam.Chain(STEPS, SAMPLER, SCHEDULER, cfg=1.0, seed=SEED)
+WORKFLOW = "ReNO 23 ERNIE-Image Turbo, 8 steps.json"
 
 
 #: the engine with EmptyFlux2LatentImage (comfy_extras/nodes_flux.py), as test_workflows boots it
@@ -123,3 +125,28 @@ def test_the_split_half_rope_kernel_gets_a_backward_for_the_run(e_engine):
     for got, want in ((gq, want_q), (gk, want_k), *zip(out, want_out)):
         # the same products, summed in another order at most: float32 rounding of the values' scale
         assert torch.allclose(got, want, rtol=0, atol=64 * fam.EPS32 * float(want.abs().max()))
+
+
+def test_the_shipped_workflow_runs_through_the_engine_on_tiny_weights(e_engine, stack):
+    """The shipped workflow (``WORKFLOW``) as Queue sends it (the frontend's graphToPrompt), with its three loaders
+    swapped for the tiny family (diffusion model and VAE) and the tiny text encoder, at 64 px and 2 iterations: it
+    executes, and ReNO Sampler ran the template's chain (8 steps of euler / simple at cfg 1 on the model as loaded, a
+    zeroed negative, EmptyFlux2LatentImage)."""
+    engine = e_engine
+    prompt, ids = fam.workflow_prompt(engine, WORKFLOW)
+    # the template's graph (image_ernie_image_turbo's subgraph, its prompt enhancer left out)
+    fam.assert_template_loaders(prompt, ids, unet="ernie-image-turbo.safetensors", clip="ministral-3-3b.safetensors",
+                                clip_type="flux2", vae="flux2-vae.safetensors")
+    fam.assert_prompt_typed_once(prompt, ids, "ReNOSampler")
+    latent = prompt[ids["EmptyFlux2LatentImage"]]["inputs"]
+    assert {k: latent[k] for k in ("width", "height")} == {"width": 1024, "height": 1024}
+    reno_inputs = prompt[ids["ReNOSampler"]]["inputs"]
+    assert {k: reno_inputs[k] for k in ("steps", "sampler_name", "scheduler", "cfg")} == {
+        "steps": STEPS, "sampler_name": SAMPLER, "scheduler": SCHEDULER, "cfg": CHAIN.cfg}
+    assert reno_inputs["model"] == [ids["UNETLoader"], 0]  # no ModelSampling node: ERNIE-Image's own shift
+    assert reno_inputs["negative"] == [ids["ConditioningZeroOut"], 0]
+    assert reno_inputs["latent_image"] == [ids["EmptyFlux2LatentImage"], 0]
+    fam.swap_loaders_for_tiny(prompt, ids, "ernie_image")
+    latent.update(width=SIDE, height=SIDE)
+    reno_inputs["iterations"] = 2
+    fam.execute_and_check(engine, prompt, ids)

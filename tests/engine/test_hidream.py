@@ -13,8 +13,9 @@ scaled by their product (2.9e-10 over these 16 steps) times the model's Jacobian
 amplify (how much a trained distilled HiDream's do is not measured here): the rewards' start-noise gradient is
 measured against the same chain with ``euler``. (c) HiDream Full's chain (the template's note; ComfyUI's template ``hidream_i1_full``: 50 steps of
 ``uni_pc`` / ``simple``, cfg 5 with the negative, shift 3): the oracle, and the weighted reward (the paper's mix) rises
-over 6 iterations (slow: RENO_SLOW=1). (d) A run leaves nothing on ComfyUI's objects. The numbers are printed
-(pytest -s).
+over 6 iterations (slow: RENO_SLOW=1). (d) A run leaves nothing on ComfyUI's objects. (e) The shipped workflow
+(``WORKFLOW``: the Fast template's graph with ``euler`` in ReNO, for (b)'s reason) runs on the tiny weights. The numbers
+are printed (pytest -s).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ CHAIN = fam.Chain(STEPS, SAMPLER, SCHEDULER, cfg=CFG, seed=SEED)
 NEGATIVE_TEXT = "bad ugly jpeg artifacts"
 #: HiDream Full's settings, as the template's note and the template ``hidream_i1_full`` give them (same shift, negative)
 FULL = fam.Chain(50, "uni_pc", "simple", cfg=5.0, seed=SEED)
+WORKFLOW = "ReNO 24 HiDream-I1 Fast, 16 steps.json"
 
 
 #: the engine with ModelSamplingSD3 (comfy_extras/nodes_model_advanced.py), as test_workflows boots it
@@ -135,3 +137,36 @@ def test_a_run_leaves_nothing_on_comfyuis_objects(h_engine, stack):
 
 
 
+
+
+def test_the_shipped_workflow_runs_through_the_engine_on_tiny_weights(h_engine, stack):
+    """The shipped workflow (``WORKFLOW``) as Queue sends it (the frontend's graphToPrompt), with its loaders swapped
+    for the tiny family (diffusion model and VAE) and the tiny text encoder (for QuadrupleCLIPLoader's four), at 64 px
+    and 2 iterations: it executes, and ReNO Sampler ran the template's chain (16 steps, ``normal``, cfg 1 on
+    ModelSamplingSD3 shift 3, the template's negative prompt, EmptySD3LatentImage) with ``euler``, not the template's
+    ``lcm`` (the reason: test_the_fast_chains_lcm_steps_leave_the_start_noise_almost_no_say)."""
+    engine = fam.family_engine(h_engine, "hidream", extra_nodes="nodes_hidream.py", needs=("QuadrupleCLIPLoader",))
+    prompt, ids = fam.workflow_prompt(engine, WORKFLOW, ignore=("CLIPTextEncode",))
+    # the template's graph (hidream_i1_fast), the prompt typed once
+    assert prompt[ids["UNETLoader"]]["inputs"]["unet_name"] == "hidream_i1_fast_fp8.safetensors"
+    assert [prompt[ids["QuadrupleCLIPLoader"]]["inputs"][f"clip_name{i}"] for i in range(1, 5)] == [
+        "clip_l_hidream.safetensors", "clip_g_hidream.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors",
+        "llama_3.1_8b_instruct_fp8_scaled.safetensors"]
+    assert prompt[ids["VAELoader"]]["inputs"]["vae_name"] == "ae.safetensors"
+    assert prompt[ids["ModelSamplingSD3"]]["inputs"] == {"model": [ids["UNETLoader"], 0], "shift": SHIFT}
+    reno_inputs = prompt[ids["ReNOSampler"]]["inputs"]
+    assert {k: reno_inputs[k] for k in ("steps", "sampler_name", "scheduler", "cfg")} == {
+        "steps": STEPS, "sampler_name": "euler", "scheduler": SCHEDULER, "cfg": CFG}
+    assert reno_inputs["model"] == [ids["ModelSamplingSD3"], 0]
+    pos, neg = prompt[reno_inputs["positive"][0]]["inputs"], prompt[reno_inputs["negative"][0]]["inputs"]
+    assert pos["text"] == reno_inputs["prompt"] == [ids["PrimitiveStringMultiline"], 0]
+    assert neg["text"] == NEGATIVE_TEXT and pos["clip"] == neg["clip"] == [ids["QuadrupleCLIPLoader"], 0]
+    latent = prompt[ids["EmptySD3LatentImage"]]["inputs"]
+    assert reno_inputs["latent_image"] == [ids["EmptySD3LatentImage"], 0]
+    assert {k: latent[k] for k in ("width", "height")} == {"width": 1024, "height": 1024}
+    # QuadrupleCLIPLoader's place taken by a CLIPLoader id for the swap: the tiny encoder gives all four's features
+    ids["CLIPLoader"] = ids.pop("QuadrupleCLIPLoader")
+    fam.swap_loaders_for_tiny(prompt, ids, "hidream")
+    latent.update(width=SIDE, height=SIDE)
+    reno_inputs["iterations"] = 2
+    fam.execute_and_check(engine, prompt, ids)

@@ -10,7 +10,7 @@ CLIP Text Encode for the prompt and for an empty negative, EmptyLatentImage, Bas
 KSamplerSelect ``euler``, SamplerCustom (add_noise, cfg 1); ReNO Sampler (custom) is the SAMPLER in place of
 KSamplerSelect. (a) Oracle: at one iteration (no update) SamplerCustom with ReNO equals it with KSamplerSelect euler,
 latent and decoded image. (b) The weighted reward (the paper's mix) rises over 6 iterations. (c) The run leaves
-nothing on ComfyUI's objects. On an engine without ``Lens`` (0.3.75) every test skips with the reason. The numbers
+nothing on ComfyUI's objects. (d) The shipped workflow (``WORKFLOW``) runs on the tiny weights. On an engine without ``Lens`` (0.3.75) every test skips with the reason. The numbers
 are printed (pytest -s).
 """
 
@@ -22,6 +22,7 @@ import pytest
 STEPS, SAMPLER, SCHEDULER, SIDE, SEED = 4, "euler", "simple", 64, 3
 MAX_SHIFT, BASE_SHIFT, CFG_NORM = 1.15, 0.5, 1.0
 CHAIN = fam.Chain(STEPS, SAMPLER, SCHEDULER, cfg=1.0, seed=SEED)
+WORKFLOW = "ReNO 21 Lens Turbo, 4 steps.json"
 
 
 #: the engine with CFGNorm (comfy_extras/nodes_cfg.py) and ModelSamplingFlux (nodes_model_advanced.py)
@@ -92,3 +93,41 @@ def test_a_run_leaves_nothing_on_comfyuis_objects(l_engine, stack):
     transformer, the FLUX.2 VAE and the rewards, the same attributes and per tensor the same object, values and
     flags."""
     fam.check_custom_run_leaves_nothing(l_engine, build(l_engine), stack, CHAIN)
+
+
+def test_the_shipped_workflow_runs_through_the_engine_on_tiny_weights(l_engine, stack):
+    """The shipped workflow (``WORKFLOW``) as Queue sends it (the frontend's graphToPrompt), with its three loaders
+    swapped for the tiny family (diffusion model and VAE) and the tiny text encoder, at 64 px (Width and Height) and 2
+    iterations: it executes the template's chain with ReNO Sampler (custom) as SamplerCustom's SAMPLER."""
+    engine = l_engine
+    prompt, ids = fam.workflow_prompt(engine, WORKFLOW, ignore=("CLIPTextEncode", "PrimitiveInt"))
+    # the template's graph (image_lens_turbo_t2i's subgraph), the prompt typed once, the negative empty
+    fam.assert_template_loaders(prompt, ids, unet="lens_turbo_bf16.safetensors",
+                                clip="gpt_oss_20b_nvfp4.safetensors", clip_type="lens", vae="flux2-vae.safetensors")
+    host = prompt[ids["SamplerCustom"]]["inputs"]
+    assert {k: host[k] for k in ("add_noise", "cfg")} == {"add_noise": True, "cfg": CHAIN.cfg}
+    assert host["sampler"] == [ids["ReNOSamplerCustom"], 0] and host["model"] == [ids["CFGNorm"], 0]
+    assert host["sigmas"] == [ids["BasicScheduler"], 0] and host["latent_image"] == [ids["EmptyLatentImage"], 0]
+    pos, neg = prompt[host["positive"][0]]["inputs"], prompt[host["negative"][0]]["inputs"]
+    text = [ids["PrimitiveStringMultiline"], 0]
+    assert pos["text"] == prompt[ids["ReNOSamplerCustom"]]["inputs"]["prompt"] == text
+    assert neg["text"] == "" and pos["clip"] == neg["clip"] == [ids["CLIPLoader"], 0]
+    assert prompt[ids["CFGNorm"]]["inputs"] == {"model": [ids["ModelSamplingFlux"], 0], "strength": CFG_NORM,
+                                                "pre_cfg": False}
+    assert prompt[ids["BasicScheduler"]]["inputs"] == {"model": [ids["ModelSamplingFlux"], 0], "scheduler": SCHEDULER,
+                                                       "steps": STEPS, "denoise": 1.0}
+    shift = prompt[ids["ModelSamplingFlux"]]["inputs"]
+    latent = prompt[ids["EmptyLatentImage"]]["inputs"]
+    assert {k: shift[k] for k in ("model", "max_shift", "base_shift")} == {
+        "model": [ids["UNETLoader"], 0], "max_shift": MAX_SHIFT, "base_shift": BASE_SHIFT}
+    # one Width and one Height feed the latent and ModelSamplingFlux (the template's 1440 px)
+    width, height = shift["width"], shift["height"]
+    assert (latent["width"], latent["height"]) == (width, height)
+    assert prompt[width[0]]["inputs"]["value"] == prompt[height[0]]["inputs"]["value"] == 1440
+    reno_inputs = prompt[ids["ReNOSamplerCustom"]]["inputs"]
+    assert reno_inputs["sampler_name"] == SAMPLER and reno_inputs["vae"] == [ids["VAELoader"], 0]
+    assert prompt[ids["VAEDecode"]]["inputs"] == {"samples": [ids["SamplerCustom"], 0], "vae": [ids["VAELoader"], 0]}
+    fam.swap_loaders_for_tiny(prompt, ids, "lens")
+    prompt[width[0]]["inputs"]["value"] = prompt[height[0]]["inputs"]["value"] = SIDE
+    reno_inputs["iterations"] = 2
+    fam.execute_and_check(engine, prompt, ids)

@@ -11,7 +11,8 @@ patch), TextEncodeMageFlowEdit (the prompt, an empty negative, no reference imag
 128-channel latent at the output size), KSampler 4 steps, cfg 1, ``euler`` / ``simple``. (a) Oracle: ReNO Sampler at
 one iteration (no update) equals that KSampler, latent and decoded image. (b) The Mage VAE decode carries the
 gradient to the latent (autograd against a central difference). (c) The weighted reward (the paper's mix) rises over
-6 iterations. (d) The run leaves nothing on ComfyUI's objects. On an engine without ``MageFlow`` (0.3.75) every test
+6 iterations. (d) The run leaves nothing on ComfyUI's objects. (e) The shipped workflow (``WORKFLOW``) runs on
+the tiny weights. On an engine without ``MageFlow`` (0.3.75) every test
 skips with the reason. The numbers are printed (pytest -s).
 """
 
@@ -23,6 +24,7 @@ from engine_support import PROMPT_TEXT
 
 STEPS, SAMPLER, SCHEDULER, SHIFT, SIDE, SEED = 4, "euler", "simple", 6.0, 64, 3
 CHAIN = fam.Chain(STEPS, SAMPLER, SCHEDULER, cfg=1.0, seed=SEED)
+WORKFLOW = "ReNO 22 Mage-Flow Turbo, 4 steps.json"
 
 
 #: the engine with TextEncodeMageFlowEdit (comfy_extras/nodes_mage.py)
@@ -83,3 +85,31 @@ def test_a_run_leaves_nothing_on_comfyuis_objects(m_engine, stack):
     """As test_qwen_image's test of the same name, on the Mage-Flow chain: per module of the DiT, the Mage VAE and the
     rewards, the same attributes and per tensor the same object, values and flags."""
     fam.check_ksampler_run_leaves_nothing(m_engine, build(m_engine), stack, CHAIN)
+
+
+def test_the_shipped_workflow_runs_through_the_engine_on_tiny_weights(m_engine, stack):
+    """The shipped workflow (``WORKFLOW``) as Queue sends it (the frontend's graphToPrompt), with its three loaders
+    swapped for the tiny family (diffusion model and VAE) and the tiny text encoder, at 64 px and 2 iterations: it
+    executes, and ReNO Sampler ran the template's chain (4 steps of euler / simple at cfg 1 on the model as loaded,
+    TextEncodeMageFlowEdit's conditioning and latent)."""
+    engine = m_engine
+    prompt, ids = fam.workflow_prompt(engine, WORKFLOW)
+    # the template's graph (image_mage_flow_turbo_t2i_int8's subgraph: the int8 file, the Mage VAE)
+    fam.assert_template_loaders(prompt, ids, unet="mage_flow_turbo_int8_convrot.safetensors",
+                                clip="qwen3vl_4b_bf16.safetensors", clip_type="mage",
+                                vae="mage_flow_vae_bf16.safetensors")
+    enc = prompt[ids["TextEncodeMageFlowEdit"]]["inputs"]
+    text = [ids["PrimitiveStringMultiline"], 0]
+    assert enc == {"clip": [ids["CLIPLoader"], 0], "vae": [ids["VAELoader"], 0], "prompt": text,
+                   "negative_prompt": "", "width": 1024, "height": 1024, "batch_size": 1}
+    reno_inputs = prompt[ids["ReNOSampler"]]["inputs"]
+    assert reno_inputs["prompt"] == text
+    assert {k: reno_inputs[k] for k in ("steps", "sampler_name", "scheduler", "cfg")} == {
+        "steps": STEPS, "sampler_name": SAMPLER, "scheduler": SCHEDULER, "cfg": CHAIN.cfg}
+    assert reno_inputs["model"] == [ids["UNETLoader"], 0]  # no ModelSampling node: Mage-Flow's own shift
+    node = ids["TextEncodeMageFlowEdit"]
+    assert [reno_inputs[k] for k in ("positive", "negative", "latent_image")] == [[node, 0], [node, 1], [node, 2]]
+    fam.swap_loaders_for_tiny(prompt, ids, "mage_flow")
+    enc.update(width=SIDE, height=SIDE)
+    reno_inputs["iterations"] = 2
+    fam.execute_and_check(engine, prompt, ids)
