@@ -5,8 +5,8 @@ The model: a tiny random-weight ``comfy.supported_models.ErnieImage`` (the share
 ``comfy/ldm/ernie``: one modulation for every layer, 3-axis RoPE with text first, ``ModelType.FLOW`` with multiplier
 1000 and shift 3) from the fixture pack (``ReNOTestTinyFamily`` family ``ernie_image``), text features of
 Ministral-3-3B's width (3072, the template's ``ministral-3-3b`` through CLIPLoader type ``flux2``), the FLUX.2 VAE
-(``flux2-vae``, tiny: 32 channels patched 2x2 to 128). The template's chain (its prompt-enhancer switch off, as
-shipped): the model as loaded (no ModelSampling patch), CLIP Text Encode with a ConditioningZeroOut negative,
+(``flux2-vae``, tiny: 32 channels patched 2x2 to 128). The template's chain (its prompt enhancer left out: the
+template's switch is on, TextGenerate rewriting the prompt): the model as loaded (no ModelSampling patch), CLIP Text Encode with a ConditioningZeroOut negative,
 EmptyFlux2LatentImage, KSampler 8 steps, cfg 1, ``euler`` / ``simple``. (a) Oracle: ReNO Sampler at one iteration
 (no update) equals that KSampler, latent and decoded image. (b) The weighted reward (the paper's mix) rises over 6
 iterations. (c) The run leaves nothing on ComfyUI's objects. (d) The split-half RoPE kernel ERNIE-Image calls in its
