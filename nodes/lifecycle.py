@@ -296,6 +296,17 @@ class ReNOBody(RunBody):
         return run.result(samples, x0, plan, result=result, previews=self.previews)
 
 
+@contextlib.contextmanager
+def _attribute(obj, name: str, value):
+    """``obj.name = value`` inside the block, the previous value restored after."""
+    before = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, before)
+
+
 class ReNORun:
     """One run inside a ComfyUI sampling call: ``execute`` is the whole lifecycle (see the module docstring); what
     runs inside it is its ``body`` (``ReNOBody``, or a training rollout's)."""
@@ -309,6 +320,7 @@ class ReNORun:
         self.vae = vae
         self.body = body
         self.model_patcher = model_patcher
+        self._whole_steps = True  # several steps: each recomputes as a whole (False: the plan recomputes the blocks)
 
     # -- what a body reads ---------------------------------------------------------------------------
     @property
@@ -373,19 +385,29 @@ class ReNORun:
 
     def _blocks(self) -> dict[str, list]:
         """The blocks each part recomputes when the plan says so (also what the measuring pass measures). With
-        several steps the diffusion model's unit is the step (the chain recomputes whole steps), not its blocks."""
-        model_blocks = memory.model_blocks(self.inner) if self._steps == 1 else []
-        blocks = {memory.MODEL: model_blocks, memory.VAE: memory.vae_blocks(self.vae)}
+        several steps the diffusion model's unit is the step (the chain recomputes whole steps), and its own blocks
+        are the second level, ``memory.inner(memory.MODEL)``: recomputed in every step instead of whole steps when the
+        plan says so (less memory when a step's activations outweigh every step's block inputs: a large model at a
+        large size with few steps)."""
+        model_blocks = memory.model_blocks(self.inner)
+        blocks = {memory.MODEL: model_blocks if self._steps == 1 else [], memory.VAE: memory.vae_blocks(self.vae)}
+        if self._steps > 1:
+            blocks[memory.inner(memory.MODEL)] = model_blocks
         for label, r in zip(self.ensemble.labels, self.ensemble.rewards):
             blocks[label] = memory.reward_blocks(r.model)
         return blocks
 
+    def _recomputable(self, blocks: dict, name: str) -> bool:
+        """Whether the plan can recompute part ``name``: it has blocks, or it is the model's steps."""
+        return bool(blocks.get(name)) or (name == memory.MODEL and self._steps > 1)
+
     # -- 2. install --------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def installed(self, plan: RunPlan, block_wrapper: Callable | None = None):
+    def installed(self, plan: RunPlan, block_wrapper: Callable | None = None, inner_wrapper: Callable | None = None):
         """Everything the run changes on objects it does not own, installed in order and restored in reverse.
 
-        ``block_wrapper`` (the measuring pass) wraps every block instead of the plan's recomputation.
+        ``block_wrapper`` (the measuring pass) wraps every block instead of the plan's recomputation, and
+        ``inner_wrapper`` the model's blocks inside each step of a multi-step chain.
         """
         with contextlib.ExitStack() as stack:
             stack.enter_context(host.training_mode())  # the host's differentiable paths (in_training)
@@ -398,14 +420,20 @@ class ReNORun:
             if plan.sdpa:  # the decoder's unfused attention as PyTorch SDPA
                 stack.enter_context(host.vae_sdpa(self.vae.first_stage_model, self._vae_dtype()))
             blocks = self._blocks()
+            model_level = blocks.pop(memory.inner(memory.MODEL), [])  # several steps: the model's blocks in a step
             every_block = [b for part in blocks.values() for b in part]
             if block_wrapper is not None:
                 stack.enter_context(wrap_blocks(every_block, block_wrapper))
+                if inner_wrapper is not None:
+                    stack.enter_context(wrap_blocks(model_level, inner_wrapper))
             else:  # c. the one gradient-checkpointing mechanism, per part
                 recompute = recompute_wrapper(plan.copy_saved)
                 for part, part_blocks in blocks.items():
                     if part in plan.recompute:
                         stack.enter_context(wrap_blocks(part_blocks, recompute))
+                if memory.inner(memory.MODEL) in plan.recompute:  # the model's blocks in every step, not whole steps
+                    stack.enter_context(wrap_blocks(model_level, recompute))
+                    stack.enter_context(_attribute(self, "_whole_steps", False))
             if self._steps > 1:  # d. Cancel between blocks, outermost (several steps: the model's blocks too)
                 every_block = every_block + memory.model_blocks(self.inner)
             stack.enter_context(wrap_blocks(every_block, interruptible))
@@ -442,6 +470,8 @@ class ReNORun:
 
         ms = self.model_sampling
         policy = self.chain.policy(self._steps, copying, measuring, skip=lambda sigma: skip_coefficient(ms, sigma))
+        if not self._whole_steps:  # the plan recomputes the model's blocks instead
+            policy = dataclasses.replace(policy, recompute=False)
         sampler = getattr(self, "_host_sampler", None)
         with part(memory.MODEL), saved_activations_copied() if copying else contextlib.nullcontext():
             if sampler is not None and chain is None:  # the host's own sampler function, each call under the policy
@@ -484,42 +514,45 @@ class ReNORun:
         labels = self.ensemble.labels
         forced, allowed = memory.forced_components(self.memory_mode, labels,
                                                    [r.gradient_checkpointing for r in self.ensemble.rewards])
-        names = {memory.MODEL: "diffusion model", memory.VAE: "VAE decoder"}
+        names = {memory.MODEL: "diffusion model", memory.inner(memory.MODEL): "the diffusion model's blocks in every "
+                 "step (not whole steps)", memory.VAE: "VAE decoder"}
+        order = [memory.MODEL, memory.inner(memory.MODEL), memory.VAE, *labels]
         blocks = self._blocks()
         if self._steps > 1:  # the chain recomputes each step in backward: the model's unit is the step
             forced = forced | {memory.MODEL}
+        elif allowed is not None:  # one step: the model has no second level to choose
+            allowed = allowed - {memory.inner(memory.MODEL)}
         self._preflight(forced, patchers)
-        if allowed is not None:  # a fixed choice: nothing to measure
-            recompute = frozenset(n for n in forced if blocks.get(n) or (n == memory.MODEL and self._steps > 1))
-            summary = f"{self.memory_mode}: recompute " + (", ".join(
-                names.get(n, n) for n in [memory.MODEL, memory.VAE, *labels] if n in recompute) or "nothing")
-        else:
+        profiles = None
+        if allowed is None or allowed:  # auto, or checkpoint all choosing the model's unit: measure
             try:
                 profiles = self._measure()
             except RuntimeError as e:  # the sampler runs its own backward inside its forward (DEIS): not measurable
                 if PROBE_MESSAGE not in str(e):
                     raise
-                profiles = None
-        if allowed is None and profiles is None:  # then the leanest plan: every part recomputes
-            recompute = frozenset(n for n in [memory.MODEL, memory.VAE, *labels]
-                                  if blocks.get(n) or (n == memory.MODEL and self._steps > 1))
-            summary = ("auto: this sampler cannot be measured (it runs a backward pass of its own inside the forward "
-                       "pass), so everything recomputes")
-        elif allowed is None:
+        if profiles is None:  # a fixed choice, or not measurable: then every part the mode allows recomputes
+            chosen = forced if allowed is not None else set(order) - {memory.inner(memory.MODEL)}
+            recompute = frozenset(n for n in chosen if self._recomputable(blocks, n))
+            summary = f"{self.memory_mode}: recompute " + (", ".join(
+                names.get(n, n) for n in order if n in recompute) or "nothing")
+            if allowed is None or allowed:
+                summary += (" (this sampler cannot be measured: it runs a backward pass of its own inside the "
+                            "forward pass)")
+        else:
             device = self.device
             budget = memory.free_bytes(device, self._patcher)
-            plan = memory.plan_checkpointing(profiles, budget, forced)
-            if plan.recompute - forced or not plan.fits:
+            plan = memory.plan_checkpointing(profiles, budget, forced, allowed)
+            if (allowed is None and plan.recompute - forced) or not plan.fits:
                 # recomputing costs time on every iteration: first let ComfyUI unload the other models it caches
                 if memory.unload_other_models(patchers, memory.estimate_peak(profiles, forced), device):
                     budget = memory.free_bytes(device, self._patcher)
-                    plan = memory.plan_checkpointing(profiles, budget, forced)
+                    plan = memory.plan_checkpointing(profiles, budget, forced, allowed)
             if not plan.fits:
                 memory.make_room(patchers, [r.model for r in self.ensemble.rewards], plan.estimated_peak, device)
                 budget = memory.free_bytes(device, self._patcher)
-                plan = memory.plan_checkpointing(profiles, budget, forced)
+                plan = memory.plan_checkpointing(profiles, budget, forced, allowed)
             recompute = plan.recompute
-            summary = "auto: " + memory.summarize(plan, profiles, budget)
+            summary = f"{self.memory_mode}: " + memory.summarize(plan, profiles, budget)
         log.info("ReNO memory: %s", summary)
         layout = self._vae_layout(frozenset(recompute))
         log.info("ReNO VAE decoder layout: %s; attention: %s", layout.describe(), self._attention)
@@ -612,7 +645,8 @@ class ReNORun:
                                    cut(full.start), full.args, spec)
         try:
             z = self._inputs.start.detach().float().clone().requires_grad_(True)
-            with self.installed(RunPlan(sdpa=self._sdpa), block_wrapper=probe.block_wrapper), probe:
+            with self.installed(RunPlan(sdpa=self._sdpa), block_wrapper=probe.block_wrapper,
+                                inner_wrapper=probe.inner_block_wrapper), probe:
                 image, _ = self._forward(z, probe.component, probe.block if self._steps > 1 else None)
                 self.ensemble(image, around=probe.component)
         finally:

@@ -10,7 +10,8 @@
   leave the GPU.
 * ``no checkpointing``: fastest, most memory (a reward loaded with gradient checkpointing on still
   recomputes).
-* ``checkpoint rewards`` / ``checkpoint rewards + VAE`` / ``checkpoint all``: fixed choices.
+* ``checkpoint rewards`` / ``checkpoint rewards + VAE`` / ``checkpoint all``: fixed choices (with several steps
+  ``checkpoint all`` measures whether whole steps or the model's blocks in every step give the lower peak).
 
 ``reward_patcher(model)``: the ModelPatcher through which ComfyUI's memory manager loads, offloads and frees a
 reward model (the loader node, the score node and every run use it).
@@ -33,6 +34,7 @@ from ..optimizer.memory import (
     extrapolate_profiles,
     find_blocks,
     fits,
+    inner,
     plan_checkpointing,
 )
 from . import host
@@ -92,8 +94,9 @@ def forced_components(mode: str, reward_labels: list[str], loader_checkpointed: 
         forced |= set(reward_labels)
     if mode in ("checkpoint rewards + VAE", "checkpoint all"):
         forced.add(VAE)
-    if mode == "checkpoint all":
+    if mode == "checkpoint all":  # the leanest: with several steps, measured: whole steps or the model's blocks
         forced.add(MODEL)
+        return forced, {inner(MODEL)}
     return forced, set()
 
 
@@ -145,7 +148,7 @@ def summarize(plan: MemoryPlan, profiles: list[ComponentProfile], budget: int | 
 __all__ = ["AUTO", "MEMORY_INPUT", "MEMORY_MODES", "MODEL", "VAE", "RewardPatcher", "activation_request", "check_mode",
            "compute_dtype", "estimate_peak",
            "extrapolate_profiles", "fits",
-           "forced_components", "free_bytes", "make_room", "model_blocks", "plan_checkpointing", "reward_blocks",
+           "forced_components", "free_bytes", "inner", "make_room", "model_blocks", "plan_checkpointing", "reward_blocks",
            "reward_patcher", "summarize", "unload_other_models", "vae_blocks"]
 
 

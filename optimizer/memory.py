@@ -43,19 +43,38 @@ class ComponentProfile:
     max_block_bytes: int = 0  # the largest block's activations: alive while it is recomputed in backward
     blocks: int = 0
     seconds: float = 0.0  # forward time: what recomputation adds to an iteration
+    # a second level, for a component whose blocks are themselves made of blocks (a multi-step chain: each model call
+    # is a block, and the model's own blocks are inside it), recomputed instead of the blocks: the most inner blocks
+    # in one block; what that keeps (per block: saved outside its inner blocks, and their inputs; summed); the
+    # largest inner block's activations
+    inner_blocks: int = 0
+    inner_retained_bytes: int = 0
+    inner_max_block_bytes: int = 0
     _block_bytes: list = field(default_factory=list, repr=False)
 
     @property
     def checkpointable(self) -> bool:
         return self.blocks > 0
 
-    def retained(self, recompute: bool) -> int:
+    def retained(self, recompute: bool, inner: bool = False) -> int:
+        """Kept for backward; ``inner``: the inner blocks recompute instead of the blocks."""
+        if inner and self.inner_blocks:
+            return self.outside_bytes + self.inner_retained_bytes
         if recompute and self.checkpointable:
             return self.outside_bytes + self.boundary_bytes
         return self.saved_bytes
 
-    def transient(self, recompute: bool) -> int:
+    def transient(self, recompute: bool, inner: bool = False) -> int:
+        """Alive while the largest recomputed block is recomputed in backward."""
+        if inner and self.inner_blocks:
+            return self.inner_max_block_bytes
         return self.max_block_bytes if recompute and self.checkpointable else 0
+
+
+def inner(name: str) -> str:
+    """The name of the second level of component ``name`` in a plan: its inner blocks recompute instead of its
+    blocks (the diffusion model's own blocks in every step, instead of whole steps)."""
+    return f"{name}'s blocks"
 
 
 class ActivationProbe:
@@ -74,6 +93,9 @@ class ActivationProbe:
         self._current: ComponentProfile | None = None
         self._block_depth = 0
         self._block_saved = 0
+        self._inner = None  # in an outer block: [saved outside its inner blocks, their inputs, the largest of them]
+        self._inner_saved = 0
+        self._inner_count = 0
         self._seen: dict[int, weakref.ref] = {}
         self._sync = synchronize or (lambda: None)
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _no_unpack)
@@ -99,6 +121,10 @@ class ActivationProbe:
         self._current.saved_bytes += nbytes
         if self._block_depth:
             self._block_saved += nbytes
+            if self._block_depth == 1:
+                self._inner[0] += nbytes
+            elif self._inner_count:
+                self._inner_saved += nbytes
         else:
             self._current.outside_bytes += nbytes
         return None
@@ -123,18 +149,49 @@ class ActivationProbe:
             self._current.blocks += 1
             self._current.boundary_bytes += sum(_tensor_bytes(a) for a in args)
             self._block_saved = 0
+            self._inner, self._inner_count = [0, 0, 0], 0
         self._block_depth += 1
         try:
             yield
         finally:
             self._block_depth -= 1
             if outer:
-                self._current._block_bytes.append(self._block_saved)
-                self._current.max_block_bytes = max(self._current.max_block_bytes, self._block_saved)
+                profile = self._current
+                profile._block_bytes.append(self._block_saved)
+                profile.max_block_bytes = max(profile.max_block_bytes, self._block_saved)
+                if self._inner_count:
+                    profile.inner_blocks = max(profile.inner_blocks, self._inner_count)
+                    profile.inner_retained_bytes += self._inner[0] + self._inner[1]
+                    profile.inner_max_block_bytes = max(profile.inner_max_block_bytes, self._inner[2])
+                self._inner, self._inner_count = None, 0
+
+    @contextlib.contextmanager
+    def inner_block(self, args: Iterable = ()) -> Iterator[None]:
+        """A block inside an outer block (a model block inside a model call of a multi-step chain): measured for
+        the component's second level. Anywhere else it is not a block of its own."""
+        counted = self._block_depth == 1 and self._inner is not None
+        if counted:
+            self._inner_count += 1
+            self._inner[1] += sum(_tensor_bytes(a) for a in args)
+            self._inner_saved = 0
+        self._block_depth += 1
+        try:
+            yield
+        finally:
+            self._block_depth -= 1
+            if counted:
+                self._inner[2] = max(self._inner[2], self._inner_saved)
+                self._inner_saved = 0
 
     def block_wrapper(self, forward: Callable) -> Callable:
         def probed(*args, **kwargs):
             with self.block(list(args) + list(kwargs.values())):
+                return forward(*args, **kwargs)
+        return probed
+
+    def inner_block_wrapper(self, forward: Callable) -> Callable:
+        def probed(*args, **kwargs):
+            with self.inner_block(list(args) + list(kwargs.values())):
                 return forward(*args, **kwargs)
         return probed
 
@@ -173,7 +230,8 @@ class MemoryPlan:
         return f"recompute {what}; activations ~{self.estimated_peak / 2**30:.2f} GiB"
 
 
-_SCALED_FIELDS = ("saved_bytes", "outside_bytes", "boundary_bytes", "max_block_bytes", "seconds")
+_SCALED_FIELDS = ("saved_bytes", "outside_bytes", "boundary_bytes", "max_block_bytes", "inner_retained_bytes",
+                  "inner_max_block_bytes", "seconds")
 
 
 def _fit_size_law(sizes: Sequence[float], values: Sequence[float]) -> tuple[float, float, float]:
@@ -221,16 +279,17 @@ def extrapolate_profiles(measured: Sequence[tuple[float, Sequence[ComponentProfi
             c, a, b = _fit_size_law(sizes, values)
             value = max(c + a * target_size + b * target_size**2, max(values))
             fields[name] = value if name == "seconds" else int(math.ceil(value))
-        out.append(ComponentProfile(big.name, blocks=big.blocks, **fields))
+        out.append(ComponentProfile(big.name, blocks=big.blocks, inner_blocks=big.inner_blocks, **fields))
     return out
 
 
 def estimate_peak(profiles: Iterable[ComponentProfile], recompute: Iterable[str]) -> int:
-    """Activation bytes alive at once: everything kept, plus the largest block being recomputed."""
+    """Activation bytes alive at once: everything kept, plus the largest block being recomputed (``inner(name)`` in
+    ``recompute``: component ``name``'s inner blocks instead of its blocks)."""
     recompute = set(recompute)
     profiles = list(profiles)
-    kept = sum(p.retained(p.name in recompute) for p in profiles)
-    return kept + max((p.transient(p.name in recompute) for p in profiles), default=0)
+    kept = sum(p.retained(p.name in recompute, inner(p.name) in recompute) for p in profiles)
+    return kept + max((p.transient(p.name in recompute, inner(p.name) in recompute) for p in profiles), default=0)
 
 
 def fits(peak: int, budget: int) -> bool:
@@ -242,24 +301,34 @@ def plan_checkpointing(profiles: Sequence[ComponentProfile], budget: int, forced
     """The set of components to recompute that fits ``budget`` bytes and adds the least time.
 
     ``forced`` components always recompute; only ``allowed`` ones (default: all) may be added. When no
-    set fits, every allowed component recomputes (the smallest peak) and ``fits`` is False.
+    set fits, every allowed component recomputes (the smallest peak) and ``fits`` is False. A component with inner
+    blocks has a second level, ``inner(name)``: its inner blocks recompute instead (chosen only with ``name``, at no
+    extra time: one forward pass either way; of two choices as fast, the one with the lower peak is taken).
     """
     by_name = {p.name: p for p in profiles}
-    forced = {n for n in forced if n in by_name and by_name[n].checkpointable}
-    allowed_set = set(by_name) if allowed is None else set(allowed)
-    optional = [p.name for p in profiles if p.checkpointable and p.name in allowed_set and p.name not in forced]
+    levels = {p.name: p for p in profiles if p.checkpointable}
+    levels.update({inner(p.name): p for p in profiles if p.checkpointable and p.inner_blocks})
+    forced = {n for n in forced if n in levels}
+    allowed_set = set(levels) if allowed is None else set(allowed)
+    optional = [n for n in levels if n in allowed_set and n not in forced]
     best = None
     for k in range(len(optional) + 1):
         for extra in itertools.combinations(optional, k):
             chosen = forced | set(extra)
+            if any(inner(n) in chosen and n not in chosen for n in by_name):
+                continue  # the second level only inside the first
             peak = estimate_peak(profiles, chosen)
-            cost = sum(by_name[n].seconds for n in chosen)
+            cost = sum(levels[n].seconds for n in chosen if n in by_name)
             if fits(peak, budget) and (best is None or (cost, peak) < (best[0], best[1])):
                 best = (cost, peak, chosen)
     if best is None:
-        chosen = forced | set(optional)
+        every = forced | set(optional)  # everything recomputes; a second level only where it lowers the peak
+        chosen = every
+        for name in [n for n in every if n not in by_name]:
+            if estimate_peak(profiles, chosen - {name}) <= estimate_peak(profiles, chosen) and name not in forced:
+                chosen = chosen - {name}
         return MemoryPlan(frozenset(chosen), estimate_peak(profiles, chosen), False,
-                          sum(by_name[n].seconds for n in chosen))
+                          sum(levels[n].seconds for n in chosen if n in by_name))
     cost, peak, chosen = best
     return MemoryPlan(frozenset(chosen), peak, True, cost)
 
@@ -334,8 +403,8 @@ def recompute_in_backward(fn: Callable, *args, copy_saved: bool = False, copy_co
     argument structure, tuple outputs), with two guarantees it lacks for inference code that updates
     tensors in place: every saved tensor and every input is version-checked when it is used, and a
     modification raises autograd's own "modified by an inplace operation" error instead of giving
-    wrong gradients; with ``copy_saved`` the inputs and the recomputed saved tensors are copies, so
-    such models differentiate correctly. ``fn`` must be deterministic (eval-mode models: no dropout,
+    wrong gradients; with ``copy_saved`` the inputs (those without a gradient history too: text features the model
+    updates in place later) and the recomputed saved tensors are copies, so such models differentiate correctly. ``fn`` must be deterministic (eval-mode models: no dropout,
     no random draws); a recomputation that saves different tensors raises.
 
     ``copy_constants``: the recomputed pass also copies every saved tensor that carries no gradient history (the
@@ -348,7 +417,7 @@ def recompute_in_backward(fn: Callable, *args, copy_saved: bool = False, copy_co
         return fn(*args, **kwargs)
     flat, rebuild = _flatten(args, kwargs)
     # inference tensors (constants made under inference mode) cannot change and carry no version
-    stash = [(t.detach().clone() if copy_saved and t.grad_fn is not None else t.detach(), t._version, t.requires_grad)
+    stash = [(t.detach().clone() if copy_saved else t.detach(), t._version, t.requires_grad)
              if isinstance(t, torch.Tensor) and not t.is_inference() else (t, None, None) for t in flat]
     device_type = next((t.device.type for t in flat if isinstance(t, torch.Tensor)), "cpu")
     autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))

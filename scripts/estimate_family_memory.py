@@ -17,9 +17,10 @@ blocks of each kind (two double and two single blocks, two layers...; the SD UNe
    PickScore, CLIPScore: real widths, two layers per tower, bf16, as ``reward_patcher`` casts them on a GPU) at the
    template's image size (they resize to 224 px);
 5. ``estimate_peak`` gives the activations' peak for ``memory: no checkpointing`` and for ``checkpoint all`` (what
-   ``auto`` ends with when nothing less fits). With steps > 1 the diffusion model recomputes each step whatever the
-   mode (README "Memory and speed"): K latents plus one step's activations, measured as one block per step. With
-   cfg > 1 the model runs cond and uncond as one batch of 2.
+   ``auto`` ends with when nothing less fits). With steps > 1 the diffusion model recomputes whatever the mode
+   (README "Memory and speed"): whole steps (K latents plus one step's activations) or, with ``checkpoint all`` when
+   that is lower, its blocks in every step (K times one call's block inputs and what it keeps outside its blocks,
+   plus the largest block). With cfg > 1 the model runs cond and uncond as one batch of 2.
 
 Weights: the full model's parameter count (meta device) times the bytes per parameter of the file the template loads
 (bf16 2, fp8 1), plus the VAE and the four rewards in bf16. Text encoders are not counted (they run once per prompt,
@@ -229,22 +230,27 @@ def at_depth(mem, measured: Measured, counts: dict[str, int]):
 
 
 def per_step(mem, profile, steps: int, latent_bytes: int):
-    """The diffusion model's part of the plan: with one step its blocks; with K > 1 steps each step is the unit the
-    chain recomputes (README "Memory and speed"): K step inputs kept (the latent, float32), one step's activations
-    alive while it is recomputed, whatever the memory mode."""
+    """The diffusion model's part of the plan: with one step its blocks; with K > 1 steps (README "Memory and speed")
+    either each step is the unit the chain recomputes (K step inputs kept, the latent in float32, one step's
+    activations alive while it is recomputed) or, the second level, the model's blocks recompute in every step (K
+    times what one call keeps outside its blocks and their inputs; the largest block alive while it is recomputed)."""
     if steps <= 1:
         return profile
     return mem.ComponentProfile(profile.name, saved_bytes=steps * profile.saved_bytes, outside_bytes=0,
                                 boundary_bytes=steps * latent_bytes, max_block_bytes=profile.saved_bytes,
-                                blocks=steps, seconds=steps * profile.seconds)
+                                blocks=steps, seconds=steps * profile.seconds, inner_blocks=profile.blocks,
+                                inner_retained_bytes=steps * (profile.outside_bytes + profile.boundary_bytes),
+                                inner_max_block_bytes=profile.max_block_bytes)
 
 
 def peaks(mem, profiles: Sequence, steps: int) -> tuple[int, int]:
     """(activations' peak with ``memory: no checkpointing``, with ``checkpoint all``): ``estimate_peak`` with the
-    sets the run uses (steps > 1 forces the diffusion model's recomputation)."""
+    sets the run uses (steps > 1 forces the diffusion model's recomputation; checkpoint all then takes whole steps or
+    the model's blocks in every step, whichever peak is lower)."""
     base = {MODEL} if steps > 1 else set()
-    every = {p.name for p in profiles if p.checkpointable}
-    return mem.estimate_peak(profiles, base), mem.estimate_peak(profiles, every | base)
+    every = {p.name for p in profiles if p.checkpointable} | base
+    options = [every, every | {mem.inner(MODEL)}] if steps > 1 else [every]
+    return mem.estimate_peak(profiles, base), min(mem.estimate_peak(profiles, o) for o in options)
 
 
 # -- building: diffusion model, VAE, rewards -----------------------------------------------------------------------
@@ -562,8 +568,11 @@ def estimate_family(env, family: Family, reward_profiles: list, reward_weight_by
     weights = {"model": params * family.weight_bytes, "vae": vae_params * 2, "rewards": reward_weight_bytes}
     est = Estimate(family, params, weights, profiles, no_ckpt, every, time.perf_counter() - start)
     if family.steps > 1:
+        whole = mem.estimate_peak(profiles, {p.name for p in profiles if p.checkpointable} | {MODEL})
         est.notes.append(f"{family.steps} steps: one step's activations ({step.saved_bytes / 1e9:.1f} GB"
-                         f"{', cond + uncond' if batch > 1 else ''}) are alive in both modes (a step recomputes whole)")
+                         f"{', cond + uncond' if batch > 1 else ''}); checkpoint all with whole steps "
+                         f"{(est.weight_bytes + whole) / 1e9:.1f} GB, with the model's blocks in every step "
+                         f"{(est.weight_bytes + mem.estimate_peak(profiles, {p.name for p in profiles if p.checkpointable} | {MODEL, mem.inner(MODEL)})) / 1e9:.1f} GB")
     if not vae_profile.checkpointable:
         est.notes.append(f"the VAE decoder has no blocks the planner finds (nodes/memory.vae_blocks): its "
                          f"{vae_profile.saved_bytes / 1e9:.1f} GB are kept even with checkpoint all")

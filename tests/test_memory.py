@@ -3,6 +3,8 @@ and offloading the rewards' text towers."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
 import sys
 
@@ -20,6 +22,7 @@ from reno_pack.optimizer.memory import (
     estimate_peak,
     find_blocks,
     fits,
+    inner,
     plan_checkpointing,
     recompute_in_backward,
     recompute_wrapper,
@@ -107,6 +110,27 @@ def test_an_input_updated_in_place_after_the_block_is_caught_or_copied():
     (got,) = torch.autograd.grad(body(True), x)
     (want,) = torch.autograd.grad(torch.sin(lin(x * 2.0)).sum(), x)
     torch.testing.assert_close(got, want, rtol=0, atol=0)  # the copy holds x * 2.0 itself: the same ops, bit-identical
+
+
+def test_an_input_without_gradient_updated_in_place_after_the_block_is_copied():
+    """FLUX-style: a block input that carries no gradient (text features, before any block mixes in the image) and
+    that the model later updates in place (``txt += ...``). With copies, the recomputation reads the value the block
+    saw, so the gradient is the plain computation's; found when a 4-step FLUX.2 run recomputing its blocks in every
+    step gave a noise gradient 3.5e-4 off (the copies then covered only inputs with a gradient history)."""
+    lin = nn.Linear(4, 4).requires_grad_(False)
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    lin = lin.double()
+    text = torch.randn(3, 4, dtype=torch.float64)  # no gradient history
+
+    def body():
+        ctx = text * 1.0
+        y = recompute_in_backward(lambda a, c: torch.sin(lin(a) * c), x * 2.0, ctx, copy_saved=True)
+        ctx.add_(5.0)  # the model updates it in place after the block ran
+        return y.sum()
+
+    (got,) = torch.autograd.grad(body(), x)
+    (want,) = torch.autograd.grad(torch.sin(lin(x * 2.0) * text).sum(), x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)  # the same ops on the same values: bit-identical
 
 
 def test_recompute_keeps_only_the_inputs_and_recomputes_in_backward():
@@ -295,6 +319,66 @@ def test_the_probe_matches_the_memory_recompute_really_keeps():
     # recompute keeps the inputs through its stash, not through saved tensors: add them back
     # whole bytes of the same saved tensors, counted two ways: equal (measured 2048 + 8192 = 10240)
     assert kept + p.boundary_bytes == p.retained(True)
+
+
+def test_the_probe_measures_a_second_level_and_it_matches_what_recomputing_the_inner_blocks_keeps():
+    """A multi-step chain: each model call is a block (probe.block), the model's own blocks are inner blocks. The
+    second level (recompute the inner blocks in every call instead of whole calls) keeps, per call, what is saved
+    outside the inner blocks plus their inputs; measured against what that recomputation really keeps."""
+    torch.manual_seed(0)
+    blocks = nn.ModuleList([nn.Sequential(nn.Linear(32, 128), nn.GELU(), nn.Linear(128, 32)) for _ in range(3)])
+    blocks.requires_grad_(False)
+    head = nn.Linear(32, 32).requires_grad_(False)
+
+    def call(x):
+        h = torch.tanh(head(x))  # saved outside the inner blocks
+        for b in blocks:
+            h = h + b(h)
+        return h
+
+    def chain(x, step_block=None):
+        for _ in range(2):
+            with step_block([x]) if step_block else contextlib.nullcontext():
+                x = call(x)
+        return x.sum()
+
+    z = torch.randn(16, 32, requires_grad=True)
+    probe = ActivationProbe()
+    with probe, wrap_blocks(blocks, probe.inner_block_wrapper), probe.component("m"):
+        chain(z * 1.0, probe.block)
+    p = probe.profiles["m"]
+    assert p.blocks == 2 and p.inner_blocks == 3
+    assert 0 < p.inner_max_block_bytes < p.max_block_bytes
+    with wrap_blocks(blocks, recompute_wrapper(False)):
+        kept, _ = saved_bytes_kept(chain, z * 1.0)
+    # recompute keeps the inner blocks' inputs through its stash, not as saved tensors: add them back
+    boundaries = 2 * 3 * 16 * 32 * 4
+    assert kept + boundaries == p.retained(True, inner=True) < p.saved_bytes
+    assert p.transient(True, inner=True) == p.inner_max_block_bytes
+    assert p.retained(True) == p.outside_bytes + p.boundary_bytes and p.transient(True) == p.max_block_bytes
+
+
+def test_the_plan_takes_the_second_level_when_only_it_fits_or_when_its_peak_is_lower():
+    # whole steps: kept 1 MB, a step's 10 GB alive while it recomputes; the blocks in every step: 2 GB kept, 0.5 GB
+    m = ComponentProfile("m", saved_bytes=40 * 2**30, outside_bytes=0, boundary_bytes=2**20, max_block_bytes=10 * 2**30,
+                         blocks=4, seconds=1.0, inner_blocks=30, inner_retained_bytes=2 * 2**30,
+                         inner_max_block_bytes=2**29)
+    v = ComponentProfile("v", saved_bytes=2**30, outside_bytes=0, boundary_bytes=2**20, max_block_bytes=2**28,
+                         blocks=8, seconds=0.5)
+    assert estimate_peak([m, v], {"m"}) == 2**20 + 2**30 + 10 * 2**30
+    assert estimate_peak([m, v], {"m", inner("m")}) == 2 * 2**30 + 2**30 + 2**29
+    small = plan_checkpointing([m, v], 6 * 2**30, forced={"m"})
+    assert small.fits and small.recompute == {"m", inner("m")}
+    # both fit, as fast (one more forward of the model either way): the lower peak
+    large = plan_checkpointing([m, v], 100 * 2**30, forced={"m"})
+    assert large.recompute == {"m", inner("m")} and large.extra_seconds == 1.0
+    # nothing fits: everything recomputes, the second level only where it lowers the peak
+    assert plan_checkpointing([m, v], 0, forced={"m"}).recompute == {"m", "v", inner("m")}
+    many_steps = dataclasses.replace(m, inner_retained_bytes=50 * 2**30)  # 30 steps of block inputs outweigh a step
+    assert plan_checkpointing([many_steps, v], 0, forced={"m"}).recompute == {"m", "v"}
+    assert plan_checkpointing([many_steps, v], 100 * 2**30, forced={"m"}).recompute == {"m"}
+    # the second level alone, without its first, is never a choice
+    assert plan_checkpointing([m, v], 100 * 2**30).recompute in ({"m", inner("m")}, set())
 
 
 # -- planning ---------------------------------------------------------------------------------------------

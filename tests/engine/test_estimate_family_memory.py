@@ -95,7 +95,12 @@ def test_peaks_follow_the_planner(est, env):
                                blocks=4)
     assert est.peaks(mem, [step, vae], 1) == (1700, 100 + 50 + 10 + 40 + 300)
     multi = est.per_step(mem, step, 4, latent_bytes=8)
-    # K steps: K latents kept and one step's activations alive while it is recomputed, in both modes
-    assert est.peaks(mem, [multi, vae], 4) == (4 * 8 + 700 + 1000, 4 * 8 + 10 + 40 + 1000)
+    # K steps, no checkpointing: K latents kept and one step's activations alive while it is recomputed; checkpoint
+    # all: that with the VAE's blocks recomputed (1082), or the model's blocks in every step (4 x (outside + inputs),
+    # the largest block alive: 950), the lower
+    whole, blocks = 4 * 8 + 10 + 40 + 1000, 4 * (100 + 50) + 10 + 40 + 300
+    assert (whole, blocks) == (1082, 950)
+    assert est.peaks(mem, [multi, vae], 4) == (4 * 8 + 700 + 1000, blocks)
+    assert mem.estimate_peak([multi, vae], {est.MODEL, est.VAE}) == whole
 
 

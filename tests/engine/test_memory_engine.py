@@ -21,14 +21,15 @@ REWARDS = (("imagereward", 1.0), ("hpsv2.1", 5.0), ("pickscore", 0.05), ("clipsc
 ITERATIONS = 4
 
 
-def run(engine, parts, stack, memory, side=64):
-    """The node's (LATENT, IMAGE, RENO_HISTORY) and, from the loop itself, iteration 0's image and noise gradient."""
+def run(engine, parts, stack, memory, side=64, **chain):
+    """The node's (LATENT, IMAGE, RENO_HISTORY) and, from the loop itself, iteration 0's image and noise gradient;
+    ``chain``: ReNO Sampler's steps / sampler_name / scheduler."""
     (latent,) = engine.call_node("EmptyLatentImage", inference=True, width=side, height=side, batch_size=1)
     with first_iteration(engine) as first:
         out = engine.call_node("ReNOSampler", inference=True, model=parts["model"], positive=parts["pos"],
                                negative=parts["neg"], vae=parts["vae"], latent_image=latent, rewards=stack,
                                prompt=PROMPT_TEXT, seed=3, iterations=ITERATIONS, learning_rate=5.0, cfg=1.0,
-                               regularization=0.01, grad_clip=0.1, memory=memory)
+                               regularization=0.01, grad_clip=0.1, memory=memory, **chain)
     assert "image" in first and "grad" in first, "iteration 0's image and gradient were not captured"
     return (*out["result"], first)
 
@@ -72,6 +73,56 @@ def test_every_memory_mode_gives_the_same_iterations(engine, sd_parts, stack):
         assert got[2].config["memory"].startswith(mode)
     everything = run(engine, sd_parts, stack, "checkpoint all")[2].config["memory"]
     assert "diffusion model, VAE decoder, imagereward, hpsv2.1, pickscore, clipscore" in everything
+
+
+def test_several_steps_recompute_whole_steps_or_the_models_blocks_in_every_step_with_the_same_result(
+        engine, sd_parts, stack, monkeypatch):
+    """With 3 steps the model recomputes either whole steps or its blocks in every step (the second level,
+    ``memory.inner``): both cost one more forward pass of the model, so ``checkpoint all`` and ``auto`` take the lower
+    measured peak (here they choose differently: with the rewards kept, the blocks are leaner; with everything
+    recomputed, whole steps), and the level not chosen, forced, gives the same run too. Each is the plain run (the SD
+    block updates activations in place on the 2024 engine: the copying path, inputs without gradient history
+    included)."""
+    pack = pack_module(engine)
+    steps = dict(steps=3, sampler_name="euler", scheduler="simple")
+    reference = run(engine, sd_parts, stack, "no checkpointing", **steps)
+    every = run(engine, sd_parts, stack, "checkpoint all", **steps)
+    assert_same_run(every, reference, "checkpoint all, 3 steps")
+    summary = every[2].config["memory"]
+    assert summary.startswith("checkpoint all: recompute diffusion model")
+    # auto: planned from the measured profiles (look at what it measured), with all the memory there is
+    measured = {}
+    real_plan = pack.optimizer.memory.plan_checkpointing
+    peak = pack.optimizer.memory.estimate_peak
+    inner = pack.nodes.memory.inner
+
+    def plan(profiles, budget, forced=(), allowed=None):
+        measured["profiles"] = profiles
+        return real_plan(profiles, budget, forced, allowed)
+
+    monkeypatch.setattr(pack.nodes.memory, "plan_checkpointing", plan)
+    auto = run(engine, sd_parts, stack, "auto", **steps)
+    profiles = measured["profiles"]
+    model = next(p for p in profiles if p.name == pack.nodes.memory.MODEL)
+    everything = {p.name for p in profiles if p.checkpointable} | {model.name}
+    whole_all, blocks_all = peak(profiles, everything), peak(profiles, everything | {inner(model.name)})
+    whole, blocks = peak(profiles, {model.name}), peak(profiles, {model.name, inner(model.name)})
+    print(f"\n[memory, 3 steps] {engine.info}: {model.blocks} steps of {model.inner_blocks} blocks; peaks: whole steps "
+          f"{whole} / blocks {blocks} (the rest kept), {whole_all} / {blocks_all} (everything recomputed); {summary}; "
+          f"{auto[2].config['memory']}")
+    assert model.blocks == 3 and model.inner_blocks > 0
+    # both fit and cost one more forward pass of the model: the lower peak
+    assert ("diffusion model's blocks" in auto[2].config["memory"]) == (blocks < whole)
+    assert ("diffusion model's blocks" in summary) == (blocks_all < whole_all)
+    assert blocks != whole and blocks_all != whole_all  # a real choice was made (measured: 7.59 vs 7.14 MB)
+    assert_same_run(auto, reference, "auto, 3 steps")
+    # the other level, forced: the same run again
+    forced = "whole steps" if blocks < whole else "blocks"
+    monkeypatch.setattr(pack.nodes.memory, "plan_checkpointing", lambda p, b, f=(), a=None: real_plan(
+        p, b, set(f) | ({model.name} if forced == "whole steps" else {model.name, inner(model.name)}), set()))
+    other = run(engine, sd_parts, stack, "auto", **steps)
+    assert ("diffusion model's blocks" in other[2].config["memory"]) == (forced == "blocks")
+    assert_same_run(other, reference, f"auto forced to {forced}, 3 steps")
 
 
 def test_auto_measures_and_recomputes_what_does_not_fit(engine, pack, sd_parts, stack, monkeypatch):
