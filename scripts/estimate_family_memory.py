@@ -13,7 +13,9 @@ blocks of each kind (two double and two single blocks, two layers...; the SD UNe
    plus what runs outside the blocks;
 3. the three full-depth profiles are fitted in the token count and evaluated at the template's latent, exactly as the
    preflight does (``extrapolate_profiles``: constant + linear + quadratic, never below the largest probe);
-4. the VAE decoder (real size, bf16) is probed the same way; the paper's four rewards (ImageReward, HPSv2.1,
+4. the VAE decoder (real size, bf16, built by ``comfy.sd.VAE`` from a state dict in the file's layout) is probed the
+   same way (a family's ``vae_sides`` may probe it at smaller crops where the preflight's would not fit this machine:
+   HunyuanImage 2.1's 32x VAE, noted under the table); the paper's four rewards (ImageReward, HPSv2.1,
    PickScore, CLIPScore: real widths, two layers per tower, bf16, as ``reward_patcher`` casts them on a GPU) at the
    template's image size (they resize to 224 px);
 5. ``estimate_peak`` gives the activations' peak for ``memory: no checkpointing`` and for ``checkpoint all`` (what
@@ -23,7 +25,7 @@ blocks of each kind (two double and two single blocks, two layers...; the SD UNe
    plus the largest block). With cfg > 1 the model runs cond and uncond as one batch of 2.
 
 Weights: the full model's parameter count (meta device) times the bytes per parameter of the file the template loads
-(bf16 2, fp8 1), plus the VAE and the four rewards in bf16. Text encoders are not counted (they run once per prompt,
+(bf16 2, fp8 1, int8 1), plus the VAE and the four rewards in bf16. Text encoders are not counted (they run once per prompt,
 before the iterations). The planner asks for ``peak x 1.2 + 256 MiB`` (``activation_request``); the table gives the
 peak itself. All figures are ESTIMATES: measured on the CPU (PyTorch SDPA attention forced, as ComfyUI runs on NVIDIA
 GPUs), never on a GPU; the allocator's fragmentation and the backward pass's temporaries are not in them.
@@ -92,13 +94,14 @@ class Family:
     side: tuple[int, int]  # image width, height
     steps: int
     cfg: float
-    vae: str  # "sd", "flux_ae", "wan21", "flux2"
+    vae: str  # "sd", "flux_ae", "wan21", "flux2", "hunyuan21", "mage"
     text: tuple[int, int]  # text tokens, width of the conditioning
     pooled: int | None = None
     sdxl_sizes: bool = False
     mask: bool = False  # the conditioning carries an attention mask
     latent: tuple[int, int, int] = (4, 8, 0)  # channels, downscale, 1 for a 5-D (one frame) latent
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # further conds: a tuple is a random tensor's shape after the batch
+    vae_sides: tuple[int, ...] = PROBE_SIDES  # the VAE's probe crops (smaller where the preflight's would not fit here)
 
 
 def _flux(hidden, heads, depth, single):
@@ -144,6 +147,29 @@ FAMILIES = {f.name: f for f in [
            {"features": 6144, "heads": 48, "kvheads": 12, "txtdim": 2560, "txtheads": 20, "txtkvheads": 20},
            {"layers": 28}, {"layers": 2}, 1, "fp8 (scaled)", "image_krea2_turbo_t2i", (1024, 1024), 8, 1.0, "wan21",
            (128, 12 * 2560), latent=(16, 8, 1)),
+    Family("hidream-i1-fast", "HiDream-I1 Fast", "HiDream", "hidream",  # detection's config is fixed: 20 heads of 128
+           {"num_attention_heads": 20},
+           {"num_layers": 16, "num_single_layers": 32, "llama_layers": list(range(32)) + [31] * 16},
+           {"num_layers": 2, "num_single_layers": 2, "llama_layers": [0, 1, 31, 31]}, 1, "fp8", "hidream_i1_fast",
+           (1024, 1024), 16, 1.0, "flux_ae", (128, 4096), pooled=768 + 1280, latent=(16, 8, 0),
+           extra={"conditioning_llama3": (32, 128, 4096)}),  # Llama-3.1-8B's 32 layers, 128 tokens (min_length)
+    Family("hunyuan-image-2.1", "HunyuanImage 2.1", "HunyuanImage21", "hunyuan_image21",  # img_in 3584 wide
+           {"hidden_size": 3584, "num_heads": 28}, {"depth": 20, "depth_single_blocks": 40},
+           {"depth": 2, "depth_single_blocks": 2}, 2, "bf16", "no template; EmptyHunyuanImageLatent's default size",
+           (2048, 2048), 20, 3.5, "hunyuan21", (128, 3584), mask=True, latent=(64, 32, 0),
+           extra={"pooled_output": None}, vae_sides=(16, 12, 8)),
+    Family("lens-turbo", "Lens Turbo", "Lens", "lens",  # ComfyUI 0.33+; 24 heads of 64
+           {"num_attention_heads": 24}, {"num_layers": 48}, {"num_layers": 2}, 2, "bf16", "image_lens_turbo_t2i",
+           (1440, 1440), 4, 1.0, "flux2", (128, 4 * 2880), mask=True, latent=(128, 16, 0),
+           extra={"pooled_output": None}),
+    Family("mage-flow-turbo", "Mage-Flow Turbo", "MageFlow", "mage_flow",  # ComfyUI 0.33+; 24 heads of 128
+           {"num_attention_heads": 24}, {"num_layers": 12}, {"num_layers": 2}, 1, "int8",
+           "image_mage_flow_turbo_t2i_int8", (1024, 1024), 4, 1.0, "mage", (128, 2560), latent=(128, 16, 0),
+           extra={"pooled_output": None}),
+    Family("ernie-image-turbo", "ERNIE-Image Turbo", "ErnieImage", "ernie_image",  # ComfyUI 0.33+
+           {"hidden_size": 4096, "num_attention_heads": 32, "ffn_hidden_size": 12288}, {"num_layers": 36},
+           {"num_layers": 2}, 2, "bf16", "image_ernie_image_turbo", (1024, 1024), 8, 1.0, "flux2", (128, 3072),
+           mask=True, latent=(128, 16, 0), extra={"pooled_output": None}),
 ]}
 ORDER = tuple(FAMILIES)
 
@@ -329,6 +355,8 @@ def conditioning(family: Family, batch: int, width: int, height: int, seed: int 
         cond["pooled_output"] = None
     if family.sdxl_sizes:
         cond.update(width=width, height=height, crop_w=0, crop_h=0, target_width=width, target_height=height)
+    for key, value in family.extra.items():
+        cond[key] = torch.randn(batch, *value, generator=gen) * 0.5 if isinstance(value, tuple) else value
     return cond
 
 
@@ -378,6 +406,40 @@ def build_vae(families, kind: str, dtype=BF16, seed: int = 3):
         vae = comfy.sd.VAE(sd=proto.state_dict(), dtype=dtype)
     elif kind == "flux2":
         vae = families._flux2_vae(ddconfig(32), seed)
+    elif kind == "hunyuan21":
+        # the HunyuanImage 2.1 VAE (32x, 64 channels) at the widths comfy.sd.VAE's detection gives it: a state dict in
+        # the file's layout built with those widths, then comfy.sd.VAE detects and builds it itself
+        from comfy.ldm.models.autoencoder import AutoencodingEngine
+
+        module = "comfy.ldm.hunyuan_video.vae"
+        params = {"in_channels": 3, "out_channels": 3, "z_channels": 64, "ffactor_spatial": 32,
+                  "downsample_match_channel": True, "upsample_match_channel": True,
+                  "block_out_channels": [128, 256, 512, 512, 1024, 1024], "num_res_blocks": 2}
+        proto = AutoencodingEngine(
+            regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+            encoder_config={"target": f"{module}.Encoder", "params": params},
+            decoder_config={"target": f"{module}.Decoder", "params": params})
+        init_random_(proto, seed)
+        sd = {k: v.to(dtype) for k, v in proto.state_dict().items()}
+        del proto
+        vae = comfy.sd.VAE(sd=sd, dtype=dtype)
+        if vae.latent_channels != 64 or vae.downscale_ratio != 32:
+            raise RuntimeError("comfy.sd.VAE did not detect the HunyuanImage 2.1 VAE")
+    elif kind == "mage":
+        # the Mage VAE (mage_flow_vae_bf16): MageVAE() has its one fixed size; its state dict in the file's layout
+        # (as families_2026.mage_vae lays out the tiny one), which comfy.sd.VAE detects and loads
+        from comfy.ldm.mage_flow import vae as mage
+
+        proto = mage.MageVAE()
+        init_random_(proto, seed)
+        sd = {}
+        for k, v in proto.state_dict().items():
+            k = "student." + k if k.startswith("dconv_encoder.") else k.replace("decoder_model.", "pipeline.", 1)
+            sd[k] = v.to(dtype)
+        del proto
+        vae = comfy.sd.VAE(sd=sd, dtype=dtype)
+        if not isinstance(vae.first_stage_model, mage.MageVAE):
+            raise RuntimeError("comfy.sd.VAE did not detect the Mage VAE")
     elif kind == "flux_ae":
         cfg = ddconfig(16)
         proto = families._flux_ae(cfg)
@@ -534,7 +596,8 @@ def estimate_model(mem, mem_nodes, model, family: Family, counts: dict[str, int]
 def estimate_vae(mem, mem_nodes, lifecycle, vae, family: Family, target_hw: tuple[int, int],
                  sides: Sequence[int] = PROBE_SIDES):
     blocks = mem_nodes.vae_blocks(vae)
-    kinds = block_kinds(vae.first_stage_model.decoder, blocks)
+    decoder = getattr(vae.first_stage_model, "decoder", None)  # the Mage VAE has none (a one-step diffusion decoder)
+    kinds = block_kinds(decoder, blocks) if decoder is not None else []
     measured = []
     for ph, pw in probe_sides(*target_hw, sides):
         m = measure(mem, VAE, vae_runner(lifecycle, vae, latent_shape(family, ph, pw)), blocks, kinds)
@@ -560,7 +623,7 @@ def estimate_family(env, family: Family, reward_profiles: list, reward_weight_by
     model_profile = per_step(mem, step, family.steps, latent_bytes)
     vae = build_vae(families, family.vae)
     vae_params = count_params(vae.first_stage_model)
-    vae_profile = estimate_vae(mem, mem_nodes, lifecycle, vae, family, target)
+    vae_profile = estimate_vae(mem, mem_nodes, lifecycle, vae, family, target, family.vae_sides)
     del vae
     gc.collect()
     profiles = [model_profile, vae_profile, *reward_profiles]
@@ -573,6 +636,9 @@ def estimate_family(env, family: Family, reward_profiles: list, reward_weight_by
                          f"{', cond + uncond' if batch > 1 else ''}); checkpoint all with whole steps "
                          f"{(est.weight_bytes + whole) / 1e9:.1f} GB, with the model's blocks in every step "
                          f"{(est.weight_bytes + mem.estimate_peak(profiles, {p.name for p in profiles if p.checkpointable} | {MODEL, mem.inner(MODEL)})) / 1e9:.1f} GB")
+    if tuple(family.vae_sides) != PROBE_SIDES:
+        est.notes.append(f"the VAE decoder probed at latent sides {tuple(family.vae_sides)} (the preflight: "
+                         f"{PROBE_SIDES}; its largest would not fit this machine's memory), fitted the same way")
     if not vae_profile.checkpointable:
         est.notes.append(f"the VAE decoder has no blocks the planner finds (nodes/memory.vae_blocks): its "
                          f"{vae_profile.saved_bytes / 1e9:.1f} GB are kept even with checkpoint all")

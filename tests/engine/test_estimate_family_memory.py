@@ -104,3 +104,24 @@ def test_peaks_follow_the_planner(est, env):
     assert mem.estimate_peak([multi, vae], {est.MODEL, est.VAE}) == whole
 
 
+
+
+#: (family, the quoted size of the file or model, bytes per parameter, the quoted figure's last digit): the templates'
+#: file sizes (GiB, two decimals: hidream_i1_fast_fp8 15.93, lens_turbo_bf16 7.64, mage_flow_turbo_bf16 7.67,
+#: ernie-image-turbo 14.96) and HunyuanImage 2.1's published 17 B parameters
+PUBLISHED = [("hidream-i1-fast", 15.93 * 2**30, 1, 0.01 * 2**30), ("hunyuan-image-2.1", 17e9 * 2, 2, 1e9 * 2),
+             ("lens-turbo", 7.64 * 2**30, 2, 0.01 * 2**30), ("mage-flow-turbo", 7.67 * 2**30, 2, 0.01 * 2**30),
+             ("ernie-image-turbo", 14.96 * 2**30, 2, 0.01 * 2**30)]
+
+
+@pytest.mark.parametrize(("name", "size", "per_param", "digit"), PUBLISHED, ids=[p[0] for p in PUBLISHED])
+def test_real_configs_match_the_published_sizes(est, env, engine, name, size, per_param, digit):
+    """The full model the script counts (its real widths and depths, on the meta device) has the published file's
+    size: within half the quoted figure's last digit, plus the file's few non-parameter bytes (its header)."""
+    import comfy.supported_models
+
+    family = est.FAMILIES[name]
+    if not hasattr(comfy.supported_models, family.comfy_class):
+        pytest.skip(f"{name}: no comfy.supported_models.{family.comfy_class} ({engine.info})")
+    params, _ = est.full_model_counts(env["families"], env["mem_nodes"], family)
+    assert abs(params * per_param - size) <= digit / 2 + 2**20, (name, params, size / per_param)
