@@ -355,6 +355,21 @@ try {
       await page.waitForFunction((names) => [...document.querySelectorAll("*")].some(
         (e) => e.children.length === 0 && names.includes(e.textContent.trim())), stems, { timeout: 20000 });
       await page.waitForTimeout(1000);
+      // the browser pages its cards (24 a page in 1.32.9 and 1.58; the next page loads when the end of the list
+      // scrolls into view): scroll the list to its end until every workflow's card is shown, then back to the top
+      const scrollCards = ({ names, toEnd }) => {
+        const shown = [...document.querySelectorAll("*")]
+          .filter((e) => e.children.length === 0 && names.includes(e.textContent.trim()));
+        for (let e = shown[shown.length - 1]; e; e = e.parentElement) {
+          if (e.scrollHeight > e.clientHeight + 1) e.scrollTop = toEnd ? e.scrollHeight : 0;
+        }
+        return new Set(shown.map((e) => e.textContent.trim())).size;
+      };
+      for (let i = 0; i < 10 && (await page.evaluate(scrollCards, { names: stems, toEnd: true })) < stems.length; i++) {
+        await page.waitForTimeout(700);
+      }
+      await page.evaluate(scrollCards, { names: stems, toEnd: false });
+      await page.waitForTimeout(500);
       // a card shows its title and, under it, a description made from the name ("-" as spaces): for a name without
       // "-" the two read the same, so a title repeated right after itself is one card
       result.templateBrowser.titles = await page.evaluate((names) => [...document.querySelectorAll("*")]

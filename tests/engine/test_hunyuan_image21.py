@@ -12,7 +12,8 @@ fixture pack (``ReNOTestTinyFamily`` family ``hunyuan_image21``), text features 
 the HunyuanImage 2.1 VAE (32x, 64 latent channels) that ``comfy.sd.VAE`` detects from its weights, at tiny widths.
 (a) Oracle: ReNO Sampler at one iteration (no update) equals that KSampler, latent and decoded image. (b) The VAE's
 decode carries the gradient to the latent. (c) The weighted reward (the paper's mix) rises over 6 iterations. (d) The
-run leaves nothing on ComfyUI's objects. The numbers are printed (pytest -s).
+run leaves nothing on ComfyUI's objects. (e) The shipped workflow (``WORKFLOW``) runs on the tiny weights. The numbers
+are printed (pytest -s).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 STEPS, SAMPLER, SCHEDULER, SHIFT, CFG, SIDE, SEED = 20, "euler", "simple", 5.0, 3.5, 64, 3
 CHAIN = fam.Chain(STEPS, SAMPLER, SCHEDULER, cfg=CFG, seed=SEED)
 LATENT_SHAPE = (1, 64, SIDE // 32, SIDE // 32)
+WORKFLOW = "ReNO 25 HunyuanImage 2.1, 20 steps.json"
 
 
 #: the engine with EmptyHunyuanImageLatent (comfy_extras/nodes_hunyuan.py)
@@ -84,3 +86,34 @@ def test_a_run_leaves_nothing_on_comfyuis_objects(y_engine, stack):
     """As test_z_image's test of the same name, on this chain (20 steps of euler at cfg 3.5): per module of the
     HunyuanImage DiT, the VAE and the rewards, the same attributes and per tensor the same object, values and flags."""
     fam.check_ksampler_run_leaves_nothing(y_engine, build(y_engine), stack, CHAIN)
+
+
+def test_the_shipped_workflow_runs_through_the_engine_on_tiny_weights(y_engine, stack):
+    """The shipped workflow (``WORKFLOW``) as Queue sends it (the frontend's graphToPrompt), with its loaders swapped
+    for the tiny family (diffusion model and VAE) and the tiny text encoder (for DualCLIPLoader's Qwen2.5-VL-7B and
+    byT5), at 64 px and 2 iterations: it executes, and ReNO Sampler ran this chain (20 steps of euler / simple at cfg
+    3.5 on the model as loaded, CLIP Text Encode of an empty negative, EmptyHunyuanImageLatent)."""
+    engine = y_engine
+    prompt, ids = fam.workflow_prompt(engine, WORKFLOW, ignore=("CLIPTextEncode",))
+    # ComfyUI's defaults for the model (no template): the repackaged files, the prompt typed once, the negative empty
+    assert prompt[ids["UNETLoader"]]["inputs"]["unet_name"] == "hunyuanimage2.1_fp8_e4m3fn.safetensors"
+    assert {k: prompt[ids["DualCLIPLoader"]]["inputs"][k] for k in ("clip_name1", "clip_name2", "type")} == {
+        "clip_name1": "qwen_2.5_vl_7b_fp8_scaled.safetensors", "clip_name2": "byt5_small_glyphxl_fp16.safetensors",
+        "type": "hunyuan_image"}
+    assert prompt[ids["VAELoader"]]["inputs"]["vae_name"] == "hunyuan_image_2.1_vae_fp16.safetensors"
+    reno_inputs = prompt[ids["ReNOSampler"]]["inputs"]
+    assert {k: reno_inputs[k] for k in ("steps", "sampler_name", "scheduler", "cfg")} == {
+        "steps": STEPS, "sampler_name": SAMPLER, "scheduler": SCHEDULER, "cfg": CFG}
+    assert reno_inputs["model"] == [ids["UNETLoader"], 0]  # no ModelSampling node: the model's own shift
+    pos, neg = prompt[reno_inputs["positive"][0]]["inputs"], prompt[reno_inputs["negative"][0]]["inputs"]
+    assert pos["text"] == reno_inputs["prompt"] == [ids["PrimitiveStringMultiline"], 0]
+    assert neg["text"] == "" and pos["clip"] == neg["clip"] == [ids["DualCLIPLoader"], 0]
+    latent = prompt[ids["EmptyHunyuanImageLatent"]]["inputs"]
+    assert reno_inputs["latent_image"] == [ids["EmptyHunyuanImageLatent"], 0]
+    assert latent == {"width": 2048, "height": 2048, "batch_size": 1}  # the node's default, HunyuanImage 2.1's 2K
+    # DualCLIPLoader's place taken by a CLIPLoader id for the swap: the tiny encoder gives both encoders' features
+    ids["CLIPLoader"] = ids.pop("DualCLIPLoader")
+    fam.swap_loaders_for_tiny(prompt, ids, "hunyuan_image21")
+    latent.update(width=SIDE, height=SIDE)
+    reno_inputs["iterations"] = 2
+    fam.execute_and_check(engine, prompt, ids)

@@ -23,9 +23,9 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 #: core node modules the workflows use besides the conftest's (ModelSamplingDiscrete for LCM-LoRA, ModelSamplingAuraFlow;
 #: Flux2Scheduler and EmptyFlux2LatentImage for FLUX.2 Klein; T5TokenizerOptions for Chroma; StringConcatenate for
 #: Lumina 2's system prompt; CFGNorm for Lens; TextEncodeMageFlowEdit for Mage-Flow, 0.33+; QuadrupleCLIPLoader for
-#: HiDream)
+#: HiDream; EmptyHunyuanImageLatent for HunyuanImage 2.1)
 EXTRA_NODES = ("nodes_model_advanced.py", "nodes_flux.py", "nodes_cond.py", "nodes_string.py", "nodes_cfg.py",
-               "nodes_mage.py", "nodes_hidream.py")
+               "nodes_mage.py", "nodes_hidream.py", "nodes_hunyuan.py")
 #: the model-file inputs of the loaders the workflows use, and the model folder each lists
 MODEL_INPUTS = {"ckpt_name": "checkpoints", "unet_name": "diffusion_models", "lora_name": "loras",
                 "vae_name": "vae", "clip_name": "text_encoders", "clip_name1": "text_encoders",
@@ -69,6 +69,10 @@ FEW_STEP = {
     # noise per step leaves the start noise almost no say: tests/engine/test_hidream.py)
     "ReNO 24 HiDream-I1 Fast, 16 steps.json": {"steps": 16, "sampler_name": "euler", "scheduler": "normal", "cfg": 1.0,
                                                "learning_rate": 5.0},
+    # no ComfyUI template for HunyuanImage 2.1: ComfyUI's defaults for it, KSampler's 20 steps, euler, simple, at
+    # HunyuanImage 2.1's guidance scale 3.5 (tests/engine/test_hunyuan_image21.py; not few-step: its own chain)
+    "ReNO 25 HunyuanImage 2.1, 20 steps.json": {"steps": 20, "sampler_name": "euler", "scheduler": "simple", "cfg": 3.5,
+                                                "learning_rate": 5.0},
 }
 #: what each SamplerCustomAdvanced (SamplerCustom) template's ReNO Sampler (custom) must run (the template's KSamplerSelect sampler;
 #: its steps are the template's scheduler's, checked by the family tests on tiny weights)
