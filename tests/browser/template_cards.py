@@ -50,7 +50,7 @@ CARDS: dict[str, tuple[str, str, str, str]] = {
     "ReNO 23 ERNIE-Image Turbo, 8 steps": ("ERNIE-Image Turbo", "8 steps euler · 1024 px", PAPER_MIX,
                                            "ComfyUI 0.33+ · 22 GB"),
     "ReNO 24 HiDream-I1 Fast, 16 steps": ("HiDream-I1 Fast", "16 steps euler · 1024 px", PAPER_MIX, "6 files · 31 GB"),
-    "ReNO 25 HunyuanImage 2.1, 20 steps": ("HunyuanImage 2.1", "20 steps euler · cfg 3.5 · 2048 px", PAPER_MIX,
+    "ReNO 25 HunyuanImage 2.1, 20 steps": ("HunyuanImage 2.1", "20 steps euler · cfg 3.5 · 1024 px", PAPER_MIX,
                                            "no template · 28 GB"),
 }
 
