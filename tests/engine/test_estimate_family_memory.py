@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_support import fixture_families
+from engine_support import fixture_families, pack_module
 
 REDUCED = {"depth": 2, "depth_single_blocks": 2}  # what the script builds of every FLUX-like family
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "estimate_family_memory.py"
@@ -32,9 +32,11 @@ def est():
 
 @pytest.fixture(scope="module")
 def env(engine):
-    return {"mem": importlib.import_module("reno_pack.optimizer.memory"),
-            "mem_nodes": importlib.import_module("reno_pack.nodes.memory"),
-            "families": fixture_families(engine)}
+    # the engine's own import of the pack: importing ``reno_pack.nodes`` here would register ComfyUI's model folders
+    # as the reward search path of the library that the library tests use (reno_pack.reward_loaders), and every
+    # later library test would find the engine's tiny rewards instead of its own (17 failures in a whole run)
+    pack = pack_module(engine)
+    return {"mem": pack.optimizer.memory, "mem_nodes": pack.nodes.memory, "families": fixture_families(engine)}
 
 
 def tiny_family(est, depth: dict):
